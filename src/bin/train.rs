@@ -1,0 +1,168 @@
+//! `train`: fine-tune BERT-family encoders on GoEmotions, evaluate, tune thresholds, export ONNX.
+
+use anyhow::{bail, Context, Result};
+
+// Keeps freed tensor buffers for reuse instead of unmapping them: glibc returned them to the
+// kernel and page-faulted them back each step (a third of CPU time was system time).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+use candle_core::Device;
+use clap::{Parser, Subcommand};
+use emostream::dataset::{goemotions_dir, Split};
+use emostream::labels::LabelSet;
+use emostream::train::optim::AdamWConfig;
+use emostream::train::{TrainConfig, Trainer};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "train", about = "Fine-tune BERT-family encoders on GoEmotions and build emostream model directories")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct FitArgs {
+    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
+    #[arg(long)]
+    base: PathBuf,
+    /// Run directory to create (checkpoints, best weights).
+    #[arg(long)]
+    run: PathBuf,
+    /// Directory with train.tsv / dev.tsv / labels.txt.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 4)]
+    epochs: u64,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 5e-5)]
+    lr: f64,
+    #[arg(long, default_value_t = 0.1)]
+    warmup_ratio: f64,
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Keep the word-embedding table fixed (faster on CPU).
+    #[arg(long)]
+    freeze_embeddings: bool,
+    /// Per-label positive weights: none, or sqrt-inv-freq (sqrt(neg/pos), capped at 10).
+    #[arg(long, default_value = "none")]
+    pos_weight: String,
+    /// Also evaluate on dev every N steps.
+    #[arg(long)]
+    eval_every: Option<u64>,
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Use only the first N training examples (smoke runs).
+    #[arg(long)]
+    limit_train_examples: Option<usize>,
+    /// Checkpoint and stop once this many steps are done (resume later).
+    #[arg(long)]
+    stop_at_step: Option<u64>,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Split each batch into this many shards on parallel threads (default: CPU cores).
+    #[arg(long)]
+    shards: Option<usize>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start fine-tuning from a base checkpoint.
+    Fit(FitArgs),
+    /// Continue a run from its latest checkpoint.
+    Resume {
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long)]
+        stop_at_step: Option<u64>,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
+}
+
+fn device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s.starts_with("cuda") => {
+            let n: usize = s.strip_prefix("cuda:").unwrap_or("0").parse().with_context(|| format!("bad device {s:?}"))?;
+            Device::new_cuda(n).with_context(|| format!("opening {s} (was train built with --features cuda?)"))
+        }
+        s => bail!("unknown device {s:?}: use cpu or cuda:N"),
+    }
+}
+
+fn pos_weights(kind: &str, split: &Split, n: usize) -> Result<Option<Vec<f32>>> {
+    match kind {
+        "none" => Ok(None),
+        "sqrt-inv-freq" => {
+            let mut pos = vec![0usize; n];
+            for e in &split.examples {
+                e.labels.iter().for_each(|&i| pos[i] += 1);
+            }
+            let total = split.examples.len() as f64;
+            Ok(Some(pos.iter().map(|&p| ((total - p as f64) / (p.max(1) as f64)).sqrt().min(10.0) as f32).collect()))
+        }
+        k => bail!("unknown --pos-weight {k:?} (none | sqrt-inv-freq)"),
+    }
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    match cli.cmd {
+        Cmd::Fit(a) => {
+            let data = a.data.clone().unwrap_or_else(goemotions_dir);
+            let labels = LabelSet::from_file(&data.join("labels.txt"))?;
+            let train = Split::read(&data.join("train.tsv"), labels.len())?;
+            let dev = Split::read(&data.join("dev.tsv"), labels.len())?;
+            let n = a.limit_train_examples.map_or(train.examples.len(), |l| l.min(train.examples.len()));
+            let total = Trainer::total_steps(n, a.batch_size, a.epochs);
+            let cfg = TrainConfig {
+                base_model: a.base.display().to_string(),
+                train_path: std::fs::canonicalize(&train.path)?,
+                dev_path: std::fs::canonicalize(&dev.path)?,
+                train_sha256: train.sha256.clone(),
+                dev_sha256: dev.sha256.clone(),
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                max_len: a.max_len,
+                seed: a.seed,
+                freeze_embeddings: a.freeze_embeddings,
+                pos_weight: pos_weights(&a.pos_weight, &train, labels.len())?,
+                eval_every_steps: a.eval_every,
+                checkpoint_every_steps: a.checkpoint_every.max(1),
+                shards: a.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                optimizer: AdamWConfig {
+                    lr: a.lr,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: a.weight_decay,
+                    max_grad_norm: a.max_grad_norm,
+                    warmup_steps: (total as f64 * a.warmup_ratio).round() as u64,
+                    total_steps: total,
+                },
+                limit_train_examples: a.limit_train_examples,
+            };
+            let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
+            tracing::info!(params = t.params.count(), steps = total, "starting fine-tuning in {}", a.run.display());
+            t.run(a.stop_at_step, progress)
+        }
+        Cmd::Resume { run, stop_at_step, device: d } => {
+            let mut t = Trainer::resume(&run, device(&d)?)?;
+            tracing::info!(step = t.state.step, epoch = t.state.epoch, "resuming {}", run.display());
+            t.run(stop_at_step, progress)
+        }
+    }
+}

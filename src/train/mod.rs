@@ -1,0 +1,9 @@
+//! Fine-tuning: loss, optimiser, batching plans, the training loop with checkpoints, inference.
+
+pub mod batches;
+pub mod loss;
+pub mod optim;
+pub mod predict;
+pub mod trainer;
+
+pub use trainer::{TrainConfig, Trainer};

@@ -1,0 +1,162 @@
+//! AdamW with linear warm-up then linear decay, global-norm gradient clipping, and state
+//! (moments, step) that a checkpoint saves and restores exactly.
+
+use crate::encoder::Params;
+use anyhow::{Context, Result};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    pub max_grad_norm: f64,
+    pub warmup_steps: u64,
+    pub total_steps: u64,
+}
+
+/// Learning rate at `step` (1-based): linear warm-up to `lr`, then linear decay to 0.
+pub fn lr_at(cfg: &AdamWConfig, step: u64) -> f64 {
+    if step <= cfg.warmup_steps && cfg.warmup_steps > 0 {
+        return cfg.lr * step as f64 / cfg.warmup_steps as f64;
+    }
+    let rest = cfg.total_steps.saturating_sub(cfg.warmup_steps).max(1);
+    let done = step.saturating_sub(cfg.warmup_steps);
+    cfg.lr * (1.0 - done as f64 / rest as f64).max(0.0)
+}
+
+/// Biases and LayerNorm weights are not decayed (the Hugging Face convention).
+fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+}
+
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub step: u64,
+    m: BTreeMap<String, Vec<f32>>,
+    v: BTreeMap<String, Vec<f32>>,
+}
+
+/// What one optimiser step saw.
+#[derive(Debug, Clone, Copy)]
+pub struct StepInfo {
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl AdamW {
+    pub fn new(cfg: AdamWConfig) -> Self {
+        AdamW { cfg, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+    }
+
+    /// Applies one update to every trainable parameter from the sum of `grads`
+    /// (one store per batch shard).
+    pub fn step(&mut self, params: &Params, grads: &[GradStore]) -> Result<StepInfo> {
+        let mut collected: Vec<(&String, &candle_core::Var, Vec<f32>)> = Vec::new();
+        let mut sq = 0f64;
+        for (name, var) in params.trainable() {
+            let mut g = vec![0.0f32; var.elem_count()];
+            for store in grads {
+                if let Some(t) = store.get(var.as_tensor()) {
+                    let t = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    g.iter_mut().zip(&t).for_each(|(a, b)| *a += b);
+                }
+            }
+            sq += g.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>();
+            collected.push((name, var, g));
+        }
+        let grad_norm = sq.sqrt();
+        let clip = if self.cfg.max_grad_norm > 0.0 && grad_norm > self.cfg.max_grad_norm {
+            (self.cfg.max_grad_norm / (grad_norm + 1e-6)) as f32
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let lr = lr_at(&self.cfg, self.step);
+        let (b1, b2, eps) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32, self.cfg.eps as f32);
+        let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - self.cfg.beta2.powi(self.step as i32);
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        for (name, var, g) in collected {
+            let t = var.as_tensor();
+            let dtype = t.dtype();
+            let mut p = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; p.len()]);
+            let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; p.len()]);
+            let decay = if decays(name) { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
+                for i in 0..p.len() {
+                    let gi = g[i] * clip;
+                    m[i] = b1 * m[i] + (1.0 - b1) * gi;
+                    v[i] = b2 * v[i] + (1.0 - b2) * gi * gi;
+                    p[i] = p[i] * decay - step_size * m[i] / (v[i].sqrt() / bc2_sqrt + eps);
+                }
+            };
+            // Element-wise, so splitting across two threads changes no result.
+            if p.len() >= 1 << 16 {
+                let h = p.len() / 2;
+                let (p0, p1) = p.split_at_mut(h);
+                let (m0, m1) = m.split_at_mut(h);
+                let (v0, v1) = v.split_at_mut(h);
+                let (g0, g1) = g.split_at(h);
+                std::thread::scope(|s| {
+                    s.spawn(|| update(p0, m0, v0, g0));
+                    update(p1, m1, v1, g1);
+                });
+            } else {
+                update(&mut p, m, v, &g);
+            }
+            let new = Tensor::from_vec(p, t.shape(), t.device())?.to_dtype(dtype)?;
+            var.set(&new)?;
+        }
+        Ok(StepInfo { grad_norm, lr })
+    }
+
+    /// Moments as tensors `m.<param>` / `v.<param>` for a safetensors checkpoint.
+    pub fn state_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        let mut out = HashMap::new();
+        for (k, m) in &self.m {
+            out.insert(format!("m.{k}"), Tensor::from_slice(m, m.len(), device)?);
+        }
+        for (k, v) in &self.v {
+            out.insert(format!("v.{k}"), Tensor::from_slice(v, v.len(), device)?);
+        }
+        Ok(out)
+    }
+
+    pub fn load_state_tensors(&mut self, tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
+        self.m.clear();
+        self.v.clear();
+        for (k, t) in tensors {
+            let data = t.to_vec1::<f32>().with_context(|| format!("optimizer tensor {k}"))?;
+            if let Some(name) = k.strip_prefix("m.") {
+                self.m.insert(name.to_string(), data);
+            } else if let Some(name) = k.strip_prefix("v.") {
+                self.v.insert(name.to_string(), data);
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let c = AdamWConfig { lr: 1.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0, warmup_steps: 10, total_steps: 110 };
+        assert!((lr_at(&c, 5) - 0.5).abs() < 1e-12);
+        assert!((lr_at(&c, 10) - 1.0).abs() < 1e-12);
+        assert!((lr_at(&c, 60) - 0.5).abs() < 1e-12);
+        assert_eq!(lr_at(&c, 110), 0.0);
+        assert_eq!(lr_at(&c, 200), 0.0);
+    }
+}
