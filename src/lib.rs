@@ -5,8 +5,12 @@
 
 pub mod dataset;
 pub mod encoder;
+pub mod inference;
 pub mod labels;
 pub mod metrics;
+pub mod model;
+pub mod model_dir;
+pub mod onnx;
 pub mod rng;
 pub mod thresholds;
 pub mod train;

@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 use emostream::dataset::{goemotions_dir, Split};
 use emostream::labels::LabelSet;
 use emostream::train::optim::AdamWConfig;
-use emostream::train::{TrainConfig, Trainer};
+use emostream::model::RuntimeOptions;
+use emostream::onnx::Variant;
+use emostream::train::{publish, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -85,6 +87,53 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Export a checkpoint (Hugging Face layout, e.g. RUN/best) to an emostream model directory.
+    Export(ExportArgs),
+    /// Export with int8 dynamic quantisation (same as `export --precision int8`).
+    Quantize(ExportArgs),
+    /// Choose thresholds on dev and store them (and dev metrics) in model.json.
+    TuneThresholds {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Evaluate a model directory on a TSV split through ONNX Runtime.
+    Evaluate {
+        #[arg(long)]
+        model: PathBuf,
+        /// test | dev | a path to a TSV file
+        #[arg(long, default_value = "test")]
+        split: String,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Record the test metrics in model.json.
+        #[arg(long)]
+        write: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    /// Training run directory (its train.json goes into the card).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    #[arg(long, default_value = "goemotions")]
+    name: String,
+    #[arg(long, default_value = "1.0.0")]
+    version: String,
+    /// fp32 | int8
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Standard ONNX ops only (no com.microsoft fused ops); fp32 only.
+    #[arg(long)]
+    plain: bool,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
 }
 
 fn device(spec: &str) -> Result<Device> {
@@ -111,6 +160,25 @@ fn pos_weights(kind: &str, split: &Split, n: usize) -> Result<Option<Vec<f32>>> 
         }
         k => bail!("unknown --pos-weight {k:?} (none | sqrt-inv-freq)"),
     }
+}
+
+fn export(a: ExportArgs, quantize: bool) -> Result<()> {
+    let variant = match (quantize, a.precision.as_str(), a.plain) {
+        (true, _, false) | (false, "int8", false) => Variant::Int8,
+        (false, "fp32", plain) => Variant::Fp32 { fused: !plain },
+        (_, p, plain) => bail!("unsupported export: precision {p:?}{}", if plain { " with --plain" } else { "" }),
+    };
+    let card = publish::export_model_dir(&publish::ExportRequest {
+        checkpoint: &a.checkpoint,
+        out: &a.out,
+        variant,
+        name: &a.name,
+        version: &a.version,
+        max_len: a.max_len,
+        run: a.run.as_deref(),
+    })?;
+    println!("wrote {} ({}, sha256 {})", a.out.display(), card.precision, card.model_sha256);
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -158,6 +226,28 @@ fn main() -> Result<()> {
             let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
             tracing::info!(params = t.params.count(), steps = total, "starting fine-tuning in {}", a.run.display());
             t.run(a.stop_at_step, progress)
+        }
+        Cmd::Export(a) => export(a, false),
+        Cmd::Quantize(a) => export(a, true),
+        Cmd::TuneThresholds { model, data } => {
+            let data = data.unwrap_or_else(goemotions_dir);
+            let card = publish::tune_thresholds(&model, &data.join("dev.tsv"), &RuntimeOptions::default())?;
+            let dev = &card.metrics["dev"];
+            println!("thresholds: default {:.2}, per label {:?}", card.thresholds.default, card.thresholds.per_label.as_deref().unwrap_or(&[]));
+            println!("dev macro-F1 {:.4} (per-label), {:.4} (global {:.2})", dev.metrics.macro_f1, card.metrics["dev_global_dev_best"].metrics.macro_f1, card.thresholds.default);
+            Ok(())
+        }
+        Cmd::Evaluate { model, split, data, write } => {
+            let data = data.unwrap_or_else(goemotions_dir);
+            let path = match split.as_str() {
+                "test" | "dev" | "train" => data.join(format!("{split}.tsv")),
+                p => PathBuf::from(p),
+            };
+            let res = publish::evaluate_test(&model, &path, &RuntimeOptions::default(), write)?;
+            for (k, e) in &res {
+                println!("{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)", e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples);
+            }
+            Ok(())
         }
         Cmd::Resume { run, stop_at_step, device: d } => {
             let mut t = Trainer::resume(&run, device(&d)?)?;

@@ -4,6 +4,7 @@ pub mod batches;
 pub mod loss;
 pub mod optim;
 pub mod predict;
+pub mod publish;
 pub mod trainer;
 
 pub use trainer::{TrainConfig, Trainer};

@@ -1,0 +1,138 @@
+//! Test support: tiny random-weight checkpoints of each layout (BERT, RoBERTa, DistilBERT) with
+//! tokenizers trained by the tokenizers crate on GoEmotions train text, so no download is needed.
+#![allow(dead_code)]
+
+use candle_core::{Device, Tensor};
+use emostream::dataset::{goemotions_dir, Split};
+use emostream::encoder::{names, Arch, EncoderConfig};
+use emostream::labels::LabelSet;
+use emostream::rng::SplitMix64;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use tokenizers::models::bpe::{BpeTrainer, BPE};
+use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
+use tokenizers::models::{ModelWrapper, TrainerWrapper};
+use tokenizers::normalizers::{BertNormalizer, NormalizerWrapper};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::roberta::RobertaProcessing;
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::{AddedToken, TokenizerBuilder, TokenizerImpl};
+
+pub type Tok = TokenizerImpl<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+
+pub fn data_dir() -> PathBuf {
+    goemotions_dir()
+}
+
+pub fn split(name: &str) -> Split {
+    Split::read(&data_dir().join(format!("{name}.tsv")), 28).expect("GoEmotions split (see README: data lives in ../shared/data/goemotions)")
+}
+
+pub fn texts(name: &str, n: usize) -> Vec<String> {
+    split(name).examples.into_iter().take(n).map(|e| e.text).collect()
+}
+
+/// Trains a small tokenizer on the first `n` training texts and writes tokenizer.json.
+fn train_tokenizer(arch: Arch, path: &Path, n: usize) -> usize {
+    let lines = texts("train", n);
+    let mut tok: Tok = match arch {
+        Arch::Roberta => {
+            let specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"];
+            let mut trainer: TrainerWrapper = BpeTrainer::builder()
+                .vocab_size(400)
+                .show_progress(false)
+                .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+                .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+                .build()
+                .into();
+            let mut tok = TokenizerBuilder::new()
+                .with_model(ModelWrapper::from(BPE::default()))
+                .with_normalizer(None::<NormalizerWrapper>)
+                .with_pre_tokenizer(Some(PreTokenizerWrapper::from(ByteLevel::new(false, true, true))))
+                .with_post_processor(Some(PostProcessorWrapper::from(RobertaProcessing::new(("</s>".into(), 2), ("<s>".into(), 0)))))
+                .with_decoder(Some(DecoderWrapper::from(ByteLevel::default())))
+                .build()
+                .unwrap();
+            tok.train(&mut trainer, lines.iter()).unwrap();
+            tok
+        }
+        _ => {
+            let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"];
+            let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
+                .vocab_size(400)
+                .show_progress(false)
+                .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+                .build()
+                .into();
+            let mut tok = TokenizerBuilder::new()
+                .with_model(ModelWrapper::from(WordPiece::default()))
+                .with_normalizer(Some(NormalizerWrapper::from(BertNormalizer::default())))
+                .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
+                .with_post_processor(Some(PostProcessorWrapper::from(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2)))))
+                .with_decoder(None::<DecoderWrapper>)
+                .build()
+                .unwrap();
+            tok.train(&mut trainer, lines.iter()).unwrap();
+            tok
+        }
+    };
+    tok.save(path, false).unwrap();
+    let _ = &mut tok;
+    tok.get_vocab_size(true)
+}
+
+/// Writes a tiny random checkpoint (config.json, model.safetensors, tokenizer.json) into `dir`.
+pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
+    std::fs::create_dir_all(dir).unwrap();
+    let vocab = train_tokenizer(arch, &dir.join("tokenizer.json"), 3000);
+    let pad = if arch == Arch::Roberta { 1 } else { 0 };
+    let cfg = EncoderConfig {
+        arch,
+        vocab_size: vocab,
+        hidden_size: 32,
+        num_layers: 2,
+        num_heads: 4,
+        intermediate_size: 64,
+        max_position_embeddings: if arch == Arch::Roberta { 130 } else { 128 },
+        type_vocab_size: if arch == Arch::Distilbert { 0 } else if arch == Arch::Roberta { 1 } else { 2 },
+        layer_norm_eps: if arch == Arch::Roberta { 1e-5 } else { 1e-12 },
+        pad_token_id: pad,
+        hidden_dropout: 0.1,
+        attention_dropout: 0.1,
+        classifier_dropout: 0.1,
+        num_labels: 28,
+    };
+    let labels = LabelSet::goemotions();
+    let mut hf = cfg.to_hf(labels.names());
+    // A base checkpoint carries no labels.
+    hf.as_object_mut().unwrap().remove("id2label");
+    hf.as_object_mut().unwrap().remove("label2id");
+    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&hf).unwrap()).unwrap();
+    let mut rng = SplitMix64::new(seed);
+    let head = names::head(arch);
+    let mut tensors = HashMap::new();
+    for (name, shape) in names::all(&cfg) {
+        // BERT's output projection is left out, as in a pretrained base, so the loader's
+        // initialisation path runs; the other layouts carry a full head with large weights.
+        if arch == Arch::Bert && name.starts_with(&head.out) {
+            continue;
+        }
+        let n: usize = shape.iter().product();
+        let is_norm = name.contains("LayerNorm") || name.contains("layer_norm");
+        let data: Vec<f32> = (0..n)
+            .map(|_| {
+                let z = rng.normal() as f32;
+                if is_norm && name.ends_with(".weight") { 1.0 + 0.1 * z } else { 0.3 * z }
+            })
+            .collect();
+        // HF base checkpoints store BERT weights without the `bert.` prefix: exercise that path.
+        let key = if arch == Arch::Bert { name.trim_start_matches("bert.").to_string() } else { name.clone() };
+        tensors.insert(key, Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap());
+    }
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    EncoderConfig::from_file(&dir.join("config.json"), 28).unwrap()
+}
