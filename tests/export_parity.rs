@@ -7,42 +7,11 @@ mod common;
 use candle_core::Device;
 use emostream::encoder::{Arch, Encoder};
 use emostream::inference::Classifier;
-use emostream::labels::LabelSet;
 use emostream::model::RuntimeOptions;
 use emostream::onnx::Variant;
 use emostream::tokenize::PaddedBatch;
-use emostream::train::optim::AdamWConfig;
 use emostream::train::publish::{export_model_dir, load_checkpoint, ExportRequest};
 use emostream::train::predict;
-use emostream::train::{TrainConfig, Trainer};
-use std::path::Path;
-
-pub fn tiny_run(arch: Arch, root: &Path, examples: usize, batch: usize, epochs: u64) -> Trainer {
-    let base = root.join("base");
-    common::tiny_checkpoint(arch, &base, 7);
-    let train = common::split("train");
-    let dev = common::split("dev");
-    let total = Trainer::total_steps(examples, batch, epochs);
-    let cfg = TrainConfig {
-        base_model: "tiny-random".into(),
-        train_path: train.path.clone(),
-        dev_path: dev.path.clone(),
-        train_sha256: train.sha256.clone(),
-        dev_sha256: dev.sha256.clone(),
-        epochs,
-        batch_size: batch,
-        max_len: 64,
-        seed: 11,
-        freeze_embeddings: false,
-        pos_weight: None,
-        eval_every_steps: None,
-        checkpoint_every_steps: 1000,
-        shards: 2,
-        optimizer: AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0, warmup_steps: 2, total_steps: total },
-        limit_train_examples: Some(examples),
-    };
-    Trainer::create(&root.join("run"), &base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
-}
 
 enum Tolerance {
     MaxAbs(f32),
@@ -60,7 +29,7 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
 
 fn check_layout(arch: Arch) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = tiny_run(arch, tmp.path(), 64, 16, 1);
+    let mut t = common::tiny_run(arch, tmp.path(), 64, 16, 1);
     t.run(None, false).unwrap();
     assert_eq!(t.state.step, 4);
     let best = t.dir.join("best");

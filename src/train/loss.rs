@@ -6,8 +6,10 @@ use candle_core::{Result, Tensor};
 /// Mean over all elements of per-label BCE. `targets` is 0/1 with the logits' shape and dtype;
 /// `pos_weight` (`[num_labels]`) scales the positive term as in PyTorch's `BCEWithLogitsLoss`.
 pub fn bce_with_logits(logits: &Tensor, targets: &Tensor, pos_weight: Option<&Tensor>) -> Result<Tensor> {
-    // log(1 + e^{-|x|}) + max(-x, 0) = softplus(-x), computed without overflow.
-    let softplus_neg = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?.add(&logits.neg()?.relu()?)?;
+    // softplus(-x) = max(x, 0) - x + log(1 + e^{-|x|}), computed without overflow. Written with
+    // relu(x) rather than relu(-x) so the sub-gradients at x = 0 (relu'(0) = 1, |x|'(0) = 1)
+    // combine to the true derivative σ(0) - 1.
+    let softplus_neg = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?.add(&logits.relu()?.sub(logits)?)?;
     let neg_part = targets.affine(-1.0, 1.0)?.mul(logits)?; // (1 - y) · x
     let per = match pos_weight {
         None => neg_part.add(&softplus_neg)?,

@@ -72,6 +72,9 @@ pub struct TrainState {
     pub best: Option<DevPoint>,
     pub train_seconds: f64,
     pub finished: bool,
+    /// Loss sum and count since the last loss-curve point.
+    #[serde(default)]
+    pub pending_loss: (f64, u64),
 }
 
 pub struct Trainer {
@@ -88,7 +91,6 @@ pub struct Trainer {
     train_targets: Vec<Vec<f32>>,
     dev_rows: Vec<Vec<u32>>,
     dev_targets: Vec<Vec<bool>>,
-    pending_loss: (f64, u64),
 }
 
 fn one() -> usize {
@@ -193,7 +195,6 @@ impl Trainer {
             dev_rows,
             dev_targets,
             cfg,
-            pending_loss: (0.0, 0),
         })
     }
 
@@ -260,11 +261,11 @@ impl Trainer {
         }
         self.optim.step(&self.params, &grads)?;
         self.state.step += 1;
-        self.pending_loss.0 += v;
-        self.pending_loss.1 += 1;
+        self.state.pending_loss.0 += v;
+        self.state.pending_loss.1 += 1;
         if self.state.step % LOSS_POINT_EVERY == 0 {
-            self.state.loss_curve.push((self.state.step, self.pending_loss.0 / self.pending_loss.1 as f64));
-            self.pending_loss = (0.0, 0);
+            self.state.loss_curve.push((self.state.step, self.state.pending_loss.0 / self.state.pending_loss.1 as f64));
+            self.state.pending_loss = (0.0, 0);
         }
         Ok(v)
     }

@@ -7,6 +7,8 @@ use emostream::dataset::{goemotions_dir, Split};
 use emostream::encoder::{names, Arch, EncoderConfig};
 use emostream::labels::LabelSet;
 use emostream::rng::SplitMix64;
+use emostream::train::optim::AdamWConfig;
+use emostream::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use tokenizers::models::bpe::{BpeTrainer, BPE};
@@ -136,3 +138,37 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     EncoderConfig::from_file(&dir.join("config.json"), 28).unwrap()
 }
+
+/// A fresh training run on a tiny checkpoint of `arch` over the first `examples` train rows.
+pub fn tiny_run(arch: Arch, root: &Path, examples: usize, batch: usize, epochs: u64) -> Trainer {
+    let base = root.join("base");
+    tiny_checkpoint(arch, &base, 7);
+    run_from(&base, &root.join("run"), examples, batch, epochs)
+}
+
+/// A fresh training run in `run` from the checkpoint directory `base`.
+pub fn run_from(base: &Path, run: &Path, examples: usize, batch: usize, epochs: u64) -> Trainer {
+    let train = split("train");
+    let dev = split("dev");
+    let total = Trainer::total_steps(examples, batch, epochs);
+    let cfg = TrainConfig {
+        base_model: "tiny-random".into(),
+        train_path: train.path.clone(),
+        dev_path: dev.path.clone(),
+        train_sha256: train.sha256.clone(),
+        dev_sha256: dev.sha256.clone(),
+        epochs,
+        batch_size: batch,
+        max_len: 64,
+        seed: 11,
+        freeze_embeddings: false,
+        pos_weight: None,
+        eval_every_steps: None,
+        checkpoint_every_steps: 1000,
+        shards: 2,
+        optimizer: AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0, warmup_steps: 2, total_steps: total },
+        limit_train_examples: Some(examples),
+    };
+    Trainer::create(run, base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
+}
+
