@@ -77,6 +77,55 @@ fn check_layout(arch: Arch) {
     }
 }
 
+/// Op types of a model file, with counts.
+fn op_histogram(path: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let bytes = std::fs::read(path).unwrap();
+    let model: emostream::onnx::proto::ModelProto = prost::Message::decode(bytes.as_slice()).unwrap();
+    let mut h = std::collections::BTreeMap::new();
+    for n in model.graph.unwrap().node {
+        *h.entry(n.op_type).or_insert(0) += 1;
+    }
+    h
+}
+
+/// Saves ONNX Runtime's optimised graph of both fp32 exports and reads what fused.
+/// Finding (recorded in BENCHMARKS.md): from standard ops ORT 1.31 fuses the erf-GELU with its
+/// bias into BiasGelu and bias-adds into Gemm/FusedMatMul, but neither the attention block nor
+/// residual + LayerNormalization; so the default export emits Attention and
+/// SkipLayerNormalization itself, and they survive optimisation intact.
+#[test]
+fn ort_optimised_graphs_show_what_fused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    common::tiny_checkpoint(Arch::Bert, &base, 1);
+    // A base checkpoint has no labels: add them as a trained checkpoint would.
+    let mut hf: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let labels = emostream::labels::LabelSet::goemotions();
+    let cfg = emostream::encoder::EncoderConfig::from_hf(&hf, 28).unwrap();
+    hf = cfg.to_hf(labels.names());
+    std::fs::write(base.join("config.json"), serde_json::to_vec(&hf).unwrap()).unwrap();
+    let optimise = |variant: Variant, tag: &str| {
+        let out = tmp.path().join(tag);
+        export_model_dir(&ExportRequest { checkpoint: &base, out: &out, variant, name: "tiny", version: "0", max_len: 64, run: None }).unwrap();
+        let before = op_histogram(&out.join("model.onnx"));
+        let optimized = tmp.path().join(format!("{tag}-optimized.onnx"));
+        let rt = RuntimeOptions { optimized_model_path: Some(optimized.clone()), ..Default::default() };
+        Classifier::load(&out, &rt, true).unwrap();
+        let after = op_histogram(&optimized);
+        eprintln!("{tag} exported: {before:?}\n{tag} after ORT optimisation: {after:?}");
+        (before, after)
+    };
+    let (before, after) = optimise(Variant::Fp32 { fused: false }, "plain");
+    assert!(before.contains_key("Erf"));
+    assert_eq!(after.get("BiasGelu"), Some(&2), "GELU + bias not fused");
+    assert!(!after.contains_key("Erf"));
+    let (_, after) = optimise(Variant::Fp32 { fused: true }, "fused");
+    assert_eq!(after.get("Attention"), Some(&2));
+    assert_eq!(after.get("SkipLayerNormalization"), Some(&4), "2 layers x 2 residual LayerNorms");
+    assert_eq!(after.get("BiasGelu"), Some(&2));
+    assert!(!after.contains_key("Softmax") && !after.contains_key("Erf"));
+}
+
 #[test]
 fn bert_layout_exports_with_parity() {
     check_layout(Arch::Bert);

@@ -111,6 +111,13 @@ enum Cmd {
         #[arg(long)]
         write: bool,
     },
+    /// Write report.md (+ curves.png from the run) into a model directory.
+    Report {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        run: Option<PathBuf>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -247,6 +254,11 @@ fn main() -> Result<()> {
             for (k, e) in &res {
                 println!("{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)", e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples);
             }
+            Ok(())
+        }
+        Cmd::Report { model, run } => {
+            emostream::train::report::write_report(&model, run.as_deref())?;
+            println!("wrote {}/report.md", model.display());
             Ok(())
         }
         Cmd::Resume { run, stop_at_step, device: d } => {

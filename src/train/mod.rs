@@ -5,6 +5,7 @@ pub mod loss;
 pub mod optim;
 pub mod predict;
 pub mod publish;
+pub mod report;
 pub mod trainer;
 
 pub use trainer::{TrainConfig, Trainer};

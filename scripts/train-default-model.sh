@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Reproduces the shipped default model, models/goemotions-minilm-l6: fine-tunes all-MiniLM-L6-v2
+# on GoEmotions train, keeps the best dev epoch, exports int8 ONNX, tunes thresholds on dev,
+# evaluates on test and writes report.md + curves.png.
+# Resumable: run it again after an interruption and it continues from the last checkpoint.
+# RUN (default ~/.cache/emostream/runs/minilm-l6) holds checkpoints; OUT is the model directory.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+run=${RUN:-$HOME/.cache/emostream/runs/minilm-l6}
+out=${OUT:-models/goemotions-minilm-l6}
+ORT_DYLIB_PATH=$(scripts/setup-ort.sh); export ORT_DYLIB_PATH
+base=$(scripts/fetch-base-model.sh)
+cargo build --release --bin train
+train=target/release/train
+if [ -f "$run/checkpoint/state.json" ]; then
+  $train resume --run "$run"
+else
+  $train fit --base "$base" --run "$run" --epochs 4 --lr 1e-4 --batch-size 32 --seed 42 --checkpoint-every 100
+fi
+$train quantize --checkpoint "$run/best" --run "$run" --out "$out" --name goemotions-minilm-l6 --version 1.0.0
+$train tune-thresholds --model "$out"
+$train evaluate --model "$out" --split test --write
+$train report --model "$out" --run "$run"
