@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (ONNX Runtime library from PyPI), checks the
-# GoEmotions data is present, then runs the whole suite against the real runtime.
+# The test command: installs what the tests need (ONNX Runtime library from PyPI, Apache Kafka
+# broker jars from Maven Central), checks the GoEmotions data is present, starts the broker if
+# it is not running, and runs the whole suite against the real runtime and broker.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -13,4 +14,13 @@ fi
 for f in train.tsv dev.tsv test.tsv labels.txt; do
   [ -f "$data/$f" ] || { echo "GoEmotions data missing: $data/$f (run scripts/download-data.sh)" >&2; exit 1; }
 done
+# The end-to-end tests run against a real single-node Kafka broker on localhost.
+started_broker=0
+if ! scripts/kafka.sh status >/dev/null 2>&1; then
+  scripts/kafka.sh start
+  started_broker=1
+fi
+stop_broker() { [ "$started_broker" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true; }
+trap stop_broker EXIT
+export EMOSTREAM_TEST_BROKERS=${EMOSTREAM_TEST_BROKERS:-127.0.0.1:19092}
 cargo test --release "$@"

@@ -2,6 +2,8 @@
 //! tokenizers trained by the tokenizers crate on GoEmotions train text, so no download is needed.
 #![allow(dead_code)]
 
+pub mod kafka;
+
 use candle_core::{Device, Tensor};
 use emostream::dataset::{goemotions_dir, Split};
 use emostream::encoder::{names, Arch, EncoderConfig};
@@ -172,3 +174,25 @@ pub fn run_from(base: &Path, run: &Path, examples: usize, batch: usize, epochs: 
     Trainer::create(run, base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
 }
 
+
+/// A tiny trained-shape model directory (random BERT weights, fp32 export) for pipeline tests:
+/// fast, and real ONNX Runtime all the same.
+pub fn tiny_model_dir(root: &Path) -> PathBuf {
+    let base = root.join("tiny-base");
+    tiny_checkpoint(Arch::Bert, &base, 5);
+    let hf: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let cfg = EncoderConfig::from_hf(&hf, 28).unwrap();
+    std::fs::write(base.join("config.json"), serde_json::to_vec(&cfg.to_hf(LabelSet::goemotions().names())).unwrap()).unwrap();
+    let out = root.join("tiny-model");
+    emostream::train::publish::export_model_dir(&emostream::train::publish::ExportRequest {
+        checkpoint: &base,
+        out: &out,
+        variant: emostream::onnx::Variant::Fp32 { fused: true },
+        name: "tiny-test",
+        version: "0.0.1",
+        max_len: 64,
+        run: None,
+    })
+    .unwrap();
+    out
+}

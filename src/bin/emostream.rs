@@ -1,0 +1,96 @@
+//! `emostream`: the Kafka labelling daemon (`run`), the broker-less `classify`, and
+//! `check-model`.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use emostream::config::Settings;
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "emostream", about = "Label a Kafka stream of comments with GoEmotions emotions")]
+struct Cli {
+    /// Configuration file (TOML) applied over config/default.toml; EMOSTREAM__* env vars win.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon: consume, label, produce, commit.
+    Run,
+    /// Label JSON or text lines from stdin; write label events to stdout.
+    Classify {
+        /// json | text (default: input.format)
+        #[arg(long)]
+        format: Option<String>,
+        /// Model directory (default: model.dir)
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
+    /// Load and validate a model directory, run a smoke batch, print labels and timings.
+    CheckModel { dir: PathBuf },
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("emostream: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut s = Settings::load(cli.config.as_deref())?;
+    emostream::telemetry::init_logging(&s.log.format, &s.log.level);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.cmd {
+        Cmd::Run => rt.block_on(emostream::daemon::run(s)),
+        Cmd::Classify { format, model } => {
+            if let Some(f) = format {
+                s.input.format = match f.as_str() {
+                    "json" => emostream::config::InputFormat::Json,
+                    "text" => emostream::config::InputFormat::Text,
+                    other => anyhow::bail!("--format {other:?}: use json or text"),
+                };
+            }
+            if let Some(m) = model {
+                s.model.dir = m;
+            }
+            rt.block_on(emostream::daemon::classify(s))
+        }
+        Cmd::CheckModel { dir } => check_model(&s, dir),
+    }
+}
+
+const SMOKE: [&str; 4] = [
+    "Thank you so much, this made my day!",
+    "I can't believe they did that, it's disgusting.",
+    "Wait, what? How does that even work?",
+    "I'm so sorry for your loss.",
+];
+
+fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
+    let t = std::time::Instant::now();
+    let mut c = emostream::inference::Classifier::load(&dir, &s.runtime_options(), true)?;
+    let load = t.elapsed();
+    let card = c.dir.card.clone();
+    println!("model {} {} ({}, {}, {} labels, max length {}), loaded in {:.0} ms", card.name, card.version, card.architecture, card.precision, card.labels.len(), card.max_sequence_length, load.as_secs_f64() * 1e3);
+    if let Some(m) = card.metrics.get("test") {
+        println!("card: test macro-F1 {:.4} ({})", m.metrics.macro_f1, m.thresholds);
+    }
+    let t = std::time::Instant::now();
+    let scores = c.score_texts(&SMOKE, SMOKE.len())?;
+    let infer = t.elapsed();
+    let th = card.thresholds.resolved(card.labels.len());
+    for (text, s) in SMOKE.iter().zip(&scores) {
+        anyhow::ensure!(s.iter().all(|x| x.is_finite()), "non-finite score for {text:?}");
+        let mut on: Vec<(usize, f32)> = s.iter().enumerate().filter(|(i, x)| **x >= th[*i]).map(|(i, x)| (i, *x)).collect();
+        on.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let labels: Vec<String> = on.iter().map(|(i, x)| format!("{} {:.2}", card.labels.name(*i), x)).collect();
+        println!("{text:?} -> [{}]", labels.join(", "));
+    }
+    println!("smoke batch of {} in {:.1} ms", SMOKE.len(), infer.as_secs_f64() * 1e3);
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Types that flow between the daemon's stages: source → batcher → inference workers → sink,
+//! and the outcome each message ends as. The `classify` command uses the same stages with
+//! stdin/stdout at the ends.
+
+use crate::decode::Reason;
+use crate::event::Source;
+use rdkafka::message::OwnedHeaders;
+use std::time::Instant;
+
+/// A consumed message and everything needed to answer for it.
+#[derive(Debug)]
+pub struct Origin {
+    pub source: Source,
+    pub key: Option<Vec<u8>>,
+    pub headers: Option<OwnedHeaders>,
+    /// The original bytes, kept for the dead-letter topic.
+    pub payload: Vec<u8>,
+    pub received: Instant,
+}
+
+impl Origin {
+    /// `topic/partition/offset`: the id of a comment whose payload carried none.
+    pub fn coordinates(&self) -> String {
+        format!("{}/{}/{}", self.source.topic, self.source.partition, self.source.offset)
+    }
+}
+
+/// A decoded comment waiting to be batched.
+#[derive(Debug)]
+pub struct Pending {
+    pub id: String,
+    pub text: String,
+    pub origin: Origin,
+}
+
+/// A tokenized comment inside a batch.
+#[derive(Debug)]
+pub struct Item {
+    pub id: String,
+    pub ids: Vec<u32>,
+    pub truncated: bool,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub items: Vec<Item>,
+    /// Tokenizer failures, passed through to the sink as rejections.
+    pub failed: Vec<(Origin, String)>,
+    pub tokens: usize,
+}
+
+/// What became of a message.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Labelled: the serialised label event.
+    Labelled { id: String, event: Vec<u8>, origin: Origin },
+    /// Goes to the dead-letter topic.
+    Rejected { reason: Reason, detail: String, origin: Origin },
+}
+
+impl Outcome {
+    pub fn origin(&self) -> &Origin {
+        match self {
+            Outcome::Labelled { origin, .. } | Outcome::Rejected { origin, .. } => origin,
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! Test support for the real local broker (scripts/kafka.sh): topics, producing, reading a
+//! topic to the end, committed offsets, and running the daemon binary.
+#![allow(dead_code)]
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn brokers() -> String {
+    std::env::var("EMOSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// A name no other test run has used.
+pub fn unique(prefix: &str) -> String {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    format!("{prefix}-{}-{}", std::process::id(), t % 1_000_000_000_000)
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Creates topics (partitions, extra topic configs); panics with a hint if no broker answers.
+pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (k, v) in configs {
+        t = t.set(k, v);
+    }
+    let res = rt().block_on(admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))));
+    let res = res.unwrap_or_else(|e| panic!("creating topic {name} on {} failed: {e} (is the broker running? scripts/kafka.sh start)", brokers()));
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
+    }
+}
+
+pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
+    ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").set("enable.idempotence", "true").create().unwrap()
+}
+
+/// Produces (key, payload, headers) records and waits until all are acknowledged.
+pub fn produce(topic: &str, records: &[(Option<String>, Vec<u8>, Option<OwnedHeaders>)]) {
+    let p = producer();
+    for (k, v, h) in records {
+        let mut r = BaseRecord::<String, Vec<u8>>::to(topic).payload(v);
+        if let Some(k) = k {
+            r = r.key(k);
+        }
+        if let Some(h) = h {
+            r = r.headers(h.clone());
+        }
+        let mut r = r;
+        loop {
+            match p.send(r) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    r = back;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    p.flush(Duration::from_secs(60)).unwrap();
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `done(&records)` or `timeout`.
+pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let mut out = Vec::new();
+    let end = Instant::now() + timeout;
+    while Instant::now() < end && !done(&out) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let mut headers = HashMap::new();
+            if let Some(h) = m.headers() {
+                for x in h.iter() {
+                    headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned());
+                }
+            }
+            out.push(Record { partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec(), headers });
+        }
+    }
+    out
+}
+
+/// Committed offset per partition for a group (-1 when none).
+pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+/// End offsets (high watermarks) per partition.
+pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+}
+
+/// Environment for a daemon reading `input` and writing `output`/`dlq` with `model`.
+pub fn daemon_env(group: &str, input: &str, output: &str, dlq: &str, model: &Path) -> Vec<(String, String)> {
+    vec![
+        ("EMOSTREAM__KAFKA__BROKERS".into(), brokers()),
+        ("EMOSTREAM__KAFKA__GROUP_ID".into(), group.into()),
+        ("EMOSTREAM__KAFKA__INPUT_TOPICS".into(), input.into()),
+        ("EMOSTREAM__KAFKA__OUTPUT_TOPIC".into(), output.into()),
+        ("EMOSTREAM__KAFKA__DEAD_LETTER_TOPIC".into(), dlq.into()),
+        ("EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(), "200".into()),
+        ("EMOSTREAM__MODEL__DIR".into(), model.display().to_string()),
+        ("EMOSTREAM__ADMIN__BIND".into(), "127.0.0.1:0".into()),
+        ("EMOSTREAM__LOG__LEVEL".into(), "info,ort=warn,librdkafka=warn".into()),
+    ]
+}
+
+pub fn spawn_daemon(env: &[(String, String)]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .arg("run")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting emostream run")
+}
+
+pub fn sigterm(child: &Child) {
+    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+}
+
+/// Waits for a child to exit, killing it after `timeout`.
+pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    None
+}

@@ -1,0 +1,154 @@
+//! The daemon against the real local Apache Kafka broker (scripts/kafka.sh start; .ci/run
+//! starts it): every input id comes out exactly once, events match the schema and
+//! `emostream classify`, bad input lands in the dead-letter topic with its reason, and SIGTERM
+//! exits cleanly with offsets committed over everything produced.
+
+mod common;
+
+use common::kafka::*;
+use rdkafka::message::{Header, OwnedHeaders};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn event_id(r: &Record) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn classify(model: &std::path::Path, lines: &[String]) -> HashMap<String, serde_json::Value> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["classify", "--model"])
+        .arg(model)
+        .env("EMOSTREAM__LOG__LEVEL", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = lines.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (v["id"].as_str().unwrap().to_string(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 3, &[]);
+    create_topic(&output, 3, &[]);
+    create_topic(&dlq, 1, &[]);
+
+    let texts = common::texts("test", 5427);
+    let n = 5000;
+    let lines: Vec<String> = (0..n).map(|i| serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]}).to_string()).collect();
+    let records: Vec<_> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let h = OwnedHeaders::new().insert(Header { key: "trace-id", value: Some(&format!("t{i}")) });
+            (Some(format!("user{}", i % 97)), l.clone().into_bytes(), Some(h))
+        })
+        .collect();
+    produce(&input, &records);
+
+    let mut daemon = spawn_daemon(&daemon_env(&group, &input, &output, &dlq, &model));
+    let got = read_until(&output, Duration::from_secs(300), |r| r.iter().map(event_id).collect::<HashSet<_>>().len() >= n);
+    let ids: HashSet<String> = got.iter().map(event_id).collect();
+    assert_eq!(ids.len(), n, "distinct ids out");
+    assert!(got.iter().all(|r| ids.contains(&event_id(r))));
+
+    // Every event is valid against the published schema; key and trace header carried over.
+    let schema: serde_json::Value = serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/label-event-v1.schema.json")).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let by_id: HashMap<String, &Record> = got.iter().map(|r| (event_id(r), r)).collect();
+    for r in &got {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        if let Err(e) = validator.validate(&v) {
+            panic!("event {v} is invalid: {e}");
+        }
+        let i: usize = v["id"].as_str().unwrap()[1..].parse().unwrap();
+        assert_eq!(r.key.as_deref(), Some(format!("user{}", i % 97).as_bytes()));
+        assert_eq!(r.headers.get("trace-id").map(String::as_str), Some(format!("t{i}").as_str()));
+        assert_eq!(v["source"]["topic"], input.as_str());
+    }
+
+    // Scores equal `emostream classify` on the same texts.
+    let offline = classify(&model, &lines);
+    assert_eq!(offline.len(), n);
+    let mut worst = 0f64;
+    for (id, ev) in &offline {
+        let live: serde_json::Value = serde_json::from_slice(&by_id[id].payload).unwrap();
+        let (a, b) = (ev["scores"].as_object().unwrap(), live["scores"].as_object().unwrap());
+        assert_eq!(a.len(), 28);
+        for (k, x) in a {
+            worst = worst.max((x.as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
+        }
+        assert_eq!(ev["labels"], live["labels"].clone().as_array().map(|l| serde_json::Value::Array(l.clone())).unwrap_or_default(), "labels differ for {id}");
+    }
+    eprintln!("max |classify - daemon| score difference: {worst:e}");
+    assert!(worst <= 1e-6, "daemon and classify scores differ by {worst}");
+
+    // SIGTERM: clean exit, committed offsets cover everything produced.
+    sigterm(&daemon);
+    let status = wait_exit(&mut daemon, Duration::from_secs(40)).expect("daemon did not exit after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
+    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+}
+
+#[test]
+fn each_bad_input_class_lands_in_dead_letter_with_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 2, &[]);
+    create_topic(&output, 1, &[]);
+    create_topic(&dlq, 1, &[]);
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("invalid_json", b"{this is not json".to_vec()),
+        ("missing_text", br#"{"id":"m1","body":"no text field"}"#.to_vec()),
+        ("not_utf8", vec![b'{', 0xff, 0xfe, b'}']),
+        ("empty_text", br#"{"id":"e1","text":"   "}"#.to_vec()),
+        ("too_large", serde_json::json!({"id": "big", "text": "a".repeat(400)}).to_string().into_bytes()),
+    ];
+    let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> = Vec::new();
+    for i in 0..20 {
+        records.push((Some(format!("k{i}")), serde_json::json!({"id": format!("good{i}"), "text": "what a lovely day"}).to_string().into_bytes(), None));
+        if i < bad.len() {
+            records.push((Some(format!("bad{i}")), bad[i].1.clone(), None));
+        }
+    }
+    produce(&input, &records);
+    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    env.push(("EMOSTREAM__INPUT__MAX_MESSAGE_BYTES".into(), "300".into()));
+    let mut daemon = spawn_daemon(&env);
+    let dead = read_until(&dlq, Duration::from_secs(120), |r| r.len() >= bad.len());
+    let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 20);
+    sigterm(&daemon);
+    assert!(wait_exit(&mut daemon, Duration::from_secs(40)).expect("exit").success());
+
+    let reasons: BTreeMap<String, &Record> = dead.iter().map(|r| (r.headers["emostream.reason"].clone(), r)).collect();
+    assert_eq!(dead.len(), bad.len(), "{reasons:?}");
+    for (reason, payload) in &bad {
+        let r = reasons.get(*reason).unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
+        assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
+        assert_eq!(r.headers["emostream.source.topic"], input);
+        assert!(r.headers.contains_key("emostream.source.offset") && r.headers.contains_key("emostream.detail"));
+    }
+    let ids: HashSet<String> = out.iter().map(event_id).collect();
+    assert_eq!(ids.len(), 20, "every good message labelled");
+    assert_eq!(committed(&group, &input, 2), end_offsets(&input, 2), "nothing left behind");
+}
