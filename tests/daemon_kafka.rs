@@ -152,3 +152,93 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     assert_eq!(ids.len(), 20, "every good message labelled");
     assert_eq!(committed(&group, &input, 2), end_offsets(&input, 2), "nothing left behind");
 }
+
+#[test]
+fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 3, &[]);
+    create_topic(&output, 3, &[]);
+    create_topic(&dlq, 1, &[]);
+    let texts = common::texts("test", 3000);
+    let n = 3000;
+    let records: Vec<_> = (0..n).map(|i| (Some(format!("k{}", i % 50)), serde_json::json!({"id": format!("c{i}"), "text": texts[i]}).to_string().into_bytes(), None)).collect();
+    produce(&input, &records);
+    let env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut first = spawn_daemon(&env);
+    let partial = read_until(&output, Duration::from_secs(120), |r| r.len() >= 600);
+    assert!(partial.len() >= 600, "daemon produced only {} events before the kill", partial.len());
+    first.kill().unwrap(); // SIGKILL: no flush, no final commit
+    first.wait().unwrap();
+    let mut second = spawn_daemon(&env);
+    let all = read_until(&output, Duration::from_secs(300), |r| r.iter().map(event_id).collect::<HashSet<_>>().len() >= n);
+    let ids: HashSet<String> = all.iter().map(event_id).collect();
+    for i in 0..n {
+        assert!(ids.contains(&format!("c{i}")), "id c{i} lost after kill -9");
+    }
+    eprintln!("after kill -9 and restart: {} events for {n} ids ({} duplicates)", all.len(), all.len() - ids.len());
+    sigterm(&second);
+    assert!(wait_exit(&mut second, Duration::from_secs(40)).expect("exit").success());
+    assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
+}
+
+/// The output topic refuses events over 3,000 bytes and the dead-letter topic messages over
+/// 6,000: an event with a 3,500-byte id goes to the dead-letter topic (produce_failed); one
+/// with an 8,000-byte id is refused by both, so the partition's commit point stays at or below
+/// it while later messages are still labelled, and /readyz reports the stall.
+#[test]
+fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 1, &[]);
+    create_topic(&output, 1, &[("max.message.bytes", "3000")]);
+    create_topic(&dlq, 1, &[("max.message.bytes", "6000")]);
+    let good = |i: usize| (None, serde_json::json!({"id": format!("good{i}"), "text": "thanks, that helps a lot"}).to_string().into_bytes(), None);
+    let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> = (0..10).map(good).collect();
+    records.push((None, serde_json::json!({"id": "x".repeat(3500), "text": "big id"}).to_string().into_bytes(), None)); // offset 10
+    records.extend((10..20).map(good));
+    records.push((None, serde_json::json!({"id": "y".repeat(8000), "text": "bigger id"}).to_string().into_bytes(), None)); // offset 21
+    records.extend((20..30).map(good));
+    produce(&input, &records);
+
+    // One event per produce request, so a refused event fails alone.
+    let cfg = tmp.path().join("producer.toml");
+    std::fs::write(&cfg, "[kafka.producer_properties]\n\"batch.num.messages\" = \"1\"\n").unwrap();
+    let port = free_port();
+    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push(("EMOSTREAM__KAFKA__PRODUCE_BACKOFF_MS".into(), "50".into()));
+    env.push(("EMOSTREAM__SHUTDOWN__TIMEOUT_MS".into(), "3000".into()));
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["--config"])
+        .arg(&cfg)
+        .arg("run")
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .spawn()
+        .unwrap();
+
+    let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
+    let ids: HashSet<String> = out.iter().map(event_id).collect();
+    assert_eq!(ids.len(), 30, "all good messages, before and after the stuck one, are labelled");
+    let dead = read_until(&dlq, Duration::from_secs(60), |r| !r.is_empty());
+    assert_eq!(dead.len(), 1, "only the 3,500-byte event fits the dead-letter topic");
+    assert_eq!(dead[0].headers["emostream.reason"], "produce_failed");
+    assert_eq!(dead[0].headers["emostream.source.offset"], "10");
+
+    // Give periodic commits time to happen, then check the stall is visible and respected.
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = http_get(port, "/readyz").expect("admin server answers");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"stalled_messages\":1"), "{body}");
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(metrics.contains("emostream_stalled_partitions 1"), "{metrics}");
+    let c = committed(&group, &input, 1)[0];
+    assert!(c <= 21 && c >= 11, "committed offset {c} must not pass the undeliverable message at 21");
+
+    sigterm(&daemon);
+    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).expect("exit").success());
+    let c = committed(&group, &input, 1)[0];
+    assert!(c <= 21, "after shutdown the committed offset {c} still must not pass offset 21");
+}
