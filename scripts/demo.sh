@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The demo: sets up everything (ONNX Runtime library, Kafka broker jars, release build), starts
+# a local Kafka broker, creates topics, runs the daemon with the shipped model, streams the
+# GoEmotions test comments through it with a live summary, then stops the daemon with SIGTERM.
+# MODEL=dir overrides the model directory (default models/goemotions-minilm-l6).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+model=${MODEL:-models/goemotions-minilm-l6}
+if [ ! -f "$model/model.onnx" ]; then
+  echo "no model at $model: the default model is not committed yet (see the model toolchain issue);" >&2
+  echo "run with MODEL=<model directory>, e.g. one made by scripts/train-default-model.sh" >&2
+  exit 1
+fi
+ORT_DYLIB_PATH=$(scripts/setup-ort.sh); export ORT_DYLIB_PATH
+scripts/kafka.sh start
+cargo build --release --bins
+run=demo-$(date +%s)
+in=$run-comments out=$run-emotions dlq=$run-dlq
+target/release/emostream-loadgen --create-topics "$dlq" --input-topic "$in" --output-topic "$out" --count 0 >/dev/null 2>&1 || true
+log=$(mktemp)
+EMOSTREAM__KAFKA__INPUT_TOPICS=$in EMOSTREAM__KAFKA__OUTPUT_TOPIC=$out EMOSTREAM__KAFKA__DEAD_LETTER_TOPIC=$dlq \
+EMOSTREAM__KAFKA__GROUP_ID=$run EMOSTREAM__MODEL__DIR=$model \
+  target/release/emostream run 2>"$log" &
+daemon=$!
+trap 'kill -TERM $daemon 2>/dev/null || true' EXIT
+for _ in $(seq 1 60); do curl -fs localhost:9464/readyz >/dev/null 2>&1 && break; sleep 0.5; done
+echo "daemon ready (pid $daemon, model $model); streaming the GoEmotions test split through it"
+target/release/emostream-loadgen --input-topic "$in" --output-topic "$out" --count "${COUNT:-5427}" --rate "${RATE:-0}"
+echo
+echo "daemon metrics:"
+curl -fs localhost:9464/metrics | grep -E '^emostream_(consumed|labelled|dead_lettered)_total|^emostream_inference_seconds_(sum|count)|^emostream_model_info' || true
+kill -TERM $daemon
+wait $daemon && echo "daemon stopped cleanly (SIGTERM)"
+trap - EXIT

@@ -1,0 +1,192 @@
+//! `emostream-loadgen`: produces GoEmotions comments to the input topic at a set rate and reads
+//! the daemon's label events back, reporting end-to-end throughput and latency (input Kafka
+//! timestamp → event consumed) with a live summary. Used by the demo and the benchmark.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use emostream::dataset::{goemotions_dir, Split};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "emostream-loadgen", about = "Load generator and live summary for emostream")]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    brokers: String,
+    #[arg(long, default_value = "comments")]
+    input_topic: String,
+    #[arg(long, default_value = "comment-emotions")]
+    output_topic: String,
+    /// Also create the input, output and this dead-letter topic (if missing).
+    #[arg(long)]
+    create_topics: Option<String>,
+    #[arg(long, default_value_t = 3)]
+    partitions: i32,
+    /// Comments to produce (cycling through the split).
+    #[arg(long, default_value_t = 5427)]
+    count: usize,
+    /// Messages per second; 0 = as fast as the producer goes.
+    #[arg(long, default_value_t = 0.0)]
+    rate: f64,
+    /// Split to read comments from.
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Give up waiting for events after this many seconds without progress.
+    #[arg(long, default_value_t = 60)]
+    idle_timeout: u64,
+    /// Print this many sample events at the end.
+    #[arg(long, default_value_t = 3)]
+    samples: usize,
+}
+
+async fn create_topics(a: &Args, dlq: &str) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &a.brokers).create()?;
+    let topics = [NewTopic::new(&a.input_topic, a.partitions, TopicReplication::Fixed(1)), NewTopic::new(&a.output_topic, a.partitions, TopicReplication::Fixed(1)), NewTopic::new(dlq, 1, TopicReplication::Fixed(1))];
+    for r in admin.create_topics(topics.iter(), &AdminOptions::new()).await.context("creating topics")? {
+        match r {
+            Ok(t) => println!("created topic {t}"),
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => println!("topic {t} exists"),
+            Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
+        }
+    }
+    Ok(())
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    if let Some(dlq) = &a.create_topics {
+        create_topics(&a, dlq).await?;
+    }
+    let split = Split::read(&a.data.clone().unwrap_or_else(|| goemotions_dir().join("test.tsv")), 28)?;
+    let run = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+
+    // Read events from the end of the output topic as it is now, so only this run counts.
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("group.id", format!("emostream-loadgen-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()?;
+    consumer.subscribe(&[&a.output_topic])?;
+    // Let the group join before producing, so "latest" is before our first event.
+    let join = Instant::now();
+    while consumer.assignment().map(|t| t.count()).unwrap_or(0) == 0 && join.elapsed() < Duration::from_secs(20) {
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
+
+    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &a.brokers).set("linger.ms", "5").create()?;
+    let n = a.count;
+    let texts: Vec<String> = split.examples.iter().map(|e| e.text.clone()).collect();
+    let prefix = format!("lg{run}-");
+    let (rate, p2) = (a.rate, prefix.clone());
+    let input = a.input_topic.clone();
+    let started = Instant::now();
+    let produce = tokio::spawn(async move {
+        let mut futs = Vec::with_capacity(n);
+        for i in 0..n {
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let payload = serde_json::json!({"id": format!("{p2}{i}"), "text": texts[i % texts.len()]}).to_string();
+            let key = format!("user{}", i % 1000);
+            loop {
+                match producer.send_result(FutureRecord::to(&input).payload(&payload).key(&key)) {
+                    Ok(f) => {
+                        futs.push(f);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+        for f in futs {
+            let _ = f.await;
+        }
+        started.elapsed()
+    });
+
+    let mut seen = HashSet::new();
+    let mut dup = 0usize;
+    let mut latency = Vec::with_capacity(n);
+    let mut top: BTreeMap<String, usize> = BTreeMap::new();
+    let mut samples = Vec::new();
+    let mut last_print = Instant::now();
+    let mut last_count = 0usize;
+    let mut last_progress = Instant::now();
+    let mut first_event: Option<Instant> = None;
+    while seen.len() < n && last_progress.elapsed() < Duration::from_secs(a.idle_timeout) {
+        let msg = match tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
+            Ok(Ok(m)) => m,
+            _ => {
+                if last_print.elapsed() >= Duration::from_secs(1) {
+                    println!("[{:>5.1}s] events {:>6}/{n}  (waiting)", started.elapsed().as_secs_f64(), seen.len());
+                    last_print = Instant::now();
+                }
+                continue;
+            }
+        };
+        let Some(payload) = msg.payload() else { continue };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { continue };
+        let Some(id) = v["id"].as_str() else { continue };
+        if !id.starts_with(&prefix) {
+            continue;
+        }
+        if !seen.insert(id.to_string()) {
+            dup += 1;
+            continue;
+        }
+        first_event.get_or_insert_with(Instant::now);
+        last_progress = Instant::now();
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
+            latency.push((now_ms - ts) as f64 / 1000.0);
+        }
+        for l in v["labels"].as_array().into_iter().flatten() {
+            *top.entry(l["label"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        }
+        if samples.len() < a.samples {
+            samples.push(v.clone());
+        }
+        if last_print.elapsed() >= Duration::from_secs(1) {
+            let secs = last_print.elapsed().as_secs_f64();
+            let mut t: Vec<(&String, &usize)> = top.iter().collect();
+            t.sort_by(|x, y| y.1.cmp(x.1));
+            let tops: Vec<String> = t.iter().take(5).map(|(k, v)| format!("{k} {v}")).collect();
+            println!("[{:>5.1}s] events {:>6}/{n}  {:>6.0}/s  top: {}", started.elapsed().as_secs_f64(), seen.len(), (seen.len() - last_count) as f64 / secs, tops.join(", "));
+            last_print = Instant::now();
+            last_count = seen.len();
+        }
+    }
+    let produced_in = produce.await?;
+    let total = started.elapsed().as_secs_f64();
+    latency.sort_by(f64::total_cmp);
+    println!("\nproduced {n} comments in {:.1} s; received {} distinct events ({dup} duplicates) in {total:.1} s", produced_in.as_secs_f64(), seen.len());
+    println!("end-to-end throughput: {:.0} comments/s", seen.len() as f64 / total);
+    println!("latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s", pct(&latency, 0.5), pct(&latency, 0.99), pct(&latency, 1.0));
+    let mut t: Vec<(&String, &usize)> = top.iter().collect();
+    t.sort_by(|x, y| y.1.cmp(x.1));
+    println!("top emotions: {}", t.iter().take(8).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+    for s in &samples {
+        let labels: Vec<String> = s["labels"].as_array().into_iter().flatten().map(|l| format!("{} {:.2}", l["label"].as_str().unwrap_or("?"), l["score"].as_f64().unwrap_or(0.0))).collect();
+        println!("event {} (partition {}, offset {}): [{}]", s["id"], s["source"]["partition"], s["source"]["offset"], labels.join(", "));
+    }
+    if seen.len() < n {
+        anyhow::bail!("only {} of {n} events arrived", seen.len());
+    }
+    Ok(())
+}
