@@ -12,28 +12,57 @@ use emostream::model::RuntimeOptions;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
-    let models = std::env::var("EMOSTREAM_BENCH_MODELS").unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/models/goemotions-minilm-l6").to_string());
-    let threads: usize = std::env::var("EMOSTREAM_BENCH_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
+    let models = std::env::var("EMOSTREAM_BENCH_MODELS").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/models/goemotions-minilm-l6").to_string()
+    });
+    let threads: usize = std::env::var("EMOSTREAM_BENCH_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
     let test = Split::read(&goemotions_dir().join("test.tsv"), 28)?;
     let texts = test.texts();
-    println!("{} GoEmotions test comments, ORT intra-op threads {threads}", texts.len());
+    println!(
+        "{} GoEmotions test comments, ORT intra-op threads {threads}",
+        texts.len()
+    );
     for dir in models.split(',').filter(|s| !s.is_empty()) {
-        let runtime = RuntimeOptions { intra_threads: threads, ..Default::default() };
+        let runtime = RuntimeOptions {
+            intra_threads: threads,
+            ..Default::default()
+        };
         let mut c = Classifier::load(std::path::Path::new(dir), &runtime, true)?;
-        println!("\nmodel {dir} ({}, {})", c.dir.card.name, c.dir.card.precision);
+        println!(
+            "\nmodel {dir} ({}, {})",
+            c.dir.card.name, c.dir.card.precision
+        );
         // Tokenisation, single thread.
         let t = Instant::now();
-        let enc: Vec<Vec<u32>> = texts.iter().map(|s| c.encode(s).map(|e| e.ids)).collect::<anyhow::Result<_>>()?;
+        let enc: Vec<Vec<u32>> = texts
+            .iter()
+            .map(|s| c.encode(s).map(|e| e.ids))
+            .collect::<anyhow::Result<_>>()?;
         let secs = t.elapsed().as_secs_f64();
         let tokens: usize = enc.iter().map(Vec::len).sum();
-        println!("tokenize: {:.0} comments/s ({:.1} tokens/comment)", texts.len() as f64 / secs, tokens as f64 / texts.len() as f64);
+        println!(
+            "tokenize: {:.0} comments/s ({:.1} tokens/comment)",
+            texts.len() as f64 / secs,
+            tokens as f64 / texts.len() as f64
+        );
         let mut order: Vec<usize> = (0..enc.len()).collect();
         order.sort_by_key(|&i| enc[i].len());
         for batch in [1usize, 8, 32, 64] {
             // Batch 1 runs a 1,000-comment sample spread over all lengths to keep the run short.
-            let sample: Vec<usize> = if batch == 1 { order.iter().copied().step_by(order.len() / 1000).collect() } else { order.clone() };
+            let sample: Vec<usize> = if batch == 1 {
+                order.iter().copied().step_by(order.len() / 1000).collect()
+            } else {
+                order.clone()
+            };
             // warm-up
-            let warm: Vec<&[u32]> = sample.iter().take(batch).map(|&i| enc[i].as_slice()).collect();
+            let warm: Vec<&[u32]> = sample
+                .iter()
+                .take(batch)
+                .map(|&i| enc[i].as_slice())
+                .collect();
             c.score_rows(&warm)?;
             let t = Instant::now();
             let mut lat = Vec::new();

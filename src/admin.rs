@@ -24,7 +24,10 @@ pub struct AdminState {
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], s.prometheus.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
 }
 
 async fn healthz() -> &'static str {
@@ -42,15 +45,28 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         "ready": ready, "model_loaded": model, "partitions_assigned": assigned,
         "stalled_messages": stalled, "shutting_down": stopping,
     });
-    (if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, Json(body))
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }
 
 pub fn router(state: AdminState) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
 }
 
 pub async fn serve(bind: &str, state: AdminState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(bind).await.map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
     tracing::info!(address = %listener.local_addr()?, "admin HTTP listening");
     let app = router(state);
     Ok(tokio::spawn(async move {

@@ -15,14 +15,24 @@ fn add(batch: &mut Batch, p: Pending, text: &TextEncoder) {
     match text.encode(&p.text) {
         Ok(e) => {
             batch.tokens += e.ids.len();
-            batch.items.push(Item { id: p.id, ids: e.ids, truncated: e.truncated, origin: p.origin });
+            batch.items.push(Item {
+                id: p.id,
+                ids: e.ids,
+                truncated: e.truncated,
+                origin: p.origin,
+            });
         }
         Err(err) => batch.failed.push((p.origin, format!("{err:#}"))),
     }
 }
 
 /// Runs until `rx` closes, then flushes what it holds and returns.
-pub async fn run(mut rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<Batch>, text: Arc<TextEncoder>, cfg: BatchingSettings) {
+pub async fn run(
+    mut rx: mpsc::Receiver<Pending>,
+    tx: mpsc::Sender<Batch>,
+    text: Arc<TextEncoder>,
+    cfg: BatchingSettings,
+) {
     let wait = Duration::from_millis(cfg.max_wait_ms);
     loop {
         let Some(first) = rx.recv().await else { return };
@@ -30,7 +40,9 @@ pub async fn run(mut rx: mpsc::Receiver<Pending>, tx: mpsc::Sender<Batch>, text:
         add(&mut batch, first, &text);
         let deadline = Instant::now() + wait;
         let mut closed = false;
-        while batch.items.len() + batch.failed.len() < cfg.max_batch_size && batch.tokens < cfg.max_batch_tokens {
+        while batch.items.len() + batch.failed.len() < cfg.max_batch_size
+            && batch.tokens < cfg.max_batch_tokens
+        {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(p) => add(&mut batch, p, &text),
@@ -83,6 +95,9 @@ mod tests {
         }
         assert!(parts.len() >= 2, "{parts:?}");
         let padded: usize = parts.iter().map(|r| r.len() * lens[r.end - 1]).sum();
-        assert!(padded < lens.len() * 60, "sub-batching should pad less than one batch");
+        assert!(
+            padded < lens.len() * 60,
+            "sub-batching should pad less than one batch"
+        );
     }
 }

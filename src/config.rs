@@ -141,7 +141,10 @@ fn check(ok: bool, key: &str, msg: impl std::fmt::Display) -> Result<()> {
 impl Settings {
     /// Defaults, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Settings> {
-        let mut b = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+        let mut b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
         if let Some(f) = file {
             if !f.exists() {
                 bail!("config file {} does not exist", f.display());
@@ -157,55 +160,205 @@ impl Settings {
                 .with_list_parse_key("kafka.input_topics"),
         );
         let cfg = b.build().context("reading configuration")?;
-        let s: Settings = cfg.try_deserialize().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        let s: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         s.validate()?;
         Ok(s)
     }
 
     pub fn validate(&self) -> Result<()> {
         let k = &self.kafka;
-        check(!k.brokers.trim().is_empty(), "kafka.brokers", "must not be empty")?;
-        check(!k.group_id.trim().is_empty(), "kafka.group_id", "must not be empty")?;
-        check(!k.input_topics.is_empty() && k.input_topics.iter().all(|t| !t.trim().is_empty()), "kafka.input_topics", "needs at least one non-empty topic")?;
-        check(!k.output_topic.trim().is_empty(), "kafka.output_topic", "must not be empty")?;
-        check(!k.dead_letter_topic.trim().is_empty(), "kafka.dead_letter_topic", "must not be empty")?;
-        check(k.dead_letter_topic != k.output_topic, "kafka.dead_letter_topic", "must differ from kafka.output_topic")?;
-        check(!k.input_topics.contains(&k.output_topic), "kafka.output_topic", "must not be one of kafka.input_topics")?;
-        check(k.commit_interval_ms >= 10, "kafka.commit_interval_ms", format!("must be at least 10 (got {})", k.commit_interval_ms))?;
-        check(k.produce_attempts >= 1, "kafka.produce_attempts", "must be at least 1")?;
-        check(k.produce_timeout_ms >= 100, "kafka.produce_timeout_ms", format!("must be at least 100 (got {})", k.produce_timeout_ms))?;
-        for (section, props) in [("kafka.properties", &k.properties), ("kafka.consumer_properties", &k.consumer_properties), ("kafka.producer_properties", &k.producer_properties)] {
+        check(
+            !k.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must not be empty",
+        )?;
+        check(
+            !k.group_id.trim().is_empty(),
+            "kafka.group_id",
+            "must not be empty",
+        )?;
+        check(
+            !k.input_topics.is_empty() && k.input_topics.iter().all(|t| !t.trim().is_empty()),
+            "kafka.input_topics",
+            "needs at least one non-empty topic",
+        )?;
+        check(
+            !k.output_topic.trim().is_empty(),
+            "kafka.output_topic",
+            "must not be empty",
+        )?;
+        check(
+            !k.dead_letter_topic.trim().is_empty(),
+            "kafka.dead_letter_topic",
+            "must not be empty",
+        )?;
+        check(
+            k.dead_letter_topic != k.output_topic,
+            "kafka.dead_letter_topic",
+            "must differ from kafka.output_topic",
+        )?;
+        check(
+            !k.input_topics.contains(&k.output_topic),
+            "kafka.output_topic",
+            "must not be one of kafka.input_topics",
+        )?;
+        check(
+            k.commit_interval_ms >= 10,
+            "kafka.commit_interval_ms",
+            format!("must be at least 10 (got {})", k.commit_interval_ms),
+        )?;
+        check(
+            k.produce_attempts >= 1,
+            "kafka.produce_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            k.produce_timeout_ms >= 100,
+            "kafka.produce_timeout_ms",
+            format!("must be at least 100 (got {})", k.produce_timeout_ms),
+        )?;
+        for (section, props) in [
+            ("kafka.properties", &k.properties),
+            ("kafka.consumer_properties", &k.consumer_properties),
+            ("kafka.producer_properties", &k.producer_properties),
+        ] {
             for key in props.keys() {
-                check(!matches!(key.as_str(), "bootstrap.servers" | "group.id" | "enable.auto.commit" | "enable.idempotence" | "acks"), &format!("{section}.{key}"), "is set by emostream itself (use kafka.brokers / kafka.group_id)")?;
+                check(
+                    !matches!(
+                        key.as_str(),
+                        "bootstrap.servers"
+                            | "group.id"
+                            | "enable.auto.commit"
+                            | "enable.idempotence"
+                            | "acks"
+                    ),
+                    &format!("{section}.{key}"),
+                    "is set by emostream itself (use kafka.brokers / kafka.group_id)",
+                )?;
             }
         }
         let i = &self.input;
-        for (key, p) in [("input.text_pointer", &i.text_pointer), ("input.id_pointer", &i.id_pointer)] {
-            check(p.is_empty() || p.starts_with('/'), key, format!("{p:?} is not a JSON pointer (must start with '/')"))?;
+        for (key, p) in [
+            ("input.text_pointer", &i.text_pointer),
+            ("input.id_pointer", &i.id_pointer),
+        ] {
+            check(
+                p.is_empty() || p.starts_with('/'),
+                key,
+                format!("{p:?} is not a JSON pointer (must start with '/')"),
+            )?;
         }
-        check(!i.text_pointer.is_empty(), "input.text_pointer", "must not be empty")?;
-        check(i.max_message_bytes >= 16, "input.max_message_bytes", "must be at least 16")?;
-        check(self.output.top_k >= 1 && self.output.top_k <= 1000, "output.top_k", format!("must be between 1 and 1000 (got {})", self.output.top_k))?;
+        check(
+            !i.text_pointer.is_empty(),
+            "input.text_pointer",
+            "must not be empty",
+        )?;
+        check(
+            i.max_message_bytes >= 16,
+            "input.max_message_bytes",
+            "must be at least 16",
+        )?;
+        check(
+            self.output.top_k >= 1 && self.output.top_k <= 1000,
+            "output.top_k",
+            format!("must be between 1 and 1000 (got {})", self.output.top_k),
+        )?;
         let b = &self.batching;
-        check((1..=4096).contains(&b.max_batch_size), "batching.max_batch_size", format!("must be between 1 and 4096 (got {})", b.max_batch_size))?;
-        check(b.max_wait_ms <= 60_000, "batching.max_wait_ms", format!("must be at most 60000 (got {})", b.max_wait_ms))?;
-        check(b.max_batch_tokens >= 16, "batching.max_batch_tokens", format!("must be at least 16 (got {})", b.max_batch_tokens))?;
-        check((1..=64).contains(&b.inference_workers), "batching.inference_workers", format!("must be between 1 and 64 (got {})", b.inference_workers))?;
+        check(
+            (1..=4096).contains(&b.max_batch_size),
+            "batching.max_batch_size",
+            format!("must be between 1 and 4096 (got {})", b.max_batch_size),
+        )?;
+        check(
+            b.max_wait_ms <= 60_000,
+            "batching.max_wait_ms",
+            format!("must be at most 60000 (got {})", b.max_wait_ms),
+        )?;
+        check(
+            b.max_batch_tokens >= 16,
+            "batching.max_batch_tokens",
+            format!("must be at least 16 (got {})", b.max_batch_tokens),
+        )?;
+        check(
+            (1..=64).contains(&b.inference_workers),
+            "batching.inference_workers",
+            format!("must be between 1 and 64 (got {})", b.inference_workers),
+        )?;
         let p = &self.backpressure;
-        check(p.max_in_flight_messages >= b.max_batch_size, "backpressure.max_in_flight_messages", format!("must be at least batching.max_batch_size ({})", b.max_batch_size))?;
-        check(p.max_in_flight_bytes >= i.max_message_bytes, "backpressure.max_in_flight_bytes", format!("must be at least input.max_message_bytes ({})", i.max_message_bytes))?;
-        check(!self.model.dir.as_os_str().is_empty(), "model.dir", "must not be empty")?;
+        check(
+            p.max_in_flight_messages >= b.max_batch_size,
+            "backpressure.max_in_flight_messages",
+            format!(
+                "must be at least batching.max_batch_size ({})",
+                b.max_batch_size
+            ),
+        )?;
+        check(
+            p.max_in_flight_bytes >= i.max_message_bytes,
+            "backpressure.max_in_flight_bytes",
+            format!(
+                "must be at least input.max_message_bytes ({})",
+                i.max_message_bytes
+            ),
+        )?;
+        check(
+            !self.model.dir.as_os_str().is_empty(),
+            "model.dir",
+            "must not be empty",
+        )?;
         let r = &self.runtime;
-        check(matches!(r.provider.as_str(), "cpu" | "cuda" | "tensorrt"), "runtime.provider", format!("{:?} is not one of cpu, cuda, tensorrt", r.provider))?;
+        check(
+            matches!(r.provider.as_str(), "cpu" | "cuda" | "tensorrt"),
+            "runtime.provider",
+            format!("{:?} is not one of cpu, cuda, tensorrt", r.provider),
+        )?;
         check(r.device >= 0, "runtime.device", "must be >= 0")?;
-        check((1..=256).contains(&r.intra_threads), "runtime.intra_threads", format!("must be between 1 and 256 (got {})", r.intra_threads))?;
-        check((1..=256).contains(&r.inter_threads), "runtime.inter_threads", format!("must be between 1 and 256 (got {})", r.inter_threads))?;
-        check(matches!(r.optimization.as_str(), "disable" | "basic" | "extended" | "all"), "runtime.optimization", format!("{:?} is not one of disable, basic, extended, all", r.optimization))?;
-        let addr: SocketAddr = self.admin.bind.parse().map_err(|e| anyhow::anyhow!("config key admin.bind: {:?} is not an address:port ({e})", self.admin.bind))?;
-        check(addr.ip().is_loopback() || !self.admin.token.is_empty(), "admin.token", "is required when admin.bind is not a loopback address")?;
-        check(matches!(self.log.format.as_str(), "pretty" | "json"), "log.format", format!("{:?} is not one of pretty, json", self.log.format))?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
-        check(self.shutdown.timeout_ms >= 100, "shutdown.timeout_ms", "must be at least 100")?;
+        check(
+            (1..=256).contains(&r.intra_threads),
+            "runtime.intra_threads",
+            format!("must be between 1 and 256 (got {})", r.intra_threads),
+        )?;
+        check(
+            (1..=256).contains(&r.inter_threads),
+            "runtime.inter_threads",
+            format!("must be between 1 and 256 (got {})", r.inter_threads),
+        )?;
+        check(
+            matches!(
+                r.optimization.as_str(),
+                "disable" | "basic" | "extended" | "all"
+            ),
+            "runtime.optimization",
+            format!(
+                "{:?} is not one of disable, basic, extended, all",
+                r.optimization
+            ),
+        )?;
+        let addr: SocketAddr = self.admin.bind.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "config key admin.bind: {:?} is not an address:port ({e})",
+                self.admin.bind
+            )
+        })?;
+        check(
+            addr.ip().is_loopback() || !self.admin.token.is_empty(),
+            "admin.token",
+            "is required when admin.bind is not a loopback address",
+        )?;
+        check(
+            matches!(self.log.format.as_str(), "pretty" | "json"),
+            "log.format",
+            format!("{:?} is not one of pretty, json", self.log.format),
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
+        check(
+            self.shutdown.timeout_ms >= 100,
+            "shutdown.timeout_ms",
+            "must be at least 100",
+        )?;
         Ok(())
     }
 
@@ -280,11 +433,17 @@ mod tests {
         let _g = ENV_LOCK.lock().unwrap();
         let dir = tempfile::tempdir().unwrap();
         for (toml, key) in [
-            ("[batching]\nmax_batch_size = 0\n", "batching.max_batch_size"),
+            (
+                "[batching]\nmax_batch_size = 0\n",
+                "batching.max_batch_size",
+            ),
             ("[runtime]\nprovider = \"tpu\"\n", "runtime.provider"),
             ("[admin]\nbind = \"0.0.0.0:9464\"\n", "admin.token"),
             ("[input]\ntext_pointer = \"text\"\n", "input.text_pointer"),
-            ("[kafka.properties]\n\"group.id\" = \"x\"\n", "kafka.properties.group.id"),
+            (
+                "[kafka.properties]\n\"group.id\" = \"x\"\n",
+                "kafka.properties.group.id",
+            ),
         ] {
             let f = dir.path().join("c.toml");
             std::fs::write(&f, toml).unwrap();

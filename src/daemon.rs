@@ -30,14 +30,23 @@ pub struct ModelAssets {
 }
 
 pub fn model_assets(s: &Settings) -> Result<ModelAssets> {
-    let dir = ModelDir::load(&s.model.dir, true).with_context(|| format!("config key model.dir = {}", s.model.dir.display()))?;
-    let text = Arc::new(TextEncoder::from_file(&dir.tokenizer_path(), dir.card.max_sequence_length)?);
+    let dir = ModelDir::load(&s.model.dir, true)
+        .with_context(|| format!("config key model.dir = {}", s.model.dir.display()))?;
+    let text = Arc::new(TextEncoder::from_file(
+        &dir.tokenizer_path(),
+        dir.card.max_sequence_length,
+    )?);
     let runtime = s.runtime_options();
     let d = dir.clone();
     let pad = text.pad_id();
     let load: Arc<dyn Fn() -> Result<LoadedModel> + Send + Sync> = Arc::new(move || {
         let session = OrtModel::load(&d.onnx_path(), &runtime)?;
-        anyhow::ensure!(session.num_labels() == d.card.labels.len(), "model.onnx has {} outputs, card lists {} labels", session.num_labels(), d.card.labels.len());
+        anyhow::ensure!(
+            session.num_labels() == d.card.labels.len(),
+            "model.onnx has {} outputs, card lists {} labels",
+            session.num_labels(),
+            d.card.labels.len()
+        );
         Ok(LoadedModel::new(&d, session, pad))
     });
     Ok(ModelAssets { dir, text, load })
@@ -56,7 +65,8 @@ fn producer(s: &Settings) -> Result<FutureProducer> {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -77,7 +87,13 @@ pub async fn run(s: Settings) -> Result<()> {
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(s.batching.inference_workers);
     let (outcome_tx, outcome_rx) = mpsc::channel::<Outcome>(4096);
 
-    let worker_handles = workers::spawn(s.batching.inference_workers, batch_rx, outcome_tx.clone(), s.output.clone(), assets.load.clone())?;
+    let worker_handles = workers::spawn(
+        s.batching.inference_workers,
+        batch_rx,
+        outcome_tx.clone(),
+        s.output.clone(),
+        assets.load.clone(),
+    )?;
     let producer = producer(&s)?;
     let consumer = source::consumer(&s, tracker.clone())?;
 
@@ -90,7 +106,14 @@ pub async fn run(s: Settings) -> Result<()> {
         stalled: stalled.clone(),
         shutting_down: AtomicBool::new(false),
     });
-    let admin_task = admin::serve(&s.admin.bind, AdminState { prometheus, health: health.clone() }).await?;
+    let admin_task = admin::serve(
+        &s.admin.bind,
+        AdminState {
+            prometheus,
+            health: health.clone(),
+        },
+    )
+    .await?;
 
     let sink = Arc::new(Sink {
         producer: producer.clone(),
@@ -103,10 +126,24 @@ pub async fn run(s: Settings) -> Result<()> {
         stalled: stalled.clone(),
     });
     let sink_task = tokio::spawn(sink.run(outcome_rx));
-    let batcher_task = tokio::spawn(batcher::run(pending_rx, batch_tx, assets.text.clone(), s.batching.clone()));
+    let batcher_task = tokio::spawn(batcher::run(
+        pending_rx,
+        batch_tx,
+        assets.text.clone(),
+        s.batching.clone(),
+    ));
     let stop = Arc::new(Notify::new());
     let source_task = tokio::spawn(
-        SourceStage { consumer: consumer.clone(), settings: s.clone(), tracker: tracker.clone(), in_flight: in_flight.clone(), pending_tx, outcome_tx, stop: stop.clone() }.run(),
+        SourceStage {
+            consumer: consumer.clone(),
+            settings: s.clone(),
+            tracker: tracker.clone(),
+            in_flight: in_flight.clone(),
+            pending_tx,
+            outcome_tx,
+            stop: stop.clone(),
+        }
+        .run(),
     );
     let committer = {
         let (c, t) = (consumer.clone(), tracker.clone());
@@ -118,9 +155,17 @@ pub async fn run(s: Settings) -> Result<()> {
                 if let Err(e) = source::commit(&c, &t, CommitMode::Async) {
                     tracing::warn!(error = %format!("{e:#}"), "periodic commit failed");
                 }
-                let stalled = t.lock().expect("offset tracker lock").stalled(Duration::from_secs(60));
+                let stalled = t
+                    .lock()
+                    .expect("offset tracker lock")
+                    .stalled(Duration::from_secs(60));
                 for ((topic, p), o) in stalled {
-                    tracing::warn!(topic, partition = p, offset = o, "oldest in-flight message is over 60 s old");
+                    tracing::warn!(
+                        topic,
+                        partition = p,
+                        offset = o,
+                        "oldest in-flight message is over 60 s old"
+                    );
                 }
             }
         })
@@ -147,7 +192,10 @@ pub async fn run(s: Settings) -> Result<()> {
     }
     let left = tracker.lock().expect("offset tracker lock").in_flight();
     if !drained {
-        tracing::warn!(in_flight = left, "shutdown timeout: committing what was acknowledged; the rest will be re-read");
+        tracing::warn!(
+            in_flight = left,
+            "shutdown timeout: committing what was acknowledged; the rest will be re-read"
+        );
     }
     let _ = producer.flush(Duration::from_secs(5));
     source::commit(&consumer, &tracker, CommitMode::Sync).context("final commit")?;
@@ -169,15 +217,31 @@ pub async fn classify(s: Settings) -> Result<()> {
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(4096);
     // One worker keeps output in input order.
-    let handles = workers::spawn(1, batch_rx, outcome_tx.clone(), s.output.clone(), assets.load.clone())?;
-    let batcher_task = tokio::spawn(batcher::run(pending_rx, batch_tx, assets.text.clone(), s.batching.clone()));
+    let handles = workers::spawn(
+        1,
+        batch_rx,
+        outcome_tx.clone(),
+        s.output.clone(),
+        assets.load.clone(),
+    )?;
+    let batcher_task = tokio::spawn(batcher::run(
+        pending_rx,
+        batch_tx,
+        assets.text.clone(),
+        s.batching.clone(),
+    ));
     let input = s.input.clone();
     let reader = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut n: i64 = 0;
         while let Ok(Some(line)) = lines.next_line().await {
             let origin = crate::pipeline::Origin {
-                source: Source { topic: "stdin".into(), partition: 0, offset: n, timestamp_ms: None },
+                source: Source {
+                    topic: "stdin".into(),
+                    partition: 0,
+                    offset: n,
+                    timestamp_ms: None,
+                },
                 key: None,
                 headers: None,
                 payload: line.into_bytes(),
@@ -187,9 +251,23 @@ pub async fn classify(s: Settings) -> Result<()> {
             let ok = match decode(Some(&origin.payload), &input) {
                 Ok(c) => {
                     let id = c.id.unwrap_or_else(|| origin.coordinates());
-                    pending_tx.send(Pending { id, text: c.text, origin }).await.is_ok()
+                    pending_tx
+                        .send(Pending {
+                            id,
+                            text: c.text,
+                            origin,
+                        })
+                        .await
+                        .is_ok()
                 }
-                Err(r) => outcome_tx.send(Outcome::Rejected { reason: r.reason, detail: r.detail, origin }).await.is_ok(),
+                Err(r) => outcome_tx
+                    .send(Outcome::Rejected {
+                        reason: r.reason,
+                        detail: r.detail,
+                        origin,
+                    })
+                    .await
+                    .is_ok(),
             };
             if !ok {
                 break;
@@ -208,8 +286,15 @@ pub async fn classify(s: Settings) -> Result<()> {
                     out.write_all(&event).await?;
                     out.write_all(b"\n").await?;
                 }
-                Outcome::Rejected { reason, detail, origin } => {
-                    eprintln!("{}", serde_json::json!({"line": origin.source.offset + 1, "reason": reason.as_str(), "detail": detail}));
+                Outcome::Rejected {
+                    reason,
+                    detail,
+                    origin,
+                } => {
+                    eprintln!(
+                        "{}",
+                        serde_json::json!({"line": origin.source.offset + 1, "reason": reason.as_str(), "detail": detail})
+                    );
                 }
             }
             next += 1;

@@ -41,9 +41,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 impl Split {
     /// Reads a split; every label index must be below `num_labels`.
     pub fn read(path: &Path, num_labels: usize) -> Result<Split> {
-        let bytes = std::fs::read(path).with_context(|| format!("reading split {}", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading split {}", path.display()))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
+        let text =
+            String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8", path.display()))?;
         let mut examples = Vec::new();
         for (n, line) in text.lines().enumerate() {
             if line.is_empty() {
@@ -51,22 +53,37 @@ impl Split {
             }
             let mut f = line.split('\t');
             let (Some(t), Some(l), Some(id)) = (f.next(), f.next(), f.next()) else {
-                bail!("{}:{}: expected 3 tab-separated fields", path.display(), n + 1);
+                bail!(
+                    "{}:{}: expected 3 tab-separated fields",
+                    path.display(),
+                    n + 1
+                );
             };
             let mut labels = Vec::new();
             for s in l.split(',') {
-                let i: usize = s
-                    .trim()
-                    .parse()
-                    .with_context(|| format!("{}:{}: bad label index {s:?}", path.display(), n + 1))?;
+                let i: usize = s.trim().parse().with_context(|| {
+                    format!("{}:{}: bad label index {s:?}", path.display(), n + 1)
+                })?;
                 if i >= num_labels {
-                    bail!("{}:{}: label index {i} >= {num_labels}", path.display(), n + 1);
+                    bail!(
+                        "{}:{}: label index {i} >= {num_labels}",
+                        path.display(),
+                        n + 1
+                    );
                 }
                 labels.push(i);
             }
-            examples.push(Example { id: id.to_string(), text: t.to_string(), labels });
+            examples.push(Example {
+                id: id.to_string(),
+                text: t.to_string(),
+                labels,
+            });
         }
-        Ok(Split { path: path.to_path_buf(), sha256, examples })
+        Ok(Split {
+            path: path.to_path_buf(),
+            sha256,
+            examples,
+        })
     }
 
     /// Multi-hot targets, row-major `[n, num_labels]`.

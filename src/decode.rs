@@ -17,7 +17,15 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [Reason::InvalidJson, Reason::MissingText, Reason::NotUtf8, Reason::EmptyText, Reason::TooLarge, Reason::InferenceError, Reason::ProduceFailed];
+    pub const ALL: [Reason; 7] = [
+        Reason::InvalidJson,
+        Reason::MissingText,
+        Reason::NotUtf8,
+        Reason::EmptyText,
+        Reason::TooLarge,
+        Reason::InferenceError,
+        Reason::ProduceFailed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -39,7 +47,10 @@ pub struct Rejection {
 }
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
-    Rejection { reason, detail: detail.into() }
+    Rejection {
+        reason,
+        detail: detail.into(),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -53,23 +64,45 @@ pub struct Comment {
 pub fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Rejection> {
     let bytes = payload.unwrap_or_default();
     if bytes.len() > cfg.max_message_bytes {
-        return Err(reject(Reason::TooLarge, format!("{} bytes > input.max_message_bytes {}", bytes.len(), cfg.max_message_bytes)));
+        return Err(reject(
+            Reason::TooLarge,
+            format!(
+                "{} bytes > input.max_message_bytes {}",
+                bytes.len(),
+                cfg.max_message_bytes
+            ),
+        ));
     }
-    let s = std::str::from_utf8(bytes).map_err(|e| reject(Reason::NotUtf8, format!("payload is not UTF-8: {e}")))?;
+    let s = std::str::from_utf8(bytes)
+        .map_err(|e| reject(Reason::NotUtf8, format!("payload is not UTF-8: {e}")))?;
     let (id, text) = match cfg.format {
         InputFormat::Text => (None, s.to_string()),
         InputFormat::Json => {
             if s.trim().is_empty() {
                 return Err(reject(Reason::EmptyText, "empty payload"));
             }
-            let v: Value = serde_json::from_str(s).map_err(|e| reject(Reason::InvalidJson, format!("payload is not JSON: {e}")))?;
+            let v: Value = serde_json::from_str(s)
+                .map_err(|e| reject(Reason::InvalidJson, format!("payload is not JSON: {e}")))?;
             if !v.is_object() {
-                return Err(reject(Reason::InvalidJson, "payload is JSON but not an object"));
+                return Err(reject(
+                    Reason::InvalidJson,
+                    "payload is JSON but not an object",
+                ));
             }
             let text = match v.pointer(&cfg.text_pointer) {
                 Some(Value::String(t)) => t.clone(),
-                Some(other) => return Err(reject(Reason::MissingText, format!("{} is {} , not a string", cfg.text_pointer, kind(other)))),
-                None => return Err(reject(Reason::MissingText, format!("no text at {}", cfg.text_pointer))),
+                Some(other) => {
+                    return Err(reject(
+                        Reason::MissingText,
+                        format!("{} is {} , not a string", cfg.text_pointer, kind(other)),
+                    ))
+                }
+                None => {
+                    return Err(reject(
+                        Reason::MissingText,
+                        format!("no text at {}", cfg.text_pointer),
+                    ))
+                }
             };
             let id = if cfg.id_pointer.is_empty() {
                 None
@@ -105,7 +138,12 @@ mod tests {
     use super::*;
 
     fn cfg(format: InputFormat) -> InputSettings {
-        InputSettings { format, text_pointer: "/text".into(), id_pointer: "/id".into(), max_message_bytes: 64 }
+        InputSettings {
+            format,
+            text_pointer: "/text".into(),
+            id_pointer: "/id".into(),
+            max_message_bytes: 64,
+        }
     }
 
     #[test]
@@ -125,10 +163,28 @@ mod tests {
     #[test]
     fn json_and_text_decode() {
         let c = cfg(InputFormat::Json);
-        assert_eq!(decode(Some(br#"{"id":"x1","text":"hi"}"#), &c).unwrap(), Comment { id: Some("x1".into()), text: "hi".into() });
-        assert_eq!(decode(Some(br#"{"id":42,"text":"hi"}"#), &c).unwrap().id.as_deref(), Some("42"));
+        assert_eq!(
+            decode(Some(br#"{"id":"x1","text":"hi"}"#), &c).unwrap(),
+            Comment {
+                id: Some("x1".into()),
+                text: "hi".into()
+            }
+        );
+        assert_eq!(
+            decode(Some(br#"{"id":42,"text":"hi"}"#), &c)
+                .unwrap()
+                .id
+                .as_deref(),
+            Some("42")
+        );
         assert_eq!(decode(Some(br#"{"text":"hi"}"#), &c).unwrap().id, None);
         let t = cfg(InputFormat::Text);
-        assert_eq!(decode(Some(b"plain words"), &t).unwrap(), Comment { id: None, text: "plain words".into() });
+        assert_eq!(
+            decode(Some(b"plain words"), &t).unwrap(),
+            Comment {
+                id: None,
+                text: "plain words".into()
+            }
+        );
     }
 }

@@ -60,11 +60,22 @@ pub fn build<'a>(
 ) -> LabelEvent<'a> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let labels: Vec<LabelScore> = order.iter().filter(|&&i| scores[i] >= thresholds[i]).map(|&i| LabelScore { label: &names[i], score: scores[i] }).collect();
+    let labels: Vec<LabelScore> = order
+        .iter()
+        .filter(|&&i| scores[i] >= thresholds[i])
+        .map(|&i| LabelScore {
+            label: &names[i],
+            score: scores[i],
+        })
+        .collect();
     let chosen: Vec<usize> = match mode {
         ScoreMode::All => (0..scores.len()).collect(),
         ScoreMode::TopK => order.iter().take(top_k).copied().collect(),
-        ScoreMode::OverThreshold => order.iter().filter(|&&i| scores[i] >= thresholds[i]).copied().collect(),
+        ScoreMode::OverThreshold => order
+            .iter()
+            .filter(|&&i| scores[i] >= thresholds[i])
+            .copied()
+            .collect(),
     };
     let mut map = serde_json::Map::new();
     for i in chosen {
@@ -89,14 +100,56 @@ mod tests {
     #[test]
     fn labels_over_threshold_by_score_and_modes() {
         let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
-        let m = ModelRef { name: "m".into(), version: "1".into(), sha256: "x".into() };
-        let s = Source { topic: "t".into(), partition: 0, offset: 5, timestamp_ms: Some(1) };
-        let e = build("id", &[0.2, 0.9, 0.5], &names, &[0.3, 0.5, 0.5], ScoreMode::All, 1, &m, &s, false);
-        assert_eq!(e.labels.iter().map(|l| l.label).collect::<Vec<_>>(), vec!["b", "c"]);
+        let m = ModelRef {
+            name: "m".into(),
+            version: "1".into(),
+            sha256: "x".into(),
+        };
+        let s = Source {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            timestamp_ms: Some(1),
+        };
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::All,
+            1,
+            &m,
+            &s,
+            false,
+        );
+        assert_eq!(
+            e.labels.iter().map(|l| l.label).collect::<Vec<_>>(),
+            vec!["b", "c"]
+        );
         assert_eq!(e.scores.len(), 3);
-        let e = build("id", &[0.2, 0.9, 0.5], &names, &[0.3, 0.5, 0.5], ScoreMode::TopK, 1, &m, &s, false);
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::TopK,
+            1,
+            &m,
+            &s,
+            false,
+        );
         assert_eq!(e.scores.keys().collect::<Vec<_>>(), vec!["b"]);
-        let e = build("id", &[0.2, 0.9, 0.5], &names, &[0.3, 0.5, 0.5], ScoreMode::OverThreshold, 1, &m, &s, true);
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::OverThreshold,
+            1,
+            &m,
+            &s,
+            true,
+        );
         assert_eq!(e.scores.len(), 2);
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["schema_version"], 1);

@@ -39,12 +39,19 @@ impl Classifier {
         let batch = PaddedBatch::new(rows, self.text.pad_id());
         let logits = self.model.logits(&batch)?;
         let l = self.model.num_labels();
-        Ok(logits.chunks(l).map(|r| r.iter().map(|&x| sigmoid(x)).collect()).collect())
+        Ok(logits
+            .chunks(l)
+            .map(|r| r.iter().map(|&x| sigmoid(x)).collect())
+            .collect())
     }
 
     /// Scores for many texts, in length-sorted batches of `batch_size`; output in input order.
     pub fn score_texts(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
-        let enc: Vec<Encoded> = texts.iter().map(|t| self.encode(t)).collect::<Result<_>>().context("tokenizing")?;
+        let enc: Vec<Encoded> = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<_>>()
+            .context("tokenizing")?;
         let mut order: Vec<usize> = (0..enc.len()).collect();
         order.sort_by_key(|&i| enc[i].ids.len());
         let mut out = vec![Vec::new(); enc.len()];

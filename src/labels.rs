@@ -6,10 +6,34 @@ use std::path::Path;
 
 /// Label names in GoEmotions index order (line i of the dataset's labels.txt).
 pub const GOEMOTIONS: [&str; 28] = [
-    "admiration", "amusement", "anger", "annoyance", "approval", "caring", "confusion",
-    "curiosity", "desire", "disappointment", "disapproval", "disgust", "embarrassment",
-    "excitement", "fear", "gratitude", "grief", "joy", "love", "nervousness", "optimism",
-    "pride", "realization", "relief", "remorse", "sadness", "surprise", "neutral",
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
 ];
 
 /// An ordered list of label names; position = output column of the model.
@@ -42,8 +66,14 @@ impl LabelSet {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading label file {}", path.display()))?;
-        Self::new(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect())
-            .with_context(|| format!("in label file {}", path.display()))
+        Self::new(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+        .with_context(|| format!("in label file {}", path.display()))
     }
 
     pub fn len(&self) -> usize {

@@ -24,6 +24,6 @@ pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod thresholds;
-pub mod train;
 pub mod tokenize;
+pub mod train;
 pub mod workers;

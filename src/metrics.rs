@@ -34,7 +34,11 @@ pub struct Counts {
 impl Counts {
     pub fn f1(&self) -> f64 {
         let d = 2 * self.tp + self.fp + self.fn_;
-        if d == 0 { 0.0 } else { 2.0 * self.tp as f64 / d as f64 }
+        if d == 0 {
+            0.0
+        } else {
+            2.0 * self.tp as f64 / d as f64
+        }
     }
     pub fn precision(&self) -> f64 {
         ratio(self.tp, self.tp + self.fp)
@@ -45,12 +49,21 @@ impl Counts {
 }
 
 fn ratio(a: usize, b: usize) -> f64 {
-    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 / b as f64
+    }
 }
 
 /// Counts for label `j` when scores `>= threshold` are predicted on.
 /// (A score equal to the threshold is on, so thresholds chosen from observed scores are exact.)
-pub fn label_counts(scores: &[Vec<f32>], targets: &[Vec<bool>], j: usize, threshold: f32) -> Counts {
+pub fn label_counts(
+    scores: &[Vec<f32>],
+    targets: &[Vec<bool>],
+    j: usize,
+    threshold: f32,
+) -> Counts {
     let mut c = Counts::default();
     for (s, t) in scores.iter().zip(targets) {
         match (s[j] >= threshold, t[j]) {
@@ -64,8 +77,17 @@ pub fn label_counts(scores: &[Vec<f32>], targets: &[Vec<bool>], j: usize, thresh
 }
 
 /// Full metrics for sigmoid `scores` `[n][L]` against multi-hot `targets` with per-label thresholds.
-pub fn evaluate(scores: &[Vec<f32>], targets: &[Vec<bool>], thresholds: &[f32], labels: &[String]) -> Metrics {
-    assert_eq!(scores.len(), targets.len(), "scores and targets differ in length");
+pub fn evaluate(
+    scores: &[Vec<f32>],
+    targets: &[Vec<bool>],
+    thresholds: &[f32],
+    labels: &[String],
+) -> Metrics {
+    assert_eq!(
+        scores.len(),
+        targets.len(),
+        "scores and targets differ in length"
+    );
     let l = thresholds.len();
     let mut total = Counts::default();
     let mut per_label = Vec::with_capacity(l);

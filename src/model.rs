@@ -67,14 +67,16 @@ pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Ok(p) = std::env::var("ORT_DYLIB_PATH") {
         return Ok(PathBuf::from(p));
     }
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/ort/onnxruntime-1.31.1/libonnxruntime.so");
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/ort/onnxruntime-1.31.1/libonnxruntime.so");
     if local.exists() {
         return Ok(local);
     }
     bail!("ONNX Runtime library not found: set ORT_DYLIB_PATH (or runtime.library), or run scripts/setup-ort.sh")
 }
 
-static ENV: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+static ENV: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> =
+    OnceLock::new();
 
 /// Loads the ONNX Runtime library once per process.
 pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environment> {
@@ -85,7 +87,11 @@ pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environme
         };
         let built = ort::init_from(&path)
             .map_err(|e| format!("loading ONNX Runtime from {}: {e}", path.display()))
-            .and_then(|b| b.with_name("emostream").build().map_err(|e| format!("creating ONNX Runtime environment: {e}")));
+            .and_then(|b| {
+                b.with_name("emostream")
+                    .build()
+                    .map_err(|e| format!("creating ONNX Runtime environment: {e}"))
+            });
         built.map(|env| (path, env))
     });
     match r {
@@ -128,8 +134,14 @@ impl OrtModel {
             Provider::Cpu => {}
             gpu => {
                 let ep = match gpu {
-                    Provider::Cuda { device } => ort::ep::CUDA::default().with_device_id(*device).build().error_on_failure(),
-                    Provider::Tensorrt { device } => ort::ep::TensorRT::default().with_device_id(*device).build().error_on_failure(),
+                    Provider::Cuda { device } => ort::ep::CUDA::default()
+                        .with_device_id(*device)
+                        .build()
+                        .error_on_failure(),
+                    Provider::Tensorrt { device } => ort::ep::TensorRT::default()
+                        .with_device_id(*device)
+                        .build()
+                        .error_on_failure(),
                     Provider::Cpu => unreachable!(),
                 };
                 match b.with_execution_providers([ep]) {
@@ -152,22 +164,36 @@ impl OrtModel {
         let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         for needed in ["input_ids", "attention_mask"] {
             if !names.contains(&needed) {
-                bail!("{} has no input {needed:?} (inputs: {names:?})", path.display());
+                bail!(
+                    "{} has no input {needed:?} (inputs: {names:?})",
+                    path.display()
+                );
             }
         }
-        if let Some(extra) = names.iter().find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n)) {
+        if let Some(extra) = names
+            .iter()
+            .find(|n| !["input_ids", "attention_mask", "token_type_ids"].contains(n))
+        {
             bail!("{} has an unexpected input {extra:?}", path.display());
         }
         let token_types = names.contains(&"token_type_ids");
         let out = session.outputs().first().context("model has no outputs")?;
         let num_labels = match out.dtype() {
             ort::value::ValueType::Tensor { shape, .. } => shape.last().copied().unwrap_or(-1),
-            other => bail!("model output {:?} is {other}, expected a float tensor", out.name()),
+            other => bail!(
+                "model output {:?} is {other}, expected a float tensor",
+                out.name()
+            ),
         };
         if num_labels <= 0 {
             bail!("model output {:?} has no fixed label dimension", out.name());
         }
-        Ok(OrtModel { session, token_types, num_labels: num_labels as usize, provider })
+        Ok(OrtModel {
+            session,
+            token_types,
+            num_labels: num_labels as usize,
+            provider,
+        })
     }
 
     pub fn num_labels(&self) -> usize {
@@ -184,12 +210,27 @@ impl OrtModel {
             "attention_mask" => Tensor::from_array((shape, mask))?,
         ];
         if self.token_types {
-            inputs.push(("token_type_ids".into(), Tensor::from_array((shape, vec![0i64; batch.input_ids.len()]))?.into()));
+            inputs.push((
+                "token_type_ids".into(),
+                Tensor::from_array((shape, vec![0i64; batch.input_ids.len()]))?.into(),
+            ));
         }
-        let outputs = self.session.run(inputs).context("ONNX Runtime inference failed")?;
-        let (out_shape, data) = outputs[0].try_extract_tensor::<f32>().context("reading logits")?;
-        if out_shape.len() != 2 || out_shape[0] as usize != batch.batch || out_shape[1] as usize != self.num_labels {
-            bail!("model returned logits of shape {out_shape:?}, expected [{}, {}]", batch.batch, self.num_labels);
+        let outputs = self
+            .session
+            .run(inputs)
+            .context("ONNX Runtime inference failed")?;
+        let (out_shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .context("reading logits")?;
+        if out_shape.len() != 2
+            || out_shape[0] as usize != batch.batch
+            || out_shape[1] as usize != self.num_labels
+        {
+            bail!(
+                "model returned logits of shape {out_shape:?}, expected [{}, {}]",
+                batch.batch,
+                self.num_labels
+            );
         }
         Ok(data.to_vec())
     }

@@ -82,12 +82,18 @@ pub struct ModelCard {
 impl ModelCard {
     pub fn validate(&self) -> Result<()> {
         if self.format_version != FORMAT_VERSION {
-            bail!("model.json format_version {} is not supported (expected {FORMAT_VERSION})", self.format_version);
+            bail!(
+                "model.json format_version {} is not supported (expected {FORMAT_VERSION})",
+                self.format_version
+            );
         }
         let n = self.labels.len();
         if let Some(p) = &self.thresholds.per_label {
             if p.len() != n {
-                bail!("model.json thresholds.per_label has {} values for {n} labels", p.len());
+                bail!(
+                    "model.json thresholds.per_label has {} values for {n} labels",
+                    p.len()
+                );
             }
         }
         for t in self.thresholds.resolved(n) {
@@ -96,7 +102,10 @@ impl ModelCard {
             }
         }
         if self.max_sequence_length < 2 {
-            bail!("model.json max_sequence_length {} is too small", self.max_sequence_length);
+            bail!(
+                "model.json max_sequence_length {} is too small",
+                self.max_sequence_length
+            );
         }
         Ok(())
     }
@@ -136,21 +145,32 @@ impl ModelDir {
         }
         let card = if dir.join(CARD_FILE).is_file() {
             let text = std::fs::read_to_string(dir.join(CARD_FILE)).with_context(ctx)?;
-            let card: ModelCard = serde_json::from_str(&text).with_context(|| format!("parsing {}/{CARD_FILE}", dir.display()))?;
+            let card: ModelCard = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}/{CARD_FILE}", dir.display()))?;
             card.validate().with_context(ctx)?;
             if verify_sha256 {
                 let got = sha256_file(&dir.join(ONNX_FILE))?;
                 if got != card.model_sha256 {
-                    bail!("{}: model.onnx sha256 {got} does not match model.json ({})", ctx(), card.model_sha256);
+                    bail!(
+                        "{}: model.onnx sha256 {got} does not match model.json ({})",
+                        ctx(),
+                        card.model_sha256
+                    );
                 }
             }
             card
         } else if dir.join("config.json").is_file() {
             Self::card_from_hf(dir).with_context(ctx)?
         } else {
-            bail!("{} has neither model.json nor a Hugging Face config.json", ctx());
+            bail!(
+                "{} has neither model.json nor a Hugging Face config.json",
+                ctx()
+            );
         };
-        Ok(ModelDir { dir: dir.to_path_buf(), card })
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            card,
+        })
     }
 
     /// Derives a card for a Hugging Face / optimum ONNX export.
@@ -158,21 +178,47 @@ impl ModelDir {
         let text = std::fs::read_to_string(dir.join("config.json"))?;
         let hf: serde_json::Value = serde_json::from_str(&text).context("parsing config.json")?;
         let labels = crate::train::trainer::labels_from_hf(&hf)?;
-        let tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(TOKENIZER_FILE))?).context("parsing tokenizer.json")?;
+        let tok: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(TOKENIZER_FILE))?)
+                .context("parsing tokenizer.json")?;
         let max_len = tok
             .pointer("/truncation/max_length")
             .and_then(|v| v.as_u64())
-            .or_else(|| hf.get("max_position_embeddings").and_then(|v| v.as_u64()).map(|m| if hf.get("model_type").and_then(|t| t.as_str()) == Some("roberta") { m - 2 } else { m }))
+            .or_else(|| {
+                hf.get("max_position_embeddings")
+                    .and_then(|v| v.as_u64())
+                    .map(|m| {
+                        if hf.get("model_type").and_then(|t| t.as_str()) == Some("roberta") {
+                            m - 2
+                        } else {
+                            m
+                        }
+                    })
+            })
             .unwrap_or(512)
             .min(512) as usize;
         let card = ModelCard {
             format_version: FORMAT_VERSION,
-            name: dir.file_name().map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+            name: dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned()),
             version: "0".into(),
-            architecture: hf.get("model_type").and_then(|v| v.as_str()).unwrap_or("unknown").into(),
-            base_model: hf.get("_name_or_path").and_then(|v| v.as_str()).unwrap_or("").into(),
+            architecture: hf
+                .get("model_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .into(),
+            base_model: hf
+                .get("_name_or_path")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .into(),
             labels,
-            thresholds: Thresholds { default: 0.5, per_label: None, chosen_by: "default 0.5 (Hugging Face export)".into() },
+            thresholds: Thresholds {
+                default: 0.5,
+                per_label: None,
+                chosen_by: "default 0.5 (Hugging Face export)".into(),
+            },
             max_sequence_length: max_len,
             precision: "fp32".into(),
             model_sha256: sha256_file(&dir.join(ONNX_FILE))?,

@@ -42,7 +42,10 @@ impl OffsetTracker {
     }
 
     pub fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
-        self.parts.keys().filter_map(|tp| self.commit_point(tp).map(|o| (tp.clone(), o))).collect()
+        self.parts
+            .keys()
+            .filter_map(|tp| self.commit_point(tp).map(|o| (tp.clone(), o)))
+            .collect()
     }
 
     /// Forgets a partition (revoked); returns its final commit point.
@@ -61,7 +64,13 @@ impl OffsetTracker {
         let now = Instant::now();
         self.parts
             .iter()
-            .filter_map(|(tp, p)| p.pending.iter().next().filter(|(_, t)| now.duration_since(**t) > age).map(|(o, _)| (tp.clone(), *o)))
+            .filter_map(|(tp, p)| {
+                p.pending
+                    .iter()
+                    .next()
+                    .filter(|(_, t)| now.duration_since(**t) > age)
+                    .map(|(o, _)| (tp.clone(), *o))
+            })
             .collect()
     }
 }

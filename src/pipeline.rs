@@ -21,7 +21,10 @@ pub struct Origin {
 impl Origin {
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
     pub fn coordinates(&self) -> String {
-        format!("{}/{}/{}", self.source.topic, self.source.partition, self.source.offset)
+        format!(
+            "{}/{}/{}",
+            self.source.topic, self.source.partition, self.source.offset
+        )
     }
 }
 
@@ -54,9 +57,17 @@ pub struct Batch {
 #[derive(Debug)]
 pub enum Outcome {
     /// Labelled: the serialised label event.
-    Labelled { id: String, event: Vec<u8>, origin: Origin },
+    Labelled {
+        id: String,
+        event: Vec<u8>,
+        origin: Origin,
+    },
     /// Goes to the dead-letter topic.
-    Rejected { reason: Reason, detail: String, origin: Origin },
+    Rejected {
+        reason: Reason,
+        detail: String,
+        origin: Origin,
+    },
 }
 
 impl Outcome {

@@ -14,8 +14,12 @@ impl SplitMix64 {
     /// An independent stream for `(seed, a, b)`, e.g. (run seed, epoch, purpose).
     pub fn derive(seed: u64, a: u64, b: u64) -> Self {
         let mut r = SplitMix64::new(seed ^ 0x9E37_79B9_7F4A_7C15);
-        r.state ^= r.next_u64().wrapping_add(a.wrapping_mul(0xBF58_476D_1CE4_E5B9));
-        r.state ^= r.next_u64().wrapping_add(b.wrapping_mul(0x94D0_49BB_1331_11EB));
+        r.state ^= r
+            .next_u64()
+            .wrapping_add(a.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+        r.state ^= r
+            .next_u64()
+            .wrapping_add(b.wrapping_mul(0x94D0_49BB_1331_11EB));
         r
     }
 

@@ -40,10 +40,16 @@ impl Sink {
             let sink = self.clone();
             match o {
                 Outcome::Labelled { event, origin, .. } => {
-                    let first = sink.enqueue(&sink.output_topic, &origin, &event, origin.headers.clone()).await;
+                    let first = sink
+                        .enqueue(&sink.output_topic, &origin, &event, origin.headers.clone())
+                        .await;
                     tasks.spawn(async move { sink.deliver_event(event, origin, first).await });
                 }
-                Outcome::Rejected { reason, detail, origin } => {
+                Outcome::Rejected {
+                    reason,
+                    detail,
+                    origin,
+                } => {
                     tasks.spawn(async move { sink.dead_letter(reason, detail, origin).await });
                 }
             }
@@ -53,7 +59,13 @@ impl Sink {
     }
 
     /// Hands a message to librdkafka (waiting while its queue is full).
-    async fn enqueue(&self, topic: &str, origin: &Origin, payload: &[u8], headers: Option<OwnedHeaders>) -> Result<DeliveryFuture, String> {
+    async fn enqueue(
+        &self,
+        topic: &str,
+        origin: &Origin,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<DeliveryFuture, String> {
         loop {
             let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
             if let Some(k) = &origin.key {
@@ -64,13 +76,20 @@ impl Sink {
             }
             match self.producer.send_result(rec) {
                 Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => tokio::time::sleep(Duration::from_millis(5)).await,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await
+                }
                 Err((e, _)) => return Err(e.to_string()),
             }
         }
     }
 
-    async fn deliver_event(&self, event: Vec<u8>, origin: Origin, first: Result<DeliveryFuture, String>) {
+    async fn deliver_event(
+        &self,
+        event: Vec<u8>,
+        origin: Origin,
+        first: Result<DeliveryFuture, String>,
+    ) {
         let mut fut = first;
         let mut backoff = self.backoff;
         let mut last_err;
@@ -90,12 +109,19 @@ impl Sink {
             metrics::counter!("emostream_produce_errors_total", "topic" => "output").increment(1);
             tracing::warn!(attempt, error = %last_err, offset = origin.source.offset, partition = origin.source.partition, "output topic refused event");
             if attempt == self.attempts {
-                self.dead_letter(Reason::ProduceFailed, format!("output topic {}: {last_err}", self.output_topic), origin).await;
+                self.dead_letter(
+                    Reason::ProduceFailed,
+                    format!("output topic {}: {last_err}", self.output_topic),
+                    origin,
+                )
+                .await;
                 return;
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
-            fut = self.enqueue(&self.output_topic, &origin, &event, origin.headers.clone()).await;
+            fut = self
+                .enqueue(&self.output_topic, &origin, &event, origin.headers.clone())
+                .await;
         }
     }
 
@@ -103,29 +129,75 @@ impl Sink {
     /// is acknowledged (the offset stays unacknowledged meanwhile).
     async fn dead_letter(&self, reason: Reason, detail: String, origin: Origin) {
         let mut h = OwnedHeaders::new()
-            .insert(Header { key: "emostream.reason", value: Some(reason.as_str()) })
-            .insert(Header { key: "emostream.detail", value: Some(detail.as_str()) })
-            .insert(Header { key: "emostream.source.topic", value: Some(origin.source.topic.as_str()) })
-            .insert(Header { key: "emostream.source.partition", value: Some(&origin.source.partition.to_string()) })
-            .insert(Header { key: "emostream.source.offset", value: Some(&origin.source.offset.to_string()) });
+            .insert(Header {
+                key: "emostream.reason",
+                value: Some(reason.as_str()),
+            })
+            .insert(Header {
+                key: "emostream.detail",
+                value: Some(detail.as_str()),
+            })
+            .insert(Header {
+                key: "emostream.source.topic",
+                value: Some(origin.source.topic.as_str()),
+            })
+            .insert(Header {
+                key: "emostream.source.partition",
+                value: Some(&origin.source.partition.to_string()),
+            })
+            .insert(Header {
+                key: "emostream.source.offset",
+                value: Some(&origin.source.offset.to_string()),
+            });
         if let Some(ts) = origin.source.timestamp_ms {
-            h = h.insert(Header { key: "emostream.source.timestamp_ms", value: Some(&ts.to_string()) });
+            h = h.insert(Header {
+                key: "emostream.source.timestamp_ms",
+                value: Some(&ts.to_string()),
+            });
         }
         if let Some(orig) = &origin.headers {
             for x in orig.iter() {
-                h = h.insert(Header { key: x.key, value: x.value });
+                h = h.insert(Header {
+                    key: x.key,
+                    value: x.value,
+                });
             }
         }
         let mut backoff = self.backoff;
         let mut stalled = false;
         loop {
-            let result = match self.enqueue(&self.dead_letter_topic, &origin, &origin.payload, Some(h.clone())).await {
-                Ok(f) => f.await.unwrap_or_else(|_| Err((KafkaError::Canceled, rdkafka::message::OwnedMessage::new(None, None, String::new(), rdkafka::Timestamp::NotAvailable, 0, 0, None)))).map_err(|(e, _)| e.to_string()),
+            let result = match self
+                .enqueue(
+                    &self.dead_letter_topic,
+                    &origin,
+                    &origin.payload,
+                    Some(h.clone()),
+                )
+                .await
+            {
+                Ok(f) => f
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err((
+                            KafkaError::Canceled,
+                            rdkafka::message::OwnedMessage::new(
+                                None,
+                                None,
+                                String::new(),
+                                rdkafka::Timestamp::NotAvailable,
+                                0,
+                                0,
+                                None,
+                            ),
+                        ))
+                    })
+                    .map_err(|(e, _)| e.to_string()),
                 Err(e) => Err(e),
             };
             match result {
                 Ok(_) => {
-                    metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str()).increment(1);
+                    metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str())
+                        .increment(1);
                     if stalled {
                         let n = self.stalled.fetch_sub(1, Ordering::SeqCst) - 1;
                         metrics::gauge!("emostream_stalled_partitions").set(n as f64);
@@ -134,7 +206,8 @@ impl Sink {
                     return;
                 }
                 Err(e) => {
-                    metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter").increment(1);
+                    metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter")
+                        .increment(1);
                     if !stalled {
                         stalled = true;
                         let n = self.stalled.fetch_add(1, Ordering::SeqCst) + 1;
@@ -151,12 +224,17 @@ impl Sink {
 
     fn complete(&self, origin: &Origin) {
         let tp = (origin.source.topic.clone(), origin.source.partition);
-        self.tracker.lock().expect("offset tracker lock").ack(&tp, origin.source.offset);
+        self.tracker
+            .lock()
+            .expect("offset tracker lock")
+            .ack(&tp, origin.source.offset);
         self.in_flight.release(origin.payload.len());
         if let Some(ts) = origin.source.timestamp_ms {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-            metrics::histogram!("emostream_end_to_end_seconds").record(((now - ts).max(0)) as f64 / 1000.0);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            metrics::histogram!("emostream_end_to_end_seconds")
+                .record(((now - ts).max(0)) as f64 / 1000.0);
         }
     }
 }
-

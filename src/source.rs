@@ -11,7 +11,9 @@ use crate::pipeline::{Origin, Outcome, Pending};
 use crate::telemetry::InFlight;
 use anyhow::{Context, Result};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,7 +49,11 @@ impl ConsumerContext for SourceContext {
                 let mut t = self.tracker.lock().expect("offset tracker lock");
                 for e in tpl.elements() {
                     if let Some(o) = t.remove(&(e.topic().to_string(), e.partition())) {
-                        let _ = commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+                        let _ = commit.add_partition_offset(
+                            e.topic(),
+                            e.partition(),
+                            Offset::Offset(o),
+                        );
                     }
                 }
             }
@@ -67,7 +73,11 @@ impl ConsumerContext for SourceContext {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed");
         }
@@ -95,15 +105,26 @@ pub fn consumer(s: &Settings, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Arc<
     for (k, v) in &s.kafka.consumer_properties {
         c.set(k, v);
     }
-    let ctx = SourceContext { tracker, assigned: AtomicBool::new(false) };
-    let consumer: KafkaConsumer = c.create_with_context(ctx).context("creating Kafka consumer")?;
+    let ctx = SourceContext {
+        tracker,
+        assigned: AtomicBool::new(false),
+    };
+    let consumer: KafkaConsumer = c
+        .create_with_context(ctx)
+        .context("creating Kafka consumer")?;
     let topics: Vec<&str> = s.kafka.input_topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics).with_context(|| format!("subscribing to {topics:?}"))?;
+    consumer
+        .subscribe(&topics)
+        .with_context(|| format!("subscribing to {topics:?}"))?;
     Ok(Arc::new(consumer))
 }
 
 /// Commits every tracked partition's commit point.
-pub fn commit(consumer: &KafkaConsumer, tracker: &Mutex<OffsetTracker>, mode: CommitMode) -> Result<()> {
+pub fn commit(
+    consumer: &KafkaConsumer,
+    tracker: &Mutex<OffsetTracker>,
+    mode: CommitMode,
+) -> Result<()> {
     let points = tracker.lock().expect("offset tracker lock").commit_points();
     if points.is_empty() {
         return Ok(());
@@ -128,7 +149,12 @@ pub struct SourceStage {
 impl SourceStage {
     fn origin(msg: &BorrowedMessage<'_>) -> Origin {
         Origin {
-            source: SourceRef { topic: msg.topic().to_string(), partition: msg.partition(), offset: msg.offset(), timestamp_ms: msg.timestamp().to_millis() },
+            source: SourceRef {
+                topic: msg.topic().to_string(),
+                partition: msg.partition(),
+                offset: msg.offset(),
+                timestamp_ms: msg.timestamp().to_millis(),
+            },
             key: msg.key().map(<[u8]>::to_vec),
             headers: msg.headers().map(|h| h.detach()),
             payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
@@ -137,12 +163,22 @@ impl SourceStage {
     }
 
     fn set_paused(&self, pause: bool) {
-        let Ok(assignment) = self.consumer.assignment() else { return };
-        let r = if pause { self.consumer.pause(&assignment) } else { self.consumer.resume(&assignment) };
+        let Ok(assignment) = self.consumer.assignment() else {
+            return;
+        };
+        let r = if pause {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
         match r {
             Ok(()) => {
                 self.in_flight.paused.store(pause, Ordering::SeqCst);
-                tracing::debug!(pause, "partitions {}", if pause { "paused" } else { "resumed" });
+                tracing::debug!(
+                    pause,
+                    "partitions {}",
+                    if pause { "paused" } else { "resumed" }
+                );
             }
             Err(e) => tracing::warn!(error = %e, pause, "pause/resume failed"),
         }
@@ -187,22 +223,42 @@ impl SourceStage {
             metrics::counter!("emostream_consumed_total").increment(1);
             let origin = Self::origin(&msg);
             drop(msg);
-            self.tracker.lock().expect("offset tracker lock").track(&(origin.source.topic.clone(), origin.source.partition), origin.source.offset);
+            self.tracker.lock().expect("offset tracker lock").track(
+                &(origin.source.topic.clone(), origin.source.partition),
+                origin.source.offset,
+            );
             self.in_flight.acquire(origin.payload.len());
             let sent = match decode(Some(origin.payload.as_slice()), &self.settings.input) {
                 Ok(c) => {
                     let id = c.id.unwrap_or_else(|| origin.coordinates());
-                    self.pending_tx.send(Pending { id, text: c.text, origin }).await.is_ok()
+                    self.pending_tx
+                        .send(Pending {
+                            id,
+                            text: c.text,
+                            origin,
+                        })
+                        .await
+                        .is_ok()
                 }
                 Err(r) => {
                     tracing::debug!(reason = r.reason.as_str(), detail = %r.detail, "bad input");
-                    self.outcome_tx.send(Outcome::Rejected { reason: r.reason, detail: r.detail, origin }).await.is_ok()
+                    self.outcome_tx
+                        .send(Outcome::Rejected {
+                            reason: r.reason,
+                            detail: r.detail,
+                            origin,
+                        })
+                        .await
+                        .is_ok()
                 }
             };
             if !sent {
                 return;
             }
-            if self.in_flight.over(bp.max_in_flight_messages, bp.max_in_flight_bytes) {
+            if self
+                .in_flight
+                .over(bp.max_in_flight_messages, bp.max_in_flight_bytes)
+            {
                 self.set_paused(true);
             }
         }

@@ -7,15 +7,25 @@ use tokio::sync::Notify;
 
 pub fn init_logging(format: &str, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = if format == "json" { b.json().try_init() } else { b.try_init() };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if format == "json" {
+        b.json().try_init()
+    } else {
+        b.try_init()
+    };
 }
 
 /// Installs the global metrics recorder (once) and returns the handle that renders /metrics.
 pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
-    let secs = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let secs = [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ];
     let sizes = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
-    let tokens = [16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
+    let tokens = [
+        16.0, 64.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &secs)?
         .set_buckets_for_metric(Matcher::Full("emostream_batch_size".into()), &sizes)?
@@ -27,19 +37,49 @@ pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("emostream_consumed_total", "Messages consumed from input topics");
-    describe_counter!("emostream_labelled_total", "Label events acknowledged by the output topic");
-    describe_counter!("emostream_dead_lettered_total", "Messages acknowledged by the dead-letter topic, by reason");
-    describe_counter!("emostream_produce_errors_total", "Failed produce attempts, by topic kind");
+    describe_counter!(
+        "emostream_consumed_total",
+        "Messages consumed from input topics"
+    );
+    describe_counter!(
+        "emostream_labelled_total",
+        "Label events acknowledged by the output topic"
+    );
+    describe_counter!(
+        "emostream_dead_lettered_total",
+        "Messages acknowledged by the dead-letter topic, by reason"
+    );
+    describe_counter!(
+        "emostream_produce_errors_total",
+        "Failed produce attempts, by topic kind"
+    );
     describe_histogram!("emostream_batch_size", "Messages per inference batch");
     describe_histogram!("emostream_batch_tokens", "Tokens per inference batch");
     describe_histogram!("emostream_inference_seconds", "ONNX Runtime time per batch");
-    describe_histogram!("emostream_end_to_end_seconds", "Kafka timestamp of the input to produce acknowledgement");
-    describe_gauge!("emostream_in_flight_messages", "Consumed messages not yet acknowledged");
-    describe_gauge!("emostream_in_flight_bytes", "Payload bytes of in-flight messages");
-    describe_gauge!("emostream_consumer_lag", "Consumer lag per partition (librdkafka statistics)");
-    describe_gauge!("emostream_model_info", "The active model (labels name, version)");
-    describe_gauge!("emostream_stalled_partitions", "Partitions whose oldest message could be delivered nowhere");
+    describe_histogram!(
+        "emostream_end_to_end_seconds",
+        "Kafka timestamp of the input to produce acknowledgement"
+    );
+    describe_gauge!(
+        "emostream_in_flight_messages",
+        "Consumed messages not yet acknowledged"
+    );
+    describe_gauge!(
+        "emostream_in_flight_bytes",
+        "Payload bytes of in-flight messages"
+    );
+    describe_gauge!(
+        "emostream_consumer_lag",
+        "Consumer lag per partition (librdkafka statistics)"
+    );
+    describe_gauge!(
+        "emostream_model_info",
+        "The active model (labels name, version)"
+    );
+    describe_gauge!(
+        "emostream_stalled_partitions",
+        "Partitions whose oldest message could be delivered nowhere"
+    );
 }
 
 /// Messages and bytes consumed but not yet acknowledged; the source pauses above the limits.
@@ -69,11 +109,13 @@ impl InFlight {
     }
 
     pub fn over(&self, max_messages: usize, max_bytes: usize) -> bool {
-        self.messages.load(Ordering::SeqCst) >= max_messages || self.bytes.load(Ordering::SeqCst) >= max_bytes
+        self.messages.load(Ordering::SeqCst) >= max_messages
+            || self.bytes.load(Ordering::SeqCst) >= max_bytes
     }
 
     /// Below half of both limits: time to resume.
     pub fn drained(&self, max_messages: usize, max_bytes: usize) -> bool {
-        self.messages.load(Ordering::SeqCst) <= max_messages / 2 && self.bytes.load(Ordering::SeqCst) <= max_bytes / 2
+        self.messages.load(Ordering::SeqCst) <= max_messages / 2
+            && self.bytes.load(Ordering::SeqCst) <= max_bytes / 2
     }
 }

@@ -15,7 +15,9 @@ pub fn best_global(scores: &[Vec<f32>], targets: &[Vec<bool>], num_labels: usize
     let mut best = (0.5f32, f64::MIN);
     for t in grid() {
         let f = evaluate(scores, targets, &vec![t; num_labels], &names).macro_f1;
-        if f > best.1 + 1e-12 || ((f - best.1).abs() <= 1e-12 && (t - 0.5).abs() < (best.0 - 0.5).abs()) {
+        if f > best.1 + 1e-12
+            || ((f - best.1).abs() <= 1e-12 && (t - 0.5).abs() < (best.0 - 0.5).abs())
+        {
             best = (t, f);
         }
     }
@@ -24,13 +26,21 @@ pub fn best_global(scores: &[Vec<f32>], targets: &[Vec<bool>], num_labels: usize
 
 /// Per label, the threshold maximising that label's F1; a label whose best F1 is 0
 /// (no positives on dev) keeps `fallback`.
-pub fn best_per_label(scores: &[Vec<f32>], targets: &[Vec<bool>], num_labels: usize, fallback: f32) -> Vec<f32> {
+pub fn best_per_label(
+    scores: &[Vec<f32>],
+    targets: &[Vec<bool>],
+    num_labels: usize,
+    fallback: f32,
+) -> Vec<f32> {
     (0..num_labels)
         .map(|j| {
             let mut best = (fallback, label_counts(scores, targets, j, fallback).f1());
             for t in grid() {
                 let f = label_counts(scores, targets, j, t).f1();
-                if f > best.1 + 1e-12 || ((f - best.1).abs() <= 1e-12 && (t - fallback).abs() < (best.0 - fallback).abs()) {
+                if f > best.1 + 1e-12
+                    || ((f - best.1).abs() <= 1e-12
+                        && (t - fallback).abs() < (best.0 - fallback).abs())
+                {
                     best = (t, f);
                 }
             }
@@ -46,8 +56,18 @@ mod tests {
     #[test]
     fn per_label_thresholds_separate_each_label() {
         // label0 positives score 0.3, negatives 0.1 ; label1 positives 0.8, negatives 0.6
-        let scores = vec![vec![0.3, 0.8], vec![0.1, 0.6], vec![0.3, 0.8], vec![0.1, 0.6]];
-        let targets = vec![vec![true, true], vec![false, false], vec![true, true], vec![false, false]];
+        let scores = vec![
+            vec![0.3, 0.8],
+            vec![0.1, 0.6],
+            vec![0.3, 0.8],
+            vec![0.1, 0.6],
+        ];
+        let targets = vec![
+            vec![true, true],
+            vec![false, false],
+            vec![true, true],
+            vec![false, false],
+        ];
         let th = best_per_label(&scores, &targets, 2, 0.5);
         assert!(th[0] > 0.1 && th[0] <= 0.3, "{th:?}");
         assert!(th[1] > 0.6 && th[1] <= 0.8, "{th:?}");

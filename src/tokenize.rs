@@ -35,7 +35,11 @@ impl TextEncoder {
         tokenizer
             .with_truncation(None)
             .map_err(|e| anyhow!("tokenizer {}: {e}", path.display()))?;
-        Ok(TextEncoder { tokenizer, max_len, pad_id })
+        Ok(TextEncoder {
+            tokenizer,
+            max_len,
+            pad_id,
+        })
     }
 
     pub fn pad_id(&self) -> u32 {
@@ -95,7 +99,12 @@ impl PaddedBatch {
             input_ids.extend(std::iter::repeat_n(pad_id, seq - r.len()));
             attention_mask.extend(std::iter::repeat_n(0, seq - r.len()));
         }
-        PaddedBatch { batch: rows.len(), seq, input_ids, attention_mask }
+        PaddedBatch {
+            batch: rows.len(),
+            seq,
+            input_ids,
+            attention_mask,
+        }
     }
 
     /// Number of real (unpadded) tokens.

@@ -29,7 +29,11 @@ impl LoadedModel {
         let c = &dir.card;
         LoadedModel {
             session,
-            model_ref: ModelRef { name: c.name.clone(), version: c.version.clone(), sha256: c.model_sha256.clone() },
+            model_ref: ModelRef {
+                name: c.name.clone(),
+                version: c.version.clone(),
+                sha256: c.model_sha256.clone(),
+            },
             labels: c.labels.names().to_vec(),
             thresholds: c.thresholds.resolved(c.labels.len()),
             pad_id,
@@ -47,7 +51,10 @@ impl LoadedModel {
             let part: Vec<&[u32]> = order[r.clone()].iter().map(|&i| rows[i]).collect();
             let logits = self.session.logits(&PaddedBatch::new(&part, self.pad_id))?;
             for (k, &i) in order[r].iter().enumerate() {
-                out[i] = logits[k * l..(k + 1) * l].iter().map(|&x| crate::metrics::sigmoid(x)).collect();
+                out[i] = logits[k * l..(k + 1) * l]
+                    .iter()
+                    .map(|&x| crate::metrics::sigmoid(x))
+                    .collect();
             }
         }
         Ok(out)
@@ -58,7 +65,11 @@ impl LoadedModel {
 pub fn label_batch(model: &mut LoadedModel, batch: Batch, out: &OutputSettings) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(batch.items.len() + batch.failed.len());
     for (origin, detail) in batch.failed {
-        outcomes.push(Outcome::Rejected { reason: Reason::InferenceError, detail: format!("tokenizer: {detail}"), origin });
+        outcomes.push(Outcome::Rejected {
+            reason: Reason::InferenceError,
+            detail: format!("tokenizer: {detail}"),
+            origin,
+        });
     }
     if batch.items.is_empty() {
         return outcomes;
@@ -71,20 +82,46 @@ pub fn label_batch(model: &mut LoadedModel, batch: Batch, out: &OutputSettings) 
         Ok(scores) => {
             for (item, s) in batch.items.into_iter().zip(scores) {
                 if s.iter().any(|x| !x.is_finite()) {
-                    outcomes.push(Outcome::Rejected { reason: Reason::InferenceError, detail: "model produced a non-finite score".into(), origin: item.origin });
+                    outcomes.push(Outcome::Rejected {
+                        reason: Reason::InferenceError,
+                        detail: "model produced a non-finite score".into(),
+                        origin: item.origin,
+                    });
                     continue;
                 }
-                let ev = event::build(&item.id, &s, &model.labels, &model.thresholds, out.scores, out.top_k, &model.model_ref, &item.origin.source, item.truncated);
+                let ev = event::build(
+                    &item.id,
+                    &s,
+                    &model.labels,
+                    &model.thresholds,
+                    out.scores,
+                    out.top_k,
+                    &model.model_ref,
+                    &item.origin.source,
+                    item.truncated,
+                );
                 match serde_json::to_vec(&ev) {
-                    Ok(bytes) => outcomes.push(Outcome::Labelled { id: item.id, event: bytes, origin: item.origin }),
-                    Err(e) => outcomes.push(Outcome::Rejected { reason: Reason::InferenceError, detail: format!("serialising event: {e}"), origin: item.origin }),
+                    Ok(bytes) => outcomes.push(Outcome::Labelled {
+                        id: item.id,
+                        event: bytes,
+                        origin: item.origin,
+                    }),
+                    Err(e) => outcomes.push(Outcome::Rejected {
+                        reason: Reason::InferenceError,
+                        detail: format!("serialising event: {e}"),
+                        origin: item.origin,
+                    }),
                 }
             }
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), size = batch.items.len(), "inference failed; batch goes to the dead-letter topic");
             for item in batch.items {
-                outcomes.push(Outcome::Rejected { reason: Reason::InferenceError, detail: format!("{e:#}"), origin: item.origin });
+                outcomes.push(Outcome::Rejected {
+                    reason: Reason::InferenceError,
+                    detail: format!("{e:#}"),
+                    origin: item.origin,
+                });
             }
         }
     }

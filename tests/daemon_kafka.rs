@@ -53,25 +53,45 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
 
     let texts = common::texts("test", 5427);
     let n = 5000;
-    let lines: Vec<String> = (0..n).map(|i| serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]}).to_string()).collect();
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]}).to_string()
+        })
+        .collect();
     let records: Vec<_> = lines
         .iter()
         .enumerate()
         .map(|(i, l)| {
-            let h = OwnedHeaders::new().insert(Header { key: "trace-id", value: Some(&format!("t{i}")) });
-            (Some(format!("user{}", i % 97)), l.clone().into_bytes(), Some(h))
+            let h = OwnedHeaders::new().insert(Header {
+                key: "trace-id",
+                value: Some(&format!("t{i}")),
+            });
+            (
+                Some(format!("user{}", i % 97)),
+                l.clone().into_bytes(),
+                Some(h),
+            )
         })
         .collect();
     produce(&input, &records);
 
     let mut daemon = spawn_daemon(&daemon_env(&group, &input, &output, &dlq, &model));
-    let got = read_until(&output, Duration::from_secs(300), |r| r.iter().map(event_id).collect::<HashSet<_>>().len() >= n);
+    let got = read_until(&output, Duration::from_secs(300), |r| {
+        r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
+    });
     let ids: HashSet<String> = got.iter().map(event_id).collect();
     assert_eq!(ids.len(), n, "distinct ids out");
     assert!(got.iter().all(|r| ids.contains(&event_id(r))));
 
     // Every event is valid against the published schema; key and trace header carried over.
-    let schema: serde_json::Value = serde_json::from_slice(&std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/label-event-v1.schema.json")).unwrap()).unwrap();
+    let schema: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/docs/label-event-v1.schema.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
     let validator = jsonschema::validator_for(&schema).unwrap();
     let by_id: HashMap<String, &Record> = got.iter().map(|r| (event_id(r), r)).collect();
     for r in &got {
@@ -81,7 +101,10 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
         }
         let i: usize = v["id"].as_str().unwrap()[1..].parse().unwrap();
         assert_eq!(r.key.as_deref(), Some(format!("user{}", i % 97).as_bytes()));
-        assert_eq!(r.headers.get("trace-id").map(String::as_str), Some(format!("t{i}").as_str()));
+        assert_eq!(
+            r.headers.get("trace-id").map(String::as_str),
+            Some(format!("t{i}").as_str())
+        );
         assert_eq!(v["source"]["topic"], input.as_str());
     }
 
@@ -91,19 +114,34 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     let mut worst = 0f64;
     for (id, ev) in &offline {
         let live: serde_json::Value = serde_json::from_slice(&by_id[id].payload).unwrap();
-        let (a, b) = (ev["scores"].as_object().unwrap(), live["scores"].as_object().unwrap());
+        let (a, b) = (
+            ev["scores"].as_object().unwrap(),
+            live["scores"].as_object().unwrap(),
+        );
         assert_eq!(a.len(), 28);
         for (k, x) in a {
             worst = worst.max((x.as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
         }
-        assert_eq!(ev["labels"], live["labels"].clone().as_array().map(|l| serde_json::Value::Array(l.clone())).unwrap_or_default(), "labels differ for {id}");
+        assert_eq!(
+            ev["labels"],
+            live["labels"]
+                .clone()
+                .as_array()
+                .map(|l| serde_json::Value::Array(l.clone()))
+                .unwrap_or_default(),
+            "labels differ for {id}"
+        );
     }
     eprintln!("max |classify - daemon| score difference: {worst:e}");
-    assert!(worst <= 1e-6, "daemon and classify scores differ by {worst}");
+    assert!(
+        worst <= 1e-6,
+        "daemon and classify scores differ by {worst}"
+    );
 
     // SIGTERM: clean exit, committed offsets cover everything produced.
     sigterm(&daemon);
-    let status = wait_exit(&mut daemon, Duration::from_secs(40)).expect("daemon did not exit after SIGTERM");
+    let status =
+        wait_exit(&mut daemon, Duration::from_secs(40)).expect("daemon did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
     assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
     assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
@@ -119,14 +157,28 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     create_topic(&dlq, 1, &[]);
     let bad: Vec<(&str, Vec<u8>)> = vec![
         ("invalid_json", b"{this is not json".to_vec()),
-        ("missing_text", br#"{"id":"m1","body":"no text field"}"#.to_vec()),
+        (
+            "missing_text",
+            br#"{"id":"m1","body":"no text field"}"#.to_vec(),
+        ),
         ("not_utf8", vec![b'{', 0xff, 0xfe, b'}']),
         ("empty_text", br#"{"id":"e1","text":"   "}"#.to_vec()),
-        ("too_large", serde_json::json!({"id": "big", "text": "a".repeat(400)}).to_string().into_bytes()),
+        (
+            "too_large",
+            serde_json::json!({"id": "big", "text": "a".repeat(400)})
+                .to_string()
+                .into_bytes(),
+        ),
     ];
     let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> = Vec::new();
     for i in 0..20 {
-        records.push((Some(format!("k{i}")), serde_json::json!({"id": format!("good{i}"), "text": "what a lovely day"}).to_string().into_bytes(), None));
+        records.push((
+            Some(format!("k{i}")),
+            serde_json::json!({"id": format!("good{i}"), "text": "what a lovely day"})
+                .to_string()
+                .into_bytes(),
+            None,
+        ));
         if i < bad.len() {
             records.push((Some(format!("bad{i}")), bad[i].1.clone(), None));
         }
@@ -138,19 +190,33 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     let dead = read_until(&dlq, Duration::from_secs(120), |r| r.len() >= bad.len());
     let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 20);
     sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, Duration::from_secs(40)).expect("exit").success());
+    assert!(wait_exit(&mut daemon, Duration::from_secs(40))
+        .expect("exit")
+        .success());
 
-    let reasons: BTreeMap<String, &Record> = dead.iter().map(|r| (r.headers["emostream.reason"].clone(), r)).collect();
+    let reasons: BTreeMap<String, &Record> = dead
+        .iter()
+        .map(|r| (r.headers["emostream.reason"].clone(), r))
+        .collect();
     assert_eq!(dead.len(), bad.len(), "{reasons:?}");
     for (reason, payload) in &bad {
-        let r = reasons.get(*reason).unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
+        let r = reasons
+            .get(*reason)
+            .unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
         assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
         assert_eq!(r.headers["emostream.source.topic"], input);
-        assert!(r.headers.contains_key("emostream.source.offset") && r.headers.contains_key("emostream.detail"));
+        assert!(
+            r.headers.contains_key("emostream.source.offset")
+                && r.headers.contains_key("emostream.detail")
+        );
     }
     let ids: HashSet<String> = out.iter().map(event_id).collect();
     assert_eq!(ids.len(), 20, "every good message labelled");
-    assert_eq!(committed(&group, &input, 2), end_offsets(&input, 2), "nothing left behind");
+    assert_eq!(
+        committed(&group, &input, 2),
+        end_offsets(&input, 2),
+        "nothing left behind"
+    );
 }
 
 #[test]
@@ -163,23 +229,45 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     create_topic(&dlq, 1, &[]);
     let texts = common::texts("test", 3000);
     let n = 3000;
-    let records: Vec<_> = (0..n).map(|i| (Some(format!("k{}", i % 50)), serde_json::json!({"id": format!("c{i}"), "text": texts[i]}).to_string().into_bytes(), None)).collect();
+    let records: Vec<_> = (0..n)
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 50)),
+                serde_json::json!({"id": format!("c{i}"), "text": texts[i]})
+                    .to_string()
+                    .into_bytes(),
+                None,
+            )
+        })
+        .collect();
     produce(&input, &records);
     let env = daemon_env(&group, &input, &output, &dlq, &model);
     let mut first = spawn_daemon(&env);
     let partial = read_until(&output, Duration::from_secs(120), |r| r.len() >= 600);
-    assert!(partial.len() >= 600, "daemon produced only {} events before the kill", partial.len());
+    assert!(
+        partial.len() >= 600,
+        "daemon produced only {} events before the kill",
+        partial.len()
+    );
     first.kill().unwrap(); // SIGKILL: no flush, no final commit
     first.wait().unwrap();
     let mut second = spawn_daemon(&env);
-    let all = read_until(&output, Duration::from_secs(300), |r| r.iter().map(event_id).collect::<HashSet<_>>().len() >= n);
+    let all = read_until(&output, Duration::from_secs(300), |r| {
+        r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
+    });
     let ids: HashSet<String> = all.iter().map(event_id).collect();
     for i in 0..n {
         assert!(ids.contains(&format!("c{i}")), "id c{i} lost after kill -9");
     }
-    eprintln!("after kill -9 and restart: {} events for {n} ids ({} duplicates)", all.len(), all.len() - ids.len());
+    eprintln!(
+        "after kill -9 and restart: {} events for {n} ids ({} duplicates)",
+        all.len(),
+        all.len() - ids.len()
+    );
     sigterm(&second);
-    assert!(wait_exit(&mut second, Duration::from_secs(40)).expect("exit").success());
+    assert!(wait_exit(&mut second, Duration::from_secs(40))
+        .expect("exit")
+        .success());
     assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
 }
 
@@ -195,17 +283,42 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     create_topic(&input, 1, &[]);
     create_topic(&output, 1, &[("max.message.bytes", "3000")]);
     create_topic(&dlq, 1, &[("max.message.bytes", "6000")]);
-    let good = |i: usize| (None, serde_json::json!({"id": format!("good{i}"), "text": "thanks, that helps a lot"}).to_string().into_bytes(), None);
-    let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> = (0..10).map(good).collect();
-    records.push((None, serde_json::json!({"id": "x".repeat(3500), "text": "big id"}).to_string().into_bytes(), None)); // offset 10
+    let good = |i: usize| {
+        (
+            None,
+            serde_json::json!({"id": format!("good{i}"), "text": "thanks, that helps a lot"})
+                .to_string()
+                .into_bytes(),
+            None,
+        )
+    };
+    let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> =
+        (0..10).map(good).collect();
+    records.push((
+        None,
+        serde_json::json!({"id": "x".repeat(3500), "text": "big id"})
+            .to_string()
+            .into_bytes(),
+        None,
+    )); // offset 10
     records.extend((10..20).map(good));
-    records.push((None, serde_json::json!({"id": "y".repeat(8000), "text": "bigger id"}).to_string().into_bytes(), None)); // offset 21
+    records.push((
+        None,
+        serde_json::json!({"id": "y".repeat(8000), "text": "bigger id"})
+            .to_string()
+            .into_bytes(),
+        None,
+    )); // offset 21
     records.extend((20..30).map(good));
     produce(&input, &records);
 
     // One event per produce request, so a refused event fails alone.
     let cfg = tmp.path().join("producer.toml");
-    std::fs::write(&cfg, "[kafka.producer_properties]\n\"batch.num.messages\" = \"1\"\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[kafka.producer_properties]\n\"batch.num.messages\" = \"1\"\n",
+    )
+    .unwrap();
     let port = free_port();
     let mut env = daemon_env(&group, &input, &output, &dlq, &model);
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
@@ -221,9 +334,17 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
 
     let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
     let ids: HashSet<String> = out.iter().map(event_id).collect();
-    assert_eq!(ids.len(), 30, "all good messages, before and after the stuck one, are labelled");
+    assert_eq!(
+        ids.len(),
+        30,
+        "all good messages, before and after the stuck one, are labelled"
+    );
     let dead = read_until(&dlq, Duration::from_secs(60), |r| !r.is_empty());
-    assert_eq!(dead.len(), 1, "only the 3,500-byte event fits the dead-letter topic");
+    assert_eq!(
+        dead.len(),
+        1,
+        "only the 3,500-byte event fits the dead-letter topic"
+    );
     assert_eq!(dead[0].headers["emostream.reason"], "produce_failed");
     assert_eq!(dead[0].headers["emostream.source.offset"], "10");
 
@@ -233,12 +354,23 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("\"stalled_messages\":1"), "{body}");
     let metrics = http_get(port, "/metrics").unwrap().1;
-    assert!(metrics.contains("emostream_stalled_partitions 1"), "{metrics}");
+    assert!(
+        metrics.contains("emostream_stalled_partitions 1"),
+        "{metrics}"
+    );
     let c = committed(&group, &input, 1)[0];
-    assert!(c <= 21 && c >= 11, "committed offset {c} must not pass the undeliverable message at 21");
+    assert!(
+        c <= 21 && c >= 11,
+        "committed offset {c} must not pass the undeliverable message at 21"
+    );
 
     sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, Duration::from_secs(30)).expect("exit").success());
+    assert!(wait_exit(&mut daemon, Duration::from_secs(30))
+        .expect("exit")
+        .success());
     let c = committed(&group, &input, 1)[0];
-    assert!(c <= 21, "after shutdown the committed offset {c} still must not pass offset 21");
+    assert!(
+        c <= 21,
+        "after shutdown the committed offset {c} still must not pass offset 21"
+    );
 }

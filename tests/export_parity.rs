@@ -10,8 +10,8 @@ use emostream::inference::Classifier;
 use emostream::model::RuntimeOptions;
 use emostream::onnx::Variant;
 use emostream::tokenize::PaddedBatch;
-use emostream::train::publish::{export_model_dir, load_checkpoint, ExportRequest};
 use emostream::train::predict;
+use emostream::train::publish::{export_model_dir, load_checkpoint, ExportRequest};
 
 enum Tolerance {
     MaxAbs(f32),
@@ -42,11 +42,24 @@ fn check_layout(arch: Arch) {
         (Variant::Fp32 { fused: false }, Tolerance::MaxAbs(1e-4)),
         (Variant::Int8, Tolerance::Correlation(0.95)),
     ] {
-        let out = tmp.path().join(format!("model-{}-{:?}", variant.precision(), variant).replace([' ', '{', '}', ':'], ""));
-        export_model_dir(&ExportRequest { checkpoint: &best, out: &out, variant, name: "tiny", version: "0.0.1", max_len: 64, run: Some(&t.dir) }).unwrap();
+        let out = tmp.path().join(
+            format!("model-{}-{:?}", variant.precision(), variant)
+                .replace([' ', '{', '}', ':'], ""),
+        );
+        export_model_dir(&ExportRequest {
+            checkpoint: &best,
+            out: &out,
+            variant,
+            name: "tiny",
+            version: "0.0.1",
+            max_len: 64,
+            run: Some(&t.dir),
+        })
+        .unwrap();
         let mut c = Classifier::load(&out, &RuntimeOptions::default(), true).unwrap();
         let rows: Vec<Vec<u32>> = texts.iter().map(|s| c.encode(s).unwrap().ids).collect();
-        let candle_logits = predict::logits(&encoder, &params, &rows, c.text.pad_id(), 32, &Device::Cpu).unwrap();
+        let candle_logits =
+            predict::logits(&encoder, &params, &rows, c.text.pad_id(), 32, &Device::Cpu).unwrap();
         let mut worst = 0f32;
         let mut spread = 0f32;
         let (mut xs, mut ys) = (Vec::new(), Vec::new());
@@ -70,9 +83,14 @@ fn check_layout(arch: Arch) {
         eprintln!("{arch:?} {variant:?}: max |ORT - candle| = {worst:.2e} (logit scale {spread:.2}), correlation {r:.5}");
         assert!(spread > 0.05, "logits too flat to test parity");
         match tol {
-            Tolerance::MaxAbs(tol) => assert!(worst <= tol, "{arch:?} {variant:?}: max abs logit difference {worst} > {tol}"),
+            Tolerance::MaxAbs(tol) => assert!(
+                worst <= tol,
+                "{arch:?} {variant:?}: max abs logit difference {worst} > {tol}"
+            ),
             // int8 dynamic quantisation of a random network is not exact; it must still track it.
-            Tolerance::Correlation(min) => assert!(r >= min, "{arch:?} {variant:?}: correlation {r} < {min}"),
+            Tolerance::Correlation(min) => {
+                assert!(r >= min, "{arch:?} {variant:?}: correlation {r} < {min}")
+            }
         }
     }
 }
@@ -80,7 +98,8 @@ fn check_layout(arch: Arch) {
 /// Op types of a model file, with counts.
 fn op_histogram(path: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
     let bytes = std::fs::read(path).unwrap();
-    let model: emostream::onnx::proto::ModelProto = prost::Message::decode(bytes.as_slice()).unwrap();
+    let model: emostream::onnx::proto::ModelProto =
+        prost::Message::decode(bytes.as_slice()).unwrap();
     let mut h = std::collections::BTreeMap::new();
     for n in model.graph.unwrap().node {
         *h.entry(n.op_type).or_insert(0) += 1;
@@ -99,17 +118,30 @@ fn ort_optimised_graphs_show_what_fused() {
     let base = tmp.path().join("base");
     common::tiny_checkpoint(Arch::Bert, &base, 1);
     // A base checkpoint has no labels: add them as a trained checkpoint would.
-    let mut hf: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let mut hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
     let labels = emostream::labels::LabelSet::goemotions();
     let cfg = emostream::encoder::EncoderConfig::from_hf(&hf, 28).unwrap();
     hf = cfg.to_hf(labels.names());
     std::fs::write(base.join("config.json"), serde_json::to_vec(&hf).unwrap()).unwrap();
     let optimise = |variant: Variant, tag: &str| {
         let out = tmp.path().join(tag);
-        export_model_dir(&ExportRequest { checkpoint: &base, out: &out, variant, name: "tiny", version: "0", max_len: 64, run: None }).unwrap();
+        export_model_dir(&ExportRequest {
+            checkpoint: &base,
+            out: &out,
+            variant,
+            name: "tiny",
+            version: "0",
+            max_len: 64,
+            run: None,
+        })
+        .unwrap();
         let before = op_histogram(&out.join("model.onnx"));
         let optimized = tmp.path().join(format!("{tag}-optimized.onnx"));
-        let rt = RuntimeOptions { optimized_model_path: Some(optimized.clone()), ..Default::default() };
+        let rt = RuntimeOptions {
+            optimized_model_path: Some(optimized.clone()),
+            ..Default::default()
+        };
         Classifier::load(&out, &rt, true).unwrap();
         let after = op_histogram(&optimized);
         eprintln!("{tag} exported: {before:?}\n{tag} after ORT optimisation: {after:?}");
@@ -121,7 +153,11 @@ fn ort_optimised_graphs_show_what_fused() {
     assert!(!after.contains_key("Erf"));
     let (_, after) = optimise(Variant::Fp32 { fused: true }, "fused");
     assert_eq!(after.get("Attention"), Some(&2));
-    assert_eq!(after.get("SkipLayerNormalization"), Some(&4), "2 layers x 2 residual LayerNorms");
+    assert_eq!(
+        after.get("SkipLayerNormalization"),
+        Some(&4),
+        "2 layers x 2 residual LayerNorms"
+    );
     assert_eq!(after.get("BiasGelu"), Some(&2));
     assert!(!after.contains_key("Softmax") && !after.contains_key("Erf"));
 }

@@ -16,7 +16,14 @@ fn loss_f64(enc: &Encoder, p: &Params, batch: &PaddedBatch, targets: &Tensor) ->
 fn gradient_check(arch: Arch) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg: EncoderConfig = common::tiny_checkpoint(arch, tmp.path(), 3);
-    let params = Params::load_safetensors(&cfg, &tmp.path().join("model.safetensors"), DType::F64, &Device::Cpu, 5).unwrap();
+    let params = Params::load_safetensors(
+        &cfg,
+        &tmp.path().join("model.safetensors"),
+        DType::F64,
+        &Device::Cpu,
+        5,
+    )
+    .unwrap();
     let enc = Encoder::new(cfg.clone());
     let text = TextEncoder::from_file(&tmp.path().join("tokenizer.json"), 24).unwrap();
     // Three texts of different token lengths, so the batch has padding.
@@ -34,31 +41,44 @@ fn gradient_check(arch: Arch) {
     }
     let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
     let batch = PaddedBatch::new(&refs, text.pad_id());
-    assert!(batch.attention_mask.contains(&0), "the batch should include padding");
+    assert!(
+        batch.attention_mask.contains(&0),
+        "the batch should include padding"
+    );
     let mut t = vec![0f64; 3 * 28];
     for (r, e) in ex.iter().enumerate() {
         e.labels.iter().for_each(|&j| t[r * 28 + j] = 1.0);
     }
     let targets = Tensor::from_vec(t, (3, 28), &Device::Cpu).unwrap();
 
-    let grads = loss_f64(&enc, &params, &batch, &targets).backward().unwrap();
+    let grads = loss_f64(&enc, &params, &batch, &targets)
+        .backward()
+        .unwrap();
     let h = 1e-6;
     let mut checked = 0;
     for (name, var) in params.iter() {
-        let g = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("{arch:?}: no gradient reached {name}"));
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{arch:?}: no gradient reached {name}"));
         let g: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
         // The three largest-gradient elements: proves the gradient is non-zero and checks it.
         let mut idx: Vec<usize> = (0..g.len()).collect();
         idx.sort_by(|&a, &b| g[b].abs().total_cmp(&g[a].abs()));
-        assert!(g[idx[0]].abs() > 0.0, "{arch:?}: gradient of {name} is all zero");
+        assert!(
+            g[idx[0]].abs() > 0.0,
+            "{arch:?}: gradient of {name} is all zero"
+        );
         let orig = var.as_tensor().copy().unwrap();
         let flat: Vec<f64> = orig.flatten_all().unwrap().to_vec1().unwrap();
         for &i in idx.iter().take(3) {
             let eval = |delta: f64| {
                 let mut v = flat.clone();
                 v[i] += delta;
-                var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap()).unwrap();
-                loss_f64(&enc, &params, &batch, &targets).to_scalar::<f64>().unwrap()
+                var.set(&Tensor::from_vec(v, orig.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                loss_f64(&enc, &params, &batch, &targets)
+                    .to_scalar::<f64>()
+                    .unwrap()
             };
             let numeric = (eval(h) - eval(-h)) / (2.0 * h);
             var.set(&orig).unwrap();
@@ -92,7 +112,14 @@ fn max_param_diff(a: &Params, b: &Params) -> f32 {
     let mut worst = 0f32;
     for (name, va) in a.iter() {
         let vb = b.var(name).unwrap();
-        let d = (va.as_tensor() - vb.as_tensor()).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let d = (va.as_tensor() - vb.as_tensor())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         worst = worst.max(d);
     }
     worst

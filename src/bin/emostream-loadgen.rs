@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(name = "emostream-loadgen", about = "Load generator and live summary for emostream")]
+#[command(
+    name = "emostream-loadgen",
+    about = "Load generator and live summary for emostream"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1:19092")]
     brokers: String,
@@ -46,12 +49,24 @@ struct Args {
 }
 
 async fn create_topics(a: &Args, dlq: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &a.brokers).create()?;
-    let topics = [NewTopic::new(&a.input_topic, a.partitions, TopicReplication::Fixed(1)), NewTopic::new(&a.output_topic, a.partitions, TopicReplication::Fixed(1)), NewTopic::new(dlq, 1, TopicReplication::Fixed(1))];
-    for r in admin.create_topics(topics.iter(), &AdminOptions::new()).await.context("creating topics")? {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .create()?;
+    let topics = [
+        NewTopic::new(&a.input_topic, a.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(&a.output_topic, a.partitions, TopicReplication::Fixed(1)),
+        NewTopic::new(dlq, 1, TopicReplication::Fixed(1)),
+    ];
+    for r in admin
+        .create_topics(topics.iter(), &AdminOptions::new())
+        .await
+        .context("creating topics")?
+    {
         match r {
             Ok(t) => println!("created topic {t}"),
-            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => println!("topic {t} exists"),
+            Err((t, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {
+                println!("topic {t} exists")
+            }
             Err((t, e)) => anyhow::bail!("creating topic {t}: {e}"),
         }
     }
@@ -71,8 +86,18 @@ async fn main() -> Result<()> {
     if let Some(dlq) = &a.create_topics {
         create_topics(&a, dlq).await?;
     }
-    let split = Split::read(&a.data.clone().unwrap_or_else(|| goemotions_dir().join("test.tsv")), 28)?;
-    let run = format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis());
+    let split = Split::read(
+        &a.data
+            .clone()
+            .unwrap_or_else(|| goemotions_dir().join("test.tsv")),
+        28,
+    )?;
+    let run = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
 
     // Read events from the end of the output topic as it is now, so only this run counts.
     let consumer: StreamConsumer = ClientConfig::new()
@@ -84,11 +109,16 @@ async fn main() -> Result<()> {
     consumer.subscribe(&[&a.output_topic])?;
     // Let the group join before producing, so "latest" is before our first event.
     let join = Instant::now();
-    while consumer.assignment().map(|t| t.count()).unwrap_or(0) == 0 && join.elapsed() < Duration::from_secs(20) {
+    while consumer.assignment().map(|t| t.count()).unwrap_or(0) == 0
+        && join.elapsed() < Duration::from_secs(20)
+    {
         let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
     }
 
-    let producer: FutureProducer = ClientConfig::new().set("bootstrap.servers", &a.brokers).set("linger.ms", "5").create()?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("linger.ms", "5")
+        .create()?;
     let n = a.count;
     let texts: Vec<String> = split.examples.iter().map(|e| e.text.clone()).collect();
     let prefix = format!("lg{run}-");
@@ -102,7 +132,9 @@ async fn main() -> Result<()> {
                 let due = started + Duration::from_secs_f64(i as f64 / rate);
                 tokio::time::sleep_until(due.into()).await;
             }
-            let payload = serde_json::json!({"id": format!("{p2}{i}"), "text": texts[i % texts.len()]}).to_string();
+            let payload =
+                serde_json::json!({"id": format!("{p2}{i}"), "text": texts[i % texts.len()]})
+                    .to_string();
             let key = format!("user{}", i % 1000);
             loop {
                 match producer.send_result(FutureRecord::to(&input).payload(&payload).key(&key)) {
@@ -134,14 +166,22 @@ async fn main() -> Result<()> {
             Ok(Ok(m)) => m,
             _ => {
                 if last_print.elapsed() >= Duration::from_secs(1) {
-                    println!("[{:>5.1}s] events {:>6}/{n}  (waiting)", started.elapsed().as_secs_f64(), seen.len());
+                    println!(
+                        "[{:>5.1}s] events {:>6}/{n}  (waiting)",
+                        started.elapsed().as_secs_f64(),
+                        seen.len()
+                    );
                     last_print = Instant::now();
                 }
                 continue;
             }
         };
-        let Some(payload) = msg.payload() else { continue };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else { continue };
+        let Some(payload) = msg.payload() else {
+            continue;
+        };
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
+            continue;
+        };
         let Some(id) = v["id"].as_str() else { continue };
         if !id.starts_with(&prefix) {
             continue;
@@ -152,12 +192,15 @@ async fn main() -> Result<()> {
         }
         first_event.get_or_insert_with(Instant::now);
         last_progress = Instant::now();
-        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis() as i64;
         if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
             latency.push((now_ms - ts) as f64 / 1000.0);
         }
         for l in v["labels"].as_array().into_iter().flatten() {
-            *top.entry(l["label"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+            *top.entry(l["label"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
         }
         if samples.len() < a.samples {
             samples.push(v.clone());
@@ -167,7 +210,13 @@ async fn main() -> Result<()> {
             let mut t: Vec<(&String, &usize)> = top.iter().collect();
             t.sort_by(|x, y| y.1.cmp(x.1));
             let tops: Vec<String> = t.iter().take(5).map(|(k, v)| format!("{k} {v}")).collect();
-            println!("[{:>5.1}s] events {:>6}/{n}  {:>6.0}/s  top: {}", started.elapsed().as_secs_f64(), seen.len(), (seen.len() - last_count) as f64 / secs, tops.join(", "));
+            println!(
+                "[{:>5.1}s] events {:>6}/{n}  {:>6.0}/s  top: {}",
+                started.elapsed().as_secs_f64(),
+                seen.len(),
+                (seen.len() - last_count) as f64 / secs,
+                tops.join(", ")
+            );
             last_print = Instant::now();
             last_count = seen.len();
         }
@@ -176,14 +225,46 @@ async fn main() -> Result<()> {
     let total = started.elapsed().as_secs_f64();
     latency.sort_by(f64::total_cmp);
     println!("\nproduced {n} comments in {:.1} s; received {} distinct events ({dup} duplicates) in {total:.1} s", produced_in.as_secs_f64(), seen.len());
-    println!("end-to-end throughput: {:.0} comments/s", seen.len() as f64 / total);
-    println!("latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s", pct(&latency, 0.5), pct(&latency, 0.99), pct(&latency, 1.0));
+    println!(
+        "end-to-end throughput: {:.0} comments/s",
+        seen.len() as f64 / total
+    );
+    println!(
+        "latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+        pct(&latency, 0.5),
+        pct(&latency, 0.99),
+        pct(&latency, 1.0)
+    );
     let mut t: Vec<(&String, &usize)> = top.iter().collect();
     t.sort_by(|x, y| y.1.cmp(x.1));
-    println!("top emotions: {}", t.iter().take(8).map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", "));
+    println!(
+        "top emotions: {}",
+        t.iter()
+            .take(8)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     for s in &samples {
-        let labels: Vec<String> = s["labels"].as_array().into_iter().flatten().map(|l| format!("{} {:.2}", l["label"].as_str().unwrap_or("?"), l["score"].as_f64().unwrap_or(0.0))).collect();
-        println!("event {} (partition {}, offset {}): [{}]", s["id"], s["source"]["partition"], s["source"]["offset"], labels.join(", "));
+        let labels: Vec<String> = s["labels"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "{} {:.2}",
+                    l["label"].as_str().unwrap_or("?"),
+                    l["score"].as_f64().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        println!(
+            "event {} (partition {}, offset {}): [{}]",
+            s["id"],
+            s["source"]["partition"],
+            s["source"]["offset"],
+            labels.join(", ")
+        );
     }
     if seen.len() < n {
         anyhow::bail!("only {} of {n} events arrived", seen.len());

@@ -7,7 +7,10 @@ use emostream::config::Settings;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "emostream", about = "Label a Kafka stream of comments with GoEmotions emotions")]
+#[command(
+    name = "emostream",
+    about = "Label a Kafka stream of comments with GoEmotions emotions"
+)]
 struct Cli {
     /// Configuration file (TOML) applied over config/default.toml; EMOSTREAM__* env vars win.
     #[arg(long, short, global = true)]
@@ -44,7 +47,9 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let mut s = Settings::load(cli.config.as_deref())?;
     emostream::telemetry::init_logging(&s.log.format, &s.log.level);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.cmd {
         Cmd::Run => rt.block_on(emostream::daemon::run(s)),
         Cmd::Classify { format, model } => {
@@ -76,21 +81,48 @@ fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
     let mut c = emostream::inference::Classifier::load(&dir, &s.runtime_options(), true)?;
     let load = t.elapsed();
     let card = c.dir.card.clone();
-    println!("model {} {} ({}, {}, {} labels, max length {}), loaded in {:.0} ms", card.name, card.version, card.architecture, card.precision, card.labels.len(), card.max_sequence_length, load.as_secs_f64() * 1e3);
+    println!(
+        "model {} {} ({}, {}, {} labels, max length {}), loaded in {:.0} ms",
+        card.name,
+        card.version,
+        card.architecture,
+        card.precision,
+        card.labels.len(),
+        card.max_sequence_length,
+        load.as_secs_f64() * 1e3
+    );
     if let Some(m) = card.metrics.get("test") {
-        println!("card: test macro-F1 {:.4} ({})", m.metrics.macro_f1, m.thresholds);
+        println!(
+            "card: test macro-F1 {:.4} ({})",
+            m.metrics.macro_f1, m.thresholds
+        );
     }
     let t = std::time::Instant::now();
     let scores = c.score_texts(&SMOKE, SMOKE.len())?;
     let infer = t.elapsed();
     let th = card.thresholds.resolved(card.labels.len());
     for (text, s) in SMOKE.iter().zip(&scores) {
-        anyhow::ensure!(s.iter().all(|x| x.is_finite()), "non-finite score for {text:?}");
-        let mut on: Vec<(usize, f32)> = s.iter().enumerate().filter(|(i, x)| **x >= th[*i]).map(|(i, x)| (i, *x)).collect();
+        anyhow::ensure!(
+            s.iter().all(|x| x.is_finite()),
+            "non-finite score for {text:?}"
+        );
+        let mut on: Vec<(usize, f32)> = s
+            .iter()
+            .enumerate()
+            .filter(|(i, x)| **x >= th[*i])
+            .map(|(i, x)| (i, *x))
+            .collect();
         on.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let labels: Vec<String> = on.iter().map(|(i, x)| format!("{} {:.2}", card.labels.name(*i), x)).collect();
+        let labels: Vec<String> = on
+            .iter()
+            .map(|(i, x)| format!("{} {:.2}", card.labels.name(*i), x))
+            .collect();
         println!("{text:?} -> [{}]", labels.join(", "));
     }
-    println!("smoke batch of {} in {:.1} ms", SMOKE.len(), infer.as_secs_f64() * 1e3);
+    println!(
+        "smoke batch of {} in {:.1} ms",
+        SMOKE.len(),
+        infer.as_secs_f64() * 1e3
+    );
     Ok(())
 }

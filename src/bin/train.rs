@@ -10,14 +10,17 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use emostream::dataset::{goemotions_dir, Split};
 use emostream::labels::LabelSet;
-use emostream::train::optim::AdamWConfig;
 use emostream::model::RuntimeOptions;
 use emostream::onnx::Variant;
+use emostream::train::optim::AdamWConfig;
 use emostream::train::{publish, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "train", about = "Fine-tune BERT-family encoders on GoEmotions and build emostream model directories")]
+#[command(
+    name = "train",
+    about = "Fine-tune BERT-family encoders on GoEmotions and build emostream model directories"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -147,8 +150,13 @@ fn device(spec: &str) -> Result<Device> {
     match spec {
         "cpu" => Ok(Device::Cpu),
         s if s.starts_with("cuda") => {
-            let n: usize = s.strip_prefix("cuda:").unwrap_or("0").parse().with_context(|| format!("bad device {s:?}"))?;
-            Device::new_cuda(n).with_context(|| format!("opening {s} (was train built with --features cuda?)"))
+            let n: usize = s
+                .strip_prefix("cuda:")
+                .unwrap_or("0")
+                .parse()
+                .with_context(|| format!("bad device {s:?}"))?;
+            Device::new_cuda(n)
+                .with_context(|| format!("opening {s} (was train built with --features cuda?)"))
         }
         s => bail!("unknown device {s:?}: use cpu or cuda:N"),
     }
@@ -163,7 +171,11 @@ fn pos_weights(kind: &str, split: &Split, n: usize) -> Result<Option<Vec<f32>>> 
                 e.labels.iter().for_each(|&i| pos[i] += 1);
             }
             let total = split.examples.len() as f64;
-            Ok(Some(pos.iter().map(|&p| ((total - p as f64) / (p.max(1) as f64)).sqrt().min(10.0) as f32).collect()))
+            Ok(Some(
+                pos.iter()
+                    .map(|&p| ((total - p as f64) / (p.max(1) as f64)).sqrt().min(10.0) as f32)
+                    .collect(),
+            ))
         }
         k => bail!("unknown --pos-weight {k:?} (none | sqrt-inv-freq)"),
     }
@@ -173,7 +185,10 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
     let variant = match (quantize, a.precision.as_str(), a.plain) {
         (true, _, false) | (false, "int8", false) => Variant::Int8,
         (false, "fp32", plain) => Variant::Fp32 { fused: !plain },
-        (_, p, plain) => bail!("unsupported export: precision {p:?}{}", if plain { " with --plain" } else { "" }),
+        (_, p, plain) => bail!(
+            "unsupported export: precision {p:?}{}",
+            if plain { " with --plain" } else { "" }
+        ),
     };
     let card = publish::export_model_dir(&publish::ExportRequest {
         checkpoint: &a.checkpoint,
@@ -184,13 +199,20 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
         max_len: a.max_len,
         run: a.run.as_deref(),
     })?;
-    println!("wrote {} ({}, sha256 {})", a.out.display(), card.precision, card.model_sha256);
+    println!(
+        "wrote {} ({}, sha256 {})",
+        a.out.display(),
+        card.precision,
+        card.model_sha256
+    );
     Ok(())
 }
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -201,7 +223,9 @@ fn main() -> Result<()> {
             let labels = LabelSet::from_file(&data.join("labels.txt"))?;
             let train = Split::read(&data.join("train.tsv"), labels.len())?;
             let dev = Split::read(&data.join("dev.tsv"), labels.len())?;
-            let n = a.limit_train_examples.map_or(train.examples.len(), |l| l.min(train.examples.len()));
+            let n = a
+                .limit_train_examples
+                .map_or(train.examples.len(), |l| l.min(train.examples.len()));
             let total = Trainer::total_steps(n, a.batch_size, a.epochs);
             let cfg = TrainConfig {
                 base_model: a.base.display().to_string(),
@@ -217,7 +241,9 @@ fn main() -> Result<()> {
                 pos_weight: pos_weights(&a.pos_weight, &train, labels.len())?,
                 eval_every_steps: a.eval_every,
                 checkpoint_every_steps: a.checkpoint_every.max(1),
-                shards: a.shards.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+                shards: a
+                    .shards
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
                 optimizer: AdamWConfig {
                     lr: a.lr,
                     beta1: 0.9,
@@ -231,20 +257,43 @@ fn main() -> Result<()> {
                 limit_train_examples: a.limit_train_examples,
             };
             let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
-            tracing::info!(params = t.params.count(), steps = total, "starting fine-tuning in {}", a.run.display());
+            tracing::info!(
+                params = t.params.count(),
+                steps = total,
+                "starting fine-tuning in {}",
+                a.run.display()
+            );
             t.run(a.stop_at_step, progress)
         }
         Cmd::Export(a) => export(a, false),
         Cmd::Quantize(a) => export(a, true),
         Cmd::TuneThresholds { model, data } => {
             let data = data.unwrap_or_else(goemotions_dir);
-            let card = publish::tune_thresholds(&model, &data.join("dev.tsv"), &RuntimeOptions::default())?;
+            let card = publish::tune_thresholds(
+                &model,
+                &data.join("dev.tsv"),
+                &RuntimeOptions::default(),
+            )?;
             let dev = &card.metrics["dev"];
-            println!("thresholds: default {:.2}, per label {:?}", card.thresholds.default, card.thresholds.per_label.as_deref().unwrap_or(&[]));
-            println!("dev macro-F1 {:.4} (per-label), {:.4} (global {:.2})", dev.metrics.macro_f1, card.metrics["dev_global_dev_best"].metrics.macro_f1, card.thresholds.default);
+            println!(
+                "thresholds: default {:.2}, per label {:?}",
+                card.thresholds.default,
+                card.thresholds.per_label.as_deref().unwrap_or(&[])
+            );
+            println!(
+                "dev macro-F1 {:.4} (per-label), {:.4} (global {:.2})",
+                dev.metrics.macro_f1,
+                card.metrics["dev_global_dev_best"].metrics.macro_f1,
+                card.thresholds.default
+            );
             Ok(())
         }
-        Cmd::Evaluate { model, split, data, write } => {
+        Cmd::Evaluate {
+            model,
+            split,
+            data,
+            write,
+        } => {
             let data = data.unwrap_or_else(goemotions_dir);
             let path = match split.as_str() {
                 "test" | "dev" | "train" => data.join(format!("{split}.tsv")),
@@ -252,7 +301,10 @@ fn main() -> Result<()> {
             };
             let res = publish::evaluate_test(&model, &path, &RuntimeOptions::default(), write)?;
             for (k, e) in &res {
-                println!("{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)", e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples);
+                println!(
+                    "{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)",
+                    e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples
+                );
             }
             Ok(())
         }
@@ -261,9 +313,18 @@ fn main() -> Result<()> {
             println!("wrote {}/report.md", model.display());
             Ok(())
         }
-        Cmd::Resume { run, stop_at_step, device: d } => {
+        Cmd::Resume {
+            run,
+            stop_at_step,
+            device: d,
+        } => {
             let mut t = Trainer::resume(&run, device(&d)?)?;
-            tracing::info!(step = t.state.step, epoch = t.state.epoch, "resuming {}", run.display());
+            tracing::info!(
+                step = t.state.step,
+                epoch = t.state.epoch,
+                "resuming {}",
+                run.display()
+            );
             t.run(stop_at_step, progress)
         }
     }

@@ -66,7 +66,9 @@ fn get_usize(v: &Value, keys: &[&str]) -> Result<usize> {
 }
 
 fn get_f64(v: &Value, keys: &[&str], default: f64) -> f64 {
-    keys.iter().find_map(|k| v.get(*k).and_then(Value::as_f64)).unwrap_or(default)
+    keys.iter()
+        .find_map(|k| v.get(*k).and_then(Value::as_f64))
+        .unwrap_or(default)
 }
 
 impl EncoderConfig {
@@ -76,7 +78,10 @@ impl EncoderConfig {
 
     /// Parses a Hugging Face config.json value; `num_labels` is the classifier width to build.
     pub fn from_hf(v: &Value, num_labels: usize) -> Result<Self> {
-        let model_type = v.get("model_type").and_then(Value::as_str).unwrap_or("bert");
+        let model_type = v
+            .get("model_type")
+            .and_then(Value::as_str)
+            .unwrap_or("bert");
         let arch = match model_type {
             "bert" => Arch::Bert,
             "roberta" | "xlm-roberta" | "camembert" => Arch::Roberta,
@@ -100,11 +105,23 @@ impl EncoderConfig {
             num_heads: get_usize(v, &["num_attention_heads", "n_heads"])?,
             intermediate_size: get_usize(v, &["intermediate_size", "hidden_dim"])?,
             max_position_embeddings: get_usize(v, &["max_position_embeddings"])?,
-            type_vocab_size: if arch == Arch::Distilbert { 0 } else { get_usize(v, &["type_vocab_size"]).unwrap_or(2) },
+            type_vocab_size: if arch == Arch::Distilbert {
+                0
+            } else {
+                get_usize(v, &["type_vocab_size"]).unwrap_or(2)
+            },
             layer_norm_eps: get_f64(v, &["layer_norm_eps"], 1e-12),
-            pad_token_id: v.get("pad_token_id").and_then(Value::as_u64).unwrap_or(if arch == Arch::Roberta { 1 } else { 0 }) as u32,
+            pad_token_id: v
+                .get("pad_token_id")
+                .and_then(Value::as_u64)
+                .unwrap_or(if arch == Arch::Roberta { 1 } else { 0 })
+                as u32,
             hidden_dropout,
-            attention_dropout: get_f64(v, &["attention_probs_dropout_prob", "attention_dropout"], 0.1) as f32,
+            attention_dropout: get_f64(
+                v,
+                &["attention_probs_dropout_prob", "attention_dropout"],
+                0.1,
+            ) as f32,
             classifier_dropout: v
                 .get("classifier_dropout")
                 .and_then(Value::as_f64)
@@ -114,23 +131,35 @@ impl EncoderConfig {
             num_labels,
         };
         if cfg.hidden_size % cfg.num_heads != 0 {
-            bail!("hidden size {} is not a multiple of {} heads", cfg.hidden_size, cfg.num_heads);
+            bail!(
+                "hidden size {} is not a multiple of {} heads",
+                cfg.hidden_size,
+                cfg.num_heads
+            );
         }
         Ok(cfg)
     }
 
     pub fn from_file(path: &Path, num_labels: usize) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         Self::from_hf(&v, num_labels).with_context(|| format!("in {}", path.display()))
     }
 
     /// A Hugging Face config.json for this encoder with a 28-way multi-label head.
     pub fn to_hf(&self, labels: &[String]) -> Value {
-        let id2label: serde_json::Map<String, Value> =
-            labels.iter().enumerate().map(|(i, l)| (i.to_string(), Value::from(l.as_str()))).collect();
-        let label2id: serde_json::Map<String, Value> =
-            labels.iter().enumerate().map(|(i, l)| (l.clone(), Value::from(i))).collect();
+        let id2label: serde_json::Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), Value::from(l.as_str())))
+            .collect();
+        let label2id: serde_json::Map<String, Value> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), Value::from(i)))
+            .collect();
         let mut v = match self.arch {
             Arch::Distilbert => serde_json::json!({
                 "model_type": "distilbert", "architectures": ["DistilBertForSequenceClassification"],
@@ -151,7 +180,10 @@ impl EncoderConfig {
         };
         let o = v.as_object_mut().expect("object");
         o.insert("vocab_size".into(), self.vocab_size.into());
-        o.insert("max_position_embeddings".into(), self.max_position_embeddings.into());
+        o.insert(
+            "max_position_embeddings".into(),
+            self.max_position_embeddings.into(),
+        );
         o.insert("pad_token_id".into(), self.pad_token_id.into());
         o.insert("problem_type".into(), "multi_label_classification".into());
         o.insert("id2label".into(), Value::Object(id2label));

@@ -59,7 +59,11 @@ impl DropoutRng {
             data.push(if u >= cut { keep as f32 } else { 0.0 });
         }
         let mask = Tensor::from_vec(data, x.shape(), x.device())?;
-        let mask = if x.dtype() == DType::F32 { mask } else { mask.to_dtype(x.dtype())? };
+        let mask = if x.dtype() == DType::F32 {
+            mask
+        } else {
+            mask.to_dtype(x.dtype())?
+        };
         x.mul(&mask)
     }
 }

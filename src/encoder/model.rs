@@ -46,26 +46,48 @@ impl Encoder {
     }
 
     fn lin(&self, p: &Params, x: &Tensor, name: &str) -> Result<Tensor> {
-        Ok(linear(x, &p.get(&format!("{name}.weight"))?, &p.get(&format!("{name}.bias"))?)?)
+        Ok(linear(
+            x,
+            &p.get(&format!("{name}.weight"))?,
+            &p.get(&format!("{name}.bias"))?,
+        )?)
     }
 
     fn norm(&self, p: &Params, x: &Tensor, name: &str) -> Result<Tensor> {
-        Ok(layer_norm(x, &p.get(&format!("{name}.weight"))?, &p.get(&format!("{name}.bias"))?, self.cfg.layer_norm_eps)?)
+        Ok(layer_norm(
+            x,
+            &p.get(&format!("{name}.weight"))?,
+            &p.get(&format!("{name}.bias"))?,
+            self.cfg.layer_norm_eps,
+        )?)
     }
 
     /// Logits `[batch, num_labels]` for a padded batch.
-    pub fn forward(&self, p: &Params, batch: &PaddedBatch, device: &Device, mut dropout: Option<&mut DropoutRng>) -> Result<Tensor> {
+    pub fn forward(
+        &self,
+        p: &Params,
+        batch: &PaddedBatch,
+        device: &Device,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, s, h) = (batch.batch, batch.seq, cfg.hidden_size);
         let (nh, hd) = (cfg.num_heads, cfg.head_dim());
-        let dtype = p.get(&format!("{}.weight", names::embeddings(cfg.arch).norm))?.dtype();
+        let dtype = p
+            .get(&format!("{}.weight", names::embeddings(cfg.arch).norm))?
+            .dtype();
 
         // Embeddings: word + position (+ token type 0), then LayerNorm and dropout.
         let e = names::embeddings(cfg.arch);
         let ids = Tensor::from_slice(&batch.input_ids, b * s, device)?;
         let pos = Tensor::from_vec(position_ids(cfg, batch), b * s, device)?;
-        let mut x = p.get(&format!("{}.weight", e.word))?.index_select(&ids, 0)?;
-        x = x.add(&p.get(&format!("{}.weight", e.position))?.index_select(&pos, 0)?)?;
+        let mut x = p
+            .get(&format!("{}.weight", e.word))?
+            .index_select(&ids, 0)?;
+        x = x.add(
+            &p.get(&format!("{}.weight", e.position))?
+                .index_select(&pos, 0)?,
+        )?;
         if let Some(tt) = &e.token_type {
             // Single-sequence input: every token has type 0.
             x = x.broadcast_add(&p.get(&format!("{tt}.weight"))?.narrow(0, 0, 1)?)?;
@@ -73,20 +95,36 @@ impl Encoder {
         x = self.norm(p, &x, &e.norm)?;
         x = maybe_dropout(&x, cfg.hidden_dropout, &mut dropout)?;
 
-        let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| if m == 1 { 0.0 } else { MASK_FILTER_VALUE as f32 }).collect();
+        let mask: Vec<f32> = batch
+            .attention_mask
+            .iter()
+            .map(|&m| {
+                if m == 1 {
+                    0.0
+                } else {
+                    MASK_FILTER_VALUE as f32
+                }
+            })
+            .collect();
         let mask_bias = Tensor::from_vec(mask, (b, 1, 1, s), device)?.to_dtype(dtype)?;
         let scale = 1.0 / (hd as f64).sqrt();
 
         for i in 0..cfg.num_layers {
             let l = names::layer(cfg.arch, i);
-            let heads = |t: Tensor| -> candle_core::Result<Tensor> { t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous() };
+            let heads = |t: Tensor| -> candle_core::Result<Tensor> {
+                t.reshape((b, s, nh, hd))?.transpose(1, 2)?.contiguous()
+            };
             let q = heads(self.lin(p, &x, &l.query)?)?;
             let k = heads(self.lin(p, &x, &l.key)?)?;
             let v = heads(self.lin(p, &x, &l.value)?)?;
             let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask_bias)?;
             let probs = softmax_last(&scores)?;
             let probs = maybe_dropout(&probs, cfg.attention_dropout, &mut dropout)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((b * s, h))?;
+            let ctx = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .contiguous()?
+                .reshape((b * s, h))?;
             let attn = self.lin(p, &ctx, &l.attn_out)?;
             let attn = maybe_dropout(&attn, cfg.hidden_dropout, &mut dropout)?;
             x = self.norm(p, &attn.add(&x)?, &l.attn_norm)?;

@@ -42,7 +42,8 @@ pub fn embeddings(arch: Arch) -> EmbeddingNames {
     EmbeddingNames {
         word: format!("{p}.embeddings.word_embeddings"),
         position: format!("{p}.embeddings.position_embeddings"),
-        token_type: (arch != Arch::Distilbert).then(|| format!("{p}.embeddings.token_type_embeddings")),
+        token_type: (arch != Arch::Distilbert)
+            .then(|| format!("{p}.embeddings.token_type_embeddings")),
         norm: format!("{p}.embeddings.LayerNorm"),
     }
 }
@@ -81,9 +82,21 @@ pub fn layer(arch: Arch, i: usize) -> LayerNames {
 
 pub fn head(arch: Arch) -> HeadNames {
     match arch {
-        Arch::Bert => HeadNames { dense: "bert.pooler.dense".into(), dense_activation: HeadActivation::Tanh, out: "classifier".into() },
-        Arch::Roberta => HeadNames { dense: "classifier.dense".into(), dense_activation: HeadActivation::Tanh, out: "classifier.out_proj".into() },
-        Arch::Distilbert => HeadNames { dense: "pre_classifier".into(), dense_activation: HeadActivation::Relu, out: "classifier".into() },
+        Arch::Bert => HeadNames {
+            dense: "bert.pooler.dense".into(),
+            dense_activation: HeadActivation::Tanh,
+            out: "classifier".into(),
+        },
+        Arch::Roberta => HeadNames {
+            dense: "classifier.dense".into(),
+            dense_activation: HeadActivation::Tanh,
+            out: "classifier.out_proj".into(),
+        },
+        Arch::Distilbert => HeadNames {
+            dense: "pre_classifier".into(),
+            dense_activation: HeadActivation::Relu,
+            out: "classifier".into(),
+        },
     }
 }
 
@@ -101,7 +114,10 @@ pub fn all(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
     };
     let e = embeddings(cfg.arch);
     v.push((format!("{}.weight", e.word), vec![cfg.vocab_size, h]));
-    v.push((format!("{}.weight", e.position), vec![cfg.max_position_embeddings, h]));
+    v.push((
+        format!("{}.weight", e.position),
+        vec![cfg.max_position_embeddings, h],
+    ));
     if let Some(t) = &e.token_type {
         v.push((format!("{t}.weight"), vec![cfg.type_vocab_size.max(1), h]));
     }

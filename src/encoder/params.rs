@@ -18,9 +18,17 @@ impl Params {
     /// Loads every parameter of `cfg`'s layout from tensors keyed by Hugging Face names.
     /// Head parameters missing from the checkpoint are drawn from N(0, 0.02) (biases 0) with `seed`;
     /// any other missing parameter is an error.
-    pub fn from_tensors(cfg: &EncoderConfig, found: HashMap<String, Tensor>, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
-        let found: HashMap<String, Tensor> =
-            found.into_iter().map(|(k, v)| (names::normalize(cfg.arch, &k), v)).collect();
+    pub fn from_tensors(
+        cfg: &EncoderConfig,
+        found: HashMap<String, Tensor>,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let found: HashMap<String, Tensor> = found
+            .into_iter()
+            .map(|(k, v)| (names::normalize(cfg.arch, &k), v))
+            .collect();
         let head = names::head(cfg.arch);
         let mut rng = SplitMix64::derive(seed, 0x4845_4144, 0);
         let mut vars = BTreeMap::new();
@@ -28,7 +36,11 @@ impl Params {
             let t = match found.get(&name) {
                 Some(t) => {
                     if t.dims() != shape.as_slice() {
-                        bail!("checkpoint parameter {name} has shape {:?}, expected {:?}", t.dims(), shape);
+                        bail!(
+                            "checkpoint parameter {name} has shape {:?}, expected {:?}",
+                            t.dims(),
+                            shape
+                        );
                     }
                     t.to_dtype(dtype)?.to_device(device)?
                 }
@@ -45,19 +57,34 @@ impl Params {
             };
             vars.insert(name, Var::from_tensor(&t)?);
         }
-        Ok(Params { vars, frozen: BTreeSet::new() })
+        Ok(Params {
+            vars,
+            frozen: BTreeSet::new(),
+        })
     }
 
     /// Loads `model.safetensors` from a Hugging Face checkpoint directory.
-    pub fn load_safetensors(cfg: &EncoderConfig, path: &Path, dtype: DType, device: &Device, seed: u64) -> Result<Self> {
+    pub fn load_safetensors(
+        cfg: &EncoderConfig,
+        path: &Path,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let found = candle_core::safetensors::load(path, &Device::Cpu)
             .with_context(|| format!("loading weights {}", path.display()))?;
-        Self::from_tensors(cfg, found, dtype, device, seed).with_context(|| format!("in {}", path.display()))
+        Self::from_tensors(cfg, found, dtype, device, seed)
+            .with_context(|| format!("in {}", path.display()))
     }
 
     pub fn save_safetensors(&self, path: &Path) -> Result<()> {
-        let map: HashMap<String, Tensor> = self.vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        candle_core::safetensors::save(&map, path).with_context(|| format!("writing {}", path.display()))
+        let map: HashMap<String, Tensor> = self
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().clone()))
+            .collect();
+        candle_core::safetensors::save(&map, path)
+            .with_context(|| format!("writing {}", path.display()))
     }
 
     /// Excludes a parameter from training: `get` returns it detached, so no gradient is built.
@@ -71,8 +98,15 @@ impl Params {
 
     /// The parameter `name` (`prefix.weight` etc.) as a tensor in the autograd graph.
     pub fn get(&self, name: &str) -> Result<Tensor> {
-        let v = self.vars.get(name).with_context(|| format!("no parameter {name}"))?;
-        Ok(if self.frozen.contains(name) { v.as_tensor().detach() } else { v.as_tensor().clone() })
+        let v = self
+            .vars
+            .get(name)
+            .with_context(|| format!("no parameter {name}"))?;
+        Ok(if self.frozen.contains(name) {
+            v.as_tensor().detach()
+        } else {
+            v.as_tensor().clone()
+        })
     }
 
     pub fn var(&self, name: &str) -> Option<&Var> {
@@ -96,8 +130,14 @@ impl Params {
     pub fn to_dtype(&self, dtype: DType) -> Result<Params> {
         let mut vars = BTreeMap::new();
         for (k, v) in &self.vars {
-            vars.insert(k.clone(), Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?);
+            vars.insert(
+                k.clone(),
+                Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
+            );
         }
-        Ok(Params { vars, frozen: self.frozen.clone() })
+        Ok(Params {
+            vars,
+            frozen: self.frozen.clone(),
+        })
     }
 }

@@ -15,13 +15,28 @@ pub struct GraphBuilder {
 }
 
 pub fn attr_i(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: name.into(), i: v, r#type: attr_type::INT, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        i: v,
+        r#type: attr_type::INT,
+        ..Default::default()
+    }
 }
 pub fn attr_f(name: &str, v: f32) -> AttributeProto {
-    AttributeProto { name: name.into(), f: v, r#type: attr_type::FLOAT, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        f: v,
+        r#type: attr_type::FLOAT,
+        ..Default::default()
+    }
 }
 pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: name.into(), ints: v.to_vec(), r#type: attr_type::INTS, ..Default::default() }
+    AttributeProto {
+        name: name.into(),
+        ints: v.to_vec(),
+        r#type: attr_type::INTS,
+        ..Default::default()
+    }
 }
 
 fn dims_proto(dims: &[&str]) -> TensorShapeProto {
@@ -41,7 +56,12 @@ fn dims_proto(dims: &[&str]) -> TensorShapeProto {
 pub fn value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
-        r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type, shape: Some(dims_proto(dims)) }) }),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type,
+                shape: Some(dims_proto(dims)),
+            }),
+        }),
     }
 }
 
@@ -56,7 +76,15 @@ impl GraphBuilder {
     }
 
     /// Adds a node with `n_out` generated outputs (named after `tag`) and returns their names.
-    pub fn node_n(&mut self, op: &str, domain: &str, inputs: &[&str], n_out: usize, attrs: Vec<AttributeProto>, tag: &str) -> Vec<String> {
+    pub fn node_n(
+        &mut self,
+        op: &str,
+        domain: &str,
+        inputs: &[&str],
+        n_out: usize,
+        attrs: Vec<AttributeProto>,
+        tag: &str,
+    ) -> Vec<String> {
         self.counter += 1;
         let name = format!("{tag}/{op}_{}", self.counter);
         let outputs: Vec<String> = (0..n_out).map(|k| format!("{name}:{k}")).collect();
@@ -72,11 +100,23 @@ impl GraphBuilder {
         outputs
     }
 
-    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, tag: &str) -> String {
+    pub fn node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        tag: &str,
+    ) -> String {
         self.node_n(op, "", inputs, 1, attrs, tag).remove(0)
     }
 
-    pub fn ms_node(&mut self, op: &str, inputs: &[&str], attrs: Vec<AttributeProto>, tag: &str) -> String {
+    pub fn ms_node(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: Vec<AttributeProto>,
+        tag: &str,
+    ) -> String {
         self.node_n(op, MS, inputs, 1, attrs, tag).remove(0)
     }
 
@@ -98,13 +138,32 @@ impl GraphBuilder {
     }
 
     pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
-        assert_eq!(dims.iter().product::<usize>(), data.len(), "initializer {name}");
-        self.init(name, data_type::FLOAT, dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        assert_eq!(
+            dims.iter().product::<usize>(),
+            data.len(),
+            "initializer {name}"
+        );
+        self.init(
+            name,
+            data_type::FLOAT,
+            dims,
+            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     }
     pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
-        self.init(name, data_type::INT64, dims, data.iter().flat_map(|x| x.to_le_bytes()).collect())
+        self.init(
+            name,
+            data_type::INT64,
+            dims,
+            data.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        )
     }
     pub fn init_i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
-        self.init(name, data_type::INT8, dims, data.iter().map(|&x| x as u8).collect())
+        self.init(
+            name,
+            data_type::INT8,
+            dims,
+            data.iter().map(|&x| x as u8).collect(),
+        )
     }
 }

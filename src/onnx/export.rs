@@ -68,7 +68,10 @@ impl<'a> Exporter<'a> {
 
     /// Concatenates several linear layers' transposed weights column-wise (and their biases).
     fn packed(&self, layers: &[&str]) -> Result<(usize, usize, Vec<f32>, Vec<f32>)> {
-        let parts: Vec<(usize, usize, Vec<f32>)> = layers.iter().map(|l| self.weight_t(l)).collect::<Result<_>>()?;
+        let parts: Vec<(usize, usize, Vec<f32>)> = layers
+            .iter()
+            .map(|l| self.weight_t(l))
+            .collect::<Result<_>>()?;
         let k = parts[0].0;
         let n: usize = parts.iter().map(|p| p.1).sum();
         let mut w = vec![0f32; k * n];
@@ -87,13 +90,23 @@ impl<'a> Exporter<'a> {
     }
 
     /// `x @ W` (+ bias when `with_bias`): plain MatMul in fp32, DynamicQuantizeMatMul in int8.
-    fn matmul(&mut self, x: &str, key: &str, k: usize, n: usize, w: &[f32], bias: Option<&[f32]>) -> String {
+    fn matmul(
+        &mut self,
+        x: &str,
+        key: &str,
+        k: usize,
+        n: usize,
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> String {
         match self.variant {
             Variant::Int8 => {
                 let (q, s) = quantize::per_column(w, k, n);
                 let wq = self.g.init_i8(&format!("{key}.weight_q"), &[k, n], &q);
                 let sc = self.g.init_f32(&format!("{key}.weight_scale"), &[n], &s);
-                let zp = self.g.init_i8(&format!("{key}.weight_zero_point"), &[n], &vec![0; n]);
+                let zp = self
+                    .g
+                    .init_i8(&format!("{key}.weight_zero_point"), &[n], &vec![0; n]);
                 let mut ins = vec![x.to_string(), wq, sc, zp];
                 if let Some(b) = bias {
                     ins.push(self.g.init_f32(&format!("{key}.bias"), &[n], b));
@@ -117,7 +130,11 @@ impl<'a> Exporter<'a> {
 
     fn linear(&mut self, x: &str, name: &str, with_bias: bool) -> Result<String> {
         let (k, n, w) = self.weight_t(name)?;
-        let b = if with_bias { Some(self.data(&format!("{name}.bias"))?.1) } else { None };
+        let b = if with_bias {
+            Some(self.data(&format!("{name}.bias"))?.1)
+        } else {
+            None
+        };
         Ok(self.matmul(x, name, k, n, &w, b.as_deref()))
     }
 
@@ -125,11 +142,22 @@ impl<'a> Exporter<'a> {
         let g = self.f32_param(&format!("{name}.weight"))?;
         let b = self.f32_param(&format!("{name}.bias"))?;
         let eps = self.cfg.layer_norm_eps as f32;
-        Ok(self.g.node("LayerNormalization", &[x, &g, &b], vec![attr_i("axis", -1), attr_f("epsilon", eps)], name))
+        Ok(self.g.node(
+            "LayerNormalization",
+            &[x, &g, &b],
+            vec![attr_i("axis", -1), attr_f("epsilon", eps)],
+            name,
+        ))
     }
 
     /// LayerNorm(x + residual (+ bias)).
-    fn add_norm(&mut self, x: &str, residual: &str, bias: Option<&str>, name: &str) -> Result<String> {
+    fn add_norm(
+        &mut self,
+        x: &str,
+        residual: &str,
+        bias: Option<&str>,
+        name: &str,
+    ) -> Result<String> {
         if self.variant == (Variant::Fp32 { fused: false }) {
             let mut y = self.g.node("Add", &[x, residual], vec![], name);
             if let Some(b) = bias {
@@ -144,7 +172,12 @@ impl<'a> Exporter<'a> {
         if let Some(bias) = bias {
             ins.push(bias);
         }
-        Ok(self.g.ms_node("SkipLayerNormalization", &ins, vec![attr_f("epsilon", eps)], name))
+        Ok(self.g.ms_node(
+            "SkipLayerNormalization",
+            &ins,
+            vec![attr_f("epsilon", eps)],
+            name,
+        ))
     }
 
     fn embeddings(&mut self, ids: &str, token_types: Option<&str>) -> Result<String> {
@@ -167,14 +200,23 @@ impl<'a> Exporter<'a> {
             Variant::Int8 => {
                 let (q, s) = quantize::per_row(&word, v, h);
                 let wq = self.g.init_i8(&format!("{}.weight_q", e.word), &[v, h], &q);
-                let sc = self.g.init_f32(&format!("{}.weight_scale", e.word), &[v, 1], &s);
+                let sc = self
+                    .g
+                    .init_f32(&format!("{}.weight_scale", e.word), &[v, 1], &s);
                 let rows = self.g.node("Gather", &[&wq, ids], vec![], &e.word);
-                let rows = self.g.node("Cast", &[&rows], vec![attr_i("to", data_type::FLOAT as i64)], &e.word);
+                let rows = self.g.node(
+                    "Cast",
+                    &[&rows],
+                    vec![attr_i("to", data_type::FLOAT as i64)],
+                    &e.word,
+                );
                 let scales = self.g.node("Gather", &[&sc, ids], vec![], &e.word);
                 self.g.node("Mul", &[&rows, &scales], vec![], &e.word)
             }
             Variant::Fp32 { .. } => {
-                let w = self.g.init_f32(&format!("{}.weight", e.word), &[v, h], &word);
+                let w = self
+                    .g
+                    .init_f32(&format!("{}.weight", e.word), &[v, h], &word);
                 self.g.node("Gather", &[&w, ids], vec![], &e.word)
             }
         };
@@ -182,10 +224,17 @@ impl<'a> Exporter<'a> {
         let pos = match self.cfg.arch {
             Arch::Roberta => {
                 // pad + cumsum(ids != pad) for real tokens, pad for padding (HF create_position_ids_from_input_ids)
-                let pad = self.g.init_i64("pad_token_id", &[], &[self.cfg.pad_token_id as i64]);
+                let pad = self
+                    .g
+                    .init_i64("pad_token_id", &[], &[self.cfg.pad_token_id as i64]);
                 let eq = self.g.node("Equal", &[ids, &pad], vec![], "position_ids");
                 let ne = self.g.node("Not", &[&eq], vec![], "position_ids");
-                let m = self.g.node("Cast", &[&ne], vec![attr_i("to", data_type::INT64 as i64)], "position_ids");
+                let m = self.g.node(
+                    "Cast",
+                    &[&ne],
+                    vec![attr_i("to", data_type::INT64 as i64)],
+                    "position_ids",
+                );
                 let axis = self.g.init_i64("axis_1", &[], &[1]);
                 let cs = self.g.node("CumSum", &[&m, &axis], vec![], "position_ids");
                 let cm = self.g.node("Mul", &[&cs, &m], vec![], "position_ids");
@@ -194,13 +243,21 @@ impl<'a> Exporter<'a> {
             _ => {
                 let shape = self.g.node("Shape", &[ids], vec![], "position_ids");
                 let one = self.g.init_i64("index_1", &[], &[1]);
-                let seq = self.g.node("Gather", &[&shape, &one], vec![attr_i("axis", 0)], "position_ids");
+                let seq = self.g.node(
+                    "Gather",
+                    &[&shape, &one],
+                    vec![attr_i("axis", 0)],
+                    "position_ids",
+                );
                 let zero = self.g.init_i64("zero_i64", &[], &[0]);
                 let step = self.g.init_i64("one_i64", &[], &[1]);
-                self.g.node("Range", &[&zero, &seq, &step], vec![], "position_ids")
+                self.g
+                    .node("Range", &[&zero, &seq, &step], vec![], "position_ids")
             }
         };
-        let pe = self.g.node("Gather", &[&pos_table, &pos], vec![], &e.position);
+        let pe = self
+            .g
+            .node("Gather", &[&pos_table, &pos], vec![], &e.position);
         x = self.g.node("Add", &[&x, &pe], vec![], &e.position);
         if let (Some(tt), Some(types)) = (&e.token_type, token_types) {
             let table = self.f32_param(&format!("{tt}.weight"))?;
@@ -212,8 +269,17 @@ impl<'a> Exporter<'a> {
 
     fn attention(&mut self, x: &str, mask: &str, i: usize) -> Result<String> {
         let l = names::layer(self.cfg.arch, i);
-        let (nh, hd, h) = (self.cfg.num_heads as i64, self.cfg.head_dim() as i64, self.cfg.hidden_size);
-        let key = format!("{}.qkv", l.query.trim_end_matches(".query").trim_end_matches(".q_lin"));
+        let (nh, hd, h) = (
+            self.cfg.num_heads as i64,
+            self.cfg.head_dim() as i64,
+            self.cfg.hidden_size,
+        );
+        let key = format!(
+            "{}.qkv",
+            l.query
+                .trim_end_matches(".query")
+                .trim_end_matches(".q_lin")
+        );
         let (k, n, w, b) = self.packed(&[&l.query, &l.key, &l.value])?;
         match self.variant {
             Variant::Fp32 { fused: true } => {
@@ -222,43 +288,97 @@ impl<'a> Exporter<'a> {
                 Ok(self.g.ms_node(
                     "Attention",
                     &[x, &wn, &bn, mask],
-                    vec![attr_i("num_heads", nh), attr_f("mask_filter_value", MASK_FILTER_VALUE as f32)],
+                    vec![
+                        attr_i("num_heads", nh),
+                        attr_f("mask_filter_value", MASK_FILTER_VALUE as f32),
+                    ],
                     &key,
                 ))
             }
             Variant::Int8 => {
                 let qkv = self.matmul(x, &key, k, n, &w, Some(&b));
-                let split = self.g.init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
-                let parts = self.g.node_n("Split", "", &[&qkv, &split], 3, vec![attr_i("axis", 2)], &key);
-                Ok(self.g.node_n(
-                    "MultiHeadAttention",
-                    MS,
-                    &[&parts[0], &parts[1], &parts[2], "", mask],
-                    1,
-                    vec![attr_i("num_heads", nh), attr_f("mask_filter_value", MASK_FILTER_VALUE as f32)],
+                let split = self
+                    .g
+                    .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
+                let parts = self.g.node_n(
+                    "Split",
+                    "",
+                    &[&qkv, &split],
+                    3,
+                    vec![attr_i("axis", 2)],
                     &key,
-                )
-                .remove(0))
+                );
+                Ok(self
+                    .g
+                    .node_n(
+                        "MultiHeadAttention",
+                        MS,
+                        &[&parts[0], &parts[1], &parts[2], "", mask],
+                        1,
+                        vec![
+                            attr_i("num_heads", nh),
+                            attr_f("mask_filter_value", MASK_FILTER_VALUE as f32),
+                        ],
+                        &key,
+                    )
+                    .remove(0))
             }
             Variant::Fp32 { fused: false } => {
                 let qkv = self.matmul(x, &key, k, n, &w, Some(&b));
-                let split = self.g.init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
-                let parts = self.g.node_n("Split", "", &[&qkv, &split], 3, vec![attr_i("axis", 2)], &key);
-                let heads = self.g.init_i64(&format!("{key}.heads_shape"), &[4], &[0, 0, nh, hd]);
+                let split = self
+                    .g
+                    .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
+                let parts = self.g.node_n(
+                    "Split",
+                    "",
+                    &[&qkv, &split],
+                    3,
+                    vec![attr_i("axis", 2)],
+                    &key,
+                );
+                let heads = self
+                    .g
+                    .init_i64(&format!("{key}.heads_shape"), &[4], &[0, 0, nh, hd]);
                 let q = self.g.node("Reshape", &[&parts[0], &heads], vec![], &key);
-                let q = self.g.node("Transpose", &[&q], vec![attr_ints("perm", &[0, 2, 1, 3])], &key);
+                let q = self.g.node(
+                    "Transpose",
+                    &[&q],
+                    vec![attr_ints("perm", &[0, 2, 1, 3])],
+                    &key,
+                );
                 let kk = self.g.node("Reshape", &[&parts[1], &heads], vec![], &key);
-                let kk = self.g.node("Transpose", &[&kk], vec![attr_ints("perm", &[0, 2, 3, 1])], &key);
+                let kk = self.g.node(
+                    "Transpose",
+                    &[&kk],
+                    vec![attr_ints("perm", &[0, 2, 3, 1])],
+                    &key,
+                );
                 let v = self.g.node("Reshape", &[&parts[2], &heads], vec![], &key);
-                let v = self.g.node("Transpose", &[&v], vec![attr_ints("perm", &[0, 2, 1, 3])], &key);
+                let v = self.g.node(
+                    "Transpose",
+                    &[&v],
+                    vec![attr_ints("perm", &[0, 2, 1, 3])],
+                    &key,
+                );
                 let scores = self.g.node("MatMul", &[&q, &kk], vec![], &key);
-                let scale = self.g.init_f32(&format!("{key}.scale"), &[], &[1.0 / (hd as f32).sqrt()]);
+                let scale =
+                    self.g
+                        .init_f32(&format!("{key}.scale"), &[], &[1.0 / (hd as f32).sqrt()]);
                 let scores = self.g.node("Mul", &[&scores, &scale], vec![], &key);
                 let scores = self.g.node("Add", &[&scores, mask], vec![], &key);
-                let probs = self.g.node("Softmax", &[&scores], vec![attr_i("axis", -1)], &key);
+                let probs = self
+                    .g
+                    .node("Softmax", &[&scores], vec![attr_i("axis", -1)], &key);
                 let ctx = self.g.node("MatMul", &[&probs, &v], vec![], &key);
-                let ctx = self.g.node("Transpose", &[&ctx], vec![attr_ints("perm", &[0, 2, 1, 3])], &key);
-                let flat = self.g.init_i64(&format!("{key}.flat_shape"), &[3], &[0, 0, h as i64]);
+                let ctx = self.g.node(
+                    "Transpose",
+                    &[&ctx],
+                    vec![attr_ints("perm", &[0, 2, 1, 3])],
+                    &key,
+                );
+                let flat = self
+                    .g
+                    .init_i64(&format!("{key}.flat_shape"), &[3], &[0, 0, h as i64]);
                 Ok(self.g.node("Reshape", &[&ctx, &flat], vec![], &key))
             }
         }
@@ -270,7 +390,11 @@ impl<'a> Exporter<'a> {
         let plain = self.variant == (Variant::Fp32 { fused: false });
         // Output projection; its bias goes into SkipLayerNormalization where that op is used.
         let proj = self.linear(&ctx, &l.attn_out, plain)?;
-        let ob = if plain { None } else { Some(self.f32_param(&format!("{}.bias", l.attn_out))?) };
+        let ob = if plain {
+            None
+        } else {
+            Some(self.f32_param(&format!("{}.bias", l.attn_out))?)
+        };
         let x1 = self.add_norm(&proj, x, ob.as_deref(), &l.attn_norm)?;
 
         let inner = self.linear(&x1, &l.ffn_in, false)?;
@@ -278,7 +402,11 @@ impl<'a> Exporter<'a> {
         let act = if plain {
             // 0.5·x·(1 + erf(x/√2)), the exact GELU, in a form ONNX Runtime fuses
             let y = self.g.node("Add", &[&inner, &b1], vec![], &l.ffn_in);
-            let r2 = self.g.init_f32(&format!("{}.sqrt2", l.ffn_in), &[], &[std::f32::consts::SQRT_2]);
+            let r2 = self.g.init_f32(
+                &format!("{}.sqrt2", l.ffn_in),
+                &[],
+                &[std::f32::consts::SQRT_2],
+            );
             let d = self.g.node("Div", &[&y, &r2], vec![], &l.ffn_in);
             let e = self.g.node("Erf", &[&d], vec![], &l.ffn_in);
             let one = self.g.init_f32(&format!("{}.one", l.ffn_in), &[], &[1.0]);
@@ -287,16 +415,23 @@ impl<'a> Exporter<'a> {
             let half = self.g.init_f32(&format!("{}.half", l.ffn_in), &[], &[0.5]);
             self.g.node("Mul", &[&m, &half], vec![], &l.ffn_in)
         } else {
-            self.g.ms_node("BiasGelu", &[&inner, &b1], vec![], &l.ffn_in)
+            self.g
+                .ms_node("BiasGelu", &[&inner, &b1], vec![], &l.ffn_in)
         };
         let out = self.linear(&act, &l.ffn_out, plain)?;
-        let ob = if plain { None } else { Some(self.f32_param(&format!("{}.bias", l.ffn_out))?) };
+        let ob = if plain {
+            None
+        } else {
+            Some(self.f32_param(&format!("{}.bias", l.ffn_out))?)
+        };
         self.add_norm(&out, &x1, ob.as_deref(), &l.ffn_norm)
     }
 
     fn head(&mut self, x: &str) -> Result<String> {
         let zero = self.g.init_i64("index_0", &[], &[0]);
-        let cls = self.g.node("Gather", &[x, &zero], vec![attr_i("axis", 1)], "cls");
+        let cls = self
+            .g
+            .node("Gather", &[x, &zero], vec![attr_i("axis", 1)], "cls");
         let hn = names::head(self.cfg.arch);
         // The head stays fp32 in every variant: it is tiny and sits right before the scores.
         let fp32 = |e: &mut Exporter, x: &str, name: &str| -> Result<String> {
@@ -307,7 +442,11 @@ impl<'a> Exporter<'a> {
             Ok(e.g.node("Add", &[&y, &bn], vec![], name))
         };
         let d = fp32(self, &cls, &hn.dense)?;
-        let act = if self.cfg.arch == Arch::Distilbert { "Relu" } else { "Tanh" };
+        let act = if self.cfg.arch == Arch::Distilbert {
+            "Relu"
+        } else {
+            "Tanh"
+        };
         let a = self.g.node(act, &[&d], vec![], &hn.dense);
         fp32(self, &a, &hn.out)?;
         self.g.rename_last_output("logits");
@@ -316,35 +455,74 @@ impl<'a> Exporter<'a> {
 }
 
 /// Builds the ONNX model for `params` (any dtype; exported as f32).
-pub fn export(cfg: &EncoderConfig, params: &Params, variant: Variant, doc: &str) -> Result<ModelProto> {
-    let mut e = Exporter { g: GraphBuilder::default(), params, cfg, variant };
-    let ids = e.g.input("input_ids", data_type::INT64, &["batch", "sequence"]);
-    let mask = e.g.input("attention_mask", data_type::INT64, &["batch", "sequence"]);
-    let types = cfg.arch.has_token_types().then(|| e.g.input("token_type_ids", data_type::INT64, &["batch", "sequence"]));
+pub fn export(
+    cfg: &EncoderConfig,
+    params: &Params,
+    variant: Variant,
+    doc: &str,
+) -> Result<ModelProto> {
+    let mut e = Exporter {
+        g: GraphBuilder::default(),
+        params,
+        cfg,
+        variant,
+    };
+    let ids =
+        e.g.input("input_ids", data_type::INT64, &["batch", "sequence"]);
+    let mask =
+        e.g.input("attention_mask", data_type::INT64, &["batch", "sequence"]);
+    let types = cfg.arch.has_token_types().then(|| {
+        e.g.input("token_type_ids", data_type::INT64, &["batch", "sequence"])
+    });
 
-    let mut x = e.embeddings(&ids, types.as_deref()).context("exporting embeddings")?;
+    let mut x = e
+        .embeddings(&ids, types.as_deref())
+        .context("exporting embeddings")?;
     let mask_in = match variant {
         Variant::Fp32 { fused: false } => {
             // (1 - mask) · -10000, shaped [batch, 1, 1, seq]
-            let m = e.g.node("Cast", &[&mask], vec![attr_i("to", data_type::FLOAT as i64)], "mask");
+            let m = e.g.node(
+                "Cast",
+                &[&mask],
+                vec![attr_i("to", data_type::FLOAT as i64)],
+                "mask",
+            );
             let one = e.g.init_f32("mask.one", &[], &[1.0]);
             let inv = e.g.node("Sub", &[&one, &m], vec![], "mask");
-            let big = e.g.init_f32("mask.filter", &[], &[MASK_FILTER_VALUE as f32]);
+            let big =
+                e.g.init_f32("mask.filter", &[], &[MASK_FILTER_VALUE as f32]);
             let bias = e.g.node("Mul", &[&inv, &big], vec![], "mask");
             let axes = e.g.init_i64("mask.axes", &[2], &[1, 2]);
             e.g.node("Unsqueeze", &[&bias, &axes], vec![], "mask")
         }
-        _ => e.g.node("Cast", &[&mask], vec![attr_i("to", data_type::INT32 as i64)], "mask"),
+        _ => e.g.node(
+            "Cast",
+            &[&mask],
+            vec![attr_i("to", data_type::INT32 as i64)],
+            "mask",
+        ),
     };
     for i in 0..cfg.num_layers {
-        x = e.layer(&x, &mask_in, i).with_context(|| format!("exporting layer {i}"))?;
+        x = e
+            .layer(&x, &mask_in, i)
+            .with_context(|| format!("exporting layer {i}"))?;
     }
     e.head(&x)?;
-    e.g.output("logits", data_type::FLOAT, &["batch", &cfg.num_labels.to_string()]);
+    e.g.output(
+        "logits",
+        data_type::FLOAT,
+        &["batch", &cfg.num_labels.to_string()],
+    );
 
-    let mut opset = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
+    let mut opset = vec![OperatorSetIdProto {
+        domain: String::new(),
+        version: OPSET,
+    }];
     if variant != (Variant::Fp32 { fused: false }) {
-        opset.push(OperatorSetIdProto { domain: MS.into(), version: 1 });
+        opset.push(OperatorSetIdProto {
+            domain: MS.into(),
+            version: 1,
+        });
     }
     Ok(ModelProto {
         ir_version: 8,

@@ -9,8 +9,12 @@ pub fn per_column(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
             scales[c] = scales[c].max(w[r * n + c].abs());
         }
     }
-    scales.iter_mut().for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
-    let q = (0..k * n).map(|i| (w[i] / scales[i % n]).round().clamp(-127.0, 127.0) as i8).collect();
+    scales
+        .iter_mut()
+        .for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
+    let q = (0..k * n)
+        .map(|i| (w[i] / scales[i % n]).round().clamp(-127.0, 127.0) as i8)
+        .collect();
     (q, scales)
 }
 
@@ -23,7 +27,10 @@ pub fn per_row(t: &[f32], rows: usize, d: usize) -> (Vec<i8>, Vec<f32>) {
         let m = row.iter().fold(0f32, |a, x| a.max(x.abs()));
         let s = if m > 0.0 { m / 127.0 } else { 1.0 };
         scales.push(s);
-        q.extend(row.iter().map(|x| (x / s).round().clamp(-127.0, 127.0) as i8));
+        q.extend(
+            row.iter()
+                .map(|x| (x / s).round().clamp(-127.0, 127.0) as i8),
+        );
     }
     (q, scales)
 }
@@ -33,7 +40,9 @@ mod tests {
     use super::*;
     #[test]
     fn roundtrip_error_is_within_half_a_step() {
-        let w: Vec<f32> = (0..64).map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0).collect();
+        let w: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
         let (q, s) = per_column(&w, 8, 8);
         for i in 0..64 {
             assert!((q[i] as f32 * s[i % 8] - w[i]).abs() <= s[i % 8] / 2.0 + 1e-6);

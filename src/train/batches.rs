@@ -33,8 +33,14 @@ mod tests {
         let mut all: Vec<usize> = a.iter().flatten().copied().collect();
         all.sort();
         assert_eq!(all, (0..1000).collect::<Vec<_>>());
-        let padded: usize = a.iter().map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap()).sum();
+        let padded: usize = a
+            .iter()
+            .map(|b| b.len() * b.iter().map(|&i| lengths[i]).max().unwrap())
+            .sum();
         let real: usize = lengths.iter().sum();
-        assert!((padded as f64) < real as f64 * 1.1, "padding overhead too high: {padded} vs {real}");
+        assert!(
+            (padded as f64) < real as f64 * 1.1,
+            "padding overhead too high: {padded} vs {real}"
+        );
     }
 }

@@ -5,17 +5,25 @@ use candle_core::{Result, Tensor};
 
 /// Mean over all elements of per-label BCE. `targets` is 0/1 with the logits' shape and dtype;
 /// `pos_weight` (`[num_labels]`) scales the positive term as in PyTorch's `BCEWithLogitsLoss`.
-pub fn bce_with_logits(logits: &Tensor, targets: &Tensor, pos_weight: Option<&Tensor>) -> Result<Tensor> {
+pub fn bce_with_logits(
+    logits: &Tensor,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+) -> Result<Tensor> {
     // softplus(-x) = max(x, 0) - x + log(1 + e^{-|x|}), computed without overflow. Written with
     // relu(x) rather than relu(-x) so the sub-gradients at x = 0 (relu'(0) = 1, |x|'(0) = 1)
     // combine to the true derivative σ(0) - 1.
-    let softplus_neg = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?.add(&logits.relu()?.sub(logits)?)?;
+    let softplus_neg = (logits.abs()?.neg()?.exp()? + 1.0)?
+        .log()?
+        .add(&logits.relu()?.sub(logits)?)?;
     let neg_part = targets.affine(-1.0, 1.0)?.mul(logits)?; // (1 - y) · x
     let per = match pos_weight {
         None => neg_part.add(&softplus_neg)?,
         Some(pw) => {
             // weight on the log-sigmoid term: 1 + (pw - 1)·y
-            let w = targets.broadcast_mul(&pw.affine(1.0, -1.0)?)?.affine(1.0, 1.0)?;
+            let w = targets
+                .broadcast_mul(&pw.affine(1.0, -1.0)?)?
+                .affine(1.0, 1.0)?;
             neg_part.add(&w.mul(&softplus_neg)?)?
         }
     };
@@ -53,12 +61,21 @@ mod tests {
             }
             // match the textbook formula where it does not overflow
             for &xi in &[-20.0f32, -1.0, 0.0, 1.0, 20.0] {
-                let one = bce_with_logits(&Tensor::new(&[xi], &d)?, &Tensor::new(&[y], &d)?, None)?.to_scalar::<f32>()?;
-                assert!((one as f64 - reference(xi as f64, y as f64)).abs() < 1e-4, "x={xi} y={y}");
+                let one = bce_with_logits(&Tensor::new(&[xi], &d)?, &Tensor::new(&[y], &d)?, None)?
+                    .to_scalar::<f32>()?;
+                assert!(
+                    (one as f64 - reference(xi as f64, y as f64)).abs() < 1e-4,
+                    "x={xi} y={y}"
+                );
             }
         }
         // ±100 with the wrong target: loss ≈ 100, not inf
-        let l = bce_with_logits(&Tensor::new(&[100.0f32], &d)?, &Tensor::new(&[0.0f32], &d)?, None)?.to_scalar::<f32>()?;
+        let l = bce_with_logits(
+            &Tensor::new(&[100.0f32], &d)?,
+            &Tensor::new(&[0.0f32], &d)?,
+            None,
+        )?
+        .to_scalar::<f32>()?;
         assert!((l - 100.0).abs() < 1e-3);
         Ok(())
     }

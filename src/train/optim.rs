@@ -51,7 +51,12 @@ pub struct StepInfo {
 
 impl AdamW {
     pub fn new(cfg: AdamWConfig) -> Self {
-        AdamW { cfg, step: 0, m: BTreeMap::new(), v: BTreeMap::new() }
+        AdamW {
+            cfg,
+            step: 0,
+            m: BTreeMap::new(),
+            v: BTreeMap::new(),
+        }
     }
 
     /// Applies one update to every trainable parameter from the sum of `grads`
@@ -78,7 +83,11 @@ impl AdamW {
         };
         self.step += 1;
         let lr = lr_at(&self.cfg, self.step);
-        let (b1, b2, eps) = (self.cfg.beta1 as f32, self.cfg.beta2 as f32, self.cfg.eps as f32);
+        let (b1, b2, eps) = (
+            self.cfg.beta1 as f32,
+            self.cfg.beta2 as f32,
+            self.cfg.eps as f32,
+        );
         let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.cfg.beta2.powi(self.step as i32);
         let step_size = (lr / bc1) as f32;
@@ -87,9 +96,19 @@ impl AdamW {
             let t = var.as_tensor();
             let dtype = t.dtype();
             let mut p = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-            let m = self.m.entry(name.clone()).or_insert_with(|| vec![0.0; p.len()]);
-            let v = self.v.entry(name.clone()).or_insert_with(|| vec![0.0; p.len()]);
-            let decay = if decays(name) { (1.0 - lr * self.cfg.weight_decay) as f32 } else { 1.0 };
+            let m = self
+                .m
+                .entry(name.clone())
+                .or_insert_with(|| vec![0.0; p.len()]);
+            let v = self
+                .v
+                .entry(name.clone())
+                .or_insert_with(|| vec![0.0; p.len()]);
+            let decay = if decays(name) {
+                (1.0 - lr * self.cfg.weight_decay) as f32
+            } else {
+                1.0
+            };
             let update = |p: &mut [f32], m: &mut [f32], v: &mut [f32], g: &[f32]| {
                 for i in 0..p.len() {
                     let gi = g[i] * clip;
@@ -130,11 +149,17 @@ impl AdamW {
         Ok(out)
     }
 
-    pub fn load_state_tensors(&mut self, tensors: HashMap<String, Tensor>, step: u64) -> Result<()> {
+    pub fn load_state_tensors(
+        &mut self,
+        tensors: HashMap<String, Tensor>,
+        step: u64,
+    ) -> Result<()> {
         self.m.clear();
         self.v.clear();
         for (k, t) in tensors {
-            let data = t.to_vec1::<f32>().with_context(|| format!("optimizer tensor {k}"))?;
+            let data = t
+                .to_vec1::<f32>()
+                .with_context(|| format!("optimizer tensor {k}"))?;
             if let Some(name) = k.strip_prefix("m.") {
                 self.m.insert(name.to_string(), data);
             } else if let Some(name) = k.strip_prefix("v.") {
@@ -152,7 +177,16 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
-        let c = AdamWConfig { lr: 1.0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0, max_grad_norm: 1.0, warmup_steps: 10, total_steps: 110 };
+        let c = AdamWConfig {
+            lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+        };
         assert!((lr_at(&c, 5) - 0.5).abs() < 1e-12);
         assert!((lr_at(&c, 10) - 1.0).abs() < 1e-12);
         assert!((lr_at(&c, 60) - 0.5).abs() < 1e-12);

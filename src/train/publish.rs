@@ -6,7 +6,9 @@ use crate::encoder::{EncoderConfig, Params};
 use crate::inference::Classifier;
 use crate::metrics::{evaluate, Metrics};
 use crate::model::RuntimeOptions;
-use crate::model_dir::{Evaluation, ModelCard, Thresholds, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE};
+use crate::model_dir::{
+    Evaluation, ModelCard, Thresholds, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE,
+};
 use crate::onnx::{self, Variant};
 use crate::thresholds;
 use crate::train::trainer::labels_from_hf;
@@ -29,41 +31,70 @@ pub struct ExportRequest<'a> {
 
 /// Loads a checkpoint directory's encoder config, labels and parameters.
 pub fn load_checkpoint(dir: &Path) -> Result<(EncoderConfig, crate::labels::LabelSet, Params)> {
-    let hf: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json", dir.display()))?)?;
+    let hf: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("config.json"))
+            .with_context(|| format!("reading {}/config.json", dir.display()))?,
+    )?;
     let labels = labels_from_hf(&hf)?;
     let cfg = EncoderConfig::from_hf(&hf, labels.len())?;
-    let params = Params::load_safetensors(&cfg, &dir.join("model.safetensors"), DType::F32, &Device::Cpu, 0)?;
+    let params = Params::load_safetensors(
+        &cfg,
+        &dir.join("model.safetensors"),
+        DType::F32,
+        &Device::Cpu,
+        0,
+    )?;
     Ok((cfg, labels, params))
 }
 
 pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
     let (cfg, labels, params) = load_checkpoint(req.checkpoint)?;
     std::fs::create_dir_all(req.out).with_context(|| format!("creating {}", req.out.display()))?;
-    let model = onnx::export(&cfg, &params, req.variant, &format!("{} {} GoEmotions classifier", req.name, req.version))?;
+    let model = onnx::export(
+        &cfg,
+        &params,
+        req.variant,
+        &format!("{} {} GoEmotions classifier", req.name, req.version),
+    )?;
     let onnx_path = req.out.join(ONNX_FILE);
-    std::fs::write(&onnx_path, onnx::to_bytes(&model)).with_context(|| format!("writing {}", onnx_path.display()))?;
-    std::fs::copy(req.checkpoint.join(TOKENIZER_FILE), req.out.join(TOKENIZER_FILE))?;
+    std::fs::write(&onnx_path, onnx::to_bytes(&model))
+        .with_context(|| format!("writing {}", onnx_path.display()))?;
+    std::fs::copy(
+        req.checkpoint.join(TOKENIZER_FILE),
+        req.out.join(TOKENIZER_FILE),
+    )?;
     let (training, data) = match req.run {
         Some(run) => {
-            let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("train.json"))?)?;
+            let t: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(run.join("train.json"))?)?;
             let mut d = BTreeMap::new();
             for (k, file) in [("train_sha256", "train.tsv"), ("dev_sha256", "dev.tsv")] {
                 if let Some(v) = t.get(k).and_then(|v| v.as_str()) {
                     d.insert(file.to_string(), v.to_string());
                 }
             }
-            let state: serde_json::Value = std::fs::read_to_string(run.join("checkpoint/state.json"))
-                .ok()
-                .and_then(|s| serde_json::from_str(&s).ok())
-                .unwrap_or(serde_json::Value::Null);
+            let state: serde_json::Value =
+                std::fs::read_to_string(run.join("checkpoint/state.json"))
+                    .ok()
+                    .and_then(|s| serde_json::from_str(&s).ok())
+                    .unwrap_or(serde_json::Value::Null);
             let mut t = t;
             if let Some(o) = t.as_object_mut() {
                 // Keep the card portable: no machine paths.
                 o.remove("train_path");
                 o.remove("dev_path");
-                o.insert("best_dev".into(), state.get("best").cloned().unwrap_or_default());
-                o.insert("steps_done".into(), state.get("step").cloned().unwrap_or_default());
-                o.insert("train_seconds".into(), state.get("train_seconds").cloned().unwrap_or_default());
+                o.insert(
+                    "best_dev".into(),
+                    state.get("best").cloned().unwrap_or_default(),
+                );
+                o.insert(
+                    "steps_done".into(),
+                    state.get("step").cloned().unwrap_or_default(),
+                );
+                o.insert(
+                    "train_seconds".into(),
+                    state.get("train_seconds").cloned().unwrap_or_default(),
+                );
             }
             (t, d)
         }
@@ -74,9 +105,17 @@ pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
         name: req.name.into(),
         version: req.version.into(),
         architecture: cfg.arch.model_type().into(),
-        base_model: training.get("base_model").and_then(|v| v.as_str()).unwrap_or("").into(),
+        base_model: training
+            .get("base_model")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .into(),
         labels,
-        thresholds: Thresholds { default: 0.5, per_label: None, chosen_by: "not tuned".into() },
+        thresholds: Thresholds {
+            default: 0.5,
+            per_label: None,
+            chosen_by: "not tuned".into(),
+        },
         max_sequence_length: req.max_len,
         precision: req.variant.precision().into(),
         model_sha256: sha256_file(&onnx_path)?,
@@ -89,11 +128,23 @@ pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
 }
 
 fn eval_entry(split: &Split, desc: String, m: Metrics) -> Evaluation {
-    Evaluation { split: split.path.file_name().map_or("?".into(), |f| f.to_string_lossy().into_owned()), split_sha256: split.sha256.clone(), thresholds: desc, metrics: m }
+    Evaluation {
+        split: split
+            .path
+            .file_name()
+            .map_or("?".into(), |f| f.to_string_lossy().into_owned()),
+        split_sha256: split.sha256.clone(),
+        thresholds: desc,
+        metrics: m,
+    }
 }
 
 /// Scores a split with the model directory's ONNX model through ONNX Runtime.
-pub fn score_split(model_dir: &Path, split_path: &Path, runtime: &RuntimeOptions) -> Result<(Classifier, Split, Vec<Vec<f32>>)> {
+pub fn score_split(
+    model_dir: &Path,
+    split_path: &Path,
+    runtime: &RuntimeOptions,
+) -> Result<(Classifier, Split, Vec<Vec<f32>>)> {
     let mut c = Classifier::load(model_dir, runtime, true)?;
     let split = Split::read(split_path, c.dir.card.labels.len())?;
     let scores = c.score_texts(&split.texts(), 32)?;
@@ -102,24 +153,52 @@ pub fn score_split(model_dir: &Path, split_path: &Path, runtime: &RuntimeOptions
 
 /// Chooses thresholds on dev (best global → `default`, best per label → `per_label`) and
 /// records dev metrics in the card.
-pub fn tune_thresholds(model_dir: &Path, dev_path: &Path, runtime: &RuntimeOptions) -> Result<ModelCard> {
+pub fn tune_thresholds(
+    model_dir: &Path,
+    dev_path: &Path,
+    runtime: &RuntimeOptions,
+) -> Result<ModelCard> {
     let (c, dev, scores) = score_split(model_dir, dev_path, runtime)?;
     let mut card = c.dir.card.clone();
     let n = card.labels.len();
     let targets = dev.targets(n);
     let (global, _) = thresholds::best_global(&scores, &targets, n);
     let per = thresholds::best_per_label(&scores, &targets, n, global);
-    card.thresholds = Thresholds { default: global, per_label: Some(per.clone()), chosen_by: "dev.tsv: default = best global macro-F1, per_label = best F1 of each label".into() };
+    card.thresholds = Thresholds {
+        default: global,
+        per_label: Some(per.clone()),
+        chosen_by: "dev.tsv: default = best global macro-F1, per_label = best F1 of each label"
+            .into(),
+    };
     card.data.insert("dev.tsv".into(), dev.sha256.clone());
-    card.metrics.insert("dev".into(), eval_entry(&dev, "per-label (dev)".into(), evaluate(&scores, &targets, &per, card.labels.names())));
-    card.metrics.insert("dev_global_dev_best".into(), eval_entry(&dev, format!("global {global:.2} (dev)"), evaluate(&scores, &targets, &vec![global; n], card.labels.names())));
+    card.metrics.insert(
+        "dev".into(),
+        eval_entry(
+            &dev,
+            "per-label (dev)".into(),
+            evaluate(&scores, &targets, &per, card.labels.names()),
+        ),
+    );
+    card.metrics.insert(
+        "dev_global_dev_best".into(),
+        eval_entry(
+            &dev,
+            format!("global {global:.2} (dev)"),
+            evaluate(&scores, &targets, &vec![global; n], card.labels.names()),
+        ),
+    );
     card.write(model_dir)?;
     Ok(card)
 }
 
 /// Evaluates on test with the card's thresholds, the reference's global 0.15 and the dev-best
 /// global threshold; with `write`, stores the three in the card.
-pub fn evaluate_test(model_dir: &Path, test_path: &Path, runtime: &RuntimeOptions, write: bool) -> Result<BTreeMap<String, Evaluation>> {
+pub fn evaluate_test(
+    model_dir: &Path,
+    test_path: &Path,
+    runtime: &RuntimeOptions,
+    write: bool,
+) -> Result<BTreeMap<String, Evaluation>> {
     let (c, test, scores) = score_split(model_dir, test_path, runtime)?;
     let mut card = c.dir.card.clone();
     let n = card.labels.len();
@@ -127,12 +206,30 @@ pub fn evaluate_test(model_dir: &Path, test_path: &Path, runtime: &RuntimeOption
     let names = card.labels.names().to_vec();
     let mut out = BTreeMap::new();
     let per = card.thresholds.resolved(n);
-    let desc = if card.thresholds.per_label.is_some() { "per-label (dev)".to_string() } else { format!("global {:.2}", card.thresholds.default) };
-    out.insert("test".to_string(), eval_entry(&test, desc, evaluate(&scores, &targets, &per, &names)));
-    out.insert("test_global_0.15".to_string(), eval_entry(&test, "global 0.15 (reference)".into(), evaluate(&scores, &targets, &vec![0.15; n], &names)));
+    let desc = if card.thresholds.per_label.is_some() {
+        "per-label (dev)".to_string()
+    } else {
+        format!("global {:.2}", card.thresholds.default)
+    };
+    out.insert(
+        "test".to_string(),
+        eval_entry(&test, desc, evaluate(&scores, &targets, &per, &names)),
+    );
+    out.insert(
+        "test_global_0.15".to_string(),
+        eval_entry(
+            &test,
+            "global 0.15 (reference)".into(),
+            evaluate(&scores, &targets, &vec![0.15; n], &names),
+        ),
+    );
     out.insert(
         "test_global_dev_best".to_string(),
-        eval_entry(&test, format!("global {:.2} (dev)", card.thresholds.default), evaluate(&scores, &targets, &vec![card.thresholds.default; n], &names)),
+        eval_entry(
+            &test,
+            format!("global {:.2} (dev)", card.thresholds.default),
+            evaluate(&scores, &targets, &vec![card.thresholds.default; n], &names),
+        ),
     );
     if write {
         card.data.insert("test.tsv".into(), test.sha256.clone());

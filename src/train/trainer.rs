@@ -101,30 +101,56 @@ pub const LOSS_POINT_EVERY: u64 = 20;
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::write(&tmp, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
     Ok(())
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 impl Trainer {
     /// Starts a new run in `dir` from a Hugging Face checkpoint directory `base`.
-    pub fn create(dir: &Path, base: &Path, cfg: TrainConfig, labels: LabelSet, device: Device) -> Result<Trainer> {
+    pub fn create(
+        dir: &Path,
+        base: &Path,
+        cfg: TrainConfig,
+        labels: LabelSet,
+        device: Device,
+    ) -> Result<Trainer> {
         if dir.join("checkpoint/state.json").exists() {
             bail!("{} already holds a run; use `train resume`", dir.display());
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let enc_cfg = EncoderConfig::from_file(&base.join("config.json"), labels.len())?;
-        std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&enc_cfg.to_hf(labels.names()))?)?;
+        std::fs::write(
+            dir.join("config.json"),
+            serde_json::to_vec_pretty(&enc_cfg.to_hf(labels.names()))?,
+        )?;
         std::fs::copy(base.join("tokenizer.json"), dir.join("tokenizer.json"))
             .with_context(|| format!("copying {}/tokenizer.json", base.display()))?;
         write_json(&dir.join("train.json"), &cfg)?;
-        let params = Params::load_safetensors(&enc_cfg, &base.join("model.safetensors"), DType::F32, &device, cfg.seed)?;
-        Self::assemble(dir, cfg, enc_cfg, params, TrainState::default(), labels, device, None)
+        let params = Params::load_safetensors(
+            &enc_cfg,
+            &base.join("model.safetensors"),
+            DType::F32,
+            &device,
+            cfg.seed,
+        )?;
+        Self::assemble(
+            dir,
+            cfg,
+            enc_cfg,
+            params,
+            TrainState::default(),
+            labels,
+            device,
+            None,
+        )
     }
 
     /// Reopens the run in `dir` at its latest checkpoint.
@@ -134,8 +160,15 @@ impl Trainer {
         let labels = labels_from_hf(&hf)?;
         let enc_cfg = EncoderConfig::from_hf(&hf, labels.len())?;
         let ck = dir.join("checkpoint");
-        let state: TrainState = read_json(&ck.join("state.json")).context("no checkpoint to resume from")?;
-        let params = Params::load_safetensors(&enc_cfg, &ck.join("params.safetensors"), DType::F32, &device, cfg.seed)?;
+        let state: TrainState =
+            read_json(&ck.join("state.json")).context("no checkpoint to resume from")?;
+        let params = Params::load_safetensors(
+            &enc_cfg,
+            &ck.join("params.safetensors"),
+            DType::F32,
+            &device,
+            cfg.seed,
+        )?;
         let opt = candle_core::safetensors::load(ck.join("optimizer.safetensors"), &Device::Cpu)
             .with_context(|| format!("loading {}/optimizer.safetensors", ck.display()))?;
         Self::assemble(dir, cfg, enc_cfg, params, state, labels, device, Some(opt))
@@ -166,7 +199,10 @@ impl Trainer {
         if let Some(n) = cfg.limit_train_examples {
             examples.truncate(n);
         }
-        let train_rows: Vec<Vec<u32>> = examples.iter().map(|e| text.encode(&e.text).map(|x| x.ids)).collect::<Result<_>>()?;
+        let train_rows: Vec<Vec<u32>> = examples
+            .iter()
+            .map(|e| text.encode(&e.text).map(|x| x.ids))
+            .collect::<Result<_>>()?;
         let train_targets = examples
             .iter()
             .map(|e| {
@@ -175,7 +211,11 @@ impl Trainer {
                 r
             })
             .collect();
-        let dev_rows = dev.examples.iter().map(|e| text.encode(&e.text).map(|x| x.ids)).collect::<Result<_>>()?;
+        let dev_rows = dev
+            .examples
+            .iter()
+            .map(|e| text.encode(&e.text).map(|x| x.ids))
+            .collect::<Result<_>>()?;
         let dev_targets = dev.targets(labels.len());
         let mut optim = AdamW::new(cfg.optimizer.clone());
         if let Some(t) = optimizer_state {
@@ -209,16 +249,26 @@ impl Trainer {
 
     /// Forward and backward of one shard of a batch. The shard's loss is scaled by its share of
     /// the batch, so shard gradients add up to the gradient of the whole batch's mean loss.
-    fn shard_grads(&self, idx: &[usize], batch_len: usize, shard: u64) -> Result<(f64, candle_core::backprop::GradStore)> {
+    fn shard_grads(
+        &self,
+        idx: &[usize],
+        batch_len: usize,
+        shard: u64,
+    ) -> Result<(f64, candle_core::backprop::GradStore)> {
         let rows: Vec<&[u32]> = idx.iter().map(|&i| self.train_rows[i].as_slice()).collect();
         let batch = PaddedBatch::new(&rows, self.pad_id);
         let l = self.labels.len();
-        let tgt: Vec<f32> = idx.iter().flat_map(|&i| self.train_targets[i].iter().copied()).collect();
+        let tgt: Vec<f32> = idx
+            .iter()
+            .flat_map(|&i| self.train_targets[i].iter().copied())
+            .collect();
         let targets = Tensor::from_vec(tgt, (idx.len(), l), &self.device)?;
         // Dropout masks come from (seed, step, shard): a resumed run draws the same ones.
         let stream = SplitMix64::derive(self.cfg.seed, self.state.step, 3 + shard);
         let mut drop = crate::encoder::layers::DropoutRng::new(stream);
-        let logits = self.encoder.forward(&self.params, &batch, &self.device, Some(&mut drop))?;
+        let logits = self
+            .encoder
+            .forward(&self.params, &batch, &self.device, Some(&mut drop))?;
         let pw = match &self.cfg.pos_weight {
             Some(w) => Some(Tensor::from_slice(w, w.len(), &self.device)?),
             None => None,
@@ -246,7 +296,10 @@ impl Trainer {
                     .enumerate()
                     .map(|(k, p)| s.spawn(move || this.shard_grads(p, idx.len(), k as u64)))
                     .collect();
-                handles.into_iter().map(|h| h.join().expect("training shard thread panicked")).collect()
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("training shard thread panicked"))
+                    .collect()
             })
         };
         let mut v = 0.0;
@@ -264,7 +317,10 @@ impl Trainer {
         self.state.pending_loss.0 += v;
         self.state.pending_loss.1 += 1;
         if self.state.step % LOSS_POINT_EVERY == 0 {
-            self.state.loss_curve.push((self.state.step, self.state.pending_loss.0 / self.state.pending_loss.1 as f64));
+            self.state.loss_curve.push((
+                self.state.step,
+                self.state.pending_loss.0 / self.state.pending_loss.1 as f64,
+            ));
             self.state.pending_loss = (0.0, 0);
         }
         Ok(v)
@@ -272,23 +328,54 @@ impl Trainer {
 
     /// Dev scores with the current parameters.
     pub fn dev_scores(&self) -> Result<Vec<Vec<f32>>> {
-        predict::scores(&self.encoder, &self.params, &self.dev_rows, self.pad_id, 64, &self.device)
+        predict::scores(
+            &self.encoder,
+            &self.params,
+            &self.dev_rows,
+            self.pad_id,
+            64,
+            &self.device,
+        )
     }
 
     pub fn evaluate_dev(&mut self) -> Result<DevPoint> {
         let scores = self.dev_scores()?;
         let l = self.labels.len();
-        let at_half = evaluate(&scores, &self.dev_targets, &vec![0.5; l], self.labels.names()).macro_f1;
+        let at_half = evaluate(
+            &scores,
+            &self.dev_targets,
+            &vec![0.5; l],
+            self.labels.names(),
+        )
+        .macro_f1;
         let (t, f) = thresholds::best_global(&scores, &self.dev_targets, l);
         let bpe = self.batches_per_epoch() as f64;
-        let p = DevPoint { step: self.state.step, epoch: self.state.step as f64 / bpe, macro_f1_at_0_5: at_half, best_global_threshold: t, macro_f1_best_global: f };
+        let p = DevPoint {
+            step: self.state.step,
+            epoch: self.state.step as f64 / bpe,
+            macro_f1_at_0_5: at_half,
+            best_global_threshold: t,
+            macro_f1_best_global: f,
+        };
         self.state.dev_curve.push(p.clone());
-        let better = self.state.best.as_ref().is_none_or(|b| f > b.macro_f1_best_global);
+        let better = self
+            .state
+            .best
+            .as_ref()
+            .is_none_or(|b| f > b.macro_f1_best_global);
         if better {
             self.state.best = Some(p.clone());
             self.save_best()?;
         }
-        tracing::info!(step = p.step, epoch = format!("{:.2}", p.epoch), dev_macro_f1 = format!("{f:.4}"), threshold = t, at_0_5 = format!("{at_half:.4}"), best = better, "dev evaluation");
+        tracing::info!(
+            step = p.step,
+            epoch = format!("{:.2}", p.epoch),
+            dev_macro_f1 = format!("{f:.4}"),
+            threshold = t,
+            at_0_5 = format!("{at_half:.4}"),
+            best = better,
+            "dev evaluation"
+        );
         Ok(p)
     }
 
@@ -297,7 +384,8 @@ impl Trainer {
         let tmp = self.dir.join("best.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        self.params.save_safetensors(&tmp.join("model.safetensors"))?;
+        self.params
+            .save_safetensors(&tmp.join("model.safetensors"))?;
         std::fs::copy(self.dir.join("config.json"), tmp.join("config.json"))?;
         std::fs::copy(self.dir.join("tokenizer.json"), tmp.join("tokenizer.json"))?;
         let _ = std::fs::remove_dir_all(&best);
@@ -311,8 +399,12 @@ impl Trainer {
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp)?;
-        self.params.save_safetensors(&tmp.join("params.safetensors"))?;
-        candle_core::safetensors::save(&self.optim.state_tensors(&Device::Cpu)?, tmp.join("optimizer.safetensors"))?;
+        self.params
+            .save_safetensors(&tmp.join("params.safetensors"))?;
+        candle_core::safetensors::save(
+            &self.optim.state_tensors(&Device::Cpu)?,
+            tmp.join("optimizer.safetensors"),
+        )?;
         write_json(&tmp.join("state.json"), &self.state)?;
         let old = self.dir.join("checkpoint.old");
         let _ = std::fs::remove_dir_all(&old);
@@ -329,15 +421,26 @@ impl Trainer {
         let bpe = self.batches_per_epoch();
         let total = self.cfg.epochs * bpe as u64;
         let lengths: Vec<usize> = self.train_rows.iter().map(Vec::len).collect();
-        let bar = if progress { indicatif::ProgressBar::new(total) } else { indicatif::ProgressBar::hidden() };
+        let bar = if progress {
+            indicatif::ProgressBar::new(total)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps ETA {eta} {msg}")
-                .expect("valid template"),
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:30}] {pos}/{len} steps ETA {eta} {msg}",
+            )
+            .expect("valid template"),
         );
         bar.set_position(self.state.step);
         let mut window = (Instant::now(), 0usize);
         while self.state.epoch < self.cfg.epochs {
-            let plan = epoch_plan(&lengths, self.cfg.batch_size, self.cfg.seed, self.state.epoch);
+            let plan = epoch_plan(
+                &lengths,
+                self.cfg.batch_size,
+                self.cfg.seed,
+                self.state.epoch,
+            );
             while self.state.batch_in_epoch < plan.len() {
                 if stop_at_step.is_some_and(|s| self.state.step >= s) {
                     self.save_checkpoint()?;
@@ -352,12 +455,27 @@ impl Trainer {
                 window.1 += idx.len();
                 let secs = window.0.elapsed().as_secs_f64();
                 bar.set_position(self.state.step);
-                bar.set_message(format!("epoch {} loss {loss:.4} {:.1} ex/s", self.state.epoch + 1, window.1 as f64 / secs.max(1e-9)));
+                bar.set_message(format!(
+                    "epoch {} loss {loss:.4} {:.1} ex/s",
+                    self.state.epoch + 1,
+                    window.1 as f64 / secs.max(1e-9)
+                ));
                 if self.state.step % 50 == 0 {
-                    tracing::info!(step = self.state.step, epoch = self.state.epoch + 1, loss = format!("{loss:.4}"), ex_per_s = format!("{:.1}", window.1 as f64 / secs), "training");
+                    tracing::info!(
+                        step = self.state.step,
+                        epoch = self.state.epoch + 1,
+                        loss = format!("{loss:.4}"),
+                        ex_per_s = format!("{:.1}", window.1 as f64 / secs),
+                        "training"
+                    );
                     window = (Instant::now(), 0);
                 }
-                if self.cfg.eval_every_steps.is_some_and(|e| self.state.step % e == 0) && self.state.batch_in_epoch < plan.len() {
+                if self
+                    .cfg
+                    .eval_every_steps
+                    .is_some_and(|e| self.state.step % e == 0)
+                    && self.state.batch_in_epoch < plan.len()
+                {
                     self.evaluate_dev()?;
                 }
                 if self.state.step % self.cfg.checkpoint_every_steps == 0 {
@@ -378,12 +496,21 @@ impl Trainer {
 
 /// Label names from a Hugging Face config's `id2label`.
 pub fn labels_from_hf(hf: &serde_json::Value) -> Result<LabelSet> {
-    let map = hf.get("id2label").and_then(|v| v.as_object()).context("config.json lacks id2label")?;
+    let map = hf
+        .get("id2label")
+        .and_then(|v| v.as_object())
+        .context("config.json lacks id2label")?;
     let mut names = vec![String::new(); map.len()];
     for (k, v) in map {
-        let i: usize = k.parse().with_context(|| format!("id2label key {k:?} is not an index"))?;
-        let n = v.as_str().with_context(|| format!("id2label[{k}] is not a string"))?;
-        *names.get_mut(i).with_context(|| format!("id2label index {i} out of range"))? = n.to_string();
+        let i: usize = k
+            .parse()
+            .with_context(|| format!("id2label key {k:?} is not an index"))?;
+        let n = v
+            .as_str()
+            .with_context(|| format!("id2label[{k}] is not a string"))?;
+        *names
+            .get_mut(i)
+            .with_context(|| format!("id2label index {i} out of range"))? = n.to_string();
     }
     LabelSet::new(names)
 }

@@ -20,22 +20,34 @@ pub fn brokers() -> String {
 
 /// A name no other test run has used.
 pub fn unique(prefix: &str) -> String {
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     format!("{prefix}-{}-{}", std::process::id(), t % 1_000_000_000_000)
 }
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Creates topics (partitions, extra topic configs); panics with a hint if no broker answers.
 pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
     let mut t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for (k, v) in configs {
         t = t.set(k, v);
     }
-    let res = rt().block_on(admin.create_topics([&t], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))));
+    let res = rt().block_on(admin.create_topics(
+        [&t],
+        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+    ));
     let res = res.unwrap_or_else(|e| panic!("creating topic {name} on {} failed: {e} (is the broker running? scripts/kafka.sh start)", brokers()));
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("creating topic {t}: {e}"));
@@ -43,7 +55,12 @@ pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new().set("bootstrap.servers", brokers()).set("linger.ms", "5").set("enable.idempotence", "true").create().unwrap()
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
 }
 
 /// Produces (key, payload, headers) records and waits until all are acknowledged.
@@ -97,10 +114,19 @@ pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
                 for x in h.iter() {
-                    headers.insert(x.key.to_string(), String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned());
+                    headers.insert(
+                        x.key.to_string(),
+                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
+                    );
                 }
             }
-            out.push(Record { partition: m.partition(), offset: m.offset(), key: m.key().map(<[u8]>::to_vec), payload: m.payload().unwrap_or_default().to_vec(), headers });
+            out.push(Record {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().unwrap_or_default().to_vec(),
+                headers,
+            });
         }
     }
     out
@@ -108,7 +134,11 @@ pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
 
 /// Committed offset per partition for a group (-1 when none).
 pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).set("group.id", group).create().unwrap();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -124,12 +154,27 @@ pub fn committed(group: &str, topic: &str, partitions: i32) -> Vec<i64> {
 
 /// End offsets (high watermarks) per partition.
 pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
-    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(10)).unwrap().1).collect()
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .collect()
 }
 
 /// Environment for a daemon reading `input` and writing `output`/`dlq` with `model`.
-pub fn daemon_env(group: &str, input: &str, output: &str, dlq: &str, model: &Path) -> Vec<(String, String)> {
+pub fn daemon_env(
+    group: &str,
+    input: &str,
+    output: &str,
+    dlq: &str,
+    model: &Path,
+) -> Vec<(String, String)> {
     vec![
         ("EMOSTREAM__KAFKA__BROKERS".into(), brokers()),
         ("EMOSTREAM__KAFKA__GROUP_ID".into(), group.into()),
@@ -139,7 +184,10 @@ pub fn daemon_env(group: &str, input: &str, output: &str, dlq: &str, model: &Pat
         ("EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(), "200".into()),
         ("EMOSTREAM__MODEL__DIR".into(), model.display().to_string()),
         ("EMOSTREAM__ADMIN__BIND".into(), "127.0.0.1:0".into()),
-        ("EMOSTREAM__LOG__LEVEL".into(), "info,ort=warn,librdkafka=warn".into()),
+        (
+            "EMOSTREAM__LOG__LEVEL".into(),
+            "info,ort=warn,librdkafka=warn".into(),
+        ),
     ]
 }
 
@@ -153,7 +201,11 @@ pub fn spawn_daemon(env: &[(String, String)]) -> Child {
 }
 
 pub fn sigterm(child: &Child) {
-    Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
 }
 
 /// Waits for a child to exit, killing it after `timeout`.
@@ -171,7 +223,11 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
 
 /// A free localhost port (bound, then released) for a daemon's admin server.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Plain HTTP GET against localhost; returns (status code, body).
@@ -179,7 +235,11 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let code = buf.split_whitespace().nth(1)?.parse().ok()?;

@@ -13,6 +13,7 @@ use emostream::train::optim::AdamWConfig;
 use emostream::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use tokenizers::decoders::DecoderWrapper;
 use tokenizers::models::bpe::{BpeTrainer, BPE};
 use tokenizers::models::wordpiece::{WordPiece, WordPieceTrainer};
 use tokenizers::models::{ModelWrapper, TrainerWrapper};
@@ -23,21 +24,32 @@ use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::decoders::DecoderWrapper;
 use tokenizers::{AddedToken, TokenizerBuilder, TokenizerImpl};
 
-pub type Tok = TokenizerImpl<ModelWrapper, NormalizerWrapper, PreTokenizerWrapper, PostProcessorWrapper, DecoderWrapper>;
+pub type Tok = TokenizerImpl<
+    ModelWrapper,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
 
 pub fn data_dir() -> PathBuf {
     goemotions_dir()
 }
 
 pub fn split(name: &str) -> Split {
-    Split::read(&data_dir().join(format!("{name}.tsv")), 28).expect("GoEmotions split (see README: data lives in ../shared/data/goemotions)")
+    Split::read(&data_dir().join(format!("{name}.tsv")), 28)
+        .expect("GoEmotions split (see README: data lives in ../shared/data/goemotions)")
 }
 
 pub fn texts(name: &str, n: usize) -> Vec<String> {
-    split(name).examples.into_iter().take(n).map(|e| e.text).collect()
+    split(name)
+        .examples
+        .into_iter()
+        .take(n)
+        .map(|e| e.text)
+        .collect()
 }
 
 /// Trains a small tokenizer on the first `n` training texts and writes tokenizer.json.
@@ -49,15 +61,25 @@ fn train_tokenizer(arch: Arch, path: &Path, n: usize) -> usize {
             let mut trainer: TrainerWrapper = BpeTrainer::builder()
                 .vocab_size(400)
                 .show_progress(false)
-                .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+                .special_tokens(
+                    specials
+                        .iter()
+                        .map(|s| AddedToken::from(*s, true))
+                        .collect(),
+                )
                 .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
                 .build()
                 .into();
             let mut tok = TokenizerBuilder::new()
                 .with_model(ModelWrapper::from(BPE::default()))
                 .with_normalizer(None::<NormalizerWrapper>)
-                .with_pre_tokenizer(Some(PreTokenizerWrapper::from(ByteLevel::new(false, true, true))))
-                .with_post_processor(Some(PostProcessorWrapper::from(RobertaProcessing::new(("</s>".into(), 2), ("<s>".into(), 0)))))
+                .with_pre_tokenizer(Some(PreTokenizerWrapper::from(ByteLevel::new(
+                    false, true, true,
+                ))))
+                .with_post_processor(Some(PostProcessorWrapper::from(RobertaProcessing::new(
+                    ("</s>".into(), 2),
+                    ("<s>".into(), 0),
+                ))))
                 .with_decoder(Some(DecoderWrapper::from(ByteLevel::default())))
                 .build()
                 .unwrap();
@@ -69,14 +91,22 @@ fn train_tokenizer(arch: Arch, path: &Path, n: usize) -> usize {
             let mut trainer: TrainerWrapper = WordPieceTrainer::builder()
                 .vocab_size(400)
                 .show_progress(false)
-                .special_tokens(specials.iter().map(|s| AddedToken::from(*s, true)).collect())
+                .special_tokens(
+                    specials
+                        .iter()
+                        .map(|s| AddedToken::from(*s, true))
+                        .collect(),
+                )
                 .build()
                 .into();
             let mut tok = TokenizerBuilder::new()
                 .with_model(ModelWrapper::from(WordPiece::default()))
                 .with_normalizer(Some(NormalizerWrapper::from(BertNormalizer::default())))
                 .with_pre_tokenizer(Some(PreTokenizerWrapper::from(BertPreTokenizer)))
-                .with_post_processor(Some(PostProcessorWrapper::from(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2)))))
+                .with_post_processor(Some(PostProcessorWrapper::from(BertProcessing::new(
+                    ("[SEP]".into(), 3),
+                    ("[CLS]".into(), 2),
+                ))))
                 .with_decoder(None::<DecoderWrapper>)
                 .build()
                 .unwrap();
@@ -102,7 +132,13 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
         num_heads: 4,
         intermediate_size: 64,
         max_position_embeddings: if arch == Arch::Roberta { 130 } else { 128 },
-        type_vocab_size: if arch == Arch::Distilbert { 0 } else if arch == Arch::Roberta { 1 } else { 2 },
+        type_vocab_size: if arch == Arch::Distilbert {
+            0
+        } else if arch == Arch::Roberta {
+            1
+        } else {
+            2
+        },
         layer_norm_eps: if arch == Arch::Roberta { 1e-5 } else { 1e-12 },
         pad_token_id: pad,
         hidden_dropout: 0.1,
@@ -115,7 +151,11 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
     // A base checkpoint carries no labels.
     hf.as_object_mut().unwrap().remove("id2label");
     hf.as_object_mut().unwrap().remove("label2id");
-    std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&hf).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        serde_json::to_vec_pretty(&hf).unwrap(),
+    )
+    .unwrap();
     let mut rng = SplitMix64::new(seed);
     let head = names::head(arch);
     let mut tensors = HashMap::new();
@@ -130,12 +170,23 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
         let data: Vec<f32> = (0..n)
             .map(|_| {
                 let z = rng.normal() as f32;
-                if is_norm && name.ends_with(".weight") { 1.0 + 0.1 * z } else { 0.3 * z }
+                if is_norm && name.ends_with(".weight") {
+                    1.0 + 0.1 * z
+                } else {
+                    0.3 * z
+                }
             })
             .collect();
         // HF base checkpoints store BERT weights without the `bert.` prefix: exercise that path.
-        let key = if arch == Arch::Bert { name.trim_start_matches("bert.").to_string() } else { name.clone() };
-        tensors.insert(key, Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap());
+        let key = if arch == Arch::Bert {
+            name.trim_start_matches("bert.").to_string()
+        } else {
+            name.clone()
+        };
+        tensors.insert(
+            key,
+            Tensor::from_vec(data, shape.as_slice(), &Device::Cpu).unwrap(),
+        );
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     EncoderConfig::from_file(&dir.join("config.json"), 28).unwrap()
@@ -168,21 +219,34 @@ pub fn run_from(base: &Path, run: &Path, examples: usize, batch: usize, epochs: 
         eval_every_steps: None,
         checkpoint_every_steps: 1000,
         shards: 2,
-        optimizer: AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01, max_grad_norm: 1.0, warmup_steps: 2, total_steps: total },
+        optimizer: AdamWConfig {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            max_grad_norm: 1.0,
+            warmup_steps: 2,
+            total_steps: total,
+        },
         limit_train_examples: Some(examples),
     };
     Trainer::create(run, base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
 }
-
 
 /// A tiny trained-shape model directory (random BERT weights, fp32 export) for pipeline tests:
 /// fast, and real ONNX Runtime all the same.
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
     let base = root.join("tiny-base");
     tiny_checkpoint(Arch::Bert, &base, 5);
-    let hf: serde_json::Value = serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
     let cfg = EncoderConfig::from_hf(&hf, 28).unwrap();
-    std::fs::write(base.join("config.json"), serde_json::to_vec(&cfg.to_hf(LabelSet::goemotions().names())).unwrap()).unwrap();
+    std::fs::write(
+        base.join("config.json"),
+        serde_json::to_vec(&cfg.to_hf(LabelSet::goemotions().names())).unwrap(),
+    )
+    .unwrap();
     let out = root.join("tiny-model");
     emostream::train::publish::export_model_dir(&emostream::train::publish::ExportRequest {
         checkpoint: &base,
