@@ -209,7 +209,6 @@ pub async fn run(s: Settings) -> Result<()> {
 /// `input.format`) through the same batcher, workers and events, writing events to stdout in
 /// input order and rejections to stderr.
 pub async fn classify(s: Settings) -> Result<()> {
-    use crate::decode::decode;
     use crate::event::Source;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let assets = model_assets(&s)?;
@@ -248,26 +247,9 @@ pub async fn classify(s: Settings) -> Result<()> {
                 received: std::time::Instant::now(),
             };
             n += 1;
-            let ok = match decode(Some(&origin.payload), &input) {
-                Ok(c) => {
-                    let id = c.id.unwrap_or_else(|| origin.coordinates());
-                    pending_tx
-                        .send(Pending {
-                            id,
-                            text: c.text,
-                            origin,
-                        })
-                        .await
-                        .is_ok()
-                }
-                Err(r) => outcome_tx
-                    .send(Outcome::Rejected {
-                        reason: r.reason,
-                        detail: r.detail,
-                        origin,
-                    })
-                    .await
-                    .is_ok(),
+            let ok = match crate::pipeline::admit(origin, &input) {
+                Ok(p) => pending_tx.send(p).await.is_ok(),
+                Err(rejected) => outcome_tx.send(rejected).await.is_ok(),
             };
             if !ok {
                 break;

@@ -2,7 +2,8 @@
 //! and the outcome each message ends as. The `classify` command uses the same stages with
 //! stdin/stdout at the ends.
 
-use crate::decode::Reason;
+use crate::config::InputSettings;
+use crate::decode::{decode, Reason};
 use crate::event::Source;
 use rdkafka::message::OwnedHeaders;
 use std::time::Instant;
@@ -75,5 +76,22 @@ impl Outcome {
         match self {
             Outcome::Labelled { origin, .. } | Outcome::Rejected { origin, .. } => origin,
         }
+    }
+}
+
+/// Decodes a consumed message into a comment to label, or a rejection for the dead-letter
+/// topic. A comment without an id in its payload is named by its source coordinates.
+pub fn admit(origin: Origin, input: &InputSettings) -> Result<Pending, Outcome> {
+    match decode(Some(&origin.payload), input) {
+        Ok(c) => Ok(Pending {
+            id: c.id.unwrap_or_else(|| origin.coordinates()),
+            text: c.text,
+            origin,
+        }),
+        Err(r) => Err(Outcome::Rejected {
+            reason: r.reason,
+            detail: r.detail,
+            origin,
+        }),
     }
 }

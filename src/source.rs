@@ -4,10 +4,9 @@
 //! and at shutdown).
 
 use crate::config::Settings;
-use crate::decode::decode;
 use crate::event::Source as SourceRef;
 use crate::offsets::OffsetTracker;
-use crate::pipeline::{Origin, Outcome, Pending};
+use crate::pipeline::{admit, Origin, Outcome, Pending};
 use crate::telemetry::InFlight;
 use anyhow::{Context, Result};
 use rdkafka::config::ClientConfig;
@@ -228,29 +227,9 @@ impl SourceStage {
                 origin.source.offset,
             );
             self.in_flight.acquire(origin.payload.len());
-            let sent = match decode(Some(origin.payload.as_slice()), &self.settings.input) {
-                Ok(c) => {
-                    let id = c.id.unwrap_or_else(|| origin.coordinates());
-                    self.pending_tx
-                        .send(Pending {
-                            id,
-                            text: c.text,
-                            origin,
-                        })
-                        .await
-                        .is_ok()
-                }
-                Err(r) => {
-                    tracing::debug!(reason = r.reason.as_str(), detail = %r.detail, "bad input");
-                    self.outcome_tx
-                        .send(Outcome::Rejected {
-                            reason: r.reason,
-                            detail: r.detail,
-                            origin,
-                        })
-                        .await
-                        .is_ok()
-                }
+            let sent = match admit(origin, &self.settings.input) {
+                Ok(p) => self.pending_tx.send(p).await.is_ok(),
+                Err(rejected) => self.outcome_tx.send(rejected).await.is_ok(),
             };
             if !sent {
                 return;
