@@ -339,27 +339,10 @@ impl<'a> Exporter<'a> {
                 let heads = self
                     .g
                     .init_i64(&format!("{key}.heads_shape"), &[4], &[0, 0, nh, hd]);
-                let q = self.g.node("Reshape", &[&parts[0], &heads], vec![], &key);
-                let q = self.g.node(
-                    "Transpose",
-                    &[&q],
-                    vec![attr_ints("perm", &[0, 2, 1, 3])],
-                    &key,
-                );
-                let kk = self.g.node("Reshape", &[&parts[1], &heads], vec![], &key);
-                let kk = self.g.node(
-                    "Transpose",
-                    &[&kk],
-                    vec![attr_ints("perm", &[0, 2, 3, 1])],
-                    &key,
-                );
-                let v = self.g.node("Reshape", &[&parts[2], &heads], vec![], &key);
-                let v = self.g.node(
-                    "Transpose",
-                    &[&v],
-                    vec![attr_ints("perm", &[0, 2, 1, 3])],
-                    &key,
-                );
+                // [b, s, h] -> [b, nh, s, hd] (keys transposed to [b, nh, hd, s])
+                let q = self.split_heads(&parts[0], &heads, &[0, 2, 1, 3], &key);
+                let kk = self.split_heads(&parts[1], &heads, &[0, 2, 3, 1], &key);
+                let v = self.split_heads(&parts[2], &heads, &[0, 2, 1, 3], &key);
                 let scores = self.g.node("MatMul", &[&q, &kk], vec![], &key);
                 let scale =
                     self.g
@@ -382,6 +365,12 @@ impl<'a> Exporter<'a> {
                 Ok(self.g.node("Reshape", &[&ctx, &flat], vec![], &key))
             }
         }
+    }
+
+    fn split_heads(&mut self, x: &str, shape: &str, perm: &[i64], key: &str) -> String {
+        let r = self.g.node("Reshape", &[x, shape], vec![], key);
+        self.g
+            .node("Transpose", &[&r], vec![attr_ints("perm", perm)], key)
     }
 
     fn layer(&mut self, x: &str, mask: &str, i: usize) -> Result<String> {
