@@ -109,8 +109,21 @@ pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
     c.subscribe(&[topic]).unwrap();
     let mut out = Vec::new();
     let end = Instant::now() + timeout;
-    while Instant::now() < end && !done(&out) {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+    // `done` may be costly (it sees every record so far): ask it at most every 300 ms, and
+    // whenever the topic goes quiet, not after every message.
+    let mut checked = Instant::now() - Duration::from_secs(1);
+    loop {
+        if Instant::now() >= end {
+            break;
+        }
+        let msg = c.poll(Duration::from_millis(200));
+        if (msg.is_none() || checked.elapsed() >= Duration::from_millis(300)) && {
+            checked = Instant::now();
+            done(&out)
+        } {
+            break;
+        }
+        if let Some(Ok(m)) = msg {
             let mut headers = HashMap::new();
             if let Some(h) = m.headers() {
                 for x in h.iter() {
