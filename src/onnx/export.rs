@@ -296,18 +296,7 @@ impl<'a> Exporter<'a> {
                 ))
             }
             Variant::Int8 => {
-                let qkv = self.matmul(x, &key, k, n, &w, Some(&b));
-                let split = self
-                    .g
-                    .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
-                let parts = self.g.node_n(
-                    "Split",
-                    "",
-                    &[&qkv, &split],
-                    3,
-                    vec![attr_i("axis", 2)],
-                    &key,
-                );
+                let parts = self.project_qkv(x, &key, k, n, &w, &b, h);
                 Ok(self
                     .g
                     .node_n(
@@ -324,18 +313,7 @@ impl<'a> Exporter<'a> {
                     .remove(0))
             }
             Variant::Fp32 { fused: false } => {
-                let qkv = self.matmul(x, &key, k, n, &w, Some(&b));
-                let split = self
-                    .g
-                    .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
-                let parts = self.g.node_n(
-                    "Split",
-                    "",
-                    &[&qkv, &split],
-                    3,
-                    vec![attr_i("axis", 2)],
-                    &key,
-                );
+                let parts = self.project_qkv(x, &key, k, n, &w, &b, h);
                 let heads = self
                     .g
                     .init_i64(&format!("{key}.heads_shape"), &[4], &[0, 0, nh, hd]);
@@ -365,6 +343,32 @@ impl<'a> Exporter<'a> {
                 Ok(self.g.node("Reshape", &[&ctx, &flat], vec![], &key))
             }
         }
+    }
+
+    /// One packed Q|K|V projection (`[b, s, 3h]`), split into Q, K and V.
+    #[allow(clippy::too_many_arguments)]
+    fn project_qkv(
+        &mut self,
+        x: &str,
+        key: &str,
+        k: usize,
+        n: usize,
+        w: &[f32],
+        b: &[f32],
+        h: usize,
+    ) -> Vec<String> {
+        let qkv = self.matmul(x, key, k, n, w, Some(b));
+        let split = self
+            .g
+            .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
+        self.g.node_n(
+            "Split",
+            "",
+            &[&qkv, &split],
+            3,
+            vec![attr_i("axis", 2)],
+            key,
+        )
     }
 
     fn split_heads(&mut self, x: &str, shape: &str, perm: &[i64], key: &str) -> String {
