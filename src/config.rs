@@ -19,6 +19,7 @@ pub struct Settings {
     pub batching: BatchingSettings,
     pub backpressure: BackpressureSettings,
     pub model: ModelSettings,
+    pub registry: RegistrySettings,
     pub runtime: RuntimeSettings,
     pub admin: AdminSettings,
     pub log: LogSettings,
@@ -96,6 +97,35 @@ pub struct BackpressureSettings {
 #[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub root: String,
+    pub watch: bool,
+    pub poll_interval_ms: u64,
+    pub control_topic: String,
+    pub replica_id: String,
+    #[serde(default)]
+    pub label_map: BTreeMap<String, String>,
+    pub shadow_batches: usize,
+    pub shadow_sample_every: u64,
+    pub shadow_min_agreement: f64,
+    pub shadow_timeout_ms: u64,
+}
+
+impl RegistrySettings {
+    /// This replica's name in control-topic replies: `replica_id`, else host name and pid.
+    pub fn replica(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,6 +338,47 @@ impl Settings {
             "model.dir",
             "must not be empty",
         )?;
+        let g = &self.registry;
+        check(
+            g.poll_interval_ms >= 50,
+            "registry.poll_interval_ms",
+            format!("must be at least 50 (got {})", g.poll_interval_ms),
+        )?;
+        check(
+            g.control_topic.is_empty()
+                || g.control_topic != k.output_topic && !k.input_topics.contains(&g.control_topic),
+            "registry.control_topic",
+            "must differ from the input and output topics",
+        )?;
+        check(
+            g.control_topic.is_empty() || !g.root.is_empty(),
+            "registry.control_topic",
+            "needs registry.root (control messages name versions in the registry)",
+        )?;
+        check(
+            g.replica_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "registry.replica_id",
+            "use letters, digits and . _ -",
+        )?;
+        check(
+            g.shadow_sample_every >= 1,
+            "registry.shadow_sample_every",
+            "must be at least 1",
+        )?;
+        check(
+            (0.0..=1.0).contains(&g.shadow_min_agreement),
+            "registry.shadow_min_agreement",
+            format!("must be between 0 and 1 (got {})", g.shadow_min_agreement),
+        )?;
+        for (from, to) in &g.label_map {
+            check(
+                !from.is_empty() && !to.is_empty(),
+                &format!("registry.label_map.{from}"),
+                "label names must not be empty",
+            )?;
+        }
         let r = &self.runtime;
         check(
             matches!(r.provider.as_str(), "cpu" | "cuda" | "tensorrt"),
@@ -440,6 +511,14 @@ mod tests {
             ("[runtime]\nprovider = \"tpu\"\n", "runtime.provider"),
             ("[admin]\nbind = \"0.0.0.0:9464\"\n", "admin.token"),
             ("[input]\ntext_pointer = \"text\"\n", "input.text_pointer"),
+            (
+                "[registry]\ncontrol_topic = \"ctl\"\n",
+                "registry.control_topic",
+            ),
+            (
+                "[registry]\nshadow_min_agreement = 1.5\n",
+                "registry.shadow_min_agreement",
+            ),
             (
                 "[kafka.properties]\n\"group.id\" = \"x\"\n",
                 "kafka.properties.group.id",

@@ -2,54 +2,59 @@
 //! `emostream classify`, and handles shutdown: stop fetching, finish in-flight batches,
 //! flush, commit, exit.
 
-use crate::admin::{self, AdminState, Health};
+use crate::admin::{self, AdminState, Health, ModelAdmin};
 use crate::config::Settings;
-use crate::model::OrtModel;
-use crate::model_dir::ModelDir;
 use crate::offsets::OffsetTracker;
 use crate::pipeline::{Batch, Outcome, Pending};
+use crate::registry::Registry;
+use crate::serving::{Expectations, ServingModel};
+use crate::shadow::Shadow;
 use crate::sink::Sink;
 use crate::source::{self, SourceStage};
+use crate::swap::{self, Controller, SwapRequest};
 use crate::telemetry::InFlight;
-use crate::tokenize::TextEncoder;
-use crate::workers::{self, LoadedModel};
-use crate::{batcher, telemetry};
+use crate::workers;
+use crate::{batcher, control, pointer_watch, telemetry};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::producer::{FutureProducer, Producer};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
-/// The model directory, its tokenizer, and a loader that opens one ONNX Runtime session.
-pub struct ModelAssets {
-    pub dir: ModelDir,
-    pub text: Arc<TextEncoder>,
-    pub load: Arc<dyn Fn() -> Result<LoadedModel> + Send + Sync>,
+/// The model directory to serve at start-up: the registry's `ACTIVE` version when there is a
+/// registry with a pointer, else `model.dir`. Also returns the registry and the pointer read.
+pub fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
+    if s.registry.root.is_empty() {
+        return Ok((None, None, s.model.dir.clone()));
+    }
+    let reg = Registry::open(Path::new(&s.registry.root))
+        .with_context(|| format!("config key registry.root = {}", s.registry.root))?;
+    match reg.active().context("config key registry.root")? {
+        Some(v) => {
+            let dir = reg
+                .resolve(&v)
+                .with_context(|| format!("registry pointer {}", reg.pointer_path().display()))?;
+            Ok((Some(reg), Some(v), dir))
+        }
+        None => {
+            tracing::info!(registry = %reg.root().display(), model = %s.model.dir.display(), "registry has no ACTIVE pointer yet; serving model.dir");
+            Ok((Some(reg), None, s.model.dir.clone()))
+        }
+    }
 }
 
-pub fn model_assets(s: &Settings) -> Result<ModelAssets> {
-    let dir = ModelDir::load(&s.model.dir, true)
-        .with_context(|| format!("config key model.dir = {}", s.model.dir.display()))?;
-    let text = Arc::new(TextEncoder::from_file(
-        &dir.tokenizer_path(),
-        dir.card.max_sequence_length,
-    )?);
-    let runtime = s.runtime_options();
-    let d = dir.clone();
-    let pad = text.pad_id();
-    let load: Arc<dyn Fn() -> Result<LoadedModel> + Send + Sync> = Arc::new(move || {
-        let session = OrtModel::load(&d.onnx_path(), &runtime)?;
-        anyhow::ensure!(
-            session.num_labels() == d.card.labels.len(),
-            "model.onnx has {} outputs, card lists {} labels",
-            session.num_labels(),
-            d.card.labels.len()
-        );
-        Ok(LoadedModel::new(&d, session, pad))
-    });
-    Ok(ModelAssets { dir, text, load })
+/// Loads and validates the first model generation with `workers` sessions.
+pub fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<ServingModel> {
+    let expect = Expectations {
+        labels: None,
+        label_map: BTreeMap::new(),
+    };
+    ServingModel::load(dir, &s.runtime_options(), workers, &expect)
+        .with_context(|| format!("loading model {}", dir.display()))
 }
 
 fn producer(s: &Settings) -> Result<FutureProducer> {
@@ -75,10 +80,13 @@ async fn shutdown_signal() {
 
 pub async fn run(s: Settings) -> Result<()> {
     let prometheus = telemetry::init_metrics()?;
-    let assets = model_assets(&s)?;
-    let card = &assets.dir.card;
-    tracing::info!(model = %card.name, version = %card.version, precision = %card.precision, dir = %assets.dir.dir.display(), "model loaded");
-    metrics::gauge!("emostream_model_info", "name" => card.name.clone(), "version" => card.version.clone(), "sha256" => card.model_sha256.clone()).set(1.0);
+    let (registry, pointer, dir) = initial_model(&s)?;
+    let model = load_first(&s, &dir, s.batching.inference_workers)?;
+    tracing::info!(model = %model.model_ref.name, version = %model.model_ref.version, dir = %model.dir.display(), sessions = model.workers(), "model loaded");
+    swap::set_model_info(&model, true);
+    let (active_tx, active_rx) = watch::channel(Arc::new(model));
+    let active = Arc::new(active_tx);
+    let shadow = Arc::new(Shadow::default());
 
     let tracker = Arc::new(Mutex::new(OffsetTracker::default()));
     let in_flight = Arc::new(InFlight::default());
@@ -92,9 +100,37 @@ pub async fn run(s: Settings) -> Result<()> {
         batch_rx,
         outcome_tx.clone(),
         s.output.clone(),
-        assets.load.clone(),
+        Some(shadow.clone()),
     )?;
     let producer = producer(&s)?;
+
+    // Hot swap: one controller, three triggers (pointer, admin API, control topic).
+    let (swap_tx, swap_rx) = mpsc::channel::<SwapRequest>(16);
+    let controller = tokio::spawn(
+        Controller {
+            registry: registry.clone(),
+            active: active.clone(),
+            runtime: s.runtime_options(),
+            workers: s.batching.inference_workers,
+            settings: s.registry.clone(),
+            shadow: shadow.clone(),
+            history: Vec::new(),
+        }
+        .run(swap_rx),
+    );
+    let mut triggers = Vec::new();
+    if let (Some(reg), true) = (&registry, s.registry.watch) {
+        triggers.push(pointer_watch::spawn(
+            reg.clone(),
+            Duration::from_millis(s.registry.poll_interval_ms),
+            swap_tx.clone(),
+            pointer,
+        ));
+    }
+    if !s.registry.control_topic.is_empty() {
+        triggers.push(control::spawn(&s, producer.clone(), swap_tx.clone())?);
+    }
+
     let consumer = source::consumer(&s, tracker.clone())?;
 
     let health = Arc::new(Health {
@@ -111,6 +147,12 @@ pub async fn run(s: Settings) -> Result<()> {
         AdminState {
             prometheus,
             health: health.clone(),
+            token: s.admin.token.clone(),
+            model: Some(ModelAdmin {
+                active: active_rx.clone(),
+                registry: registry.clone(),
+                swaps: swap_tx.clone(),
+            }),
         },
     )
     .await?;
@@ -129,7 +171,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let batcher_task = tokio::spawn(batcher::run(
         pending_rx,
         batch_tx,
-        assets.text.clone(),
+        active_rx.clone(),
         s.batching.clone(),
     ));
     let stop = Arc::new(Notify::new());
@@ -185,6 +227,11 @@ pub async fn run(s: Settings) -> Result<()> {
     .await
     .is_ok();
     committer.abort();
+    for t in triggers {
+        t.abort();
+    }
+    drop(swap_tx);
+    controller.abort();
     for h in worker_handles {
         if drained {
             let _ = h.join();
@@ -211,22 +258,18 @@ pub async fn run(s: Settings) -> Result<()> {
 pub async fn classify(s: Settings) -> Result<()> {
     use crate::event::Source;
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-    let assets = model_assets(&s)?;
+    let (_, _, dir) = initial_model(&s)?;
+    // One worker keeps output in input order.
+    let model = load_first(&s, &dir, 1)?;
+    let (_active, active_rx) = watch::channel(Arc::new(model));
     let (pending_tx, pending_rx) = mpsc::channel::<Pending>(s.batching.max_batch_size * 4);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(4096);
-    // One worker keeps output in input order.
-    let handles = workers::spawn(
-        1,
-        batch_rx,
-        outcome_tx.clone(),
-        s.output.clone(),
-        assets.load.clone(),
-    )?;
+    let handles = workers::spawn(1, batch_rx, outcome_tx.clone(), s.output.clone(), None)?;
     let batcher_task = tokio::spawn(batcher::run(
         pending_rx,
         batch_tx,
-        assets.text.clone(),
+        active_rx,
         s.batching.clone(),
     ));
     let input = s.input.clone();

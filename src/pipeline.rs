@@ -5,7 +5,9 @@
 use crate::config::InputSettings;
 use crate::decode::{decode, Reason};
 use crate::event::Source;
+use crate::serving::ServingModel;
 use rdkafka::message::OwnedHeaders;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A consumed message and everything needed to answer for it.
@@ -41,17 +43,39 @@ pub struct Pending {
 #[derive(Debug)]
 pub struct Item {
     pub id: String,
+    /// Kept for a shadow candidate, which tokenizes with its own tokenizer.
+    pub text: String,
     pub ids: Vec<u32>,
     pub truncated: bool,
     pub origin: Origin,
 }
 
-#[derive(Debug, Default)]
+/// Comments tokenized by one model generation, which is also the one that labels them.
 pub struct Batch {
+    pub model: Arc<ServingModel>,
     pub items: Vec<Item>,
     /// Tokenizer failures, passed through to the sink as rejections.
     pub failed: Vec<(Origin, String)>,
     pub tokens: usize,
+}
+
+impl Batch {
+    pub fn new(model: Arc<ServingModel>) -> Batch {
+        Batch {
+            model,
+            items: Vec::new(),
+            failed: Vec::new(),
+            tokens: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len() + self.failed.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// What became of a message.

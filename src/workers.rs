@@ -1,68 +1,25 @@
-//! Inference workers: dedicated threads that take batches, run the model backend on
-//! length-sorted sub-batches (padded to their own longest row), and turn scores into label
-//! events. Off the async runtime, so polling and producing continue during inference.
+//! Inference workers: dedicated threads that take batches, run each on the model generation
+//! that tokenized it (length-sorted sub-batches padded to their own longest row), and turn
+//! scores into label events. Off the async runtime, so polling and producing continue during
+//! inference. A shadow candidate, when one is under evaluation, sees a sample of the batches.
 
-use crate::batcher::sub_batches;
 use crate::config::OutputSettings;
 use crate::decode::Reason;
-use crate::event::{self, ModelRef};
-use crate::model::OrtModel;
-use crate::model_dir::ModelDir;
+use crate::event;
 use crate::pipeline::{Batch, Outcome};
-use crate::tokenize::PaddedBatch;
+use crate::shadow::Shadow;
 use anyhow::Result;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Mutex};
 
-/// A model ready to serve: the ONNX session plus what events need from its card.
-pub struct LoadedModel {
-    pub session: OrtModel,
-    pub model_ref: ModelRef,
-    pub labels: Vec<String>,
-    pub thresholds: Vec<f32>,
-    pub pad_id: u32,
-}
-
-impl LoadedModel {
-    pub fn new(dir: &ModelDir, session: OrtModel, pad_id: u32) -> LoadedModel {
-        let c = &dir.card;
-        LoadedModel {
-            session,
-            model_ref: ModelRef {
-                name: c.name.clone(),
-                version: c.version.clone(),
-                sha256: c.model_sha256.clone(),
-            },
-            labels: c.labels.names().to_vec(),
-            thresholds: c.thresholds.resolved(c.labels.len()),
-            pad_id,
-        }
-    }
-
-    /// Sigmoid scores for rows, run in length-sorted sub-batches; returned in input order.
-    pub fn score(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].len());
-        let lens: Vec<usize> = order.iter().map(|&i| rows[i].len()).collect();
-        let l = self.labels.len();
-        let mut out = vec![Vec::new(); rows.len()];
-        for r in sub_batches(&lens) {
-            let part: Vec<&[u32]> = order[r.clone()].iter().map(|&i| rows[i]).collect();
-            let logits = self.session.logits(&PaddedBatch::new(&part, self.pad_id))?;
-            for (k, &i) in order[r].iter().enumerate() {
-                out[i] = logits[k * l..(k + 1) * l]
-                    .iter()
-                    .map(|&x| crate::metrics::sigmoid(x))
-                    .collect();
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
-pub fn label_batch(model: &mut LoadedModel, batch: Batch, out: &OutputSettings) -> Vec<Outcome> {
+pub fn label_batch(
+    worker: usize,
+    batch: Batch,
+    out: &OutputSettings,
+    shadow: Option<&Shadow>,
+) -> Vec<Outcome> {
     let mut outcomes = Vec::with_capacity(batch.items.len() + batch.failed.len());
     for (origin, detail) in batch.failed {
         outcomes.push(Outcome::Rejected {
@@ -74,12 +31,16 @@ pub fn label_batch(model: &mut LoadedModel, batch: Batch, out: &OutputSettings) 
     if batch.items.is_empty() {
         return outcomes;
     }
+    let model = batch.model.clone();
     let rows: Vec<&[u32]> = batch.items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
-    let scored = model.score(&rows);
+    let scored = model.score(worker, &rows);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
     match scored {
         Ok(scores) => {
+            if let Some(sh) = shadow {
+                sh.observe(worker, &model, &batch.items, &scores);
+            }
             for (item, s) in batch.items.into_iter().zip(scores) {
                 if s.iter().any(|x| !x.is_finite()) {
                     outcomes.push(Outcome::Rejected {
@@ -128,19 +89,19 @@ pub fn label_batch(model: &mut LoadedModel, batch: Batch, out: &OutputSettings) 
     outcomes
 }
 
-/// Starts `n` worker threads sharing one batch queue. Each loads its own session with `load`.
-/// The threads end when the batch queue closes.
+/// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
+/// batch's model generation. The threads end when the batch queue closes.
 pub fn spawn(
     n: usize,
     batches: mpsc::Receiver<Batch>,
     outcomes: mpsc::Sender<Outcome>,
     out: OutputSettings,
-    load: Arc<dyn Fn() -> Result<LoadedModel> + Send + Sync>,
+    shadow: Option<Arc<Shadow>>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let batches = Arc::new(Mutex::new(batches));
     let mut handles = Vec::new();
     for w in 0..n {
-        let mut model = load()?;
+        let shadow = shadow.clone();
         let batches = batches.clone();
         let outcomes = outcomes.clone();
         let out = out.clone();
@@ -150,7 +111,7 @@ pub fn spawn(
                 .spawn(move || loop {
                     let next = batches.blocking_lock().blocking_recv();
                     let Some(batch) = next else { return };
-                    for o in label_batch(&mut model, batch, &out) {
+                    for o in label_batch(w, batch, &out, shadow.as_deref()) {
                         if outcomes.blocking_send(o).is_err() {
                             return;
                         }

@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Device;
-use emostream::encoder::{Arch, Encoder};
+use emostream::encoder::{Arch, Encoder, Pooling};
 use emostream::inference::Classifier;
 use emostream::model::RuntimeOptions;
 use emostream::onnx::Variant;
@@ -27,13 +27,27 @@ fn pearson(a: &[f64], b: &[f64]) -> f64 {
     cov / (va.sqrt() * vb.sqrt())
 }
 
-fn check_layout(arch: Arch) {
+fn check_layout(arch: Arch, pooling: Pooling) {
     let tmp = tempfile::tempdir().unwrap();
-    let mut t = common::tiny_run(arch, tmp.path(), 64, 16, 1);
+    let mut t = common::tiny_run_with(arch, tmp.path(), 64, 16, 1, |c| {
+        c.pooling = pooling;
+        c.prior_bias = pooling == Pooling::Mean;
+    });
+    assert_eq!(t.encoder.cfg.pooling, pooling);
+    if pooling == Pooling::Mean {
+        // --prior-bias: the fresh classifier bias is each label's log prior odds on train, so
+        // the most frequent label (neutral, 27) starts far above a rare one (grief, 16).
+        let b: Vec<f32> = t.params.get("classifier.bias").unwrap().to_vec1().unwrap();
+        assert!(b[27] > -1.5 && b[16] < -5.0, "{b:?}");
+    }
     t.run(None, false).unwrap();
     assert_eq!(t.state.step, 4);
     let best = t.dir.join("best");
     let (cfg, _, params) = load_checkpoint(&best).unwrap();
+    assert_eq!(
+        cfg.pooling, pooling,
+        "the checkpoint's config.json keeps the pooling"
+    );
     let encoder = Encoder::new(cfg.clone());
     let texts = common::texts("test", 128);
 
@@ -164,15 +178,20 @@ fn ort_optimised_graphs_show_what_fused() {
 
 #[test]
 fn bert_layout_exports_with_parity() {
-    check_layout(Arch::Bert);
+    check_layout(Arch::Bert, Pooling::Cls);
+}
+
+#[test]
+fn mean_pooled_bert_exports_with_parity() {
+    check_layout(Arch::Bert, Pooling::Mean);
 }
 
 #[test]
 fn roberta_layout_exports_with_parity() {
-    check_layout(Arch::Roberta);
+    check_layout(Arch::Roberta, Pooling::Cls);
 }
 
 #[test]
 fn distilbert_layout_exports_with_parity() {
-    check_layout(Arch::Distilbert);
+    check_layout(Arch::Distilbert, Pooling::Cls);
 }

@@ -161,6 +161,8 @@ async fn main() -> Result<()> {
     let mut last_count = 0usize;
     let mut last_progress = Instant::now();
     let mut first_event: Option<Instant> = None;
+    // (seconds since start, model version) of each distinct event, for the swap summary.
+    let mut arrivals: Vec<(f64, String)> = Vec::with_capacity(n);
     while seen.len() < n && last_progress.elapsed() < Duration::from_secs(a.idle_timeout) {
         let msg = match tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
             Ok(Ok(m)) => m,
@@ -192,6 +194,10 @@ async fn main() -> Result<()> {
         }
         first_event.get_or_insert_with(Instant::now);
         last_progress = Instant::now();
+        arrivals.push((
+            started.elapsed().as_secs_f64(),
+            v["model"]["version"].as_str().unwrap_or("?").to_string(),
+        ));
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis() as i64;
@@ -266,8 +272,47 @@ async fn main() -> Result<()> {
             labels.join(", ")
         );
     }
+    swap_summary(&arrivals);
     if seen.len() < n {
         anyhow::bail!("only {} of {n} events arrived", seen.len());
     }
     Ok(())
+}
+
+/// Events per model version, and for each change of version (a hot swap) the longest gap
+/// between consecutive events within a second of it, beside the longest gap anywhere else.
+fn swap_summary(arrivals: &[(f64, String)]) {
+    if arrivals.len() < 2 {
+        return;
+    }
+    let mut by_version: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, v) in arrivals {
+        *by_version.entry(v.as_str()).or_default() += 1;
+    }
+    let counts: Vec<String> = by_version.iter().map(|(v, c)| format!("{v} {c}")).collect();
+    println!("events by model version: {}", counts.join(", "));
+    let changes: Vec<f64> = arrivals
+        .windows(2)
+        .filter(|w| w[0].1 != w[1].1)
+        .map(|w| w[1].0)
+        .collect();
+    let near = |t: f64| changes.iter().any(|c| (t - c).abs() <= 1.0);
+    let (mut at_swap, mut elsewhere) = (0f64, 0f64);
+    for w in arrivals.windows(2) {
+        let gap = w[1].0 - w[0].0;
+        if near(w[1].0) {
+            at_swap = at_swap.max(gap);
+        } else {
+            elsewhere = elsewhere.max(gap);
+        }
+    }
+    if !changes.is_empty() {
+        println!(
+            "model changes seen: {} (at {}); longest gap between events within 1 s of a change {:.3} s; elsewhere {:.3} s",
+            changes.len(),
+            changes.iter().map(|c| format!("{c:.1}s")).collect::<Vec<_>>().join(", "),
+            at_swap,
+            elsewhere
+        );
+    }
 }

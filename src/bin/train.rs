@@ -53,6 +53,13 @@ struct FitArgs {
     seed: u64,
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// Head pooling: cls (the architecture's Hugging Face head) | mean (masked mean, then the
+    /// classifier; how sentence-transformers checkpoints were trained).
+    #[arg(long, default_value = "cls")]
+    pooling: String,
+    /// Start the classifier bias at each label's log prior odds on train.
+    #[arg(long)]
+    prior_bias: bool,
     /// Keep the word-embedding table fixed (faster on CPU).
     #[arg(long)]
     freeze_embeddings: bool,
@@ -120,6 +127,27 @@ enum Cmd {
         model: PathBuf,
         #[arg(long)]
         run: Option<PathBuf>,
+    },
+    /// Copy a model directory into a model registry atomically (temporary name, fsync, rename);
+    /// optionally point ACTIVE at it and/or announce it on the daemons' Kafka control topic.
+    Publish {
+        #[arg(long)]
+        model: PathBuf,
+        /// Registry root (the daemons' registry.root).
+        #[arg(long)]
+        registry: PathBuf,
+        /// Version name in the registry (default: the card's version).
+        #[arg(long)]
+        version: Option<String>,
+        /// Point the registry's ACTIVE file at the new version (daemons watching it swap).
+        #[arg(long)]
+        activate: bool,
+        /// Kafka bootstrap servers for --control-topic.
+        #[arg(long, default_value = "127.0.0.1:19092")]
+        brokers: String,
+        /// Announce the version on this control topic (every replica swaps and replies there).
+        #[arg(long)]
+        control_topic: Option<String>,
     },
 }
 
@@ -255,6 +283,12 @@ fn main() -> Result<()> {
                     total_steps: total,
                 },
                 limit_train_examples: a.limit_train_examples,
+                pooling: match a.pooling.as_str() {
+                    "cls" => emostream::encoder::Pooling::Cls,
+                    "mean" => emostream::encoder::Pooling::Mean,
+                    p => bail!("--pooling {p:?}: use cls or mean"),
+                },
+                prior_bias: a.prior_bias,
             };
             let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
             tracing::info!(
@@ -305,6 +339,32 @@ fn main() -> Result<()> {
                     "{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)",
                     e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples
                 );
+            }
+            Ok(())
+        }
+        Cmd::Publish {
+            model,
+            registry,
+            version,
+            activate,
+            brokers,
+            control_topic,
+        } => {
+            let reg = emostream::registry::Registry::open(&registry)?;
+            let (v, dir) = reg.publish(&model, version.as_deref())?;
+            println!("published {} as {v} at {}", model.display(), dir.display());
+            if activate {
+                reg.set_active(&v)?;
+                println!("{} now names {v}", reg.pointer_path().display());
+            }
+            if let Some(topic) = control_topic {
+                let rid = format!("publish-{v}-{}", std::process::id());
+                let msg = emostream::control::activate_message(&v, &rid);
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(emostream::control::announce(&brokers, &topic, &msg))?;
+                println!("announced {v} on {topic} (request_id {rid})");
             }
             Ok(())
         }

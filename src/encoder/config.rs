@@ -38,6 +38,19 @@ impl Arch {
     }
 }
 
+/// How the head reads the sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    /// The first token through the architecture's Hugging Face head (pooler/dense + tanh or
+    /// relu, then the classifier).
+    #[default]
+    Cls,
+    /// The mean of the last hidden states over real tokens, then the classifier directly:
+    /// how sentence-transformers checkpoints (all-MiniLM-L6-v2) were trained to be read.
+    Mean,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderConfig {
     pub arch: Arch,
@@ -54,6 +67,8 @@ pub struct EncoderConfig {
     pub attention_dropout: f32,
     pub classifier_dropout: f32,
     pub num_labels: usize,
+    #[serde(default)]
+    pub pooling: Pooling,
 }
 
 fn get_usize(v: &Value, keys: &[&str]) -> Result<usize> {
@@ -129,6 +144,11 @@ impl EncoderConfig {
                 .map(|x| x as f32)
                 .unwrap_or(hidden_dropout),
             num_labels,
+            pooling: match v.get("emostream_pooling").and_then(Value::as_str) {
+                None | Some("cls") => Pooling::Cls,
+                Some("mean") => Pooling::Mean,
+                Some(other) => bail!("emostream_pooling {other:?} is not cls or mean"),
+            },
         };
         if cfg.hidden_size % cfg.num_heads != 0 {
             bail!(
@@ -186,6 +206,10 @@ impl EncoderConfig {
         );
         o.insert("pad_token_id".into(), self.pad_token_id.into());
         o.insert("problem_type".into(), "multi_label_classification".into());
+        if self.pooling == Pooling::Mean {
+            // Our own key: Hugging Face ignores it, our loader and exporter read it.
+            o.insert("emostream_pooling".into(), "mean".into());
+        }
         o.insert("id2label".into(), Value::Object(id2label));
         o.insert("label2id".into(), Value::Object(label2id));
         v

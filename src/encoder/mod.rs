@@ -7,6 +7,6 @@ pub mod model;
 pub mod names;
 pub mod params;
 
-pub use config::{Arch, EncoderConfig};
+pub use config::{Arch, EncoderConfig, Pooling};
 pub use model::Encoder;
 pub use params::Params;

@@ -1,7 +1,7 @@
 //! The encoder forward pass (BERT / RoBERTa / DistilBERT) with its Hugging Face classification
 //! head, returning logits `[batch, num_labels]`. Dropout is active only when a `DropoutRng` is given.
 
-use super::config::{Arch, EncoderConfig};
+use super::config::{Arch, EncoderConfig, Pooling};
 use super::layers::{layer_norm, linear, maybe_dropout, softmax_last, DropoutRng};
 use super::names;
 use super::params::Params;
@@ -64,6 +64,18 @@ impl Encoder {
 
     /// Logits `[batch, num_labels]` for a padded batch.
     pub fn forward(
+        &self,
+        p: &Params,
+        batch: &PaddedBatch,
+        device: &Device,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let x = self.hidden_states(p, batch, device, dropout.as_deref_mut())?;
+        self.head(p, batch, device, &x, dropout)
+    }
+
+    /// Last-layer hidden states `[batch * seq, hidden]` (row-major by batch, then position).
+    pub fn hidden_states(
         &self,
         p: &Params,
         batch: &PaddedBatch,
@@ -134,11 +146,32 @@ impl Encoder {
             let f = maybe_dropout(&f, cfg.hidden_dropout, &mut dropout)?;
             x = self.norm(p, &f.add(&x)?, &l.ffn_norm)?;
         }
+        Ok(x)
+    }
 
+    /// The classification head over the hidden states.
+    fn head(
+        &self,
+        p: &Params,
+        batch: &PaddedBatch,
+        device: &Device,
+        x: &Tensor,
+        mut dropout: Option<&mut DropoutRng>,
+    ) -> Result<Tensor> {
+        let cfg = &self.cfg;
+        let (b, s) = (batch.batch, batch.seq);
+        let head = names::head(cfg.arch);
+        if cfg.pooling == Pooling::Mean {
+            let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| m as f32).collect();
+            let m = Tensor::from_vec(mask, (b, s, 1), device)?.to_dtype(x.dtype())?;
+            let x = x.reshape((b, s, cfg.hidden_size))?;
+            let mean = x.broadcast_mul(&m)?.sum(1)?.broadcast_div(&m.sum(1)?)?;
+            let pooled = maybe_dropout(&mean, cfg.classifier_dropout, &mut dropout)?;
+            return self.lin(p, &pooled, &head.out);
+        }
         // First token of each row ([CLS] / <s>).
         let first: Vec<u32> = (0..b as u32).map(|r| r * s as u32).collect();
         let cls = x.index_select(&Tensor::from_vec(first, b, device)?, 0)?;
-        let head = names::head(cfg.arch);
         let pooled = match cfg.arch {
             // BertForSequenceClassification: pooler(tanh) -> dropout -> classifier
             Arch::Bert => self.lin(p, &cls, &head.dense)?.tanh()?,

@@ -14,7 +14,7 @@ use super::builder::*;
 use super::proto::*;
 use super::quantize;
 use crate::encoder::model::MASK_FILTER_VALUE;
-use crate::encoder::{names, Arch, EncoderConfig, Params};
+use crate::encoder::{names, Arch, EncoderConfig, Params, Pooling};
 use anyhow::{Context, Result};
 use candle_core::DType;
 
@@ -420,11 +420,7 @@ impl<'a> Exporter<'a> {
         self.add_norm(&out, &x1, ob.as_deref(), &l.ffn_norm)
     }
 
-    fn head(&mut self, x: &str) -> Result<String> {
-        let zero = self.g.init_i64("index_0", &[], &[0]);
-        let cls = self
-            .g
-            .node("Gather", &[x, &zero], vec![attr_i("axis", 1)], "cls");
+    fn head(&mut self, x: &str, mask: &str) -> Result<String> {
         let hn = names::head(self.cfg.arch);
         // The head stays fp32 in every variant: it is tiny and sits right before the scores.
         let fp32 = |e: &mut Exporter, x: &str, name: &str| -> Result<String> {
@@ -434,6 +430,32 @@ impl<'a> Exporter<'a> {
             let y = e.g.node("MatMul", &[x, &wn], vec![], name);
             Ok(e.g.node("Add", &[&y, &bn], vec![], name))
         };
+        if self.cfg.pooling == Pooling::Mean {
+            // sum(x · mask) / sum(mask) over the sequence, as the candle head computes it.
+            let m = self.g.node(
+                "Cast",
+                &[mask],
+                vec![attr_i("to", data_type::FLOAT as i64)],
+                "pool",
+            );
+            let ax2 = self.g.init_i64("pool.axes2", &[1], &[2]);
+            let m3 = self.g.node("Unsqueeze", &[&m, &ax2], vec![], "pool");
+            let xm = self.g.node("Mul", &[x, &m3], vec![], "pool");
+            let ax1 = self.g.init_i64("pool.axes1", &[1], &[1]);
+            let keep0 = vec![attr_i("keepdims", 0)];
+            let sum = self
+                .g
+                .node("ReduceSum", &[&xm, &ax1], keep0.clone(), "pool");
+            let cnt = self.g.node("ReduceSum", &[&m3, &ax1], keep0, "pool");
+            let mean = self.g.node("Div", &[&sum, &cnt], vec![], "pool");
+            fp32(self, &mean, &hn.out)?;
+            self.g.rename_last_output("logits");
+            return Ok("logits".into());
+        }
+        let zero = self.g.init_i64("index_0", &[], &[0]);
+        let cls = self
+            .g
+            .node("Gather", &[x, &zero], vec![attr_i("axis", 1)], "cls");
         let d = fp32(self, &cls, &hn.dense)?;
         let act = if self.cfg.arch == Arch::Distilbert {
             "Relu"
@@ -500,7 +522,7 @@ pub fn export(
             .layer(&x, &mask_in, i)
             .with_context(|| format!("exporting layer {i}"))?;
     }
-    e.head(&x)?;
+    e.head(&x, &mask)?;
     e.g.output(
         "logits",
         data_type::FLOAT,

@@ -12,7 +12,7 @@ use super::loss::bce_with_logits;
 use super::optim::{AdamW, AdamWConfig};
 use super::predict;
 use crate::dataset::Split;
-use crate::encoder::{Encoder, EncoderConfig, Params};
+use crate::encoder::{names, Encoder, EncoderConfig, Params, Pooling};
 use crate::labels::LabelSet;
 use crate::metrics::evaluate;
 use crate::rng::SplitMix64;
@@ -47,9 +47,16 @@ pub struct TrainConfig {
     #[serde(default = "one")]
     pub shards: usize,
     pub optimizer: AdamWConfig,
-    /// Stop (after checkpointing) once this many steps are done; the schedule still spans all epochs.
+    /// Use only the first N training examples (smoke runs).
     #[serde(default)]
     pub limit_train_examples: Option<usize>,
+    /// How the head reads the sequence (set on the run's encoder config at creation).
+    #[serde(default)]
+    pub pooling: Pooling,
+    /// Start the classifier bias at each label's log prior odds on train, so the first
+    /// hundreds of steps are not spent learning label frequencies.
+    #[serde(default)]
+    pub prior_bias: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -126,7 +133,8 @@ impl Trainer {
             bail!("{} already holds a run; use `train resume`", dir.display());
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let enc_cfg = EncoderConfig::from_file(&base.join("config.json"), labels.len())?;
+        let mut enc_cfg = EncoderConfig::from_file(&base.join("config.json"), labels.len())?;
+        enc_cfg.pooling = cfg.pooling;
         std::fs::write(
             dir.join("config.json"),
             serde_json::to_vec_pretty(&enc_cfg.to_hf(labels.names()))?,
@@ -141,6 +149,26 @@ impl Trainer {
             &device,
             cfg.seed,
         )?;
+        if cfg.prior_bias {
+            let train = Split::read(&cfg.train_path, labels.len())?;
+            let n = train.examples.len().max(1) as f64;
+            let mut pos = vec![0usize; labels.len()];
+            for e in &train.examples {
+                e.labels.iter().for_each(|&i| pos[i] += 1);
+            }
+            let bias: Vec<f32> = pos
+                .iter()
+                .map(|&c| {
+                    let p = (c as f64 + 1.0) / (n + 2.0);
+                    (p / (1.0 - p)).ln() as f32
+                })
+                .collect();
+            let name = format!("{}.bias", names::head(enc_cfg.arch).out);
+            let var = params
+                .var(&name)
+                .with_context(|| format!("no parameter {name}"))?;
+            var.set(&Tensor::from_vec(bias, labels.len(), &device)?.to_dtype(var.dtype())?)?;
+        }
         Self::assemble(
             dir,
             cfg,

@@ -259,3 +259,45 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
     Some((code, body))
 }
+
+/// Plain HTTP POST of a JSON body against localhost, with an optional bearer token; returns
+/// (status code, body).
+pub fn http_post(port: u16, path: &str, body: &str, token: Option<&str>) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Some((code, body))
+}
+
+/// Polls `GET path` until `ok(status, body)` holds; panics after `timeout`.
+pub fn wait_http(
+    port: u16,
+    path: &str,
+    timeout: Duration,
+    ok: impl Fn(u16, &str) -> bool,
+) -> String {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some((code, body)) = http_get(port, path) {
+            if ok(code, &body) {
+                return body;
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out waiting on http://127.0.0.1:{port}{path}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

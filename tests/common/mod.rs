@@ -145,6 +145,7 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
         attention_dropout: 0.1,
         classifier_dropout: 0.1,
         num_labels: 28,
+        pooling: Default::default(),
     };
     let labels = LabelSet::goemotions();
     let mut hf = cfg.to_hf(labels.names());
@@ -194,13 +195,36 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
 
 /// A fresh training run on a tiny checkpoint of `arch` over the first `examples` train rows.
 pub fn tiny_run(arch: Arch, root: &Path, examples: usize, batch: usize, epochs: u64) -> Trainer {
+    tiny_run_with(arch, root, examples, batch, epochs, |_| {})
+}
+
+/// `tiny_run` with changes to its training config.
+pub fn tiny_run_with(
+    arch: Arch,
+    root: &Path,
+    examples: usize,
+    batch: usize,
+    epochs: u64,
+    tweak: impl FnOnce(&mut TrainConfig),
+) -> Trainer {
     let base = root.join("base");
     tiny_checkpoint(arch, &base, 7);
-    run_from(&base, &root.join("run"), examples, batch, epochs)
+    run_from_with(&base, &root.join("run"), examples, batch, epochs, tweak)
 }
 
 /// A fresh training run in `run` from the checkpoint directory `base`.
 pub fn run_from(base: &Path, run: &Path, examples: usize, batch: usize, epochs: u64) -> Trainer {
+    run_from_with(base, run, examples, batch, epochs, |_| {})
+}
+
+pub fn run_from_with(
+    base: &Path,
+    run: &Path,
+    examples: usize,
+    batch: usize,
+    epochs: u64,
+    tweak: impl FnOnce(&mut TrainConfig),
+) -> Trainer {
     let train = split("train");
     let dev = split("dev");
     let total = Trainer::total_steps(examples, batch, epochs);
@@ -230,7 +254,11 @@ pub fn run_from(base: &Path, run: &Path, examples: usize, batch: usize, epochs: 
             total_steps: total,
         },
         limit_train_examples: Some(examples),
+        pooling: Default::default(),
+        prior_bias: false,
     };
+    let mut cfg = cfg;
+    tweak(&mut cfg);
     Trainer::create(run, base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
 }
 

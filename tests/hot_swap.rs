@@ -1,0 +1,399 @@
+//! Hot swap against the real local Apache Kafka broker and real ONNX Runtime: three swaps under
+//! continuous load (one of them a corrupt model) lose no message and only move each partition's
+//! model version forward; one control-topic message moves two replicas of a group; rollback
+//! works; the admin API refuses path traversal and requests without the bearer token.
+
+mod common;
+
+use common::kafka::*;
+use emostream::registry::Registry;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A registry holding the tiny test model as `versions`, with ACTIVE at the first.
+fn registry_with(root: &Path, model: &Path, versions: &[&str]) -> Registry {
+    let reg = Registry::open(root).unwrap();
+    for v in versions {
+        reg.publish(model, Some(v)).unwrap();
+    }
+    reg.set_active(versions[0]).unwrap();
+    reg
+}
+
+/// A version whose model.onnx is cut in half, with a card sha256 that matches the damage: it
+/// passes the checksum and fails to load in ONNX Runtime.
+fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
+    let (_, dir) = reg.publish(model, Some(version)).unwrap();
+    let onnx = dir.join("model.onnx");
+    let bytes = std::fs::read(&onnx).unwrap();
+    std::fs::write(&onnx, &bytes[..bytes.len() / 2]).unwrap();
+    let card_path = dir.join("model.json");
+    let mut card: Value = serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
+    card["model_sha256"] = Value::String(emostream::dataset::sha256_file(&onnx).unwrap());
+    std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
+}
+
+fn event(r: &Record) -> Value {
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+fn active_version(port: u16) -> String {
+    let (_, body) = http_get(port, "/admin/model").expect("GET /admin/model");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["active"]["version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+fn registry_env(
+    base: Vec<(String, String)>,
+    root: &Path,
+    port: u16,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = base;
+    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "EMOSTREAM__REGISTRY__ROOT".into(),
+        root.display().to_string(),
+    ));
+    env.push(("EMOSTREAM__REGISTRY__POLL_INTERVAL_MS".into(), "200".into()));
+    for (k, v) in extra {
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+#[test]
+fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let root = tmp.path().join("registry");
+    let reg = registry_with(&root, &model, &["1.0.0", "1.1.0", "1.2.0"]);
+    publish_truncated(&reg, &model, "1.1.5-corrupt");
+
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 3, &[]);
+    create_topic(&output, 3, &[]);
+    create_topic(&dlq, 1, &[]);
+    let port = free_port();
+    let env = registry_env(
+        daemon_env(&group, &input, &output, &dlq, &model),
+        &root,
+        port,
+        &[("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "16")],
+    );
+    let mut daemon = spawn_daemon(&env);
+    wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
+    assert_eq!(active_version(port), "1.0.0");
+
+    // Continuous load: 40 messages every 20 ms on a thread, 6,000 in all (about 3 s of traffic
+    // per 1,000), while the swaps below happen.
+    let texts = common::texts("test", 2000);
+    let n = 6000usize;
+    let loader = {
+        let (input, texts) = (input.clone(), texts.clone());
+        std::thread::spawn(move || {
+            for chunk in (0..n).collect::<Vec<_>>().chunks(40) {
+                let recs: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| {
+                        let body = serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]});
+                        (Some(format!("user{}", i % 31)), body.to_string().into_bytes(), None)
+                    })
+                    .collect();
+                produce(&input, &recs);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let wait_output = |k: usize| {
+        read_until(&output, Duration::from_secs(120), |r| r.len() >= k);
+    };
+    wait_output(800);
+
+    // Swap 1, through the admin API.
+    let (code, body) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["result"], "swapped", "{body}");
+    assert_eq!(report["previous"], "1.0.0");
+    let swap_seconds = report["load_seconds"].as_f64().unwrap();
+    wait_output(2000);
+
+    // Swap 2: a corrupt model is rejected with a reason; 1.1.0 keeps serving.
+    let (code, body) =
+        http_post(port, "/admin/model", r#"{"version":"1.1.5-corrupt"}"#, None).unwrap();
+    assert_eq!(code, 422, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["result"], "rejected");
+    assert_eq!(report["active"], "1.1.0");
+    assert!(
+        report["reason"].as_str().unwrap().contains("model.onnx"),
+        "{body}"
+    );
+    assert_eq!(active_version(port), "1.1.0");
+    wait_output(3200);
+
+    // Swap 3, through the registry pointer (file watch / poll).
+    reg.set_active("1.2.0").unwrap();
+    let t = Instant::now();
+    while active_version(port) != "1.2.0" {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "pointer swap never happened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    loader.join().unwrap();
+
+    let got = read_until(&output, Duration::from_secs(180), |r| {
+        r.iter()
+            .map(|x| event(x)["id"].as_str().unwrap().to_string())
+            .collect::<HashSet<_>>()
+            .len()
+            >= n
+    });
+    let ids: HashSet<String> = got
+        .iter()
+        .map(|r| event(r)["id"].as_str().unwrap().to_string())
+        .collect();
+    let missing: Vec<usize> = (0..n).filter(|i| !ids.contains(&format!("c{i}"))).collect();
+    assert!(
+        missing.is_empty(),
+        "missing ids: {:?}",
+        &missing[..missing.len().min(20)]
+    );
+    let dead = read_until(&dlq, Duration::from_secs(2), |_| false);
+    assert!(
+        dead.is_empty(),
+        "{} messages were dead-lettered",
+        dead.len()
+    );
+
+    // Per source partition, in offset order, the version only moves forward.
+    let rank: HashMap<&str, usize> = [("1.0.0", 0), ("1.1.0", 1), ("1.2.0", 2)].into();
+    let mut by_partition: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
+    let mut seen_versions = HashSet::new();
+    let mut processed: Vec<f64> = Vec::new();
+    for r in &got {
+        let e = event(r);
+        let v = e["model"]["version"].as_str().unwrap();
+        let k = *rank
+            .get(v)
+            .unwrap_or_else(|| panic!("event labelled by unexpected version {v}"));
+        seen_versions.insert(v.to_string());
+        by_partition
+            .entry(e["source"]["partition"].as_i64().unwrap())
+            .or_default()
+            .push((e["source"]["offset"].as_i64().unwrap(), k));
+        let at = humantime::parse_rfc3339_weak(e["processed_at"].as_str().unwrap()).unwrap();
+        processed.push(
+            at.duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs_f64(),
+        );
+    }
+    assert_eq!(seen_versions.len(), 3, "versions seen: {seen_versions:?}");
+    for (p, mut evs) in by_partition {
+        evs.sort();
+        for w in evs.windows(2) {
+            assert!(
+                w[0].1 <= w[1].1,
+                "partition {p}: offset {} labelled by a newer model than offset {}",
+                w[0].0,
+                w[1].0
+            );
+        }
+    }
+    // The longest gap between consecutive labelled events while the load ran.
+    processed.sort_by(f64::total_cmp);
+    let longest = processed
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .fold(0.0, f64::max);
+    println!(
+        "hot swap under load: load+validate {:.3} s (admin swap 1.0.0 -> 1.1.0); longest gap between labelled events over the run {:.3} s; {} events for {n} ids",
+        swap_seconds,
+        longest,
+        got.len()
+    );
+
+    sigterm(&daemon);
+    let status = wait_exit(&mut daemon, Duration::from_secs(60)).expect("daemon exit");
+    assert!(status.success());
+}
+
+#[test]
+fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let root = tmp.path().join("registry");
+    registry_with(&root, &model, &["1.0.0", "2.0.0"]);
+    let (input, output, dlq, group, control) = (
+        unique("in"),
+        unique("out"),
+        unique("dlq"),
+        unique("group"),
+        unique("control"),
+    );
+    create_topic(&input, 2, &[]);
+    create_topic(&output, 2, &[]);
+    create_topic(&dlq, 1, &[]);
+    create_topic(&control, 1, &[]);
+    let token = "s3cret-token";
+    let ports = [free_port(), free_port()];
+    let mut daemons: Vec<_> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| {
+            let replica = format!("replica-{i}");
+            spawn_daemon(&registry_env(
+                daemon_env(&group, &input, &output, &dlq, &model),
+                &root,
+                port,
+                &[
+                    ("EMOSTREAM__REGISTRY__CONTROL_TOPIC", control.as_str()),
+                    ("EMOSTREAM__REGISTRY__REPLICA_ID", replica.as_str()),
+                    // Only the control message may move them (no pointer trigger).
+                    ("EMOSTREAM__REGISTRY__WATCH", "false"),
+                    ("EMOSTREAM__ADMIN__TOKEN", token),
+                ],
+            ))
+        })
+        .collect();
+    for &p in &ports {
+        wait_http(p, "/healthz", Duration::from_secs(60), |c, _| c == 200);
+    }
+    // The admin API wants the token; the model info is behind it too.
+    let (code, _) = http_post(ports[0], "/admin/model", r#"{"version":"2.0.0"}"#, None).unwrap();
+    assert_eq!(code, 401);
+    let (code, _) = http_post(
+        ports[0],
+        "/admin/model",
+        r#"{"version":"2.0.0"}"#,
+        Some("wrong"),
+    )
+    .unwrap();
+    assert_eq!(code, 401);
+    // Traversal is refused before it reaches the file system.
+    for bad in ["../../etc", "..", "1.0.0/../../x", "/etc/passwd"] {
+        let body = serde_json::json!({ "version": bad }).to_string();
+        let (code, resp) = http_post(ports[0], "/admin/model", &body, Some(token)).unwrap();
+        assert_eq!(code, 400, "{bad}: {resp}");
+    }
+
+    // Wait until both are in the group and reading, then one control message.
+    let t = Instant::now();
+    while ports
+        .iter()
+        .any(|&p| http_get(p, "/readyz").map(|x| x.0) != Some(200))
+    {
+        assert!(t.elapsed() < Duration::from_secs(90), "replicas not ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let msg = emostream::control::activate_message("2.0.0", "req-1");
+    produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
+    let results = |rid: &str, want: usize| -> Vec<Value> {
+        let rid = rid.to_string();
+        read_until(&control, Duration::from_secs(90), |r| {
+            r.iter()
+                .filter(|x| event(x)["type"] == "result" && event(x)["request_id"] == rid.as_str())
+                .count()
+                >= want
+        })
+        .iter()
+        .map(event)
+        .filter(|v| v["type"] == "result" && v["request_id"] == rid.as_str())
+        .collect()
+    };
+    let replies = results("req-1", 2);
+    let replicas: HashSet<&str> = replies
+        .iter()
+        .map(|v| v["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(replicas, HashSet::from(["replica-0", "replica-1"]));
+    for r in &replies {
+        assert_eq!(r["result"], "swapped", "{r}");
+        assert_eq!(r["active"], "2.0.0", "{r}");
+    }
+
+    // Events now carry 2.0.0 from both replicas.
+    let texts = common::texts("test", 200);
+    let recs: Vec<_> = (0..200)
+        .map(|i| {
+            let body = serde_json::json!({"id": format!("a{i}"), "text": texts[i]});
+            (Some(format!("k{i}")), body.to_string().into_bytes(), None)
+        })
+        .collect();
+    produce(&input, &recs);
+    let got = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
+    assert!(got.len() >= 200);
+    let partitions: HashSet<i64> = got
+        .iter()
+        .map(|r| event(r)["source"]["partition"].as_i64().unwrap())
+        .collect();
+    assert_eq!(partitions.len(), 2, "both partitions labelled");
+    for r in &got {
+        assert_eq!(event(r)["model"]["version"], "2.0.0");
+    }
+
+    // Rollback on the control topic: both go back to 1.0.0.
+    let msg = emostream::control::rollback_message("req-2");
+    produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
+    for r in results("req-2", 2) {
+        assert_eq!(r["result"], "swapped", "{r}");
+        assert_eq!(r["active"], "1.0.0", "{r}");
+    }
+    // And with nothing left to roll back to, the admin API says so and nothing changes.
+    let (code, body) = http_post(ports[1], "/admin/model/rollback", "", Some(token)).unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("no previous model"), "{body}");
+    // Admin swap and admin rollback on one replica.
+    let (code, body) = http_post(
+        ports[1],
+        "/admin/model",
+        r#"{"version":"2.0.0"}"#,
+        Some(token),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = http_post(ports[1], "/admin/model/rollback", "", Some(token)).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["active"], "1.0.0", "{body}");
+    // An unknown version is rejected and 1.0.0 keeps serving.
+    let (code, body) = http_post(
+        ports[1],
+        "/admin/model",
+        r#"{"version":"9.9.9"}"#,
+        Some(token),
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("not in the registry"), "{body}");
+
+    let metrics = http_get(ports[1], "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("emostream_model_swaps_total{result=\"swapped\",trigger=\"admin\"}")
+            || metrics
+                .contains("emostream_model_swaps_total{trigger=\"admin\",result=\"swapped\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("emostream_model_load_seconds"),
+        "{metrics}"
+    );
+
+    for d in &daemons {
+        sigterm(d);
+    }
+    for d in &mut daemons {
+        let status = wait_exit(d, Duration::from_secs(60)).expect("daemon exit");
+        assert!(status.success());
+    }
+}
