@@ -1,7 +1,8 @@
 //! Inference workers: dedicated threads that take batches, run each on the model generation
 //! that tokenized it (length-sorted sub-batches padded to their own longest row), and turn
 //! scores into label events. Off the async runtime, so polling and producing continue during
-//! inference. A shadow candidate, when one is under evaluation, sees a sample of the batches.
+//! inference. Outcomes leave in batch order however many workers there are. A shadow
+//! candidate, when one is under evaluation, sees a sample of the batches.
 
 use crate::config::OutputSettings;
 use crate::decode::Reason;
@@ -9,6 +10,7 @@ use crate::event;
 use crate::pipeline::{Batch, Outcome};
 use crate::shadow::Shadow;
 use anyhow::Result;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, Mutex};
@@ -89,6 +91,14 @@ pub fn label_batch(
     outcomes
 }
 
+/// Batches taken from the queue are numbered in queue order; whichever worker finishes,
+/// outcomes leave in that order, so several workers never reorder a key's messages.
+struct InOrder {
+    taken: u64,
+    next: u64,
+    held: BTreeMap<u64, Vec<Outcome>>,
+}
+
 /// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
 /// batch's model generation. The threads end when the batch queue closes.
 pub fn spawn(
@@ -99,21 +109,45 @@ pub fn spawn(
     shadow: Option<Arc<Shadow>>,
 ) -> Result<Vec<std::thread::JoinHandle<()>>> {
     let batches = Arc::new(Mutex::new(batches));
+    let order = Arc::new(std::sync::Mutex::new(InOrder {
+        taken: 0,
+        next: 0,
+        held: BTreeMap::new(),
+    }));
     let mut handles = Vec::new();
     for w in 0..n {
         let shadow = shadow.clone();
         let batches = batches.clone();
+        let order = order.clone();
         let outcomes = outcomes.clone();
         let out = out.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("inference-{w}"))
                 .spawn(move || loop {
-                    let next = batches.blocking_lock().blocking_recv();
-                    let Some(batch) = next else { return };
-                    for o in label_batch(w, batch, &out, shadow.as_deref()) {
-                        if outcomes.blocking_send(o).is_err() {
+                    let (seq, batch) = {
+                        let mut queue = batches.blocking_lock();
+                        let Some(batch) = queue.blocking_recv() else {
                             return;
+                        };
+                        // Numbered while the queue is held: sequence = queue order.
+                        let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                        o.taken += 1;
+                        (o.taken - 1, batch)
+                    };
+                    let labelled = label_batch(w, batch, &out, shadow.as_deref());
+                    let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                    o.held.insert(seq, labelled);
+                    loop {
+                        let next = o.next;
+                        let Some(ready) = o.held.remove(&next) else {
+                            break;
+                        };
+                        o.next += 1;
+                        for x in ready {
+                            if outcomes.blocking_send(x).is_err() {
+                                return;
+                            }
                         }
                     }
                 })?,

@@ -108,6 +108,33 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
         assert_eq!(v["source"]["topic"], input.as_str());
     }
 
+    // Per-key order holds (two inference workers by default): for each key, the output
+    // topic's order follows the input offsets (duplicates aside).
+    let mut by_key: HashMap<Vec<u8>, Vec<(i32, i64, i64)>> = HashMap::new();
+    for r in &got {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        by_key.entry(r.key.clone().unwrap()).or_default().push((
+            r.partition,
+            r.offset,
+            v["source"]["offset"].as_i64().unwrap(),
+        ));
+    }
+    for (key, mut evs) in by_key {
+        evs.sort();
+        let mut last = -1;
+        let mut seen = HashSet::new();
+        for (_, _, src) in evs {
+            if seen.insert(src) {
+                assert!(
+                    src > last,
+                    "key {}: input offset {src} came out after {last}",
+                    String::from_utf8_lossy(&key)
+                );
+                last = src;
+            }
+        }
+    }
+
     // Scores equal `emostream classify` on the same texts.
     let offline = classify(&model, &lines);
     assert_eq!(offline.len(), n);
