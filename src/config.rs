@@ -137,6 +137,7 @@ pub struct RuntimeSettings {
     pub fallback_to_cpu: bool,
     pub intra_threads: usize,
     pub inter_threads: usize,
+    pub intra_op_spinning: bool,
     pub optimization: String,
 }
 
@@ -440,6 +441,7 @@ impl Settings {
             library: (!r.library.is_empty()).then(|| PathBuf::from(&r.library)),
             intra_threads: r.intra_threads,
             inter_threads: r.inter_threads,
+            intra_spinning: r.intra_op_spinning,
             optimization: match r.optimization.as_str() {
                 "disable" => OptLevel::Disable,
                 "basic" => OptLevel::Basic,

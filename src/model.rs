@@ -36,6 +36,10 @@ pub struct RuntimeOptions {
     pub library: Option<PathBuf>,
     pub intra_threads: usize,
     pub inter_threads: usize,
+    /// Let idle intra-op threads spin (ONNX Runtime's default). Spinning wins on dedicated
+    /// cores and loses when other busy threads share them.
+    #[serde(default = "spin_default")]
+    pub intra_spinning: bool,
     pub optimization: OptLevel,
     pub provider: Provider,
     /// If a GPU provider cannot register, run on CPU instead of failing.
@@ -45,12 +49,17 @@ pub struct RuntimeOptions {
     pub optimized_model_path: Option<PathBuf>,
 }
 
+fn spin_default() -> bool {
+    true
+}
+
 impl Default for RuntimeOptions {
     fn default() -> Self {
         RuntimeOptions {
             library: None,
             intra_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             inter_threads: 1,
+            intra_spinning: true,
             optimization: OptLevel::All,
             provider: Provider::Cpu,
             fallback_to_cpu: false,
@@ -118,6 +127,8 @@ impl OrtModel {
             .with_intra_threads(opts.intra_threads.max(1))
             .map_err(e)?
             .with_inter_threads(opts.inter_threads.max(1))
+            .map_err(e)?
+            .with_intra_op_spinning(opts.intra_spinning)
             .map_err(e)?
             .with_optimization_level(match opts.optimization {
                 OptLevel::Disable => GraphOptimizationLevel::Disable,
