@@ -1,7 +1,8 @@
 //! Hot swap against the real local Apache Kafka broker and real ONNX Runtime: three swaps under
 //! continuous load (one of them a corrupt model) lose no message and only move each partition's
 //! model version forward; one control-topic message moves two replicas of a group; rollback
-//! works; the admin API refuses path traversal and requests without the bearer token.
+//! works; the admin API refuses path traversal and requests without the bearer token; shadow
+//! mode compares the candidate on live traffic before promoting it.
 
 mod common;
 
@@ -37,6 +38,16 @@ fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
 
 fn event(r: &Record) -> Value {
     serde_json::from_slice(&r.payload).unwrap()
+}
+
+/// Reads `topic` until `n` distinct event ids arrived (or `timeout`): the records and the ids.
+fn read_ids(topic: &str, n: usize, timeout: Duration) -> (Vec<Record>, HashSet<String>) {
+    let id = |r: &Record| event(r)["id"].as_str().unwrap().to_string();
+    let got = read_until(topic, timeout, |r| {
+        r.iter().map(id).collect::<HashSet<_>>().len() >= n
+    });
+    let ids = got.iter().map(id).collect();
+    (got, ids)
 }
 
 fn active_version(port: u16) -> String {
@@ -151,17 +162,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     }
     loader.join().unwrap();
 
-    let got = read_until(&output, Duration::from_secs(180), |r| {
-        r.iter()
-            .map(|x| event(x)["id"].as_str().unwrap().to_string())
-            .collect::<HashSet<_>>()
-            .len()
-            >= n
-    });
-    let ids: HashSet<String> = got
-        .iter()
-        .map(|r| event(r)["id"].as_str().unwrap().to_string())
-        .collect();
+    let (got, ids) = read_ids(&output, n, Duration::from_secs(180));
     let missing: Vec<usize> = (0..n).filter(|i| !ids.contains(&format!("c{i}"))).collect();
     assert!(
         missing.is_empty(),
@@ -396,4 +397,79 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         let status = wait_exit(d, Duration::from_secs(60)).expect("daemon exit");
         assert!(status.success());
     }
+}
+
+#[test]
+fn shadow_mode_compares_on_live_traffic_before_promoting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let root = tmp.path().join("registry");
+    registry_with(&root, &model, &["1.0.0", "1.1.0"]);
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 2, &[]);
+    create_topic(&output, 2, &[]);
+    create_topic(&dlq, 1, &[]);
+    let port = free_port();
+    let mut daemon = spawn_daemon(&registry_env(
+        daemon_env(&group, &input, &output, &dlq, &model),
+        &root,
+        port,
+        &[
+            ("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "8"),
+            ("EMOSTREAM__REGISTRY__SHADOW_BATCHES", "5"),
+            ("EMOSTREAM__REGISTRY__SHADOW_SAMPLE_EVERY", "2"),
+            ("EMOSTREAM__REGISTRY__SHADOW_MIN_AGREEMENT", "0.99"),
+            ("EMOSTREAM__REGISTRY__SHADOW_TIMEOUT_MS", "60000"),
+        ],
+    ));
+    wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
+    // Traffic until the swap is done: 10 comments every 30 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let texts = common::texts("test", 2000);
+    let loader = {
+        let (input, stop) = (input.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || i < 300 {
+                let recs: Vec<_> = (i..i + 10)
+                    .map(|k| {
+                        let body = serde_json::json!({"id": format!("s{k}"), "text": texts[k % texts.len()]});
+                        (Some(format!("k{k}")), body.to_string().into_bytes(), None)
+                    })
+                    .collect();
+                produce(&input, &recs);
+                i += 10;
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            i
+        })
+    };
+    read_until(&output, Duration::from_secs(60), |r| r.len() >= 100);
+    // The candidate is the same network: on the sampled live batches it must agree fully, and
+    // with shadow_min_agreement 0.99 it is promoted only after the comparison.
+    let (code, body) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
+    assert_eq!(code, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["result"], "swapped", "{body}");
+    assert_eq!(report["shadow"]["batches"], 5, "{body}");
+    assert!(
+        report["shadow"]["comments"].as_u64().unwrap() >= 5,
+        "{body}"
+    );
+    assert_eq!(report["shadow"]["exact_match"], 1.0, "{body}");
+    assert_eq!(report["shadow"]["mean_jaccard"], 1.0, "{body}");
+    let metrics = http_get(port, "/metrics").unwrap().1;
+    assert!(
+        metrics.contains("emostream_shadow_label_agreement 1"),
+        "{metrics}"
+    );
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let n = loader.join().unwrap();
+    let (got, ids) = read_ids(&output, n, Duration::from_secs(120));
+    assert_eq!(ids.len(), n, "every comment labelled exactly once or more");
+    assert!(got.iter().any(|r| event(r)["model"]["version"] == "1.1.0"));
+    sigterm(&daemon);
+    assert!(wait_exit(&mut daemon, Duration::from_secs(60))
+        .expect("daemon exit")
+        .success());
 }
