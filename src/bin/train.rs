@@ -34,6 +34,9 @@ struct FitArgs {
     /// Run directory to create (checkpoints, best weights).
     #[arg(long)]
     run: PathBuf,
+    /// The base model's public name for the card (default: the --base path).
+    #[arg(long)]
+    base_name: Option<String>,
     /// Directory with train.tsv / dev.tsv / labels.txt.
     #[arg(long)]
     data: Option<PathBuf>,
@@ -256,7 +259,10 @@ fn main() -> Result<()> {
                 .map_or(train.examples.len(), |l| l.min(train.examples.len()));
             let total = Trainer::total_steps(n, a.batch_size, a.epochs);
             let cfg = TrainConfig {
-                base_model: a.base.display().to_string(),
+                base_model: a
+                    .base_name
+                    .clone()
+                    .unwrap_or_else(|| a.base.display().to_string()),
                 train_path: std::fs::canonicalize(&train.path)?,
                 dev_path: std::fs::canonicalize(&dev.path)?,
                 train_sha256: train.sha256.clone(),
