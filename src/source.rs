@@ -172,7 +172,11 @@ impl SourceStage {
         };
         match r {
             Ok(()) => {
-                self.in_flight.paused.store(pause, Ordering::SeqCst);
+                let was = self.in_flight.paused.swap(pause, Ordering::SeqCst);
+                if pause && !was {
+                    metrics::counter!("emostream_source_pauses_total").increment(1);
+                }
+                metrics::gauge!("emostream_source_paused").set(if pause { 1.0 } else { 0.0 });
                 tracing::debug!(
                     pause,
                     "partitions {}",

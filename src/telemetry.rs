@@ -69,6 +69,14 @@ fn describe() {
         "Payload bytes of in-flight messages"
     );
     describe_gauge!(
+        "emostream_source_paused",
+        "1 while the input partitions are paused at the in-flight limits (backpressure)"
+    );
+    describe_counter!(
+        "emostream_source_pauses_total",
+        "Times the input partitions were paused at the in-flight limits"
+    );
+    describe_gauge!(
         "emostream_consumer_lag",
         "Consumer lag per partition (librdkafka statistics)"
     );

@@ -130,6 +130,10 @@ enum Cmd {
         model: PathBuf,
         #[arg(long)]
         run: Option<PathBuf>,
+        /// An fp32 export of the same checkpoint, tuned and evaluated the same way: the report
+        /// then compares its test metrics with this (int8) model's.
+        #[arg(long)]
+        compare: Option<PathBuf>,
     },
     /// Copy a model directory into a model registry atomically (temporary name, fsync, rename);
     /// optionally point ACTIVE at it and/or announce it on the daemons' Kafka control topic.
@@ -242,7 +246,8 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,ort=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -374,8 +379,12 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
-        Cmd::Report { model, run } => {
-            emostream::train::report::write_report(&model, run.as_deref())?;
+        Cmd::Report {
+            model,
+            run,
+            compare,
+        } => {
+            emostream::train::report::write_report(&model, run.as_deref(), compare.as_deref())?;
             println!("wrote {}/report.md", model.display());
             Ok(())
         }

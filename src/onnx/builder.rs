@@ -166,4 +166,7 @@ impl GraphBuilder {
             data.iter().map(|&x| x as u8).collect(),
         )
     }
+    pub fn init_u8(&mut self, name: &str, dims: &[usize], data: &[u8]) -> String {
+        self.init(name, data_type::UINT8, dims, data.to_vec())
+    }
 }

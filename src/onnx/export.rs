@@ -4,7 +4,8 @@
 //! - `Fp32 { fused: true }` (default): ONNX Runtime contrib ops emitted directly
 //!   (`Attention`, `SkipLayerNormalization`, `BiasGelu`), so nothing depends on pattern fusion.
 //! - `Fp32 { fused: false }`: standard ONNX ops only (opset 17), for other runtimes.
-//! - `Int8`: every encoder linear layer as `DynamicQuantizeMatMul` with per-column int8 weights,
+//! - `Int8` (opset 21): every linear layer as `MatMulIntegerToFloat` with per-column 7-bit
+//!   weights and per-token uint8 activations (so scores are batch-invariant),
 //!   attention through `MultiHeadAttention`, and the word-embedding table stored as int8 rows.
 //!
 //! Inputs: `input_ids`, `attention_mask` (and `token_type_ids` for BERT), int64 `[batch, seq]`.
@@ -33,13 +34,20 @@ impl Variant {
     }
 }
 
+/// The default-domain opset of fp32 graphs.
 pub const OPSET: i64 = 17;
+/// int8 graphs use opset 21 for blocked (per-token) QuantizeLinear.
+pub const OPSET_INT8: i64 = 21;
 
 struct Exporter<'a> {
     g: GraphBuilder,
     params: &'a Params,
     cfg: &'a EncoderConfig,
     variant: Variant,
+    /// int8: shared initializers, made on first use.
+    int8_consts: Option<(String, String)>,
+    /// int8: the `[b, s, 1]` uint8 zero points and the per-token scale constants.
+    row_zero_points: Option<[String; 4]>,
 }
 
 impl<'a> Exporter<'a> {
@@ -89,7 +97,7 @@ impl<'a> Exporter<'a> {
         Ok((k, n, w, b))
     }
 
-    /// `x @ W` (+ bias when `with_bias`): plain MatMul in fp32, DynamicQuantizeMatMul in int8.
+    /// `x @ W` (+ bias when `with_bias`): plain MatMul in fp32, MatMulIntegerToFloat in int8.
     fn matmul(
         &mut self,
         x: &str,
@@ -101,18 +109,29 @@ impl<'a> Exporter<'a> {
     ) -> String {
         match self.variant {
             Variant::Int8 => {
-                let (q, s) = quantize::per_column(w, k, n);
+                // Weights symmetric per output column on 7 bits (-63..=63): with uint8
+                // activations, MLAS's fast u8s8 kernel on AVX2 without VNNI adds pairs of
+                // products in int16 (vpmaddubsw), and 2·255·63 < 32768 cannot saturate where
+                // 8-bit weights can (measured: they moved scores further from fp32 than 7 bits).
+                let (q, s) = quantize::per_column_levels(w, k, n, 63.0);
                 let wq = self.g.init_i8(&format!("{key}.weight_q"), &[k, n], &q);
-                let sc = self.g.init_f32(&format!("{key}.weight_scale"), &[n], &s);
-                let zp = self
-                    .g
-                    .init_i8(&format!("{key}.weight_zero_point"), &[n], &vec![0; n]);
-                let mut ins = vec![x.to_string(), wq, sc, zp];
-                if let Some(b) = bias {
-                    ins.push(self.g.init_f32(&format!("{key}.bias"), &[n], b));
+                let ws = self.g.init_f32(&format!("{key}.weight_scale"), &[n], &s);
+                let (xq, xs) = self.quantize_rows(x, key, k);
+                let (one, mid) = self.int8_constants();
+                let y = self.g.ms_node(
+                    "MatMulIntegerToFloat",
+                    &[&xq, &wq, &one, &ws, &mid],
+                    vec![],
+                    key,
+                );
+                let y = self.g.node("Mul", &[&y, &xs], vec![], key);
+                match bias {
+                    Some(b) => {
+                        let bn = self.g.init_f32(&format!("{key}.bias"), &[n], b);
+                        self.g.node("Add", &[&y, &bn], vec![], key)
+                    }
+                    None => y,
                 }
-                let refs: Vec<&str> = ins.iter().map(String::as_str).collect();
-                self.g.ms_node("DynamicQuantizeMatMul", &refs, vec![], key)
             }
             Variant::Fp32 { .. } => {
                 let wn = self.g.init_f32(&format!("{key}.weight_t"), &[k, n], w);
@@ -126,6 +145,60 @@ impl<'a> Exporter<'a> {
                 }
             }
         }
+    }
+
+    /// Scalar 1.0 (the activation scale MatMulIntegerToFloat sees: the real per-token scale
+    /// is applied after it) and the uint8 activation zero point 128, shared by every layer.
+    fn int8_constants(&mut self) -> (String, String) {
+        if self.int8_consts.is_none() {
+            let one = self.g.init_f32("int8.unit_scale", &[], &[1.0]);
+            let mid = self.g.init_u8("int8.zero_point", &[], &[128]);
+            self.int8_consts = Some((one, mid));
+        }
+        self.int8_consts.clone().expect("set above")
+    }
+
+    /// Quantises activations `[b, s, k]` per token: scale = max|x| / 127 of that token's row,
+    /// codes uint8 around 128 (blocked QuantizeLinear, one block per row). A token's codes
+    /// depend on that token alone, so a comment's scores do not depend on the comments batched
+    /// with it or on their padding — unlike `DynamicQuantizeMatMul`, whose one scale per tensor
+    /// changed the labels of 16 of 300 test comments when their batch-mates changed.
+    /// Returns the codes and the `[b, s, 1]` scales.
+    fn quantize_rows(&mut self, x: &str, key: &str, k: usize) -> (String, String) {
+        if self.row_zero_points.is_none() {
+            // uint8 128s shaped [b, s, 1], the zero point of every row (same for all layers).
+            let input = "input_ids";
+            let bs = self
+                .g
+                .node("Shape", &[input], vec![attr_i("end", 2)], "int8");
+            let one = self.g.init_i64("int8.one_dim", &[1], &[1]);
+            let shape = self
+                .g
+                .node("Concat", &[&bs, &one], vec![attr_i("axis", 0)], "int8");
+            let mid = self.g.init_u8("int8.zero_point_111", &[1, 1, 1], &[128]);
+            let zp = self.g.node("Expand", &[&mid, &shape], vec![], "int8");
+            let last = self.g.init_i64("int8.last_axis", &[1], &[-1]);
+            let floor = self.g.init_f32("int8.scale_floor", &[], &[1e-20]);
+            let levels = self.g.init_f32("int8.levels", &[], &[127.0]);
+            self.row_zero_points = Some([zp, last, floor, levels]);
+        }
+        let [zp, last, floor, levels] = self.row_zero_points.clone().expect("set above");
+        let abs = self.g.node("Abs", &[x], vec![], key);
+        let max = self.g.node(
+            "ReduceMax",
+            &[&abs, &last],
+            vec![attr_i("keepdims", 1)],
+            key,
+        );
+        let max = self.g.node("Max", &[&max, &floor], vec![], key);
+        let scale = self.g.node("Div", &[&max, &levels], vec![], key);
+        let codes = self.g.node(
+            "QuantizeLinear",
+            &[x, &scale, &zp],
+            vec![attr_i("axis", 2), attr_i("block_size", k as i64)],
+            key,
+        );
+        (codes, scale)
     }
 
     fn linear(&mut self, x: &str, name: &str, with_bias: bool) -> Result<String> {
@@ -296,13 +369,15 @@ impl<'a> Exporter<'a> {
                 ))
             }
             Variant::Int8 => {
-                let parts = self.project_qkv(x, &key, k, n, &w, &b, h);
+                // The Q|K|V bias is added inside MultiHeadAttention (one pass fewer).
+                let parts = self.project_qkv(x, &key, k, n, &w, None, h);
+                let bn = self.g.init_f32(&format!("{key}.bias"), &[n], &b);
                 Ok(self
                     .g
                     .node_n(
                         "MultiHeadAttention",
                         MS,
-                        &[&parts[0], &parts[1], &parts[2], "", mask],
+                        &[&parts[0], &parts[1], &parts[2], &bn, mask],
                         1,
                         vec![
                             attr_i("num_heads", nh),
@@ -313,7 +388,7 @@ impl<'a> Exporter<'a> {
                     .remove(0))
             }
             Variant::Fp32 { fused: false } => {
-                let parts = self.project_qkv(x, &key, k, n, &w, &b, h);
+                let parts = self.project_qkv(x, &key, k, n, &w, Some(&b), h);
                 let heads = self
                     .g
                     .init_i64(&format!("{key}.heads_shape"), &[4], &[0, 0, nh, hd]);
@@ -354,10 +429,10 @@ impl<'a> Exporter<'a> {
         k: usize,
         n: usize,
         w: &[f32],
-        b: &[f32],
+        b: Option<&[f32]>,
         h: usize,
     ) -> Vec<String> {
-        let qkv = self.matmul(x, key, k, n, w, Some(b));
+        let qkv = self.matmul(x, key, k, n, w, b);
         let split = self
             .g
             .init_i64(&format!("{key}.split"), &[3], &[h as i64; 3]);
@@ -481,6 +556,8 @@ pub fn export(
         params,
         cfg,
         variant,
+        int8_consts: None,
+        row_zero_points: None,
     };
     let ids =
         e.g.input("input_ids", data_type::INT64, &["batch", "sequence"]);
@@ -531,7 +608,11 @@ pub fn export(
 
     let mut opset = vec![OperatorSetIdProto {
         domain: String::new(),
-        version: OPSET,
+        version: if variant == Variant::Int8 {
+            OPSET_INT8
+        } else {
+            OPSET
+        },
     }];
     if variant != (Variant::Fp32 { fused: false }) {
         opset.push(OperatorSetIdProto {
@@ -540,7 +621,8 @@ pub fn export(
         });
     }
     Ok(ModelProto {
-        ir_version: 8,
+        // opset 21 (int8) needs IR version 10
+        ir_version: if variant == Variant::Int8 { 10 } else { 8 },
         producer_name: "emostream-train".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: doc.into(),

@@ -1,8 +1,14 @@
 //! Symmetric int8 quantisation of weights: per output column for matrices fed to
-//! `DynamicQuantizeMatMul`, per row for embedding tables.
+//! `MatMulIntegerToFloat` (activations are quantised per token in the graph), per row for
+//! embedding tables.
 
 /// `w` is `[k, n]` row-major (the MatMul right operand). Returns int8 `[k, n]` and scales `[n]`.
 pub fn per_column(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
+    per_column_levels(w, k, n, 127.0)
+}
+
+/// `per_column` onto the integers -levels..=levels.
+pub fn per_column_levels(w: &[f32], k: usize, n: usize, levels: f32) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0f32; n];
     for r in 0..k {
         for c in 0..n {
@@ -11,9 +17,9 @@ pub fn per_column(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
     }
     scales
         .iter_mut()
-        .for_each(|s| *s = if *s > 0.0 { *s / 127.0 } else { 1.0 });
+        .for_each(|s| *s = if *s > 0.0 { *s / levels } else { 1.0 });
     let q = (0..k * n)
-        .map(|i| (w[i] / scales[i % n]).round().clamp(-127.0, 127.0) as i8)
+        .map(|i| (w[i] / scales[i % n]).round().clamp(-levels, levels) as i8)
         .collect();
     (q, scales)
 }

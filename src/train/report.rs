@@ -138,7 +138,9 @@ fn row(out: &mut String, key: &str, e: &Evaluation) {
 }
 
 /// Writes report.md (and curves.png when the run directory is given) into the model directory.
-pub fn write_report(model_dir: &Path, run: Option<&Path>) -> Result<()> {
+/// With `compare` (another export of the same checkpoint, e.g. fp32 beside this int8 model),
+/// adds a table of both models' test macro-F1 under each threshold choice.
+pub fn write_report(model_dir: &Path, run: Option<&Path>, compare: Option<&Path>) -> Result<()> {
     let m = ModelDir::load(model_dir, true)?;
     let card = &m.card;
     let size = std::fs::metadata(m.onnx_path())?.len();
@@ -162,6 +164,27 @@ pub fn write_report(model_dir: &Path, run: Option<&Path>) -> Result<()> {
         }
     }
     let _ = writeln!(out, "\nReference points (test macro-F1): GoEmotions paper BERT-base 0.46; reference study DistilBERT 0.45, RoBERTa-base 0.469, RoBERTa-large 0.53.\n");
+    if let Some(other) = compare {
+        let o = ModelDir::load(other, true)?;
+        let _ = writeln!(
+            out,
+            "## {} vs {} export of the same checkpoint\n\nEach tuned on dev and evaluated on test the same way (`{}` sha256 `{}`).\n\n| evaluation | {} macro-F1 | {} macro-F1 | difference (points) |\n|---|---:|---:|---:|",
+            card.precision, o.card.precision, o.card.precision, o.card.model_sha256,
+            card.precision, o.card.precision
+        );
+        for key in ["test", "test_global_dev_best", "test_global_0.15"] {
+            if let (Some(a), Some(b)) = (card.metrics.get(key), o.card.metrics.get(key)) {
+                let _ = writeln!(
+                    out,
+                    "| {key} | {:.4} | {:.4} | {:+.2} |",
+                    a.metrics.macro_f1,
+                    b.metrics.macro_f1,
+                    100.0 * (a.metrics.macro_f1 - b.metrics.macro_f1)
+                );
+            }
+        }
+        let _ = writeln!(out);
+    }
     if let Some(t) = card.metrics.get("test") {
         let _ = writeln!(out, "## Per label (test, per-label thresholds from dev)\n\n| label | threshold | precision | recall | F1 | support |\n|---|---:|---:|---:|---:|---:|");
         for l in &t.metrics.per_label {

@@ -262,6 +262,11 @@ pub fn run_from_with(
     Trainer::create(run, base, cfg, LabelSet::goemotions(), Device::Cpu).unwrap()
 }
 
+/// The shipped default model, models/goemotions-minilm-l6 (int8 MiniLM-L6 fine-tuned here).
+pub fn shipped_model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/goemotions-minilm-l6")
+}
+
 /// A tiny trained-shape model directory (random BERT weights, fp32 export) for pipeline tests:
 /// fast, and real ONNX Runtime all the same.
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
