@@ -8,8 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 model=${MODEL:-models/goemotions-minilm-l6}
 if [ ! -f "$model/model.onnx" ]; then
-  echo "no model at $model: the default model is not committed yet (see the model toolchain issue);" >&2
-  echo "run with MODEL=<model directory>, e.g. one made by scripts/train-default-model.sh" >&2
+  echo "no model at $model (MODEL=<model directory>: one that train export / train quantize wrote)" >&2
   exit 1
 fi
 ORT_DYLIB_PATH=$(scripts/setup-ort.sh); export ORT_DYLIB_PATH

@@ -56,6 +56,11 @@ share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.segment.bytes=67108864
+# The tests load both cores (daemons, ONNX Runtime, producers) beside the broker; with the
+# default 9 s session, a starved broker missed its heartbeats to its own controller, was fenced
+# and went offline for a moment (seen once: a producer flush timed out). A single-node broker
+# has no one to fail over to, so let it wait a minute.
+broker.session.timeout.ms=60000
 PROPS
   if [ ! -f "$run/data/meta.properties" ]; then
     java_cmd kafka.tools.StorageTool format -t "$(java_cmd kafka.tools.StorageTool random-uuid)" \

@@ -150,15 +150,15 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
         for (k, x) in a {
             worst = worst.max((x.as_f64().unwrap() - b[k].as_f64().unwrap()).abs());
         }
-        assert_eq!(
-            ev["labels"],
-            live["labels"]
-                .clone()
+        // Same labels in the same order; their scores are checked with the others above
+        // (fp32 kernels may round the last bit differently for another batch shape).
+        let names = |v: &serde_json::Value| -> Vec<String> {
+            v["labels"]
                 .as_array()
-                .map(|l| serde_json::Value::Array(l.clone()))
-                .unwrap_or_default(),
-            "labels differ for {id}"
-        );
+                .map(|l| l.iter().map(|x| x["label"].to_string()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(names(ev), names(&live), "labels differ for {id}");
     }
     eprintln!("max |classify - daemon| score difference: {worst:e}");
     assert!(
@@ -352,13 +352,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
     env.push(("EMOSTREAM__KAFKA__PRODUCE_BACKOFF_MS".into(), "50".into()));
     env.push(("EMOSTREAM__SHUTDOWN__TIMEOUT_MS".into(), "3000".into()));
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_emostream"))
-        .args(["--config"])
-        .arg(&cfg)
-        .arg("run")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .spawn()
-        .unwrap();
+    let mut daemon = spawn_daemon_with(&env, Some(&cfg));
 
     let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
     let ids: HashSet<String> = out.iter().map(event_id).collect();

@@ -204,13 +204,49 @@ pub fn daemon_env(
     ]
 }
 
-pub fn spawn_daemon(env: &[(String, String)]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_emostream"))
-        .arg("run")
-        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting emostream run")
+/// A daemon child process that is killed when dropped, so a failing test leaves no daemon
+/// behind (it would go on consuming, and log errors once the broker stops).
+pub struct Daemon(pub Child);
+
+impl std::ops::Deref for Daemon {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Daemon {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+pub fn spawn_daemon(env: &[(String, String)]) -> Daemon {
+    spawn_daemon_with(env, None)
+}
+
+/// `emostream [--config FILE] run` with the given environment.
+pub fn spawn_daemon_with(env: &[(String, String)], config: Option<&Path>) -> Daemon {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    Daemon(
+        cmd.arg("run")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting emostream run"),
+    )
 }
 
 pub fn sigterm(child: &Child) {
