@@ -178,12 +178,19 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
 #[test]
 fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = common::tiny_model_dir(tmp.path());
+    // inference_error: the model itself fails (NaN scores) on texts with one word.
+    let (model, poison) = common::poisoned_tiny_model_dir(tmp.path(), &["what a lovely day"]);
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
     create_topic(&input, 2, &[]);
     create_topic(&output, 1, &[]);
     create_topic(&dlq, 1, &[]);
     let bad: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "inference_error",
+            serde_json::json!({"id": "nan1", "text": format!("what a {poison} day")})
+                .to_string()
+                .into_bytes(),
+        ),
         ("invalid_json", b"{this is not json".to_vec()),
         (
             "missing_text",

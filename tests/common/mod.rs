@@ -270,8 +270,54 @@ pub fn shipped_model_dir() -> PathBuf {
 /// A tiny trained-shape model directory (random BERT weights, fp32 export) for pipeline tests:
 /// fast, and real ONNX Runtime all the same.
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
+    tiny_model_dir_with(root, |_| {})
+}
+
+/// A tiny model whose word embedding for one whole-word token (not used by the load-time
+/// canaries nor by `avoid`) is +inf, so any text containing that word scores NaN: a real model
+/// failing on real input. Returns the model directory and the word.
+pub fn poisoned_tiny_model_dir(root: &Path, avoid: &[&str]) -> (PathBuf, String) {
+    let mut word = String::new();
+    let dir = tiny_model_dir_with(root, |base| {
+        let tok = tokenizers::Tokenizer::from_file(base.join("tokenizer.json")).unwrap();
+        let mut used = std::collections::HashSet::new();
+        for t in emostream::serving::CANARIES.iter().chain(avoid) {
+            used.extend(tok.encode(*t, true).unwrap().get_ids().to_vec());
+        }
+        let mut vocab: Vec<(String, u32)> = tok.get_vocab(false).into_iter().collect();
+        vocab.sort_by_key(|(_, id)| std::cmp::Reverse(*id));
+        let (w, id) = vocab
+            .into_iter()
+            .find(|(w, id)| {
+                w.len() >= 4 && w.chars().all(|c| c.is_ascii_lowercase()) && !used.contains(id)
+            })
+            .expect("a whole-word token");
+        let path = base.join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        let key = tensors
+            .keys()
+            .find(|k| k.ends_with("word_embeddings.weight"))
+            .unwrap()
+            .clone();
+        let table = &tensors[&key];
+        let (rows, dim) = table.dims2().unwrap();
+        let mut data = table.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        data[id as usize * dim..(id as usize + 1) * dim].fill(f32::INFINITY);
+        tensors.insert(
+            key,
+            Tensor::from_vec(data, (rows, dim), &Device::Cpu).unwrap(),
+        );
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        word = w;
+    });
+    (dir, word)
+}
+
+/// `tiny_model_dir`, with a change to the base checkpoint directory before export.
+pub fn tiny_model_dir_with(root: &Path, change: impl FnOnce(&Path)) -> PathBuf {
     let base = root.join("tiny-base");
     tiny_checkpoint(Arch::Bert, &base, 5);
+    change(&base);
     let hf: serde_json::Value =
         serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
     let cfg = EncoderConfig::from_hf(&hf, 28).unwrap();
