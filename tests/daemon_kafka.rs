@@ -42,6 +42,22 @@ fn classify(model: &std::path::Path, lines: &[String]) -> HashMap<String, serde_
         .collect()
 }
 
+/// `n` test comments as JSON records with ids c0.. and keys k0..k{keys-1}, no headers.
+fn comments(n: usize, keys: usize) -> Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> {
+    let texts = common::texts("test", n);
+    (0..n)
+        .map(|i| {
+            (
+                Some(format!("k{}", i % keys)),
+                serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]})
+                    .to_string()
+                    .into_bytes(),
+                None,
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     // The shipped int8 model: its per-token activation quantisation keeps scores independent
@@ -262,19 +278,8 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     create_topic(&input, 3, &[]);
     create_topic(&output, 3, &[]);
     create_topic(&dlq, 1, &[]);
-    let texts = common::texts("test", 3000);
     let n = 3000;
-    let records: Vec<_> = (0..n)
-        .map(|i| {
-            (
-                Some(format!("k{}", i % 50)),
-                serde_json::json!({"id": format!("c{i}"), "text": texts[i]})
-                    .to_string()
-                    .into_bytes(),
-                None,
-            )
-        })
-        .collect();
+    let records = comments(n, 50);
     produce(&input, &records);
     let env = daemon_env(&group, &input, &output, &dlq, &model);
     let mut first = spawn_daemon(&env);
@@ -421,19 +426,8 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
     create_topic(&input, 4, &[]);
     create_topic(&output, 4, &[]);
     create_topic(&dlq, 1, &[]);
-    let texts = common::texts("test", 3000);
     let n = 3000;
-    let records: Vec<_> = (0..n)
-        .map(|i| {
-            (
-                Some(format!("k{}", i % 40)),
-                serde_json::json!({"id": format!("c{i}"), "text": texts[i]})
-                    .to_string()
-                    .into_bytes(),
-                None,
-            )
-        })
-        .collect();
+    let records = comments(n, 40);
     produce(&input, &records[..n / 2]);
 
     let replica = |port: u16| {
