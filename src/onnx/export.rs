@@ -46,8 +46,8 @@ struct Exporter<'a> {
     variant: Variant,
     /// int8: shared initializers, made on first use.
     int8_consts: Option<(String, String)>,
-    /// int8: the `[b, s, 1]` uint8 zero points and the per-token scale constants.
-    row_zero_points: Option<[String; 4]>,
+    /// int8: the `[b, s, 1]` uint8 zero points, the reduce axis, the scale floor and 127.
+    per_token_consts: Option<[String; 4]>,
 }
 
 impl<'a> Exporter<'a> {
@@ -165,7 +165,7 @@ impl<'a> Exporter<'a> {
     /// changed the labels of 16 of 300 test comments when their batch-mates changed.
     /// Returns the codes and the `[b, s, 1]` scales.
     fn quantize_rows(&mut self, x: &str, key: &str, k: usize) -> (String, String) {
-        if self.row_zero_points.is_none() {
+        if self.per_token_consts.is_none() {
             // uint8 128s shaped [b, s, 1], the zero point of every row (same for all layers).
             let input = "input_ids";
             let bs = self
@@ -180,9 +180,9 @@ impl<'a> Exporter<'a> {
             let last = self.g.init_i64("int8.last_axis", &[1], &[-1]);
             let floor = self.g.init_f32("int8.scale_floor", &[], &[1e-20]);
             let levels = self.g.init_f32("int8.levels", &[], &[127.0]);
-            self.row_zero_points = Some([zp, last, floor, levels]);
+            self.per_token_consts = Some([zp, last, floor, levels]);
         }
-        let [zp, last, floor, levels] = self.row_zero_points.clone().expect("set above");
+        let [zp, last, floor, levels] = self.per_token_consts.clone().expect("set above");
         let abs = self.g.node("Abs", &[x], vec![], key);
         let max = self.g.node(
             "ReduceMax",
@@ -557,7 +557,7 @@ pub fn export(
         cfg,
         variant,
         int8_consts: None,
-        row_zero_points: None,
+        per_token_consts: None,
     };
     let ids =
         e.g.input("input_ids", data_type::INT64, &["batch", "sequence"]);

@@ -3,11 +3,7 @@
 //! embedding tables.
 
 /// `w` is `[k, n]` row-major (the MatMul right operand). Returns int8 `[k, n]` and scales `[n]`.
-pub fn per_column(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
-    per_column_levels(w, k, n, 127.0)
-}
-
-/// `per_column` onto the integers -levels..=levels.
+/// Codes are the integers -levels..=levels.
 pub fn per_column_levels(w: &[f32], k: usize, n: usize, levels: f32) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0f32; n];
     for r in 0..k {
@@ -49,7 +45,7 @@ mod tests {
         let w: Vec<f32> = (0..64)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let (q, s) = per_column(&w, 8, 8);
+        let (q, s) = per_column_levels(&w, 8, 8, 127.0);
         for i in 0..64 {
             assert!((q[i] as f32 * s[i % 8] - w[i]).abs() <= s[i % 8] / 2.0 + 1e-6);
         }
