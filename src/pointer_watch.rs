@@ -18,10 +18,14 @@ pub fn spawn(
     tokio::spawn(async move {
         let (ping_tx, mut ping) = mpsc::channel::<()>(1);
         let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // Only a change of the pointer counts. inotify also reports opens and reads
+            // (Access): reacting to those made our own re-read of ACTIVE trigger the next one,
+            // a busy loop that held a core for as long as the daemon ran.
             let touches_pointer = ev.is_ok_and(|e| {
-                e.paths
-                    .iter()
-                    .any(|p| p.file_name().is_some_and(|n| n == POINTER_FILE))
+                !matches!(e.kind, notify::EventKind::Access(_))
+                    && e.paths
+                        .iter()
+                        .any(|p| p.file_name().is_some_and(|n| n == POINTER_FILE))
             });
             if touches_pointer {
                 let _ = ping_tx.try_send(());
@@ -38,10 +42,12 @@ pub fn spawn(
                 None
             }
         };
+        let mut notifications = true;
         let mut last = initial;
         loop {
             tokio::select! {
-                _ = ping.recv() => {}
+                // Without a watcher the channel is closed and recv() is ready at once: poll only.
+                got = ping.recv(), if notifications => notifications = got.is_some(),
                 _ = tokio::time::sleep(poll) => {}
             }
             let now = match registry.active() {

@@ -101,6 +101,16 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     let mut daemon = spawn_daemon(&env);
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
     assert_eq!(active_version(port), "1.0.0");
+    // Idle, a daemon watching its registry sleeps. (Reacting to its own reads of ACTIVE once
+    // kept a core busy for as long as it ran: ~0.6 CPU-seconds per second.)
+    let (cpu0, t0) = (cpu_seconds(daemon.id()), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_share = (cpu_seconds(daemon.id()) - cpu0) / t0.elapsed().as_secs_f64();
+    assert!(
+        idle_share < 0.2,
+        "an idle daemon used {:.0}% of a core",
+        idle_share * 100.0
+    );
 
     // Continuous load: 40 messages every 20 ms on a thread, 6,000 in all (about 3 s of traffic
     // per 1,000), while the swaps below happen.
@@ -109,6 +119,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     let loader = {
         let (input, texts) = (input.clone(), texts.clone());
         std::thread::spawn(move || {
+            let p = producer();
             for chunk in (0..n).collect::<Vec<_>>().chunks(40) {
                 let recs: Vec<_> = chunk
                     .iter()
@@ -117,7 +128,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
                         (Some(format!("user{}", i % 31)), body.to_string().into_bytes(), None)
                     })
                     .collect();
-                produce(&input, &recs);
+                send_all(&p, &input, &recs);
                 std::thread::sleep(Duration::from_millis(20));
             }
         })
@@ -429,6 +440,7 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
     let loader = {
         let (input, stop) = (input.clone(), stop.clone());
         std::thread::spawn(move || {
+            let p = producer();
             let mut i = 0usize;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) || i < 300 {
                 let recs: Vec<_> = (i..i + 10)
@@ -437,7 +449,7 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
                         (Some(format!("k{k}")), body.to_string().into_bytes(), None)
                     })
                     .collect();
-                produce(&input, &recs);
+                send_all(&p, &input, &recs);
                 i += 10;
                 std::thread::sleep(Duration::from_millis(30));
             }

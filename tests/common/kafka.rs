@@ -63,9 +63,18 @@ pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
         .unwrap()
 }
 
-/// Produces (key, payload, headers) records and waits until all are acknowledged.
-pub fn produce(topic: &str, records: &[(Option<String>, Vec<u8>, Option<OwnedHeaders>)]) {
-    let p = producer();
+/// (key, payload, headers) of a record to produce.
+pub type Rec = (Option<String>, Vec<u8>, Option<OwnedHeaders>);
+
+/// Produces records and waits until all are acknowledged.
+pub fn produce(topic: &str, records: &[Rec]) {
+    send_all(&producer(), topic, records);
+}
+
+/// Produces records with an existing producer and waits until all are acknowledged. A loader
+/// that sends many small chunks reuses one producer: each new idempotent producer costs a
+/// connection and a producer-id round trip before its first record.
+pub fn send_all(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, records: &[Rec]) {
     for (k, v, h) in records {
         let mut r = BaseRecord::<String, Vec<u8>>::to(topic).payload(v);
         if let Some(k) = k {
@@ -106,7 +115,17 @@ pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
         .set("auto.offset.reset", "earliest")
         .create()
         .unwrap();
-    c.subscribe(&[topic]).unwrap();
+    // Every partition assigned from the start: no group join to wait for on each read.
+    let meta = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("metadata of {topic}: {e}"));
+    let mut tpl = TopicPartitionList::new();
+    for p in meta.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .unwrap();
+    }
+    assert!(tpl.count() > 0, "topic {topic} has no partitions");
+    c.assign(&tpl).unwrap();
     let mut out = Vec::new();
     let end = Instant::now() + timeout;
     // `done` may be costly (it sees every record so far): ask it at most every 300 ms, and
@@ -268,6 +287,17 @@ pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::E
     }
     let _ = child.kill();
     None
+}
+
+/// CPU time (user + system, seconds) a process has used so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // Linux reports in USER_HZ, 100 on every x86-64 kernel.
+    ticks / 100.0
 }
 
 /// A free localhost port (bound, then released) for a daemon's admin server.
