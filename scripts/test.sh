@@ -27,4 +27,6 @@ fi
 stop_broker() { [ "$started_broker" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true; }
 trap stop_broker EXIT
 export EMOSTREAM_TEST_BROKERS=${EMOSTREAM_TEST_BROKERS:-127.0.0.1:19092}
+# With no arguments, every test binary runs even when one fails (one red test hides no other).
+[ $# -gt 0 ] || set -- --no-fail-fast
 cargo test --release "$@"

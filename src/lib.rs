@@ -7,6 +7,7 @@ pub mod admin;
 pub mod batcher;
 pub mod config;
 pub mod control;
+pub mod cpu;
 pub mod daemon;
 pub mod dataset;
 pub mod decode;

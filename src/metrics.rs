@@ -11,6 +11,13 @@ pub struct LabelMetrics {
     pub f1: f64,
     pub support: usize,
     pub threshold: f32,
+    /// Comments predicted on that are (tp) and are not (fp) labelled so: with `support`, the
+    /// whole confusion count, so a re-evaluation can tell how many predictions moved.
+    /// (Absent in cards written before they were recorded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tp: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp: Option<usize>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -103,6 +110,8 @@ pub fn evaluate(
             f1: c.f1(),
             support: c.tp + c.fn_,
             threshold: thresholds[j],
+            tp: Some(c.tp),
+            fp: Some(c.fp),
         });
     }
     let mean = |f: &dyn Fn(&LabelMetrics) -> f64| per_label.iter().map(f).sum::<f64>() / l as f64;

@@ -8,6 +8,7 @@
 //! A Hugging Face / optimum export directory (model.onnx + tokenizer.json + config.json with
 //! id2label) is accepted too; its card is derived (thresholds 0.5, sha256 computed).
 
+use crate::cpu::MeasuredOn;
 use crate::dataset::sha256_file;
 use crate::labels::LabelSet;
 use crate::metrics::Metrics;
@@ -50,6 +51,10 @@ pub struct Evaluation {
     pub split_sha256: String,
     /// e.g. "per-label (dev)", "global 0.15", "global 0.34 (dev)"
     pub thresholds: String,
+    /// The CPU and ONNX Runtime kernels the figures were measured with: another kernel family
+    /// rounds differently, so a score at a threshold may land on the other side there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_on: Option<MeasuredOn>,
     #[serde(flatten)]
     pub metrics: Metrics,
 }

@@ -82,6 +82,11 @@ fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
     let load = t.elapsed();
     let card = c.dir.card.clone();
     println!(
+        "this machine: {}; ONNX Runtime: {}",
+        emostream::cpu::this_machine(ort::info()),
+        ort::info()
+    );
+    println!(
         "model {} {} ({}, {}, {} labels, max length {}), loaded in {:.0} ms",
         card.name,
         card.version,

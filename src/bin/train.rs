@@ -345,6 +345,10 @@ fn main() -> Result<()> {
                 p => PathBuf::from(p),
             };
             let res = publish::evaluate_test(&model, &path, &RuntimeOptions::default(), write)?;
+            if let Some(on) = res.values().find_map(|e| e.measured_on.as_ref()) {
+                println!("measured on {on}");
+                println!("ONNX Runtime: {}", on.onnxruntime);
+            }
             for (k, e) in &res {
                 println!(
                     "{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)",

@@ -135,6 +135,8 @@ fn eval_entry(split: &Split, desc: String, m: Metrics) -> Evaluation {
             .map_or("?".into(), |f| f.to_string_lossy().into_owned()),
         split_sha256: split.sha256.clone(),
         thresholds: desc,
+        // Called after a Classifier loaded ONNX Runtime, so its build string is there to read.
+        measured_on: Some(crate::cpu::this_machine(ort::info())),
         metrics: m,
     }
 }
@@ -159,11 +161,18 @@ pub fn tune_thresholds(
     runtime: &RuntimeOptions,
 ) -> Result<ModelCard> {
     let (c, dev, scores) = score_split(model_dir, dev_path, runtime)?;
-    let mut card = c.dir.card.clone();
+    let card = tuned_on_dev(&c.dir.card, &dev, &scores);
+    card.write(model_dir)?;
+    Ok(card)
+}
+
+/// The card with thresholds chosen on dev `scores` and the dev metrics they give.
+pub fn tuned_on_dev(card: &ModelCard, dev: &Split, scores: &[Vec<f32>]) -> ModelCard {
+    let mut card = card.clone();
     let n = card.labels.len();
     let targets = dev.targets(n);
-    let (global, _) = thresholds::best_global(&scores, &targets, n);
-    let per = thresholds::best_per_label(&scores, &targets, n, global);
+    let (global, _) = thresholds::best_global(scores, &targets, n);
+    let per = thresholds::best_per_label(scores, &targets, n, global);
     card.thresholds = Thresholds {
         default: global,
         per_label: Some(per.clone()),
@@ -174,21 +183,20 @@ pub fn tune_thresholds(
     card.metrics.insert(
         "dev".into(),
         eval_entry(
-            &dev,
+            dev,
             "per-label (dev)".into(),
-            evaluate(&scores, &targets, &per, card.labels.names()),
+            evaluate(scores, &targets, &per, card.labels.names()),
         ),
     );
     card.metrics.insert(
         "dev_global_dev_best".into(),
         eval_entry(
-            &dev,
+            dev,
             format!("global {global:.2} (dev)"),
-            evaluate(&scores, &targets, &vec![global; n], card.labels.names()),
+            evaluate(scores, &targets, &vec![global; n], card.labels.names()),
         ),
     );
-    card.write(model_dir)?;
-    Ok(card)
+    card
 }
 
 /// Evaluates on test with the card's thresholds, the reference's global 0.15 and the dev-best
@@ -201,6 +209,22 @@ pub fn evaluate_test(
 ) -> Result<BTreeMap<String, Evaluation>> {
     let (c, test, scores) = score_split(model_dir, test_path, runtime)?;
     let mut card = c.dir.card.clone();
+    let out = test_evaluations(&card, &test, &scores);
+    if write {
+        card.data.insert("test.tsv".into(), test.sha256.clone());
+        card.metrics.extend(out.clone());
+        card.write(model_dir)?;
+    }
+    Ok(out)
+}
+
+/// The card's three test evaluations of `scores` on `test`: its own thresholds, the
+/// reference's global 0.15 and the dev-best global threshold.
+pub fn test_evaluations(
+    card: &ModelCard,
+    test: &Split,
+    scores: &[Vec<f32>],
+) -> BTreeMap<String, Evaluation> {
     let n = card.labels.len();
     let targets = test.targets(n);
     let names = card.labels.names().to_vec();
@@ -213,28 +237,23 @@ pub fn evaluate_test(
     };
     out.insert(
         "test".to_string(),
-        eval_entry(&test, desc, evaluate(&scores, &targets, &per, &names)),
+        eval_entry(test, desc, evaluate(scores, &targets, &per, &names)),
     );
     out.insert(
         "test_global_0.15".to_string(),
         eval_entry(
-            &test,
+            test,
             "global 0.15 (reference)".into(),
-            evaluate(&scores, &targets, &vec![0.15; n], &names),
+            evaluate(scores, &targets, &vec![0.15; n], &names),
         ),
     );
     out.insert(
         "test_global_dev_best".to_string(),
         eval_entry(
-            &test,
+            test,
             format!("global {:.2} (dev)", card.thresholds.default),
-            evaluate(&scores, &targets, &vec![card.thresholds.default; n], &names),
+            evaluate(scores, &targets, &vec![card.thresholds.default; n], &names),
         ),
     );
-    if write {
-        card.data.insert("test.tsv".into(), test.sha256.clone());
-        card.metrics.extend(out.clone());
-        card.write(model_dir)?;
-    }
-    Ok(out)
+    out
 }

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Measures how far ONNX Runtime's CPU kernel families move a model's scores against each
+# other: scores GoEmotions test comments natively (this CPU's kernels, e.g. AVX-512 VNNI) and
+# under qemu-user emulating an AVX2-only CPU (Haswell: MLAS then takes its AVX2 kernels), and
+# prints the share of logits that moved by more than x, the largest move, and whether the
+# emulated AVX2 predictions reproduce the card's per-label counts. tests/shipped_model.rs
+# takes its tolerance from this table.
+#
+#   scripts/cross-isa-scores.sh [MODEL_DIR] [RANDOM_COMMENTS]
+#
+# Emulation runs ~1.5 comments/s, so besides the first RANDOM_COMMENTS (default 473) only the
+# comments with a score within 0.006 of a threshold are emulated: they are the ones whose
+# predictions can move. Needs Debian's qemu-user (apt-get install qemu-user).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+model=${1:-models/goemotions-minilm-l6}
+random=${2:-473}
+data=${EMOSTREAM_DATA:-../shared/data/goemotions}
+command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 missing: apt-get install qemu-user" >&2; exit 1; }
+ORT_DYLIB_PATH=$(scripts/setup-ort.sh)
+export ORT_DYLIB_PATH
+cargo build --release --bin emostream >&2
+bin=target/release/emostream
+out=$(mktemp -d)
+cut -f1 "$data/test.tsv" > "$out/texts.txt"
+echo "native: $($bin check-model "$model" | grep '^this machine')" >&2
+"$bin" classify --model "$model" --format text < "$out/texts.txt" > "$out/native.jsonl"
+python3 - "$model" "$out" "$random" <<'PY'
+import json, sys
+model, out, random = sys.argv[1], sys.argv[2], int(sys.argv[3])
+card = json.load(open(f"{model}/model.json"))
+names = card["labels"]
+default = card["thresholds"]["default"]
+per = card["thresholds"]["per_label"] or [default] * len(names)
+# Each label's own threshold, the dev-best global one and the reference's 0.15.
+near = lambda s: any(abs(s[n] - t) <= 0.006 for j, n in enumerate(names) for t in (per[j], default, 0.15))
+texts = open(f"{out}/texts.txt").read().split("\n")
+native = [json.loads(l)["scores"] for l in open(f"{out}/native.jsonl")]
+pick = [i for i, s in enumerate(native) if i < random or near(s)]
+open(f"{out}/picked.txt", "w").write("\n".join(map(str, pick)) + "\n")
+open(f"{out}/picked-texts.txt", "w").write("\n".join(texts[i] for i in pick) + "\n")
+print(f"emulating {len(pick)} comments", file=sys.stderr)
+PY
+time qemu-x86_64 -cpu Haswell-noTSX "$bin" classify --model "$model" --format text \
+  < "$out/picked-texts.txt" > "$out/emulated.jsonl" 2> "$out/qemu.log"
+python3 - "$model" "$out" "$data/test.tsv" <<'PY'
+import json, math, sys
+model, out, test = sys.argv[1:4]
+card = json.load(open(f"{model}/model.json"))
+names = card["labels"]
+logit = lambda p: math.log(min(max(p, 1e-9), 1 - 1e-9) / (1 - min(max(p, 1e-9), 1 - 1e-9)))
+native = [json.loads(l)["scores"] for l in open(f"{out}/native.jsonl")]
+pick = [int(x) for x in open(f"{out}/picked.txt").read().split()]
+emulated = [json.loads(l)["scores"] for l in open(f"{out}/emulated.jsonl")]
+assert len(pick) == len(emulated), "emulation did not finish"
+moves = sorted(abs(logit(native[i][n]) - logit(e[n])) for i, e in zip(pick, emulated) for n in names)
+N = len(moves)
+print(f"{N} logits of {len(pick)} comments; largest move {moves[-1]:.4f}; "
+      f"p99 {moves[int(N*0.99)]:.2e} p99.9 {moves[int(N*0.999)]:.2e}")
+print("x        share of logits that moved by more than x")
+for x in [0, 1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 3e-2, 5e-2]:
+    print(f"{x:<8g} {sum(1 for m in moves if m > x) / N:.3e}")
+# The emulated CPU's predictions: emulated scores where measured, native elsewhere (the rest
+# lie farther than 0.006 from every threshold).
+avx2 = list(native)
+for i, e in zip(pick, emulated):
+    avx2[i] = e
+gold = [set(int(x) for x in l.rstrip("\n").split("\t")[1].split(",")) for l in open(test)]
+per = card["thresholds"]["per_label"]
+for key, th in [("test", per), ("test_global_0.15", [0.15] * len(names)),
+                ("test_global_dev_best", [card["thresholds"]["default"]] * len(names))]:
+    stored = card["metrics"][key]["per_label"]
+    for which, scores in [("native", native), ("emulated avx2", avx2)]:
+        differ = []
+        for j, n in enumerate(names):
+            tp = sum(1 for s, g in zip(scores, gold) if s[n] >= th[j] and j in g)
+            fp = sum(1 for s, g in zip(scores, gold) if s[n] >= th[j] and j not in g)
+            if (tp, fp) != (stored[j].get("tp"), stored[j].get("fp")):
+                differ.append(f"{n} tp {tp} vs {stored[j].get('tp')}, fp {fp} vs {stored[j].get('fp')}")
+        print(f"{key} {which}: {len(differ)} labels differ from the card {differ}")
+PY
+rm -rf "$out"
