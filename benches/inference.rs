@@ -6,9 +6,9 @@
 //!   EMOSTREAM_BENCH_MODELS=dirA,dirB cargo bench --bench inference
 //!   EMOSTREAM_BENCH_THREADS=2 (ORT intra-op threads, default 2)
 
-use emostream::dataset::{goemotions_dir, Split};
-use emostream::inference::Classifier;
-use emostream::model::RuntimeOptions;
+use emostream::backend::classifier::Classifier;
+use emostream::backend::ort::RuntimeOptions;
+use emostream::model::eval::dataset::{goemotions_dir, Split};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {

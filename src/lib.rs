@@ -1,36 +1,25 @@
-//! emostream: emotion labelling of comment streams (GoEmotions, 28 labels).
+//! emostream: emotion labelling of comment streams (GoEmotions, 28 labels, multi-label).
 //!
-//! Training side: `encoder` (candle), `train` (loss, optimiser, checkpoints, loop), `onnx` (export).
-//! Shared: `labels`, `dataset`, `metrics`, `thresholds`, `model_dir`, `tokenize`.
+//! Four layers; each imports only from the layers below it (tests/architecture.rs checks):
+//!
+//! ```text
+//!   daemon/   the Kafka labeller: config, pipeline (decode → batcher → workers → events),
+//!             kafka (client, source, sink, control topic), ack (offsets + in-flight budget),
+//!             swap (controller, shadow, pointer watch), admin HTTP, telemetry
+//!   train/    fine-tuning with candle: encoder/, loss, optimiser, trainer, onnx/ export,
+//!             export/evaluation of model directories, reports
+//!        ↓ both use
+//!   backend/  ONNX Runtime behind a transport-free surface: a session (ort), a served
+//!             generation (tokenizer + sessions + labels), a classifier for offline scoring,
+//!             length-sorted sub-batching
+//!        ↓
+//!   model/    the model directory format (card, labels, thresholds), the registry of versions,
+//!             tokenizer wrapper, evaluation (dataset splits, F1 scores, threshold tuning)
+//! ```
+//!
+//! The daemon never touches candle (`train`), and `train` never touches Kafka (`daemon`).
 
-pub mod admin;
-pub mod batcher;
-pub mod config;
-pub mod control;
-pub mod cpu;
+pub mod backend;
 pub mod daemon;
-pub mod dataset;
-pub mod decode;
-pub mod encoder;
-pub mod event;
-pub mod inference;
-pub mod labels;
-pub mod metrics;
 pub mod model;
-pub mod model_dir;
-pub mod offsets;
-pub mod onnx;
-pub mod pipeline;
-pub mod pointer_watch;
-pub mod registry;
-pub mod rng;
-pub mod serving;
-pub mod shadow;
-pub mod sink;
-pub mod source;
-pub mod swap;
-pub mod telemetry;
-pub mod thresholds;
-pub mod tokenize;
 pub mod train;
-pub mod workers;

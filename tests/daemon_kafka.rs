@@ -155,7 +155,7 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     // Scores equal `emostream classify` on the same texts.
     let offline = classify(&model, &lines);
     assert_eq!(offline.len(), n);
-    let card = emostream::model_dir::ModelDir::load(&model, false)
+    let card = emostream::model::dir::ModelDir::load(&model, false)
         .unwrap()
         .card;
     let thresholds: HashMap<&str, f64> = card

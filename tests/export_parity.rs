@@ -5,11 +5,11 @@
 mod common;
 
 use candle_core::Device;
-use emostream::encoder::{Arch, Encoder, Pooling};
-use emostream::inference::Classifier;
-use emostream::model::RuntimeOptions;
-use emostream::onnx::Variant;
-use emostream::tokenize::PaddedBatch;
+use emostream::backend::classifier::Classifier;
+use emostream::backend::ort::RuntimeOptions;
+use emostream::model::tokenize::PaddedBatch;
+use emostream::train::encoder::{Arch, Encoder, Pooling};
+use emostream::train::onnx::Variant;
 use emostream::train::predict;
 use emostream::train::publish::{export_model_dir, load_checkpoint, ExportRequest};
 
@@ -112,7 +112,7 @@ fn check_layout(arch: Arch, pooling: Pooling) {
 /// Op types of a model file, with counts.
 fn op_histogram(path: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
     let bytes = std::fs::read(path).unwrap();
-    let model: emostream::onnx::proto::ModelProto =
+    let model: emostream::train::onnx::proto::ModelProto =
         prost::Message::decode(bytes.as_slice()).unwrap();
     let mut h = std::collections::BTreeMap::new();
     for n in model.graph.unwrap().node {
@@ -134,8 +134,8 @@ fn ort_optimised_graphs_show_what_fused() {
     // A base checkpoint has no labels: add them as a trained checkpoint would.
     let mut hf: serde_json::Value =
         serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
-    let labels = emostream::labels::LabelSet::goemotions();
-    let cfg = emostream::encoder::EncoderConfig::from_hf(&hf, 28).unwrap();
+    let labels = emostream::model::labels::LabelSet::goemotions();
+    let cfg = emostream::train::encoder::EncoderConfig::from_hf(&hf, 28).unwrap();
     hf = cfg.to_hf(labels.names());
     std::fs::write(base.join("config.json"), serde_json::to_vec(&hf).unwrap()).unwrap();
     let optimise = |variant: Variant, tag: &str| {

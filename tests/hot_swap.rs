@@ -7,7 +7,7 @@
 mod common;
 
 use common::kafka::*;
-use emostream::registry::Registry;
+use emostream::model::registry::Registry;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -32,7 +32,8 @@ fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
     std::fs::write(&onnx, &bytes[..bytes.len() / 2]).unwrap();
     let card_path = dir.join("model.json");
     let mut card: Value = serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
-    card["model_sha256"] = Value::String(emostream::dataset::sha256_file(&onnx).unwrap());
+    card["model_sha256"] =
+        Value::String(emostream::model::eval::dataset::sha256_file(&onnx).unwrap());
     std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
 }
 
@@ -308,7 +309,7 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         assert!(t.elapsed() < Duration::from_secs(90), "replicas not ready");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let msg = emostream::control::activate_message("2.0.0", "req-1");
+    let msg = emostream::daemon::kafka::control::activate_message("2.0.0", "req-1");
     produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
     let results = |rid: &str, want: usize| -> Vec<Value> {
         let rid = rid.to_string();
@@ -355,7 +356,7 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
     }
 
     // Rollback on the control topic: both go back to 1.0.0.
-    let msg = emostream::control::rollback_message("req-2");
+    let msg = emostream::daemon::kafka::control::rollback_message("req-2");
     produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
     for r in results("req-2", 2) {
         assert_eq!(r["result"], "swapped", "{r}");

@@ -10,13 +10,13 @@
 
 mod common;
 
-use emostream::cpu;
-use emostream::dataset::Split;
-use emostream::inference::Classifier;
-use emostream::metrics::{evaluate, label_counts, Counts, Metrics};
-use emostream::model::RuntimeOptions;
-use emostream::model_dir::ModelDir;
-use emostream::onnx::proto::ModelProto;
+use emostream::backend::classifier::Classifier;
+use emostream::backend::ort::RuntimeOptions;
+use emostream::model::cpu;
+use emostream::model::dir::ModelDir;
+use emostream::model::eval::dataset::Split;
+use emostream::model::eval::scores::{evaluate, label_counts, Counts, Metrics};
+use emostream::train::onnx::proto::ModelProto;
 use emostream::train::publish;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -276,7 +276,7 @@ fn with_head_rows_swapped(root: &Path, a: usize, b: usize) -> PathBuf {
     let card_path = out.join("model.json");
     let mut card: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
-    card["model_sha256"] = emostream::dataset::sha256_file(&out.join("model.onnx"))
+    card["model_sha256"] = emostream::model::eval::dataset::sha256_file(&out.join("model.onnx"))
         .unwrap()
         .into();
     std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();

@@ -5,8 +5,8 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
-use emostream::encoder::{Arch, Encoder, EncoderConfig, Params, Pooling};
-use emostream::tokenize::{PaddedBatch, TextEncoder};
+use emostream::model::tokenize::{PaddedBatch, TextEncoder};
+use emostream::train::encoder::{Arch, Encoder, EncoderConfig, Params, Pooling};
 use emostream::train::loss::bce_with_logits;
 
 fn loss_f64(enc: &Encoder, p: &Params, batch: &PaddedBatch, targets: &Tensor) -> Tensor {
@@ -20,7 +20,7 @@ fn gradient_check(arch: Arch, pooling: Pooling) {
     cfg.pooling = pooling;
     // Mean pooling feeds the classifier directly: the CLS head's dense layer is unused.
     let unused = (pooling == Pooling::Mean)
-        .then(|| format!("{}.", emostream::encoder::names::head(arch).dense));
+        .then(|| format!("{}.", emostream::train::encoder::names::head(arch).dense));
     let params = Params::load_safetensors(
         &cfg,
         &tmp.path().join("model.safetensors"),
@@ -104,7 +104,7 @@ fn gradient_check(arch: Arch, pooling: Pooling) {
             checked += 1;
         }
     }
-    assert!(checked >= 3 * (emostream::encoder::names::all(&cfg).len() - skipped));
+    assert!(checked >= 3 * (emostream::train::encoder::names::all(&cfg).len() - skipped));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use emostream::config::Settings;
+use emostream::daemon::config::Settings;
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -46,7 +46,7 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let mut s = Settings::load(cli.config.as_deref())?;
-    emostream::telemetry::init_logging(&s.log.format, &s.log.level);
+    emostream::daemon::telemetry::init_logging(&s.log.format, &s.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -55,8 +55,8 @@ fn real_main() -> Result<()> {
         Cmd::Classify { format, model } => {
             if let Some(f) = format {
                 s.input.format = match f.as_str() {
-                    "json" => emostream::config::InputFormat::Json,
-                    "text" => emostream::config::InputFormat::Text,
+                    "json" => emostream::daemon::config::InputFormat::Json,
+                    "text" => emostream::daemon::config::InputFormat::Text,
                     other => anyhow::bail!("--format {other:?}: use json or text"),
                 };
             }
@@ -78,12 +78,12 @@ const SMOKE: [&str; 4] = [
 
 fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
     let t = std::time::Instant::now();
-    let mut c = emostream::inference::Classifier::load(&dir, &s.runtime_options(), true)?;
+    let mut c = emostream::backend::classifier::Classifier::load(&dir, &s.runtime_options(), true)?;
     let load = t.elapsed();
     let card = c.dir.card.clone();
     println!(
         "this machine: {}; ONNX Runtime: {}",
-        emostream::cpu::this_machine(ort::info()),
+        emostream::model::cpu::this_machine(ort::info()),
         ort::info()
     );
     println!(

@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use candle_core::Device;
 use clap::{Parser, Subcommand};
-use emostream::dataset::{goemotions_dir, Split};
-use emostream::labels::LabelSet;
-use emostream::model::RuntimeOptions;
-use emostream::onnx::Variant;
+use emostream::backend::ort::RuntimeOptions;
+use emostream::model::eval::dataset::{goemotions_dir, Split};
+use emostream::model::labels::LabelSet;
+use emostream::train::onnx::Variant;
 use emostream::train::optim::AdamWConfig;
 use emostream::train::{publish, TrainConfig, Trainer};
 use std::path::PathBuf;
@@ -295,8 +295,8 @@ fn main() -> Result<()> {
                 },
                 limit_train_examples: a.limit_train_examples,
                 pooling: match a.pooling.as_str() {
-                    "cls" => emostream::encoder::Pooling::Cls,
-                    "mean" => emostream::encoder::Pooling::Mean,
+                    "cls" => emostream::train::encoder::Pooling::Cls,
+                    "mean" => emostream::train::encoder::Pooling::Mean,
                     p => bail!("--pooling {p:?}: use cls or mean"),
                 },
                 prior_bias: a.prior_bias,
@@ -365,7 +365,7 @@ fn main() -> Result<()> {
             brokers,
             control_topic,
         } => {
-            let reg = emostream::registry::Registry::open(&registry)?;
+            let reg = emostream::model::registry::Registry::open(&registry)?;
             let (v, dir) = reg.publish(&model, version.as_deref())?;
             println!("published {} as {v} at {}", model.display(), dir.display());
             if activate {
@@ -374,11 +374,13 @@ fn main() -> Result<()> {
             }
             if let Some(topic) = control_topic {
                 let rid = format!("publish-{v}-{}", std::process::id());
-                let msg = emostream::control::activate_message(&v, &rid);
+                let msg = emostream::daemon::kafka::control::activate_message(&v, &rid);
                 tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()?
-                    .block_on(emostream::control::announce(&brokers, &topic, &msg))?;
+                    .block_on(emostream::daemon::kafka::control::announce(
+                        &brokers, &topic, &msg,
+                    ))?;
                 println!("announced {v} on {topic} (request_id {rid})");
             }
             Ok(())

@@ -2,7 +2,7 @@
 //! batch pads little, then shuffle the batch order. Same (seed, epoch) → same plan, so a resumed
 //! run replays exactly the batches an uninterrupted one would.
 
-use crate::rng::SplitMix64;
+use crate::train::rng::SplitMix64;
 
 /// Examples per window sorted by length = batch_size × this.
 const WINDOW_BATCHES: usize = 50;

@@ -56,7 +56,7 @@ mod tests {
             assert!(gx.iter().all(|v| v.is_finite()), "{gx:?}");
             // gradient of mean BCE is (σ(x) - y)/n
             for (xi, gi) in xs.iter().zip(&gx) {
-                let s = crate::metrics::sigmoid(*xi);
+                let s = crate::model::eval::scores::sigmoid(*xi);
                 assert!((gi - (s - y) / 7.0).abs() < 1e-6, "x={xi} y={y} g={gi}");
             }
             // match the textbook formula where it does not overflow

@@ -1,11 +1,14 @@
 //! Fine-tuning: loss, optimiser, batching plans, the training loop with checkpoints, inference.
 
 pub mod batches;
+pub mod encoder;
 pub mod loss;
+pub mod onnx;
 pub mod optim;
 pub mod predict;
 pub mod publish;
 pub mod report;
+pub mod rng;
 pub mod trainer;
 
 pub use trainer::{TrainConfig, Trainer};

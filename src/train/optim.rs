@@ -1,7 +1,7 @@
 //! AdamW with linear warm-up then linear decay, global-norm gradient clipping, and state
 //! (moments, step) that a checkpoint saves and restores exactly.
 
-use crate::encoder::Params;
+use crate::train::encoder::Params;
 use anyhow::{Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};

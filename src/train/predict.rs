@@ -1,8 +1,8 @@
 //! Batched candle inference (no dropout, no graph kept): sigmoid scores for many texts.
 
-use crate::encoder::{Encoder, Params};
-use crate::metrics::sigmoid;
-use crate::tokenize::PaddedBatch;
+use crate::model::eval::scores::sigmoid;
+use crate::model::tokenize::PaddedBatch;
+use crate::train::encoder::{Encoder, Params};
 use anyhow::Result;
 use candle_core::{DType, Device};
 

@@ -1,16 +1,16 @@
 //! From a trained checkpoint to a model directory: ONNX export (fp32 or int8), tokenizer,
 //! and the card; then threshold tuning on dev and evaluation, recorded in the card.
 
-use crate::dataset::{sha256_file, Split};
-use crate::encoder::{EncoderConfig, Params};
-use crate::inference::Classifier;
-use crate::metrics::{evaluate, Metrics};
-use crate::model::RuntimeOptions;
-use crate::model_dir::{
+use crate::backend::classifier::Classifier;
+use crate::backend::ort::RuntimeOptions;
+use crate::model::dir::{
     Evaluation, ModelCard, Thresholds, FORMAT_VERSION, ONNX_FILE, TOKENIZER_FILE,
 };
-use crate::onnx::{self, Variant};
-use crate::thresholds;
+use crate::model::eval::dataset::{sha256_file, Split};
+use crate::model::eval::scores::{evaluate, Metrics};
+use crate::model::eval::thresholds;
+use crate::train::encoder::{EncoderConfig, Params};
+use crate::train::onnx::{self, Variant};
 use crate::train::trainer::labels_from_hf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
@@ -30,7 +30,9 @@ pub struct ExportRequest<'a> {
 }
 
 /// Loads a checkpoint directory's encoder config, labels and parameters.
-pub fn load_checkpoint(dir: &Path) -> Result<(EncoderConfig, crate::labels::LabelSet, Params)> {
+pub fn load_checkpoint(
+    dir: &Path,
+) -> Result<(EncoderConfig, crate::model::labels::LabelSet, Params)> {
     let hf: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("reading {}/config.json", dir.display()))?,
@@ -136,7 +138,7 @@ fn eval_entry(split: &Split, desc: String, m: Metrics) -> Evaluation {
         split_sha256: split.sha256.clone(),
         thresholds: desc,
         // Called after a Classifier loaded ONNX Runtime, so its build string is there to read.
-        measured_on: Some(crate::cpu::this_machine(ort::info())),
+        measured_on: Some(crate::model::cpu::this_machine(ort::info())),
         metrics: m,
     }
 }

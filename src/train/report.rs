@@ -1,7 +1,7 @@
 //! `report.md` and `curves.png` for a model directory: metric tables from the card, and the
 //! training-loss and dev macro-F1 curves from the run's checkpoint state.
 
-use crate::model_dir::{Evaluation, ModelDir};
+use crate::model::dir::{Evaluation, ModelDir};
 use crate::train::trainer::TrainState;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;

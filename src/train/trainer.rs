@@ -11,13 +11,13 @@ use super::batches::epoch_plan;
 use super::loss::bce_with_logits;
 use super::optim::{AdamW, AdamWConfig};
 use super::predict;
-use crate::dataset::Split;
-use crate::encoder::{names, Encoder, EncoderConfig, Params, Pooling};
-use crate::labels::LabelSet;
-use crate::metrics::evaluate;
-use crate::rng::SplitMix64;
-use crate::thresholds;
-use crate::tokenize::{PaddedBatch, TextEncoder};
+use crate::model::eval::dataset::Split;
+use crate::model::eval::scores::evaluate;
+use crate::model::eval::thresholds;
+use crate::model::labels::LabelSet;
+use crate::model::tokenize::{PaddedBatch, TextEncoder};
+use crate::train::encoder::{names, Encoder, EncoderConfig, Params, Pooling};
+use crate::train::rng::SplitMix64;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -214,7 +214,7 @@ impl Trainer {
         optimizer_state: Option<std::collections::HashMap<String, Tensor>>,
     ) -> Result<Trainer> {
         if cfg.freeze_embeddings {
-            let e = crate::encoder::names::embeddings(enc_cfg.arch);
+            let e = crate::train::encoder::names::embeddings(enc_cfg.arch);
             params.freeze(&format!("{}.weight", e.word));
         }
         let text = TextEncoder::from_file(&dir.join("tokenizer.json"), cfg.max_len)?;
@@ -293,7 +293,7 @@ impl Trainer {
         let targets = Tensor::from_vec(tgt, (idx.len(), l), &self.device)?;
         // Dropout masks come from (seed, step, shard): a resumed run draws the same ones.
         let stream = SplitMix64::derive(self.cfg.seed, self.state.step, 3 + shard);
-        let mut drop = crate::encoder::layers::DropoutRng::new(stream);
+        let mut drop = crate::train::encoder::layers::DropoutRng::new(stream);
         let logits = self
             .encoder
             .forward(&self.params, &batch, &self.device, Some(&mut drop))?;

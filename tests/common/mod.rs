@@ -5,11 +5,11 @@
 pub mod kafka;
 
 use candle_core::{Device, Tensor};
-use emostream::dataset::{goemotions_dir, Split};
-use emostream::encoder::{names, Arch, EncoderConfig};
-use emostream::labels::LabelSet;
-use emostream::rng::SplitMix64;
+use emostream::model::eval::dataset::{goemotions_dir, Split};
+use emostream::model::labels::LabelSet;
+use emostream::train::encoder::{names, Arch, EncoderConfig};
 use emostream::train::optim::AdamWConfig;
+use emostream::train::rng::SplitMix64;
 use emostream::train::{TrainConfig, Trainer};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -281,7 +281,7 @@ pub fn poisoned_tiny_model_dir(root: &Path, avoid: &[&str]) -> (PathBuf, String)
     let dir = tiny_model_dir_with(root, |base| {
         let tok = tokenizers::Tokenizer::from_file(base.join("tokenizer.json")).unwrap();
         let mut used = std::collections::HashSet::new();
-        for t in emostream::serving::CANARIES.iter().chain(avoid) {
+        for t in emostream::backend::generation::CANARIES.iter().chain(avoid) {
             used.extend(tok.encode(*t, true).unwrap().get_ids().to_vec());
         }
         let mut vocab: Vec<(String, u32)> = tok.get_vocab(false).into_iter().collect();
@@ -330,7 +330,7 @@ pub fn tiny_model_dir_with(root: &Path, change: impl FnOnce(&Path)) -> PathBuf {
     emostream::train::publish::export_model_dir(&emostream::train::publish::ExportRequest {
         checkpoint: &base,
         out: &out,
-        variant: emostream::onnx::Variant::Fp32 { fused: true },
+        variant: emostream::train::onnx::Variant::Fp32 { fused: true },
         name: "tiny-test",
         version: "0.0.1",
         max_len: 64,

@@ -1,0 +1,66 @@
+//! A loaded model directory ready to score texts: tokenizer + ONNX Runtime session + card.
+//! Used by `train evaluate`, `emostream classify` and the daemon's inference workers.
+
+use crate::backend::ort::{OrtModel, RuntimeOptions};
+use crate::model::dir::ModelDir;
+use crate::model::eval::scores::sigmoid;
+use crate::model::tokenize::{Encoded, PaddedBatch, TextEncoder};
+use anyhow::{Context, Result};
+use std::path::Path;
+
+pub struct Classifier {
+    pub dir: ModelDir,
+    pub text: TextEncoder,
+    pub model: OrtModel,
+}
+
+impl Classifier {
+    pub fn load(dir: &Path, runtime: &RuntimeOptions, verify_sha256: bool) -> Result<Classifier> {
+        let dir = ModelDir::load(dir, verify_sha256)?;
+        let text = TextEncoder::from_file(&dir.tokenizer_path(), dir.card.max_sequence_length)?;
+        let model = OrtModel::load(&dir.onnx_path(), runtime)?;
+        if model.num_labels() != dir.card.labels.len() {
+            anyhow::bail!(
+                "{}: model.onnx outputs {} labels but the card lists {}",
+                dir.dir.display(),
+                model.num_labels(),
+                dir.card.labels.len()
+            );
+        }
+        Ok(Classifier { dir, text, model })
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        self.text.encode(text)
+    }
+
+    /// Sigmoid scores for one batch of token id rows (padded to the longest row).
+    pub fn score_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let batch = PaddedBatch::new(rows, self.text.pad_id());
+        let logits = self.model.logits(&batch)?;
+        let l = self.model.num_labels();
+        Ok(logits
+            .chunks(l)
+            .map(|r| r.iter().map(|&x| sigmoid(x)).collect())
+            .collect())
+    }
+
+    /// Scores for many texts, in length-sorted batches of `batch_size`; output in input order.
+    pub fn score_texts(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        let enc: Vec<Encoded> = texts
+            .iter()
+            .map(|t| self.encode(t))
+            .collect::<Result<_>>()
+            .context("tokenizing")?;
+        let mut order: Vec<usize> = (0..enc.len()).collect();
+        order.sort_by_key(|&i| enc[i].ids.len());
+        let mut out = vec![Vec::new(); enc.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let rows: Vec<&[u32]> = chunk.iter().map(|&i| enc[i].ids.as_slice()).collect();
+            for (&i, s) in chunk.iter().zip(self.score_rows(&rows)?) {
+                out[i] = s;
+            }
+        }
+        Ok(out)
+    }
+}

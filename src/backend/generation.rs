@@ -1,0 +1,220 @@
+//! A served model generation: one model directory loaded, validated and ready — its tokenizer,
+//! one ONNX Runtime session per inference worker, labels in the order events use, and thresholds.
+//! Batches carry an `Arc` of the generation that tokenized them, so a batch never mixes models
+//! and in-flight batches finish on the model they started with; the sessions are freed when the
+//! last batch holding the old generation is done.
+
+use crate::backend::batching::sub_batches;
+use crate::backend::ort::{OrtModel, RuntimeOptions};
+use crate::daemon::pipeline::event::ModelRef;
+use crate::model::dir::ModelDir;
+use crate::model::eval::scores::sigmoid;
+use crate::model::tokenize::{PaddedBatch, TextEncoder};
+use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::watch;
+
+/// Texts every candidate must score with finite values before it may serve.
+pub const CANARIES: [&str; 8] = [
+    "Thank you so much, this made my day!",
+    "I can't believe they did that, it's disgusting.",
+    "Wait, what? How does that even work?",
+    "I'm so sorry for your loss.",
+    "lol",
+    "",
+    "This is the best news I've heard all year!!! 🎉🎉",
+    "ugh. whatever. I don't care anymore, do what you want",
+];
+
+/// What a candidate must agree with to replace the running model.
+#[derive(Debug, Clone, Default)]
+pub struct Expectations {
+    /// Label names in the running model's order; `None` for the first model.
+    pub labels: Option<Vec<String>>,
+    /// Candidate label name → running label name, for renamed labels.
+    pub label_map: BTreeMap<String, String>,
+}
+
+pub struct ServingModel {
+    pub dir: PathBuf,
+    pub model_ref: ModelRef,
+    pub text: TextEncoder,
+    /// Label names in the order of `scores` (the running order when mapped).
+    pub labels: Vec<String>,
+    pub thresholds: Vec<f32>,
+    /// `perm[i]` = the model output that feeds label `i`.
+    perm: Vec<usize>,
+    sessions: Vec<Mutex<OrtModel>>,
+}
+
+impl ServingModel {
+    /// Loads `dir` with `workers` sessions and validates it: sha256 of model.onnx against the
+    /// card, ONNX inputs/outputs, labels against `expect`, finite scores on the canaries from
+    /// every session (which also warms each one up).
+    pub fn load(
+        dir: &Path,
+        runtime: &RuntimeOptions,
+        workers: usize,
+        expect: &Expectations,
+    ) -> Result<ServingModel> {
+        let md = ModelDir::load(dir, true)?;
+        let card = &md.card;
+        let text = TextEncoder::from_file(&md.tokenizer_path(), card.max_sequence_length)?;
+        let own: Vec<String> = card
+            .labels
+            .names()
+            .iter()
+            .map(|n| {
+                expect
+                    .label_map
+                    .get(n)
+                    .cloned()
+                    .unwrap_or_else(|| n.clone())
+            })
+            .collect();
+        let labels = expect.labels.clone().unwrap_or_else(|| own.clone());
+        let perm = label_permutation(&own, &labels)?;
+        let resolved = card.thresholds.resolved(own.len());
+        let thresholds = perm.iter().map(|&j| resolved[j]).collect();
+        let mut sessions = Vec::with_capacity(workers);
+        for _ in 0..workers.max(1) {
+            let s = OrtModel::load(&md.onnx_path(), runtime)?;
+            if s.num_labels() != own.len() {
+                bail!(
+                    "model.onnx outputs {} scores but model.json lists {} labels",
+                    s.num_labels(),
+                    own.len()
+                );
+            }
+            sessions.push(Mutex::new(s));
+        }
+        let m = ServingModel {
+            dir: md.dir.clone(),
+            model_ref: ModelRef {
+                name: card.name.clone(),
+                version: card.version.clone(),
+                sha256: card.model_sha256.clone(),
+            },
+            text,
+            labels,
+            thresholds,
+            perm,
+            sessions,
+        };
+        m.check_canaries()?;
+        Ok(m)
+    }
+
+    fn check_canaries(&self) -> Result<()> {
+        let rows: Vec<Vec<u32>> = CANARIES
+            .iter()
+            .map(|t| self.text.encode(t).map(|e| e.ids))
+            .collect::<Result<_>>()
+            .context("tokenizing the canary texts")?;
+        let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
+        for w in 0..self.sessions.len() {
+            let scores = self
+                .score(w, &refs)
+                .with_context(|| format!("canary batch on session {w}"))?;
+            for (t, s) in CANARIES.iter().zip(&scores) {
+                if s.len() != self.labels.len() || s.iter().any(|x| !x.is_finite()) {
+                    bail!("canary {t:?} got non-finite scores: {s:?}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn version(&self) -> &str {
+        &self.model_ref.version
+    }
+
+    pub fn workers(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Sigmoid scores (running label order) for rows, in length-sorted sub-batches on the
+    /// session of `worker`; returned in input order.
+    pub fn score(&self, worker: usize, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        let mut session = self.sessions[worker % self.sessions.len()]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut order: Vec<usize> = (0..rows.len()).collect();
+        order.sort_by_key(|&i| rows[i].len());
+        let lens: Vec<usize> = order.iter().map(|&i| rows[i].len()).collect();
+        let l = self.perm.len();
+        let mut out = vec![Vec::new(); rows.len()];
+        for r in sub_batches(&lens) {
+            let part: Vec<&[u32]> = order[r.clone()].iter().map(|&i| rows[i]).collect();
+            let logits = session.logits(&PaddedBatch::new(&part, self.text.pad_id()))?;
+            for (k, &i) in order[r].iter().enumerate() {
+                let row = &logits[k * l..(k + 1) * l];
+                out[i] = self.perm.iter().map(|&j| sigmoid(row[j])).collect();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Labels over threshold for each score row.
+    pub fn label_sets(&self, scores: &[Vec<f32>]) -> Vec<Vec<usize>> {
+        scores
+            .iter()
+            .map(|s| {
+                s.iter()
+                    .zip(&self.thresholds)
+                    .enumerate()
+                    .filter(|(_, (x, t))| x >= t)
+                    .map(|(i, _)| i)
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+/// Where each running label comes from in the candidate's outputs; the sets must be equal.
+fn label_permutation(candidate: &[String], running: &[String]) -> Result<Vec<usize>> {
+    let mut perm = Vec::with_capacity(running.len());
+    for name in running {
+        match candidate.iter().position(|c| c == name) {
+            Some(j) => perm.push(j),
+            None => bail!(
+                "label set differs from the running model: {name:?} is missing (candidate labels: {}; map renamed labels with registry.label_map)",
+                candidate.join(",")
+            ),
+        }
+    }
+    if let Some(extra) = candidate.iter().find(|c| !running.contains(c)) {
+        bail!("label set differs from the running model: {extra:?} is not a running label (map renamed labels with registry.label_map)");
+    }
+    Ok(perm)
+}
+
+/// The generation new batches are tokenized with. Replacing it is the swap: the batcher reads
+/// it at each batch boundary.
+pub type Active = watch::Sender<Arc<ServingModel>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn permutation_maps_reordered_labels_and_refuses_other_sets() {
+        assert_eq!(
+            label_permutation(&s(&["a", "b", "c"]), &s(&["c", "a", "b"])).unwrap(),
+            vec![2, 0, 1]
+        );
+        let e = label_permutation(&s(&["a", "b"]), &s(&["a", "x"])).unwrap_err();
+        assert!(e.to_string().contains("\"x\" is missing"), "{e}");
+        let e = label_permutation(&s(&["a", "b", "c"]), &s(&["a", "b"])).unwrap_err();
+        assert!(
+            e.to_string().contains("\"c\" is not a running label"),
+            "{e}"
+        );
+    }
+}

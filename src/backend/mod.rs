@@ -1,0 +1,8 @@
+//! The inference backend: ONNX Runtime sessions and the model generations built on them. It
+//! knows nothing of Kafka, batching policy or training; callers hand it token rows and get
+//! sigmoid scores back.
+
+pub mod batching;
+pub mod classifier;
+pub mod generation;
+pub mod ort;

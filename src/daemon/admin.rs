@@ -1,0 +1,181 @@
+//! The admin HTTP server: Prometheus `/metrics`, `/healthz` (the process is up), `/readyz`
+//! (model loaded, partitions assigned, no partition stalled on an undeliverable message), and
+//! the model API: `GET /admin/model`, `POST /admin/model {"version": ...}`,
+//! `POST /admin/model/rollback`. With `admin.token` set, `/admin/*` needs
+//! `Authorization: Bearer <token>` (config validation demands a token off loopback).
+
+use crate::backend::generation::ServingModel;
+use crate::daemon::swap::{self, SwapRequest, SwapResult, Target, Trigger};
+use crate::model::registry::{check_version_name, Registry};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::sync::{mpsc, watch};
+
+pub struct Health {
+    pub model_loaded: AtomicBool,
+    pub assigned: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub stalled: Arc<AtomicUsize>,
+    pub shutting_down: AtomicBool,
+}
+
+/// What the model API needs; absent in processes that cannot swap.
+#[derive(Clone)]
+pub struct ModelAdmin {
+    pub active: watch::Receiver<Arc<ServingModel>>,
+    pub registry: Option<Registry>,
+    pub swaps: mpsc::Sender<SwapRequest>,
+}
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub prometheus: PrometheusHandle,
+    pub health: Arc<Health>,
+    pub token: String,
+    pub model: Option<ModelAdmin>,
+}
+
+async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.prometheus.render(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
+    let h = &s.health;
+    let model = h.model_loaded.load(Ordering::SeqCst);
+    let assigned = (h.assigned)();
+    let stalled = h.stalled.load(Ordering::SeqCst);
+    let stopping = h.shutting_down.load(Ordering::SeqCst);
+    let ready = model && assigned && stalled == 0 && !stopping;
+    let body = serde_json::json!({
+        "ready": ready, "model_loaded": model, "partitions_assigned": assigned,
+        "stalled_messages": stalled, "shutting_down": stopping,
+    });
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
+}
+
+fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    (status, Json(json!({"error": msg.to_string()}))).into_response()
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
+    if !s.token.is_empty() {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !given.is_some_and(|g| same(g.as_bytes(), s.token.as_bytes())) {
+            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        }
+    }
+    next.run(req).await
+}
+
+async fn get_model(State(s): State<AdminState>) -> Response {
+    let Some(m) = &s.model else {
+        return error(StatusCode::NOT_FOUND, "this process has no model API");
+    };
+    let active = m.active.borrow().clone();
+    let (versions, pointer) = match &m.registry {
+        Some(r) => (r.versions().unwrap_or_default(), r.active().ok().flatten()),
+        None => (Vec::new(), None),
+    };
+    Json(json!({
+        "active": {"name": active.model_ref.name, "version": active.model_ref.version,
+                   "sha256": active.model_ref.sha256, "dir": active.dir},
+        "registry": m.registry.as_ref().map(|r| r.root().to_path_buf()),
+        "pointer": pointer,
+        "versions": versions,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActivateBody {
+    version: String,
+}
+
+async fn swap_to(s: &AdminState, target: Target) -> Response {
+    let Some(m) = &s.model else {
+        return error(StatusCode::NOT_FOUND, "this process has no model API");
+    };
+    match swap::request(&m.swaps, target, Trigger::Admin).await {
+        Ok(report) => {
+            let status = match report.result {
+                SwapResult::Swapped | SwapResult::Unchanged => StatusCode::OK,
+                SwapResult::Rejected => StatusCode::UNPROCESSABLE_ENTITY,
+            };
+            (status, Json(report)).into_response()
+        }
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+async fn post_model(State(s): State<AdminState>, Json(body): Json<ActivateBody>) -> Response {
+    // Refuse anything that is not a plain version name before it gets near the file system.
+    if let Err(e) = check_version_name(&body.version) {
+        return error(StatusCode::BAD_REQUEST, format!("{e:#}"));
+    }
+    swap_to(&s, Target::Version(body.version)).await
+}
+
+async fn post_rollback(State(s): State<AdminState>) -> Response {
+    swap_to(&s, Target::Rollback).await
+}
+
+pub fn router(state: AdminState) -> Router {
+    let admin = Router::new()
+        .route("/admin/model", get(get_model).post(post_model))
+        .route("/admin/model/rollback", post(post_rollback))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ));
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(admin)
+        .with_state(state)
+}
+
+pub async fn serve(bind: &str, state: AdminState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
+    tracing::info!(address = %listener.local_addr()?, "admin HTTP listening");
+    let app = router(state);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "admin server stopped");
+        }
+    }))
+}

@@ -1,0 +1,539 @@
+//! Daemon configuration: `config/default.toml` (compiled in), an optional file, then
+//! `EMOSTREAM__SECTION__KEY` environment variables. Unknown keys and bad values are start-up
+//! errors that name the key.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub input: InputSettings,
+    pub output: OutputSettings,
+    pub batching: BatchingSettings,
+    pub backpressure: BackpressureSettings,
+    pub model: ModelSettings,
+    pub registry: RegistrySettings,
+    pub runtime: RuntimeSettings,
+    pub admin: AdminSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+    pub output_topic: String,
+    pub dead_letter_topic: String,
+    pub commit_interval_ms: u64,
+    pub produce_attempts: u32,
+    pub produce_timeout_ms: u64,
+    pub produce_backoff_ms: u64,
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub consumer_properties: BTreeMap<String, String>,
+    #[serde(default)]
+    pub producer_properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    pub format: InputFormat,
+    pub text_pointer: String,
+    pub id_pointer: String,
+    pub max_message_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScoreMode {
+    All,
+    TopK,
+    OverThreshold,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSettings {
+    pub scores: ScoreMode,
+    pub top_k: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingSettings {
+    pub max_batch_size: usize,
+    pub max_wait_ms: u64,
+    pub max_batch_tokens: usize,
+    pub inference_workers: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackpressureSettings {
+    pub max_in_flight_messages: usize,
+    pub max_in_flight_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistrySettings {
+    pub root: String,
+    pub watch: bool,
+    pub poll_interval_ms: u64,
+    pub control_topic: String,
+    pub replica_id: String,
+    #[serde(default)]
+    pub label_map: BTreeMap<String, String>,
+    pub shadow_batches: usize,
+    pub shadow_sample_every: u64,
+    pub shadow_min_agreement: f64,
+    pub shadow_timeout_ms: u64,
+}
+
+impl RegistrySettings {
+    /// This replica's name in control-topic replies: `replica_id`, else host name and pid.
+    pub fn replica(&self) -> String {
+        if !self.replica_id.is_empty() {
+            return self.replica_id.clone();
+        }
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}", std::process::id())
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    pub library: String,
+    pub provider: String,
+    pub device: i32,
+    pub fallback_to_cpu: bool,
+    pub intra_threads: usize,
+    pub inter_threads: usize,
+    pub intra_op_spinning: bool,
+    pub optimization: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    pub bind: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: String,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownSettings {
+    pub timeout_ms: u64,
+}
+
+fn check(ok: bool, key: &str, msg: impl std::fmt::Display) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        bail!("config key {key}: {msg}")
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings> {
+        let mut b = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_TOML,
+            config::FileFormat::Toml,
+        ));
+        if let Some(f) = file {
+            if !f.exists() {
+                bail!("config file {} does not exist", f.display());
+            }
+            b = b.add_source(config::File::from(f).required(true));
+        }
+        b = b.add_source(
+            config::Environment::with_prefix("EMOSTREAM")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .list_separator(",")
+                .with_list_parse_key("kafka.input_topics"),
+        );
+        let cfg = b.build().context("reading configuration")?;
+        let s: Settings = cfg
+            .try_deserialize()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let k = &self.kafka;
+        check(
+            !k.brokers.trim().is_empty(),
+            "kafka.brokers",
+            "must not be empty",
+        )?;
+        check(
+            !k.group_id.trim().is_empty(),
+            "kafka.group_id",
+            "must not be empty",
+        )?;
+        check(
+            !k.input_topics.is_empty() && k.input_topics.iter().all(|t| !t.trim().is_empty()),
+            "kafka.input_topics",
+            "needs at least one non-empty topic",
+        )?;
+        check(
+            !k.output_topic.trim().is_empty(),
+            "kafka.output_topic",
+            "must not be empty",
+        )?;
+        check(
+            !k.dead_letter_topic.trim().is_empty(),
+            "kafka.dead_letter_topic",
+            "must not be empty",
+        )?;
+        check(
+            k.dead_letter_topic != k.output_topic,
+            "kafka.dead_letter_topic",
+            "must differ from kafka.output_topic",
+        )?;
+        check(
+            !k.input_topics.contains(&k.output_topic),
+            "kafka.output_topic",
+            "must not be one of kafka.input_topics",
+        )?;
+        check(
+            k.commit_interval_ms >= 10,
+            "kafka.commit_interval_ms",
+            format!("must be at least 10 (got {})", k.commit_interval_ms),
+        )?;
+        check(
+            k.produce_attempts >= 1,
+            "kafka.produce_attempts",
+            "must be at least 1",
+        )?;
+        check(
+            k.produce_timeout_ms >= 100,
+            "kafka.produce_timeout_ms",
+            format!("must be at least 100 (got {})", k.produce_timeout_ms),
+        )?;
+        for (section, props) in [
+            ("kafka.properties", &k.properties),
+            ("kafka.consumer_properties", &k.consumer_properties),
+            ("kafka.producer_properties", &k.producer_properties),
+        ] {
+            for key in props.keys() {
+                check(
+                    !matches!(
+                        key.as_str(),
+                        "bootstrap.servers"
+                            | "group.id"
+                            | "enable.auto.commit"
+                            | "enable.idempotence"
+                            | "acks"
+                    ),
+                    &format!("{section}.{key}"),
+                    "is set by emostream itself (use kafka.brokers / kafka.group_id)",
+                )?;
+            }
+        }
+        let i = &self.input;
+        for (key, p) in [
+            ("input.text_pointer", &i.text_pointer),
+            ("input.id_pointer", &i.id_pointer),
+        ] {
+            check(
+                p.is_empty() || p.starts_with('/'),
+                key,
+                format!("{p:?} is not a JSON pointer (must start with '/')"),
+            )?;
+        }
+        check(
+            !i.text_pointer.is_empty(),
+            "input.text_pointer",
+            "must not be empty",
+        )?;
+        check(
+            i.max_message_bytes >= 16,
+            "input.max_message_bytes",
+            "must be at least 16",
+        )?;
+        check(
+            self.output.top_k >= 1 && self.output.top_k <= 1000,
+            "output.top_k",
+            format!("must be between 1 and 1000 (got {})", self.output.top_k),
+        )?;
+        let b = &self.batching;
+        check(
+            (1..=4096).contains(&b.max_batch_size),
+            "batching.max_batch_size",
+            format!("must be between 1 and 4096 (got {})", b.max_batch_size),
+        )?;
+        check(
+            b.max_wait_ms <= 60_000,
+            "batching.max_wait_ms",
+            format!("must be at most 60000 (got {})", b.max_wait_ms),
+        )?;
+        check(
+            b.max_batch_tokens >= 16,
+            "batching.max_batch_tokens",
+            format!("must be at least 16 (got {})", b.max_batch_tokens),
+        )?;
+        check(
+            (1..=64).contains(&b.inference_workers),
+            "batching.inference_workers",
+            format!("must be between 1 and 64 (got {})", b.inference_workers),
+        )?;
+        let p = &self.backpressure;
+        check(
+            p.max_in_flight_messages >= b.max_batch_size,
+            "backpressure.max_in_flight_messages",
+            format!(
+                "must be at least batching.max_batch_size ({})",
+                b.max_batch_size
+            ),
+        )?;
+        check(
+            p.max_in_flight_bytes >= i.max_message_bytes,
+            "backpressure.max_in_flight_bytes",
+            format!(
+                "must be at least input.max_message_bytes ({})",
+                i.max_message_bytes
+            ),
+        )?;
+        check(
+            !self.model.dir.as_os_str().is_empty(),
+            "model.dir",
+            "must not be empty",
+        )?;
+        let g = &self.registry;
+        check(
+            g.poll_interval_ms >= 50,
+            "registry.poll_interval_ms",
+            format!("must be at least 50 (got {})", g.poll_interval_ms),
+        )?;
+        check(
+            g.control_topic.is_empty()
+                || g.control_topic != k.output_topic && !k.input_topics.contains(&g.control_topic),
+            "registry.control_topic",
+            "must differ from the input and output topics",
+        )?;
+        check(
+            g.control_topic.is_empty() || !g.root.is_empty(),
+            "registry.control_topic",
+            "needs registry.root (control messages name versions in the registry)",
+        )?;
+        check(
+            g.replica_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "registry.replica_id",
+            "use letters, digits and . _ -",
+        )?;
+        check(
+            g.shadow_sample_every >= 1,
+            "registry.shadow_sample_every",
+            "must be at least 1",
+        )?;
+        check(
+            (0.0..=1.0).contains(&g.shadow_min_agreement),
+            "registry.shadow_min_agreement",
+            format!("must be between 0 and 1 (got {})", g.shadow_min_agreement),
+        )?;
+        for (from, to) in &g.label_map {
+            check(
+                !from.is_empty() && !to.is_empty(),
+                &format!("registry.label_map.{from}"),
+                "label names must not be empty",
+            )?;
+        }
+        let r = &self.runtime;
+        check(
+            matches!(r.provider.as_str(), "cpu" | "cuda" | "tensorrt"),
+            "runtime.provider",
+            format!("{:?} is not one of cpu, cuda, tensorrt", r.provider),
+        )?;
+        check(r.device >= 0, "runtime.device", "must be >= 0")?;
+        check(
+            (1..=256).contains(&r.intra_threads),
+            "runtime.intra_threads",
+            format!("must be between 1 and 256 (got {})", r.intra_threads),
+        )?;
+        check(
+            (1..=256).contains(&r.inter_threads),
+            "runtime.inter_threads",
+            format!("must be between 1 and 256 (got {})", r.inter_threads),
+        )?;
+        check(
+            matches!(
+                r.optimization.as_str(),
+                "disable" | "basic" | "extended" | "all"
+            ),
+            "runtime.optimization",
+            format!(
+                "{:?} is not one of disable, basic, extended, all",
+                r.optimization
+            ),
+        )?;
+        let addr: SocketAddr = self.admin.bind.parse().map_err(|e| {
+            anyhow::anyhow!(
+                "config key admin.bind: {:?} is not an address:port ({e})",
+                self.admin.bind
+            )
+        })?;
+        check(
+            addr.ip().is_loopback() || !self.admin.token.is_empty(),
+            "admin.token",
+            "is required when admin.bind is not a loopback address",
+        )?;
+        check(
+            matches!(self.log.format.as_str(), "pretty" | "json"),
+            "log.format",
+            format!("{:?} is not one of pretty, json", self.log.format),
+        )?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.level)
+            .map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
+        check(
+            self.shutdown.timeout_ms >= 100,
+            "shutdown.timeout_ms",
+            "must be at least 100",
+        )?;
+        Ok(())
+    }
+
+    pub fn runtime_options(&self) -> crate::backend::ort::RuntimeOptions {
+        use crate::backend::ort::{OptLevel, Provider};
+        let r = &self.runtime;
+        crate::backend::ort::RuntimeOptions {
+            library: (!r.library.is_empty()).then(|| PathBuf::from(&r.library)),
+            intra_threads: r.intra_threads,
+            inter_threads: r.inter_threads,
+            intra_spinning: r.intra_op_spinning,
+            optimization: match r.optimization.as_str() {
+                "disable" => OptLevel::Disable,
+                "basic" => OptLevel::Basic,
+                "extended" => OptLevel::Extended,
+                _ => OptLevel::All,
+            },
+            provider: match r.provider.as_str() {
+                "cuda" => Provider::Cuda { device: r.device },
+                "tensorrt" => Provider::Tensorrt { device: r.device },
+                _ => Provider::Cpu,
+            },
+            fallback_to_cpu: r.fallback_to_cpu,
+            optimized_model_path: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    // Environment variables are process-wide: tests that set them run one at a time.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.kafka.input_topics, vec!["comments".to_string()]);
+        assert_eq!(s.batching.max_batch_size, 32);
+    }
+
+    #[test]
+    fn environment_overrides_and_lists() {
+        let _g = ENV_LOCK.lock().unwrap();
+        std::env::set_var("EMOSTREAM__KAFKA__BROKERS", "h1:9092,h2:9092");
+        std::env::set_var("EMOSTREAM__KAFKA__INPUT_TOPICS", "a,b");
+        std::env::set_var("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "64");
+        let s = Settings::load(None);
+        std::env::remove_var("EMOSTREAM__KAFKA__BROKERS");
+        std::env::remove_var("EMOSTREAM__KAFKA__INPUT_TOPICS");
+        std::env::remove_var("EMOSTREAM__BATCHING__MAX_BATCH_SIZE");
+        let s = s.unwrap();
+        assert_eq!(s.kafka.brokers, "h1:9092,h2:9092");
+        assert_eq!(s.kafka.input_topics, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(s.batching.max_batch_size, 64);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[batching]\nmax_batch_sise = 3\n").unwrap();
+        let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+        assert!(e.contains("max_batch_sise"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, key) in [
+            (
+                "[batching]\nmax_batch_size = 0\n",
+                "batching.max_batch_size",
+            ),
+            ("[runtime]\nprovider = \"tpu\"\n", "runtime.provider"),
+            ("[admin]\nbind = \"0.0.0.0:9464\"\n", "admin.token"),
+            ("[input]\ntext_pointer = \"text\"\n", "input.text_pointer"),
+            (
+                "[registry]\ncontrol_topic = \"ctl\"\n",
+                "registry.control_topic",
+            ),
+            (
+                "[registry]\nshadow_min_agreement = 1.5\n",
+                "registry.shadow_min_agreement",
+            ),
+            (
+                "[kafka.properties]\n\"group.id\" = \"x\"\n",
+                "kafka.properties.group.id",
+            ),
+        ] {
+            let f = dir.path().join("c.toml");
+            std::fs::write(&f, toml).unwrap();
+            let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[batching]\nmax_batch_size = \"lots\"\n").unwrap();
+        let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+        assert!(e.contains("max_batch_size"), "{e}");
+    }
+}

@@ -1,0 +1,182 @@
+//! Trigger: the Kafka control topic. Every replica reads every control message (each replica
+//! uses its own consumer group and starts at the topic's end as of start-up, so one message
+//! moves the whole fleet) and answers on the same topic with the result of its swap.
+//!
+//! Messages (JSON): `{"type":"activate","version":"1.2.0","request_id":"..."}`,
+//! `{"type":"rollback","request_id":"..."}`; replies: `{"type":"result","replica":...,
+//! "request_id":...,"result":"swapped|unchanged|rejected","active":...,"reason":...}`.
+
+use crate::daemon::config::Settings;
+use crate::daemon::kafka::client::client_config;
+use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
+use anyhow::{bail, Context, Result};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A control request as it travels on the topic.
+pub fn activate_message(version: &str, request_id: &str) -> Value {
+    json!({"type": "activate", "version": version, "request_id": request_id})
+}
+
+pub fn rollback_message(request_id: &str) -> Value {
+    json!({"type": "rollback", "request_id": request_id})
+}
+
+/// What a control message asks for; `None` for replies and other messages to skip.
+pub fn parse(payload: &[u8]) -> Result<Option<(Target, Option<String>)>> {
+    let v: Value = serde_json::from_slice(payload).context("control message is not JSON")?;
+    let rid = v
+        .get("request_id")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    match v.get("type").and_then(Value::as_str) {
+        Some("activate") => {
+            let version = v
+                .get("version")
+                .and_then(Value::as_str)
+                .context("activate message without a \"version\" string")?;
+            Ok(Some((Target::Version(version.to_string()), rid)))
+        }
+        Some("rollback") => Ok(Some((Target::Rollback, rid))),
+        Some("result") => Ok(None),
+        other => bail!("unknown control message type {other:?}"),
+    }
+}
+
+/// Assigns every partition of the control topic at its current end, so this replica sees all
+/// control messages sent from now on.
+fn consumer_at_end(s: &Settings, replica: &str) -> Result<StreamConsumer> {
+    let topic = &s.registry.control_topic;
+    let mut c = client_config(s);
+    c.set(
+        "group.id",
+        format!("{}.control.{replica}", s.kafka.group_id),
+    )
+    .set("enable.auto.commit", "false")
+    .set("auto.offset.reset", "latest");
+    for (k, v) in &s.kafka.consumer_properties {
+        c.set(k, v);
+    }
+    let consumer: StreamConsumer = c.create().context("creating the control-topic consumer")?;
+    let md = consumer
+        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
+        .with_context(|| format!("config key registry.control_topic: metadata for {topic:?}"))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        bail!(
+            "config key registry.control_topic: topic {topic:?} does not exist (create it first)"
+        );
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in parts {
+        let (_, high) = consumer
+            .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
+            .with_context(|| format!("watermarks of {topic}/{p}"))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
+    }
+    consumer
+        .assign(&tpl)
+        .context("assigning the control topic")?;
+    Ok(consumer)
+}
+
+/// Starts the control-topic trigger; returns once the consumer is assigned.
+pub fn spawn(
+    s: &Settings,
+    producer: FutureProducer,
+    requests: mpsc::Sender<SwapRequest>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let replica = s.registry.replica();
+    let topic = s.registry.control_topic.clone();
+    let consumer = consumer_at_end(s, &replica)?;
+    tracing::info!(topic = %topic, replica = %replica, "reading the control topic");
+    Ok(tokio::spawn(async move {
+        loop {
+            let msg = match consumer.recv().await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control topic");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            let parsed = parse(msg.payload().unwrap_or_default());
+            let (target, rid) = match parsed {
+                Ok(Some(x)) => x,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "ignoring a bad control message");
+                    continue;
+                }
+            };
+            let report = match swap::request(&requests, target, Trigger::Control).await {
+                Ok(r) => r,
+                Err(_) => return,
+            };
+            let mut reply = serde_json::to_value(&report).unwrap_or_default();
+            if let Some(o) = reply.as_object_mut() {
+                o.insert("type".into(), json!("result"));
+                o.insert("replica".into(), json!(replica));
+                o.insert("request_id".into(), json!(rid));
+            }
+            let body = reply.to_string();
+            let rec = FutureRecord::to(&topic).key(&replica).payload(&body);
+            if let Err((e, _)) = producer.send(rec, KAFKA_TIMEOUT).await {
+                tracing::warn!(error = %e, "could not reply on the control topic");
+            }
+        }
+    }))
+}
+
+/// Produces one control message (used by `train publish --announce`).
+pub async fn announce(brokers: &str, topic: &str, message: &Value) -> Result<()> {
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("acks", "all")
+        .create()
+        .context("creating a Kafka producer")?;
+    let body = message.to_string();
+    producer
+        .send(
+            FutureRecord::<(), _>::to(topic).payload(&body),
+            KAFKA_TIMEOUT,
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("announcing on {topic}: {e}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_messages_parse() {
+        let (t, rid) = parse(activate_message("1.2.0", "r1").to_string().as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(t, Target::Version("1.2.0".into()));
+        assert_eq!(rid.as_deref(), Some("r1"));
+        let (t, _) = parse(rollback_message("r2").to_string().as_bytes())
+            .unwrap()
+            .unwrap();
+        assert_eq!(t, Target::Rollback);
+        assert!(parse(br#"{"type":"result","replica":"a"}"#)
+            .unwrap()
+            .is_none());
+        assert!(parse(br#"{"type":"activate"}"#).is_err());
+        assert!(parse(b"not json").is_err());
+        assert!(parse(br#"{"type":"delete_everything"}"#).is_err());
+    }
+}

@@ -1,0 +1,159 @@
+//! Label event v1 (docs/events.md, docs/label-event-v1.schema.json): what the daemon writes
+//! for each comment.
+
+use crate::daemon::config::ScoreMode;
+use serde::Serialize;
+
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Where the comment came from.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    /// Kafka message timestamp, milliseconds since the epoch (if the message had one).
+    pub timestamp_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LabelScore<'a> {
+    pub label: &'a str,
+    pub score: f32,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LabelEvent<'a> {
+    pub schema_version: u32,
+    pub id: &'a str,
+    /// Labels whose score reached their threshold, highest score first.
+    pub labels: Vec<LabelScore<'a>>,
+    /// Label → score, for the labels selected by `output.scores`.
+    pub scores: serde_json::Map<String, serde_json::Value>,
+    pub model: &'a ModelRef,
+    pub source: &'a Source,
+    /// RFC 3339 UTC time the event was built.
+    pub processed_at: String,
+    /// The text was longer than the model's max length and was cut before labelling.
+    pub truncated: bool,
+}
+
+/// Builds an event from sigmoid `scores` (label order of `names`) and per-label `thresholds`.
+#[allow(clippy::too_many_arguments)]
+pub fn build<'a>(
+    id: &'a str,
+    scores: &[f32],
+    names: &'a [String],
+    thresholds: &[f32],
+    mode: ScoreMode,
+    top_k: usize,
+    model: &'a ModelRef,
+    source: &'a Source,
+    truncated: bool,
+) -> LabelEvent<'a> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let labels: Vec<LabelScore> = order
+        .iter()
+        .filter(|&&i| scores[i] >= thresholds[i])
+        .map(|&i| LabelScore {
+            label: &names[i],
+            score: scores[i],
+        })
+        .collect();
+    let chosen: Vec<usize> = match mode {
+        ScoreMode::All => (0..scores.len()).collect(),
+        ScoreMode::TopK => order.iter().take(top_k).copied().collect(),
+        ScoreMode::OverThreshold => order
+            .iter()
+            .filter(|&&i| scores[i] >= thresholds[i])
+            .copied()
+            .collect(),
+    };
+    let mut map = serde_json::Map::new();
+    for i in chosen {
+        map.insert(names[i].clone(), serde_json::Value::from(scores[i] as f64));
+    }
+    LabelEvent {
+        schema_version: SCHEMA_VERSION,
+        id,
+        labels,
+        scores: map,
+        model,
+        source,
+        processed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        truncated,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_over_threshold_by_score_and_modes() {
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let m = ModelRef {
+            name: "m".into(),
+            version: "1".into(),
+            sha256: "x".into(),
+        };
+        let s = Source {
+            topic: "t".into(),
+            partition: 0,
+            offset: 5,
+            timestamp_ms: Some(1),
+        };
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::All,
+            1,
+            &m,
+            &s,
+            false,
+        );
+        assert_eq!(
+            e.labels.iter().map(|l| l.label).collect::<Vec<_>>(),
+            vec!["b", "c"]
+        );
+        assert_eq!(e.scores.len(), 3);
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::TopK,
+            1,
+            &m,
+            &s,
+            false,
+        );
+        assert_eq!(e.scores.keys().collect::<Vec<_>>(), vec!["b"]);
+        let e = build(
+            "id",
+            &[0.2, 0.9, 0.5],
+            &names,
+            &[0.3, 0.5, 0.5],
+            ScoreMode::OverThreshold,
+            1,
+            &m,
+            &s,
+            true,
+        );
+        assert_eq!(e.scores.len(), 2);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["schema_version"], 1);
+        assert_eq!(v["truncated"], true);
+        assert_eq!(v["source"]["offset"], 5);
+    }
+}

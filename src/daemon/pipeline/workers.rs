@@ -1,0 +1,157 @@
+//! Inference workers: dedicated threads that take batches, run each on the model generation
+//! that tokenized it (length-sorted sub-batches padded to their own longest row), and turn
+//! scores into label events. Off the async runtime, so polling and producing continue during
+//! inference. Outcomes leave in batch order however many workers there are. A shadow
+//! candidate, when one is under evaluation, sees a sample of the batches.
+
+use crate::daemon::config::OutputSettings;
+use crate::daemon::pipeline::decode::Reason;
+use crate::daemon::pipeline::event;
+use crate::daemon::pipeline::{Batch, Outcome};
+use crate::daemon::swap::shadow::Shadow;
+use anyhow::Result;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::{mpsc, Mutex};
+
+/// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
+pub fn label_batch(
+    worker: usize,
+    batch: Batch,
+    out: &OutputSettings,
+    shadow: Option<&Shadow>,
+) -> Vec<Outcome> {
+    let mut outcomes = Vec::with_capacity(batch.items.len() + batch.failed.len());
+    for (origin, detail) in batch.failed {
+        outcomes.push(Outcome::Rejected {
+            reason: Reason::InferenceError,
+            detail: format!("tokenizer: {detail}"),
+            origin,
+        });
+    }
+    if batch.items.is_empty() {
+        return outcomes;
+    }
+    let model = batch.model.clone();
+    let rows: Vec<&[u32]> = batch.items.iter().map(|i| i.ids.as_slice()).collect();
+    let started = Instant::now();
+    let scored = model.score(worker, &rows);
+    metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
+    match scored {
+        Ok(scores) => {
+            if let Some(sh) = shadow {
+                sh.observe(worker, &model, &batch.items, &scores);
+            }
+            for (item, s) in batch.items.into_iter().zip(scores) {
+                if s.iter().any(|x| !x.is_finite()) {
+                    outcomes.push(Outcome::Rejected {
+                        reason: Reason::InferenceError,
+                        detail: "model produced a non-finite score".into(),
+                        origin: item.origin,
+                    });
+                    continue;
+                }
+                let ev = event::build(
+                    &item.id,
+                    &s,
+                    &model.labels,
+                    &model.thresholds,
+                    out.scores,
+                    out.top_k,
+                    &model.model_ref,
+                    &item.origin.source,
+                    item.truncated,
+                );
+                match serde_json::to_vec(&ev) {
+                    Ok(bytes) => outcomes.push(Outcome::Labelled {
+                        id: item.id,
+                        event: bytes,
+                        origin: item.origin,
+                    }),
+                    Err(e) => outcomes.push(Outcome::Rejected {
+                        reason: Reason::InferenceError,
+                        detail: format!("serialising event: {e}"),
+                        origin: item.origin,
+                    }),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), size = batch.items.len(), "inference failed; batch goes to the dead-letter topic");
+            for item in batch.items {
+                outcomes.push(Outcome::Rejected {
+                    reason: Reason::InferenceError,
+                    detail: format!("{e:#}"),
+                    origin: item.origin,
+                });
+            }
+        }
+    }
+    outcomes
+}
+
+/// Batches taken from the queue are numbered in queue order; whichever worker finishes,
+/// outcomes leave in that order, so several workers never reorder a key's messages.
+struct InOrder {
+    taken: u64,
+    next: u64,
+    held: BTreeMap<u64, Vec<Outcome>>,
+}
+
+/// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
+/// batch's model generation. The threads end when the batch queue closes.
+pub fn spawn(
+    n: usize,
+    batches: mpsc::Receiver<Batch>,
+    outcomes: mpsc::Sender<Outcome>,
+    out: OutputSettings,
+    shadow: Option<Arc<Shadow>>,
+) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    let batches = Arc::new(Mutex::new(batches));
+    let order = Arc::new(std::sync::Mutex::new(InOrder {
+        taken: 0,
+        next: 0,
+        held: BTreeMap::new(),
+    }));
+    let mut handles = Vec::new();
+    for w in 0..n {
+        let shadow = shadow.clone();
+        let batches = batches.clone();
+        let order = order.clone();
+        let outcomes = outcomes.clone();
+        let out = out.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("inference-{w}"))
+                .spawn(move || loop {
+                    let (seq, batch) = {
+                        let mut queue = batches.blocking_lock();
+                        let Some(batch) = queue.blocking_recv() else {
+                            return;
+                        };
+                        // Numbered while the queue is held: sequence = queue order.
+                        let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                        o.taken += 1;
+                        (o.taken - 1, batch)
+                    };
+                    let labelled = label_batch(w, batch, &out, shadow.as_deref());
+                    let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                    o.held.insert(seq, labelled);
+                    loop {
+                        let next = o.next;
+                        let Some(ready) = o.held.remove(&next) else {
+                            break;
+                        };
+                        o.next += 1;
+                        for x in ready {
+                            if outcomes.blocking_send(x).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                })?,
+        );
+    }
+    Ok(handles)
+}

@@ -1,0 +1,306 @@
+//! The swap controller: the one code path every trigger (registry pointer, admin API, control
+//! topic) ends in. Requests are handled one at a time: resolve the version inside the registry,
+//! load and validate the candidate in the background while the old model keeps serving,
+//! optionally shadow it on live traffic, then replace the active generation (the batcher picks
+//! it up at the next batch boundary). A rejected candidate changes nothing.
+
+pub mod pointer_watch;
+pub mod shadow;
+
+use crate::backend::generation::{Active, Expectations, ServingModel};
+use crate::backend::ort::RuntimeOptions;
+use crate::daemon::config::RegistrySettings;
+use crate::daemon::swap::shadow::{Agreement, Shadow};
+use crate::model::registry::Registry;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Version(String),
+    Rollback,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Pointer,
+    Admin,
+    Control,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Pointer => "pointer",
+            Trigger::Admin => "admin",
+            Trigger::Control => "control",
+        }
+    }
+}
+
+pub struct SwapRequest {
+    pub target: Target,
+    pub trigger: Trigger,
+    pub reply: Option<oneshot::Sender<SwapReport>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapResult {
+    Swapped,
+    Unchanged,
+    Rejected,
+}
+
+impl SwapResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SwapResult::Swapped => "swapped",
+            SwapResult::Unchanged => "unchanged",
+            SwapResult::Rejected => "rejected",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapReport {
+    pub result: SwapResult,
+    /// The version asked for (for a rollback: the one rolled back to).
+    pub requested: Option<String>,
+    /// The version serving after the request.
+    pub active: String,
+    /// The version serving before, when it changed.
+    pub previous: Option<String>,
+    pub reason: Option<String>,
+    pub load_seconds: Option<f64>,
+    pub shadow: Option<Agreement>,
+}
+
+/// Sends `target` to the controller and waits for its report.
+pub async fn request(
+    tx: &mpsc::Sender<SwapRequest>,
+    target: Target,
+    trigger: Trigger,
+) -> anyhow::Result<SwapReport> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(SwapRequest {
+        target,
+        trigger,
+        reply: Some(reply),
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("the swap controller has stopped"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the swap controller dropped the request"))
+}
+
+pub struct Controller {
+    pub registry: Option<Registry>,
+    pub active: Arc<Active>,
+    pub runtime: RuntimeOptions,
+    pub workers: usize,
+    pub settings: RegistrySettings,
+    pub shadow: Arc<Shadow>,
+    /// Versions served before the active one (newest last), for rollback.
+    pub history: Vec<(String, PathBuf)>,
+}
+
+/// Publishes the active model's info gauge (1 for the active version, 0 for the one replaced).
+pub fn set_model_info(m: &ServingModel, on: bool) {
+    metrics::gauge!("emostream_model_info", "name" => m.model_ref.name.clone(), "version" => m.model_ref.version.clone(), "sha256" => m.model_ref.sha256.clone())
+        .set(if on { 1.0 } else { 0.0 });
+}
+
+impl Controller {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<SwapRequest>) {
+        while let Some(req) = rx.recv().await {
+            let report = self.handle(&req.target).await;
+            metrics::counter!("emostream_model_swaps_total", "result" => report.result.as_str(), "trigger" => req.trigger.as_str()).increment(1);
+            match report.result {
+                SwapResult::Swapped => {
+                    tracing::info!(trigger = req.trigger.as_str(), active = %report.active, previous = ?report.previous, load_seconds = ?report.load_seconds, "model swapped")
+                }
+                SwapResult::Unchanged => {
+                    tracing::debug!(trigger = req.trigger.as_str(), active = %report.active, "model already active")
+                }
+                SwapResult::Rejected => {
+                    tracing::warn!(trigger = req.trigger.as_str(), requested = ?report.requested, reason = ?report.reason, active = %report.active, "model swap rejected; the active model keeps serving")
+                }
+            }
+            if let Some(r) = req.reply {
+                let _ = r.send(report);
+            }
+        }
+    }
+
+    fn report(&self, result: SwapResult, requested: Option<String>) -> SwapReport {
+        SwapReport {
+            result,
+            requested,
+            active: self.active.borrow().version().to_string(),
+            previous: None,
+            reason: None,
+            load_seconds: None,
+            shadow: None,
+        }
+    }
+
+    fn rejected(&self, requested: Option<String>, reason: String) -> SwapReport {
+        SwapReport {
+            reason: Some(reason),
+            ..self.report(SwapResult::Rejected, requested)
+        }
+    }
+
+    async fn handle(&mut self, target: &Target) -> SwapReport {
+        let (version, dir) = match target {
+            Target::Version(v) => {
+                let Some(reg) = &self.registry else {
+                    return self.rejected(
+                        Some(v.clone()),
+                        "no model registry is configured (registry.root)".into(),
+                    );
+                };
+                match reg.resolve(v) {
+                    Ok(d) => (v.clone(), d),
+                    Err(e) => return self.rejected(Some(v.clone()), format!("{e:#}")),
+                }
+            }
+            Target::Rollback => match self.history.last() {
+                Some((v, d)) => (v.clone(), d.clone()),
+                None => {
+                    return self.rejected(None, "no previous model to roll back to".into());
+                }
+            },
+        };
+        {
+            let cur = self.active.borrow();
+            if cur.dir == dir && *target != Target::Rollback {
+                return self.report(SwapResult::Unchanged, Some(version));
+            }
+        }
+        let started = Instant::now();
+        let expect = Expectations {
+            labels: Some(self.active.borrow().labels.clone()),
+            label_map: self.settings.label_map.clone(),
+        };
+        let (runtime, workers, d) = (self.runtime.clone(), self.workers, dir.clone());
+        let loaded =
+            tokio::task::spawn_blocking(move || ServingModel::load(&d, &runtime, workers, &expect))
+                .await;
+        let candidate = match loaded {
+            Ok(Ok(m)) => Arc::new(m),
+            Ok(Err(e)) => {
+                return self.rejected(Some(version), format!("{e:#}"));
+            }
+            Err(e) => return self.rejected(Some(version), format!("loader crashed: {e}")),
+        };
+        let load_seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!("emostream_model_load_seconds").record(load_seconds);
+
+        let mut shadow = None;
+        if self.settings.shadow_batches > 0 {
+            let done = self.shadow.start(
+                candidate.clone(),
+                self.settings.shadow_batches,
+                self.settings.shadow_sample_every,
+            );
+            let waited =
+                tokio::time::timeout(Duration::from_millis(self.settings.shadow_timeout_ms), done)
+                    .await;
+            let agreement = match waited {
+                Ok(Ok(a)) => Some(a),
+                _ => self.shadow.stop(),
+            };
+            if let Some(a) = agreement {
+                metrics::gauge!("emostream_shadow_label_agreement").set(a.exact_match);
+                metrics::gauge!("emostream_shadow_mean_jaccard").set(a.mean_jaccard);
+                tracing::info!(
+                    candidate = candidate.version(),
+                    batches = a.batches,
+                    comments = a.comments,
+                    exact_match = a.exact_match,
+                    mean_jaccard = a.mean_jaccard,
+                    "shadow agreement"
+                );
+            }
+            let min = self.settings.shadow_min_agreement;
+            if min > 0.0 {
+                let enough = agreement
+                    .filter(|a| a.batches >= self.settings.shadow_batches)
+                    .map(|a| a.exact_match >= min);
+                match enough {
+                    Some(true) => {}
+                    Some(false) => {
+                        let r = self.rejected(
+                            Some(version),
+                            format!(
+                                "shadow label agreement {:.3} is below registry.shadow_min_agreement {min}",
+                                agreement.map_or(0.0, |a| a.exact_match)
+                            ),
+                        );
+                        return SwapReport {
+                            shadow: agreement,
+                            load_seconds: Some(load_seconds),
+                            ..r
+                        };
+                    }
+                    None => {
+                        let r = self.rejected(
+                            Some(version),
+                            format!(
+                                "shadow evaluation compared {} of {} batches before registry.shadow_timeout_ms",
+                                agreement.map_or(0, |a| a.batches),
+                                self.settings.shadow_batches
+                            ),
+                        );
+                        return SwapReport {
+                            shadow: agreement,
+                            ..r
+                        };
+                    }
+                }
+            }
+            shadow = agreement;
+        }
+
+        // The swap itself: new batches are tokenized and labelled by the candidate from here;
+        // batches already formed finish on the old generation, freed with its last batch.
+        set_model_info(&candidate, true);
+        let old = self.active.send_replace(candidate);
+        if old.dir != dir {
+            set_model_info(&old, false);
+        }
+        let previous = old.version().to_string();
+        match target {
+            Target::Rollback => {
+                self.history.pop();
+            }
+            Target::Version(_) => self.history.push((previous.clone(), old.dir.clone())),
+        }
+        drop(old);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        metrics::gauge!("emostream_model_last_swap_timestamp_seconds").set(now);
+        if let Some(reg) = &self.registry {
+            // Keep ACTIVE in step so a restart serves what is serving now.
+            if dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR))
+                && reg.active().ok().flatten().as_deref() != Some(version.as_str())
+            {
+                if let Err(e) = reg.set_active(&version) {
+                    tracing::warn!(error = %format!("{e:#}"), "could not update the registry pointer");
+                }
+            }
+        }
+        SwapReport {
+            previous: Some(previous),
+            load_seconds: Some(load_seconds),
+            shadow,
+            ..self.report(SwapResult::Swapped, Some(version))
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! The model directory, one definition for `train` (writer) and the daemon (reader):
+//!
+//!   model.onnx      inputs input_ids, attention_mask (+ token_type_ids for BERT), int64 [batch, seq];
+//!                   output logits, float32 [batch, labels]
+//!   tokenizer.json  Hugging Face tokenizers format
+//!   model.json      the card: labels, thresholds, max length, precision, sha256, training, metrics
+//!
+//! A Hugging Face / optimum export directory (model.onnx + tokenizer.json + config.json with
+//! id2label) is accepted too; its card is derived (thresholds 0.5, sha256 computed).
+
+use crate::model::cpu::MeasuredOn;
+use crate::model::eval::dataset::sha256_file;
+use crate::model::eval::scores::Metrics;
+use crate::model::labels::LabelSet;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const CARD_FILE: &str = "model.json";
+pub const ONNX_FILE: &str = "model.onnx";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Thresholds {
+    /// Used for every label without its own value.
+    pub default: f32,
+    /// One per label (in label order), chosen on dev.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_label: Option<Vec<f32>>,
+    /// How the thresholds were chosen (e.g. "per-label F1 on dev").
+    #[serde(default)]
+    pub chosen_by: String,
+}
+
+impl Thresholds {
+    pub fn resolved(&self, n: usize) -> Vec<f32> {
+        match &self.per_label {
+            Some(v) if v.len() == n => v.clone(),
+            _ => vec![self.default; n],
+        }
+    }
+}
+
+/// Metrics of one evaluation, as stored in the card.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Evaluation {
+    pub split: String,
+    pub split_sha256: String,
+    /// e.g. "per-label (dev)", "global 0.15", "global 0.34 (dev)"
+    pub thresholds: String,
+    /// The CPU and ONNX Runtime kernels the figures were measured with: another kernel family
+    /// rounds differently, so a score at a threshold may land on the other side there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_on: Option<MeasuredOn>,
+    #[serde(flatten)]
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCard {
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    /// bert | roberta | distilbert
+    pub architecture: String,
+    pub base_model: String,
+    pub labels: LabelSet,
+    pub thresholds: Thresholds,
+    pub max_sequence_length: usize,
+    /// fp32 | int8
+    pub precision: String,
+    pub model_sha256: String,
+    #[serde(default)]
+    pub training: serde_json::Value,
+    /// File name → sha256 of the data the model was trained and evaluated on.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Keyed by evaluation: "dev", "test", "test_global_0.15", "test_global_dev_best".
+    #[serde(default)]
+    pub metrics: BTreeMap<String, Evaluation>,
+}
+
+impl ModelCard {
+    pub fn validate(&self) -> Result<()> {
+        if self.format_version != FORMAT_VERSION {
+            bail!(
+                "model.json format_version {} is not supported (expected {FORMAT_VERSION})",
+                self.format_version
+            );
+        }
+        let n = self.labels.len();
+        if let Some(p) = &self.thresholds.per_label {
+            if p.len() != n {
+                bail!(
+                    "model.json thresholds.per_label has {} values for {n} labels",
+                    p.len()
+                );
+            }
+        }
+        for t in self.thresholds.resolved(n) {
+            if !(t > 0.0 && t < 1.0) {
+                bail!("model.json threshold {t} is outside (0, 1)");
+            }
+        }
+        if self.max_sequence_length < 2 {
+            bail!(
+                "model.json max_sequence_length {} is too small",
+                self.max_sequence_length
+            );
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(CARD_FILE);
+        let tmp = dir.join(".model.json.tmp");
+        let mut bytes = serde_json::to_vec_pretty(self)?;
+        bytes.push(b'\n');
+        std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+}
+
+/// A model directory resolved on disk.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub dir: PathBuf,
+    pub card: ModelCard,
+}
+
+impl ModelDir {
+    pub fn onnx_path(&self) -> PathBuf {
+        self.dir.join(ONNX_FILE)
+    }
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join(TOKENIZER_FILE)
+    }
+
+    /// Loads and validates a model directory; with `verify_sha256`, model.onnx must match the card.
+    pub fn load(dir: &Path, verify_sha256: bool) -> Result<ModelDir> {
+        let ctx = || format!("model directory {}", dir.display());
+        for f in [ONNX_FILE, TOKENIZER_FILE] {
+            if !dir.join(f).is_file() {
+                bail!("{} lacks {f}", ctx());
+            }
+        }
+        let card = if dir.join(CARD_FILE).is_file() {
+            let text = std::fs::read_to_string(dir.join(CARD_FILE)).with_context(ctx)?;
+            let card: ModelCard = serde_json::from_str(&text)
+                .with_context(|| format!("parsing {}/{CARD_FILE}", dir.display()))?;
+            card.validate().with_context(ctx)?;
+            if verify_sha256 {
+                let got = sha256_file(&dir.join(ONNX_FILE))?;
+                if got != card.model_sha256 {
+                    bail!(
+                        "{}: model.onnx sha256 {got} does not match model.json ({})",
+                        ctx(),
+                        card.model_sha256
+                    );
+                }
+            }
+            card
+        } else if dir.join("config.json").is_file() {
+            Self::card_from_hf(dir).with_context(ctx)?
+        } else {
+            bail!(
+                "{} has neither model.json nor a Hugging Face config.json",
+                ctx()
+            );
+        };
+        Ok(ModelDir {
+            dir: dir.to_path_buf(),
+            card,
+        })
+    }
+
+    /// Derives a card for a Hugging Face / optimum ONNX export.
+    fn card_from_hf(dir: &Path) -> Result<ModelCard> {
+        let text = std::fs::read_to_string(dir.join("config.json"))?;
+        let hf: serde_json::Value = serde_json::from_str(&text).context("parsing config.json")?;
+        let labels = crate::train::trainer::labels_from_hf(&hf)?;
+        let tok: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(TOKENIZER_FILE))?)
+                .context("parsing tokenizer.json")?;
+        let max_len = tok
+            .pointer("/truncation/max_length")
+            .and_then(|v| v.as_u64())
+            .or_else(|| {
+                hf.get("max_position_embeddings")
+                    .and_then(|v| v.as_u64())
+                    .map(|m| {
+                        if hf.get("model_type").and_then(|t| t.as_str()) == Some("roberta") {
+                            m - 2
+                        } else {
+                            m
+                        }
+                    })
+            })
+            .unwrap_or(512)
+            .min(512) as usize;
+        let card = ModelCard {
+            format_version: FORMAT_VERSION,
+            name: dir
+                .file_name()
+                .map_or("model".into(), |n| n.to_string_lossy().into_owned()),
+            version: "0".into(),
+            architecture: hf
+                .get("model_type")
+                .and_then(|v| v.as_str())
+                .unwrap_or("unknown")
+                .into(),
+            base_model: hf
+                .get("_name_or_path")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .into(),
+            labels,
+            thresholds: Thresholds {
+                default: 0.5,
+                per_label: None,
+                chosen_by: "default 0.5 (Hugging Face export)".into(),
+            },
+            max_sequence_length: max_len,
+            precision: "fp32".into(),
+            model_sha256: sha256_file(&dir.join(ONNX_FILE))?,
+            training: serde_json::Value::Null,
+            data: BTreeMap::new(),
+            metrics: BTreeMap::new(),
+        };
+        card.validate()?;
+        Ok(card)
+    }
+}

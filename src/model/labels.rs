@@ -1,0 +1,112 @@
+//! The GoEmotions label set: 27 emotions plus `neutral`, in the dataset's index order.
+//! One definition shared by `train`, the model directory and the daemon.
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Label names in GoEmotions index order (line i of the dataset's labels.txt).
+pub const GOEMOTIONS: [&str; 28] = [
+    "admiration",
+    "amusement",
+    "anger",
+    "annoyance",
+    "approval",
+    "caring",
+    "confusion",
+    "curiosity",
+    "desire",
+    "disappointment",
+    "disapproval",
+    "disgust",
+    "embarrassment",
+    "excitement",
+    "fear",
+    "gratitude",
+    "grief",
+    "joy",
+    "love",
+    "nervousness",
+    "optimism",
+    "pride",
+    "realization",
+    "relief",
+    "remorse",
+    "sadness",
+    "surprise",
+    "neutral",
+];
+
+/// An ordered list of label names; position = output column of the model.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct LabelSet(Vec<String>);
+
+impl LabelSet {
+    pub fn goemotions() -> Self {
+        LabelSet(GOEMOTIONS.iter().map(|s| s.to_string()).collect())
+    }
+
+    pub fn new(names: Vec<String>) -> Result<Self> {
+        if names.is_empty() {
+            bail!("label set is empty");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &names {
+            if n.trim().is_empty() {
+                bail!("label set has an empty name");
+            }
+            if !seen.insert(n) {
+                bail!("label set names {n:?} twice");
+            }
+        }
+        Ok(LabelSet(names))
+    }
+
+    /// Reads a labels.txt (one name a line, in index order).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading label file {}", path.display()))?;
+        Self::new(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(String::from)
+                .collect(),
+        )
+        .with_context(|| format!("in label file {}", path.display()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn names(&self) -> &[String] {
+        &self.0
+    }
+    pub fn name(&self, i: usize) -> &str {
+        &self.0[i]
+    }
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.0.iter().position(|n| n == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn goemotions_matches_dataset_labels_file() {
+        let p = crate::model::eval::dataset::goemotions_dir().join("labels.txt");
+        if let Ok(ls) = LabelSet::from_file(&p) {
+            assert_eq!(ls, LabelSet::goemotions());
+        } else {
+            panic!("GoEmotions data not found at {}", p.display());
+        }
+    }
+    #[test]
+    fn duplicates_rejected() {
+        assert!(LabelSet::new(vec!["a".into(), "a".into()]).is_err());
+    }
+}

@@ -1,0 +1,10 @@
+//! The model layer: what a model directory is (card, labels, thresholds), the registry of its
+//! versions, the tokenizer around it, and how a model is evaluated on GoEmotions. Shared by the
+//! daemon and `train`; imports from no other layer.
+
+pub mod cpu;
+pub mod dir;
+pub mod eval;
+pub mod labels;
+pub mod registry;
+pub mod tokenize;

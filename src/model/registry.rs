@@ -1,0 +1,206 @@
+//! The model registry on disk: `ROOT/versions/<version>/` holds model directories
+//! (docs/model-format.md) and `ROOT/ACTIVE` names the one to serve. Publishing copies a
+//! directory in atomically (temporary name, fsync, rename) and the pointer is replaced the same
+//! way, so a reader never sees half a model or half a pointer. Versions resolve only to
+//! directories inside the root.
+
+use crate::model::dir::{ModelDir, CARD_FILE};
+use anyhow::{bail, Context, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const POINTER_FILE: &str = "ACTIVE";
+pub const VERSIONS_DIR: &str = "versions";
+
+#[derive(Debug, Clone)]
+pub struct Registry {
+    root: PathBuf,
+}
+
+/// A version name is one path component of safe characters: no separators, no `..`.
+pub fn check_version_name(v: &str) -> Result<()> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
+        && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && !v.contains("..");
+    if !ok {
+        bail!("invalid model version {v:?}: use letters, digits and . - _ + (one path component, no \"..\")");
+    }
+    Ok(())
+}
+
+fn fsync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("fsync {}", dir.display()))
+}
+
+impl Registry {
+    /// Opens (and creates, if missing) a registry root.
+    pub fn open(root: &Path) -> Result<Registry> {
+        fs::create_dir_all(root.join(VERSIONS_DIR))
+            .with_context(|| format!("creating model registry {}", root.display()))?;
+        let root = root
+            .canonicalize()
+            .with_context(|| format!("model registry {}", root.display()))?;
+        Ok(Registry { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn pointer_path(&self) -> PathBuf {
+        self.root.join(POINTER_FILE)
+    }
+
+    /// The directory of `version`, which must exist inside the registry.
+    pub fn resolve(&self, version: &str) -> Result<PathBuf> {
+        check_version_name(version)?;
+        let versions = self.root.join(VERSIONS_DIR);
+        let dir = versions.join(version);
+        let real = dir
+            .canonicalize()
+            .with_context(|| format!("model version {version:?} is not in the registry"))?;
+        // A symlink inside versions/ could still point outside the root.
+        if !real.starts_with(&versions) || !real.is_dir() {
+            bail!("model version {version:?} resolves outside the registry");
+        }
+        Ok(real)
+    }
+
+    /// The version `ACTIVE` names, if the pointer exists.
+    pub fn active(&self) -> Result<Option<String>> {
+        match fs::read_to_string(self.pointer_path()) {
+            Ok(s) => {
+                let v = s.trim().to_string();
+                check_version_name(&v)
+                    .with_context(|| format!("{}", self.pointer_path().display()))?;
+                Ok(Some(v))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.pointer_path().display())),
+        }
+    }
+
+    /// Points `ACTIVE` at `version` (which must exist): write a temporary file, fsync, rename.
+    pub fn set_active(&self, version: &str) -> Result<()> {
+        self.resolve(version)?;
+        let tmp = self
+            .root
+            .join(format!(".{POINTER_FILE}.{}.tmp", std::process::id()));
+        {
+            let mut f =
+                fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+            f.write_all(format!("{version}\n").as_bytes())?;
+            f.sync_all()?;
+        }
+        fs::rename(&tmp, self.pointer_path())
+            .with_context(|| format!("replacing {}", self.pointer_path().display()))?;
+        fsync_dir(&self.root)
+    }
+
+    /// Published versions, sorted by name.
+    pub fn versions(&self) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for e in fs::read_dir(self.root.join(VERSIONS_DIR))? {
+            let name = e?.file_name().to_string_lossy().to_string();
+            if check_version_name(&name).is_ok() {
+                out.push(name);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Copies model directory `src` into the registry as `version` (default: the card's
+    /// version). The copy is written under a temporary name, fsynced and renamed, so the
+    /// version appears complete or not at all. An existing version is never overwritten.
+    pub fn publish(&self, src: &Path, version: Option<&str>) -> Result<(String, PathBuf)> {
+        // Validate first: a registry only holds loadable directories with a matching sha256.
+        let md =
+            ModelDir::load(src, true).with_context(|| format!("publishing {}", src.display()))?;
+        if !src.join(CARD_FILE).exists() {
+            bail!(
+                "{} has no {CARD_FILE}: only emostream model directories can be published",
+                src.display()
+            );
+        }
+        let version = version.unwrap_or(&md.card.version).to_string();
+        check_version_name(&version)?;
+        let versions = self.root.join(VERSIONS_DIR);
+        let dest = versions.join(&version);
+        if dest.exists() {
+            bail!(
+                "version {version:?} already exists in {} (versions are immutable; pick a new one)",
+                self.root.display()
+            );
+        }
+        let tmp = versions.join(format!(".{version}.{}.tmp", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp)?;
+        }
+        fs::create_dir_all(&tmp)?;
+        for entry in fs::read_dir(src)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let to = tmp.join(entry.file_name());
+            fs::copy(entry.path(), &to)
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+            fs::File::open(&to)?.sync_all()?;
+        }
+        if version != md.card.version {
+            // The card names the version events will carry: keep it equal to the registry's.
+            let mut card = md.card.clone();
+            card.version = version.clone();
+            card.write(&tmp)?;
+            fs::File::open(tmp.join(CARD_FILE))?.sync_all()?;
+        }
+        fsync_dir(&tmp)?;
+        fs::rename(&tmp, &dest)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
+        fsync_dir(&versions)?;
+        Ok((version, dest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_names_are_one_safe_component() {
+        for ok in ["1.0.0", "v2", "2026-11-26_a", "1.0.0+int8"] {
+            check_version_name(ok).unwrap();
+        }
+        for bad in [
+            "", "../x", "..", "a/b", "/etc", ".hidden", "a\\b", "x..y", "a b",
+        ] {
+            assert!(check_version_name(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn resolve_stays_inside_and_pointer_round_trips() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Registry::open(d.path()).unwrap();
+        fs::create_dir_all(r.root().join("versions/1.0.0")).unwrap();
+        assert!(r.resolve("1.0.0").is_ok());
+        assert!(r.resolve("../versions").is_err());
+        assert!(r.resolve("2.0.0").is_err());
+        // A symlink that escapes the root is refused.
+        std::os::unix::fs::symlink("/tmp", r.root().join("versions/escape")).unwrap();
+        let e = r.resolve("escape").unwrap_err();
+        assert!(e.to_string().contains("outside"), "{e}");
+        assert_eq!(r.active().unwrap(), None);
+        r.set_active("1.0.0").unwrap();
+        assert_eq!(r.active().unwrap().as_deref(), Some("1.0.0"));
+        assert!(r.set_active("9.9.9").is_err());
+        assert_eq!(r.active().unwrap().as_deref(), Some("1.0.0"));
+    }
+}
