@@ -6,8 +6,8 @@
 
 use crate::backend::batching::sub_batches;
 use crate::backend::ort::{OrtModel, RuntimeOptions};
-use crate::daemon::pipeline::event::ModelRef;
 use crate::model::dir::ModelDir;
+use crate::model::dir::ModelRef;
 use crate::model::eval::scores::sigmoid;
 use crate::model::tokenize::{PaddedBatch, TextEncoder};
 use anyhow::{bail, Context, Result};

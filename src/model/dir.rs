@@ -125,6 +125,15 @@ impl ModelCard {
     }
 }
 
+/// Which model labelled something: name, version and the sha256 of its model.onnx, as label
+/// events and swap reports carry it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+    pub sha256: String,
+}
+
 /// A model directory resolved on disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -182,7 +191,7 @@ impl ModelDir {
     fn card_from_hf(dir: &Path) -> Result<ModelCard> {
         let text = std::fs::read_to_string(dir.join("config.json"))?;
         let hf: serde_json::Value = serde_json::from_str(&text).context("parsing config.json")?;
-        let labels = crate::train::trainer::labels_from_hf(&hf)?;
+        let labels = LabelSet::from_hf(&hf)?;
         let tok: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(TOKENIZER_FILE))?)
                 .context("parsing tokenizer.json")?;

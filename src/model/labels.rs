@@ -42,6 +42,27 @@ pub const GOEMOTIONS: [&str; 28] = [
 pub struct LabelSet(Vec<String>);
 
 impl LabelSet {
+    /// Label names from a Hugging Face config's `id2label`.
+    pub fn from_hf(hf: &serde_json::Value) -> Result<LabelSet> {
+        let map = hf
+            .get("id2label")
+            .and_then(|v| v.as_object())
+            .context("config.json lacks id2label")?;
+        let mut names = vec![String::new(); map.len()];
+        for (k, v) in map {
+            let i: usize = k
+                .parse()
+                .with_context(|| format!("id2label key {k:?} is not an index"))?;
+            let n = v
+                .as_str()
+                .with_context(|| format!("id2label[{k}] is not a string"))?;
+            *names
+                .get_mut(i)
+                .with_context(|| format!("id2label index {i} out of range"))? = n.to_string();
+        }
+        LabelSet::new(names)
+    }
+
     pub fn goemotions() -> Self {
         LabelSet(GOEMOTIONS.iter().map(|s| s.to_string()).collect())
     }

@@ -11,7 +11,6 @@ use crate::model::eval::scores::{evaluate, Metrics};
 use crate::model::eval::thresholds;
 use crate::train::encoder::{EncoderConfig, Params};
 use crate::train::onnx::{self, Variant};
-use crate::train::trainer::labels_from_hf;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 use std::collections::BTreeMap;
@@ -37,7 +36,7 @@ pub fn load_checkpoint(
         &std::fs::read_to_string(dir.join("config.json"))
             .with_context(|| format!("reading {}/config.json", dir.display()))?,
     )?;
-    let labels = labels_from_hf(&hf)?;
+    let labels = crate::model::labels::LabelSet::from_hf(&hf)?;
     let cfg = EncoderConfig::from_hf(&hf, labels.len())?;
     let params = Params::load_safetensors(
         &cfg,

@@ -185,7 +185,7 @@ impl Trainer {
     pub fn resume(dir: &Path, device: Device) -> Result<Trainer> {
         let cfg: TrainConfig = read_json(&dir.join("train.json"))?;
         let hf: serde_json::Value = read_json(&dir.join("config.json"))?;
-        let labels = labels_from_hf(&hf)?;
+        let labels = LabelSet::from_hf(&hf)?;
         let enc_cfg = EncoderConfig::from_hf(&hf, labels.len())?;
         let ck = dir.join("checkpoint");
         let state: TrainState =
@@ -520,25 +520,4 @@ impl Trainer {
         bar.finish();
         Ok(())
     }
-}
-
-/// Label names from a Hugging Face config's `id2label`.
-pub fn labels_from_hf(hf: &serde_json::Value) -> Result<LabelSet> {
-    let map = hf
-        .get("id2label")
-        .and_then(|v| v.as_object())
-        .context("config.json lacks id2label")?;
-    let mut names = vec![String::new(); map.len()];
-    for (k, v) in map {
-        let i: usize = k
-            .parse()
-            .with_context(|| format!("id2label key {k:?} is not an index"))?;
-        let n = v
-            .as_str()
-            .with_context(|| format!("id2label[{k}] is not a string"))?;
-        *names
-            .get_mut(i)
-            .with_context(|| format!("id2label index {i} out of range"))? = n.to_string();
-    }
-    LabelSet::new(names)
 }

@@ -2,6 +2,7 @@
 //! for each comment.
 
 use crate::daemon::config::ScoreMode;
+use crate::model::dir::ModelRef;
 use serde::Serialize;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -14,13 +15,6 @@ pub struct Source {
     pub offset: i64,
     /// Kafka message timestamp, milliseconds since the epoch (if the message had one).
     pub timestamp_ms: Option<i64>,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelRef {
-    pub name: String,
-    pub version: String,
-    pub sha256: String,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
