@@ -1,12 +1,18 @@
-//! The offset tracker: per partition, which consumed offsets are not yet acknowledged (produced
-//! to the output or the dead-letter topic). The commit point is the lowest unacknowledged
-//! offset, or one past the highest consumed when all are acknowledged: a failed message holds
-//! the commit point back even when later ones succeed, so nothing is ever skipped.
+//! Acknowledgements. Every consumed message carries an [`Ack`] from the source to wherever it
+//! ends; the sink resolves it once the output or dead-letter topic has the message. Behind the
+//! tokens sits the [`Ledger`]: the offset tracker (per partition, which consumed offsets are not
+//! yet acknowledged) and the in-flight budget that drives backpressure. Only the source reads
+//! the ledger's commit points and commits them.
+//!
+//! The commit point of a partition is its lowest unacknowledged offset, or one past the highest
+//! consumed when all are acknowledged: a message that was never delivered holds the commit
+//! point back even when later ones succeed, so nothing is ever skipped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-pub type TopicPartition = (String, i32);
+use tokio::sync::Notify;
+pub(crate) type TopicPartition = (String, i32);
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -17,31 +23,31 @@ struct Partition {
 }
 
 #[derive(Debug, Default)]
-pub struct OffsetTracker {
+pub(crate) struct OffsetTracker {
     parts: HashMap<TopicPartition, Partition>,
 }
 
 impl OffsetTracker {
-    pub fn track(&mut self, tp: &TopicPartition, offset: i64) {
+    pub(crate) fn track(&mut self, tp: &TopicPartition, offset: i64) {
         let p = self.parts.entry(tp.clone()).or_default();
         p.pending.insert(offset, Instant::now());
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
 
     /// Marks an offset delivered. Acks for partitions no longer tracked (revoked) are ignored.
-    pub fn ack(&mut self, tp: &TopicPartition, offset: i64) {
+    pub(crate) fn ack(&mut self, tp: &TopicPartition, offset: i64) {
         if let Some(p) = self.parts.get_mut(tp) {
             p.pending.remove(&offset);
         }
     }
 
     /// The offset to commit (Kafka semantics: the next offset to read) for a partition.
-    pub fn commit_point(&self, tp: &TopicPartition) -> Option<i64> {
+    pub(crate) fn commit_point(&self, tp: &TopicPartition) -> Option<i64> {
         let p = self.parts.get(tp)?;
         p.pending.keys().next().copied().or(p.next)
     }
 
-    pub fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
+    pub(crate) fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
         self.parts
             .keys()
             .filter_map(|tp| self.commit_point(tp).map(|o| (tp.clone(), o)))
@@ -49,18 +55,18 @@ impl OffsetTracker {
     }
 
     /// Forgets a partition (revoked); returns its final commit point.
-    pub fn remove(&mut self, tp: &TopicPartition) -> Option<i64> {
+    pub(crate) fn remove(&mut self, tp: &TopicPartition) -> Option<i64> {
         let c = self.commit_point(tp);
         self.parts.remove(tp);
         c
     }
 
-    pub fn in_flight(&self) -> usize {
+    pub(crate) fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.pending.len()).sum()
     }
 
     /// Partitions whose oldest unacknowledged message is older than `age`.
-    pub fn stalled(&self, age: Duration) -> Vec<(TopicPartition, i64)> {
+    pub(crate) fn stalled(&self, age: Duration) -> Vec<(TopicPartition, i64)> {
         let now = Instant::now();
         self.parts
             .iter()
@@ -72,6 +78,143 @@ impl OffsetTracker {
                     .map(|(o, _)| (tp.clone(), *o))
             })
             .collect()
+    }
+}
+
+/// Messages and bytes consumed but not yet resolved; the source pauses above its limits.
+#[derive(Debug, Default)]
+struct Budget {
+    messages: usize,
+    bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    offsets: OffsetTracker,
+    budget: Budget,
+}
+
+/// The offset tracker and the in-flight budget, behind the tokens that resolve them.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    book: Mutex<Book>,
+    /// Signalled whenever a token resolves (the source may resume).
+    released: Notify,
+}
+
+impl Ledger {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Tracks a consumed message and hands out the token that will acknowledge it.
+    pub(crate) fn issue(
+        self: &Arc<Self>,
+        partition: TopicPartition,
+        offset: i64,
+        bytes: usize,
+    ) -> Ack {
+        let mut b = self.book();
+        b.offsets.track(&partition, offset);
+        b.budget.messages += 1;
+        b.budget.bytes += bytes;
+        publish(&b.budget);
+        Ack {
+            ledger: self.clone(),
+            partition,
+            offset,
+            bytes,
+            resolved: false,
+        }
+    }
+
+    fn resolve(&self, partition: &TopicPartition, offset: i64, bytes: usize, delivered: bool) {
+        {
+            let mut b = self.book();
+            if delivered {
+                b.offsets.ack(partition, offset);
+            }
+            b.budget.messages -= 1;
+            b.budget.bytes -= bytes;
+            publish(&b.budget);
+        }
+        self.released.notify_waiters();
+    }
+
+    /// At or over either limit: time to pause.
+    pub(crate) fn over(&self, max_messages: usize, max_bytes: usize) -> bool {
+        let b = self.book();
+        b.budget.messages >= max_messages || b.budget.bytes >= max_bytes
+    }
+
+    /// At or below half of both limits: time to resume.
+    pub(crate) fn drained(&self, max_messages: usize, max_bytes: usize) -> bool {
+        let b = self.book();
+        b.budget.messages <= max_messages / 2 && b.budget.bytes <= max_bytes / 2
+    }
+
+    /// Waits until some token resolves.
+    pub(crate) async fn released(&self) {
+        self.released.notified().await
+    }
+
+    pub(crate) fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
+        self.book().offsets.commit_points()
+    }
+
+    /// Forgets a revoked partition; its final commit point.
+    pub(crate) fn revoke(&self, partition: &TopicPartition) -> Option<i64> {
+        self.book().offsets.remove(partition)
+    }
+
+    /// Consumed offsets not yet acknowledged.
+    pub(crate) fn unacknowledged(&self) -> usize {
+        self.book().offsets.in_flight()
+    }
+
+    /// Messages whose tokens are not resolved yet.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.book().budget.messages
+    }
+
+    pub(crate) fn stalled(&self, age: Duration) -> Vec<(TopicPartition, i64)> {
+        self.book().offsets.stalled(age)
+    }
+}
+
+fn publish(b: &Budget) {
+    metrics::gauge!("emostream_in_flight_messages").set(b.messages as f64);
+    metrics::gauge!("emostream_in_flight_bytes").set(b.bytes as f64);
+}
+
+/// A message's acknowledgement. [`Ack::delivered`] once the output or dead-letter topic has
+/// the message; dropped unresolved (its stage ended without delivering it), the message's
+/// budget is freed but its offset stays unacknowledged, so it is read again after a restart
+/// or rebalance rather than skipped.
+#[derive(Debug)]
+pub struct Ack {
+    ledger: Arc<Ledger>,
+    partition: TopicPartition,
+    offset: i64,
+    bytes: usize,
+    resolved: bool,
+}
+
+impl Ack {
+    pub(crate) fn delivered(mut self) {
+        self.resolved = true;
+        self.ledger
+            .resolve(&self.partition, self.offset, self.bytes, true);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if !self.resolved {
+            metrics::counter!("emostream_acks_dropped_total").increment(1);
+            self.ledger
+                .resolve(&self.partition, self.offset, self.bytes, false);
+        }
     }
 }
 
@@ -105,5 +248,21 @@ mod tests {
         assert_eq!(t.remove(&tp), Some(3));
         t.ack(&tp, 3);
         assert_eq!(t.commit_point(&tp), None);
+    }
+
+    #[test]
+    fn a_delivered_token_moves_the_commit_point_and_a_dropped_one_holds_it() {
+        let ledger = Arc::new(Ledger::default());
+        let tp = ("t".to_string(), 0);
+        let a = ledger.issue(tp.clone(), 7, 100);
+        let b = ledger.issue(tp.clone(), 8, 50);
+        assert!(ledger.over(2, usize::MAX) && !ledger.over(3, usize::MAX));
+        b.delivered();
+        assert_eq!(ledger.commit_points(), vec![(tp.clone(), 7)]);
+        drop(a);
+        // The budget is free again, the offset is not acknowledged.
+        assert_eq!(ledger.in_flight(), 0);
+        assert_eq!(ledger.unacknowledged(), 1);
+        assert_eq!(ledger.commit_points(), vec![(tp, 7)]);
     }
 }

@@ -4,7 +4,7 @@
 //! `POST /admin/model/rollback`. With `admin.token` set, `/admin/*` needs
 //! `Authorization: Bearer <token>` (config validation demands a token off loopback).
 
-use crate::backend::generation::ServingModel;
+use crate::backend::generation::Generation;
 use crate::daemon::swap::{self, SwapRequest, SwapResult, Target, Trigger};
 use crate::model::registry::{check_version_name, Registry};
 use axum::extract::{Request, State};
@@ -16,21 +16,24 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
+/// What readiness is made of; each stage reports its part through a reader of its own state.
 pub struct Health {
     pub model_loaded: AtomicBool,
+    /// The source holds partitions.
     pub assigned: Arc<dyn Fn() -> bool + Send + Sync>,
-    pub stalled: Arc<AtomicUsize>,
+    /// Messages the sink can deliver nowhere right now.
+    pub undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
     pub shutting_down: AtomicBool,
 }
 
 /// What the model API needs; absent in processes that cannot swap.
 #[derive(Clone)]
 pub struct ModelAdmin {
-    pub active: watch::Receiver<Arc<ServingModel>>,
+    pub active: watch::Receiver<Arc<Generation>>,
     pub registry: Option<Registry>,
     pub swaps: mpsc::Sender<SwapRequest>,
 }
@@ -58,7 +61,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let h = &s.health;
     let model = h.model_loaded.load(Ordering::SeqCst);
     let assigned = (h.assigned)();
-    let stalled = h.stalled.load(Ordering::SeqCst);
+    let stalled = (h.undeliverable)();
     let stopping = h.shutting_down.load(Ordering::SeqCst);
     let ready = model && assigned && stalled == 0 && !stopping;
     let body = serde_json::json!({

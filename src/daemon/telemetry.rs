@@ -1,16 +1,14 @@
-//! Logging set-up and the Prometheus recorder, plus the shared in-flight accounting that drives
-//! backpressure and readiness.
+//! Logging set-up and the Prometheus recorder with every metric's description.
 
+use crate::daemon::config::LogFormat;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tokio::sync::Notify;
 
-pub fn init_logging(format: &str, level: &str) {
+pub fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    let _ = if format == "json" {
+    let _ = if format == LogFormat::Json {
         b.json().try_init()
     } else {
         b.try_init()
@@ -64,6 +62,10 @@ fn describe() {
         "emostream_in_flight_messages",
         "Consumed messages not yet acknowledged"
     );
+    describe_counter!(
+        "emostream_acks_dropped_total",
+        "Messages whose stage ended without delivering them (their offsets stay uncommitted)"
+    );
     describe_gauge!(
         "emostream_in_flight_bytes",
         "Payload bytes of in-flight messages"
@@ -88,42 +90,4 @@ fn describe() {
         "emostream_stalled_partitions",
         "Partitions whose oldest message could be delivered nowhere"
     );
-}
-
-/// Messages and bytes consumed but not yet acknowledged; the source pauses above the limits.
-#[derive(Default)]
-pub struct InFlight {
-    pub messages: AtomicUsize,
-    pub bytes: AtomicUsize,
-    /// Signalled whenever something is released (the source may resume).
-    pub released: Notify,
-    pub paused: AtomicBool,
-}
-
-impl InFlight {
-    pub fn acquire(&self, bytes: usize) {
-        let m = self.messages.fetch_add(1, Ordering::SeqCst) + 1;
-        let b = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        metrics::gauge!("emostream_in_flight_messages").set(m as f64);
-        metrics::gauge!("emostream_in_flight_bytes").set(b as f64);
-    }
-
-    pub fn release(&self, bytes: usize) {
-        let m = self.messages.fetch_sub(1, Ordering::SeqCst) - 1;
-        let b = self.bytes.fetch_sub(bytes, Ordering::SeqCst) - bytes;
-        metrics::gauge!("emostream_in_flight_messages").set(m as f64);
-        metrics::gauge!("emostream_in_flight_bytes").set(b as f64);
-        self.released.notify_waiters();
-    }
-
-    pub fn over(&self, max_messages: usize, max_bytes: usize) -> bool {
-        self.messages.load(Ordering::SeqCst) >= max_messages
-            || self.bytes.load(Ordering::SeqCst) >= max_bytes
-    }
-
-    /// Below half of both limits: time to resume.
-    pub fn drained(&self, max_messages: usize, max_bytes: usize) -> bool {
-        self.messages.load(Ordering::SeqCst) <= max_messages / 2
-            && self.bytes.load(Ordering::SeqCst) <= max_bytes / 2
-    }
 }

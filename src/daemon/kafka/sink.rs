@@ -4,15 +4,13 @@
 //! topic (reason produce_failed); if that fails too, it is retried there with backoff for as long
 //! as the daemon runs and its offset stays unacknowledged, so the commit point never passes it.
 
-use crate::daemon::ack::OffsetTracker;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::{Origin, Outcome};
-use crate::daemon::telemetry::InFlight;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -23,15 +21,35 @@ pub struct Sink {
     pub dead_letter_topic: String,
     pub attempts: u32,
     pub backoff: Duration,
-    pub tracker: Arc<Mutex<OffsetTracker>>,
-    pub in_flight: Arc<InFlight>,
-    /// Messages currently failing on both topics.
-    pub stalled: Arc<AtomicUsize>,
+    /// Messages currently refused by both topics (readiness reports them).
+    undeliverable: AtomicUsize,
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Sink {
+    pub fn new(
+        producer: FutureProducer,
+        output_topic: String,
+        dead_letter_topic: String,
+        attempts: u32,
+        backoff: Duration,
+    ) -> Sink {
+        Sink {
+            producer,
+            output_topic,
+            dead_letter_topic,
+            attempts,
+            backoff,
+            undeliverable: AtomicUsize::new(0),
+        }
+    }
+
+    /// Messages refused by both the output and the dead-letter topic right now.
+    pub fn undeliverable(&self) -> usize {
+        self.undeliverable.load(Ordering::SeqCst)
+    }
+
     /// Consumes outcomes until the channel closes, then waits for every delivery to finish.
     pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
         let mut tasks = JoinSet::new();
@@ -45,12 +63,9 @@ impl Sink {
                         .await;
                     tasks.spawn(async move { sink.deliver_event(event, origin, first).await });
                 }
-                Outcome::Rejected {
-                    reason,
-                    detail,
-                    origin,
-                } => {
-                    tasks.spawn(async move { sink.dead_letter(reason, detail, origin).await });
+                Outcome::Rejected(r) => {
+                    tasks
+                        .spawn(async move { sink.dead_letter(r.reason, r.detail, r.origin).await });
                 }
             }
             while tasks.try_join_next().is_some() {}
@@ -98,7 +113,7 @@ impl Sink {
                 Ok(f) => match f.await {
                     Ok(Ok(_)) => {
                         metrics::counter!("emostream_labelled_total").increment(1);
-                        self.complete(&origin);
+                        delivered(origin);
                         return;
                     }
                     Ok(Err((e, _))) => e.to_string(),
@@ -128,90 +143,42 @@ impl Sink {
     /// Produces the original message to the dead-letter topic with a reason; retries until it
     /// is acknowledged (the offset stays unacknowledged meanwhile).
     async fn dead_letter(&self, reason: Reason, detail: String, origin: Origin) {
-        let mut h = OwnedHeaders::new()
-            .insert(Header {
-                key: "emostream.reason",
-                value: Some(reason.as_str()),
-            })
-            .insert(Header {
-                key: "emostream.detail",
-                value: Some(detail.as_str()),
-            })
-            .insert(Header {
-                key: "emostream.source.topic",
-                value: Some(origin.source.topic.as_str()),
-            })
-            .insert(Header {
-                key: "emostream.source.partition",
-                value: Some(&origin.source.partition.to_string()),
-            })
-            .insert(Header {
-                key: "emostream.source.offset",
-                value: Some(&origin.source.offset.to_string()),
-            });
-        if let Some(ts) = origin.source.timestamp_ms {
-            h = h.insert(Header {
-                key: "emostream.source.timestamp_ms",
-                value: Some(&ts.to_string()),
-            });
-        }
-        if let Some(orig) = &origin.headers {
-            for x in orig.iter() {
-                h = h.insert(Header {
-                    key: x.key,
-                    value: x.value,
-                });
-            }
-        }
+        let headers = dead_letter_headers(reason, &detail, &origin);
         let mut backoff = self.backoff;
-        let mut stalled = false;
+        let mut refused = false;
         loop {
             let result = match self
                 .enqueue(
                     &self.dead_letter_topic,
                     &origin,
                     &origin.payload,
-                    Some(h.clone()),
+                    Some(headers.clone()),
                 )
                 .await
             {
-                Ok(f) => f
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err((
-                            KafkaError::Canceled,
-                            rdkafka::message::OwnedMessage::new(
-                                None,
-                                None,
-                                String::new(),
-                                rdkafka::Timestamp::NotAvailable,
-                                0,
-                                0,
-                                None,
-                            ),
-                        ))
-                    })
-                    .map_err(|(e, _)| e.to_string()),
+                Ok(f) => match f.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((e, _))) => Err(e.to_string()),
+                    Err(_) => Err("producer dropped the delivery".to_string()),
+                },
                 Err(e) => Err(e),
             };
             match result {
-                Ok(_) => {
+                Ok(()) => {
                     metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str())
                         .increment(1);
-                    if stalled {
-                        let n = self.stalled.fetch_sub(1, Ordering::SeqCst) - 1;
-                        metrics::gauge!("emostream_stalled_partitions").set(n as f64);
+                    if refused {
+                        self.count_undeliverable(false);
                     }
-                    self.complete(&origin);
+                    delivered(origin);
                     return;
                 }
                 Err(e) => {
                     metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter")
                         .increment(1);
-                    if !stalled {
-                        stalled = true;
-                        let n = self.stalled.fetch_add(1, Ordering::SeqCst) + 1;
-                        metrics::gauge!("emostream_stalled_partitions").set(n as f64);
+                    if !refused {
+                        refused = true;
+                        self.count_undeliverable(true);
                     }
                     tracing::error!(error = %e, reason = reason.as_str(), topic = %origin.source.topic, partition = origin.source.partition, offset = origin.source.offset,
                         "dead-letter topic refused message; its partition cannot commit past it until it is delivered");
@@ -222,19 +189,66 @@ impl Sink {
         }
     }
 
-    fn complete(&self, origin: &Origin) {
-        let tp = (origin.source.topic.clone(), origin.source.partition);
-        self.tracker
-            .lock()
-            .expect("offset tracker lock")
-            .ack(&tp, origin.source.offset);
-        self.in_flight.release(origin.payload.len());
-        if let Some(ts) = origin.source.timestamp_ms {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            metrics::histogram!("emostream_end_to_end_seconds")
-                .record(((now - ts).max(0)) as f64 / 1000.0);
+    fn count_undeliverable(&self, one_more: bool) {
+        let n = if one_more {
+            self.undeliverable.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.undeliverable.fetch_sub(1, Ordering::SeqCst) - 1
+        };
+        metrics::gauge!("emostream_stalled_partitions").set(n as f64);
+    }
+}
+
+/// The dead-letter record's headers: reason, detail and source coordinates, then the input's
+/// own headers.
+fn dead_letter_headers(reason: Reason, detail: &str, origin: &Origin) -> OwnedHeaders {
+    let source = &origin.source;
+    let mut h = OwnedHeaders::new()
+        .insert(Header {
+            key: "emostream.reason",
+            value: Some(reason.as_str()),
+        })
+        .insert(Header {
+            key: "emostream.detail",
+            value: Some(detail),
+        })
+        .insert(Header {
+            key: "emostream.source.topic",
+            value: Some(source.topic.as_str()),
+        })
+        .insert(Header {
+            key: "emostream.source.partition",
+            value: Some(&source.partition.to_string()),
+        })
+        .insert(Header {
+            key: "emostream.source.offset",
+            value: Some(&source.offset.to_string()),
+        });
+    if let Some(ts) = source.timestamp_ms {
+        h = h.insert(Header {
+            key: "emostream.source.timestamp_ms",
+            value: Some(&ts.to_string()),
+        });
+    }
+    if let Some(orig) = &origin.headers {
+        for x in orig.iter() {
+            h = h.insert(Header {
+                key: x.key,
+                value: x.value,
+            });
         }
     }
+    h
+}
+
+/// The message is on a topic: record its end-to-end time and resolve its acknowledgement.
+fn delivered(origin: Origin) {
+    if let Some(ts) = origin.source.timestamp_ms {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        metrics::histogram!("emostream_end_to_end_seconds")
+            .record(((now - ts).max(0)) as f64 / 1000.0);
+    }
+    origin.ack.delivered();
 }

@@ -1,14 +1,13 @@
 //! The source: a Kafka consumer-group member that reads the input topics, decodes each message
-//! and hands it on, tracks every offset until the sink acknowledges it, pauses its partitions
-//! when too much is in flight, and commits only acknowledged offsets (periodically, on revoke
-//! and at shutdown).
+//! and hands it on with its acknowledgement token, pauses its partitions when too much is in
+//! flight, and is the only stage that commits: the ledger's commit points, periodically, on
+//! revoke and at shutdown (after waiting, bounded, for what is in flight).
 
-use crate::daemon::ack::OffsetTracker;
+use crate::daemon::ack::Ledger;
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::client_config;
 use crate::daemon::pipeline::event::Source as SourceRef;
-use crate::daemon::pipeline::{admit, Origin, Outcome, Pending};
-use crate::daemon::telemetry::InFlight;
+use crate::daemon::pipeline::{admit, Admitted, Origin};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -16,13 +15,13 @@ use rdkafka::consumer::{
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 /// Rebalance and statistics callbacks.
 pub struct SourceContext {
-    pub tracker: Arc<Mutex<OffsetTracker>>,
+    ledger: Arc<Ledger>,
     pub assigned: AtomicBool,
 }
 
@@ -44,16 +43,11 @@ impl ConsumerContext for SourceContext {
             // Commit what was acknowledged on the partitions we are losing, then forget them:
             // late acknowledgements for them are ignored and the new owner re-reads the rest.
             let mut commit = TopicPartitionList::new();
-            {
-                let mut t = self.tracker.lock().expect("offset tracker lock");
-                for e in tpl.elements() {
-                    if let Some(o) = t.remove(&(e.topic().to_string(), e.partition())) {
-                        let _ = commit.add_partition_offset(
-                            e.topic(),
-                            e.partition(),
-                            Offset::Offset(o),
-                        );
-                    }
+            for e in tpl.elements() {
+                let tp = (e.topic().to_string(), e.partition());
+                if let Some(o) = self.ledger.revoke(&tp) {
+                    let _ =
+                        commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
                 }
             }
             if commit.count() > 0 {
@@ -85,7 +79,8 @@ impl ConsumerContext for SourceContext {
 
 pub type KafkaConsumer = StreamConsumer<SourceContext>;
 
-pub fn consumer(s: &Settings, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Arc<KafkaConsumer>> {
+/// The group member, subscribed to the input topics; its acknowledgements go to `ledger`.
+pub fn consumer(s: &Settings, ledger: Arc<Ledger>) -> Result<Arc<KafkaConsumer>> {
     let mut c = client_config(s);
     c.set("group.id", &s.kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -96,7 +91,7 @@ pub fn consumer(s: &Settings, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Arc<
         c.set(k, v);
     }
     let ctx = SourceContext {
-        tracker,
+        ledger,
         assigned: AtomicBool::new(false),
     };
     let consumer: KafkaConsumer = c
@@ -110,12 +105,8 @@ pub fn consumer(s: &Settings, tracker: Arc<Mutex<OffsetTracker>>) -> Result<Arc<
 }
 
 /// Commits every tracked partition's commit point.
-pub fn commit(
-    consumer: &KafkaConsumer,
-    tracker: &Mutex<OffsetTracker>,
-    mode: CommitMode,
-) -> Result<()> {
-    let points = tracker.lock().expect("offset tracker lock").commit_points();
+fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
+    let points = consumer.context().ledger.commit_points();
     if points.is_empty() {
         return Ok(());
     }
@@ -129,15 +120,31 @@ pub fn commit(
 pub struct SourceStage {
     pub consumer: Arc<KafkaConsumer>,
     pub settings: Settings,
-    pub tracker: Arc<Mutex<OffsetTracker>>,
-    pub in_flight: Arc<InFlight>,
-    pub pending_tx: mpsc::Sender<Pending>,
-    pub outcome_tx: mpsc::Sender<Outcome>,
+    pub pending_tx: mpsc::Sender<Admitted>,
     pub stop: Arc<Notify>,
 }
 
+/// What one turn of the source's loop got.
+enum Turn {
+    Stop,
+    Commit,
+    Message(Origin),
+    /// Nothing to hand on (a released token, a consumer error, a paused tick).
+    Idle,
+}
+
 impl SourceStage {
-    fn origin(msg: &BorrowedMessage<'_>) -> Origin {
+    fn ledger(&self) -> &Arc<Ledger> {
+        &self.consumer.context().ledger
+    }
+
+    fn origin(&self, msg: &BorrowedMessage<'_>) -> Origin {
+        let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let ack = self.ledger().issue(
+            (msg.topic().to_string(), msg.partition()),
+            msg.offset(),
+            payload.len(),
+        );
         Origin {
             source: SourceRef {
                 topic: msg.topic().to_string(),
@@ -147,12 +154,12 @@ impl SourceStage {
             },
             key: msg.key().map(<[u8]>::to_vec),
             headers: msg.headers().map(|h| h.detach()),
-            payload: msg.payload().map(<[u8]>::to_vec).unwrap_or_default(),
-            received: Instant::now(),
+            payload,
+            ack,
         }
     }
 
-    fn set_paused(&self, pause: bool) {
+    fn set_paused(&self, paused: &mut bool, pause: bool) {
         let Ok(assignment) = self.consumer.assignment() else {
             return;
         };
@@ -163,10 +170,10 @@ impl SourceStage {
         };
         match r {
             Ok(()) => {
-                let was = self.in_flight.paused.swap(pause, Ordering::SeqCst);
-                if pause && !was {
+                if pause && !*paused {
                     metrics::counter!("emostream_source_pauses_total").increment(1);
                 }
+                *paused = pause;
                 metrics::gauge!("emostream_source_paused").set(if pause { 1.0 } else { 0.0 });
                 tracing::debug!(
                     pause,
@@ -178,63 +185,126 @@ impl SourceStage {
         }
     }
 
-    /// Reads until `stop` is notified or the downstream closes.
-    pub async fn run(self) {
+    /// Waits for the next thing to do: while paused, a released token or a tick (to resume,
+    /// or to pause partitions assigned meanwhile); otherwise the next message.
+    async fn next_turn(&self, paused: &mut bool, tick: &mut tokio::time::Interval) -> Turn {
         let bp = &self.settings.backpressure;
-        loop {
-            if self.in_flight.paused.load(Ordering::SeqCst) {
-                tokio::select! {
-                    _ = self.stop.notified() => return,
-                    _ = self.in_flight.released.notified() => {
-                        if self.in_flight.drained(bp.max_in_flight_messages, bp.max_in_flight_bytes) {
-                            self.set_paused(false);
-                        }
-                        continue;
+        let (max_messages, max_bytes) = (bp.max_in_flight_messages, bp.max_in_flight_bytes);
+        if *paused {
+            tokio::select! {
+                _ = self.stop.notified() => Turn::Stop,
+                _ = tick.tick() => Turn::Commit,
+                _ = self.ledger().released() => {
+                    if self.ledger().drained(max_messages, max_bytes) {
+                        self.set_paused(paused, false);
                     }
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
-                        if self.in_flight.drained(bp.max_in_flight_messages, bp.max_in_flight_bytes) {
-                            self.set_paused(false);
-                        } else {
-                            // Partitions assigned while paused start unpaused: pause them too.
-                            self.set_paused(true);
-                        }
-                        continue;
-                    }
+                    Turn::Idle
+                }
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                    // Partitions assigned while paused start unpaused: pause them too.
+                    let resume = self.ledger().drained(max_messages, max_bytes);
+                    self.set_paused(paused, !resume);
+                    Turn::Idle
                 }
             }
-            let msg = tokio::select! {
-                _ = self.stop.notified() => return,
-                m = self.consumer.recv() => m,
-            };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "Kafka consumer error");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            metrics::counter!("emostream_consumed_total").increment(1);
-            let origin = Self::origin(&msg);
-            drop(msg);
-            self.tracker.lock().expect("offset tracker lock").track(
-                &(origin.source.topic.clone(), origin.source.partition),
-                origin.source.offset,
-            );
-            self.in_flight.acquire(origin.payload.len());
-            let sent = match admit(origin, &self.settings.input) {
-                Ok(p) => self.pending_tx.send(p).await.is_ok(),
-                Err(rejected) => self.outcome_tx.send(rejected).await.is_ok(),
-            };
-            if !sent {
-                return;
-            }
-            if self
-                .in_flight
-                .over(bp.max_in_flight_messages, bp.max_in_flight_bytes)
-            {
-                self.set_paused(true);
+        } else {
+            tokio::select! {
+                _ = self.stop.notified() => Turn::Stop,
+                _ = tick.tick() => Turn::Commit,
+                m = self.consumer.recv() => match m {
+                    Ok(msg) => {
+                        metrics::counter!("emostream_consumed_total").increment(1);
+                        Turn::Message(self.origin(&msg))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        Turn::Idle
+                    }
+                },
             }
         }
+    }
+
+    /// Reads until `stop` is notified or the downstream closes; then lets the pipeline drain
+    /// (bounded by `shutdown.timeout_ms`) and makes the final commit.
+    pub async fn run(self) {
+        let bp = &self.settings.backpressure;
+        let every = Duration::from_millis(self.settings.kafka.commit_interval_ms);
+        let mut tick = tokio::time::interval(every);
+        let mut paused = false;
+        loop {
+            match self.next_turn(&mut paused, &mut tick).await {
+                Turn::Stop => break,
+                Turn::Idle => {}
+                Turn::Commit => self.periodic_commit(),
+                Turn::Message(origin) => {
+                    if self
+                        .pending_tx
+                        .send(admit(origin, &self.settings.input))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    if self
+                        .ledger()
+                        .over(bp.max_in_flight_messages, bp.max_in_flight_bytes)
+                    {
+                        self.set_paused(&mut paused, true);
+                    }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    fn periodic_commit(&self) {
+        if let Err(e) = commit(&self.consumer, CommitMode::Async) {
+            tracing::warn!(error = %format!("{e:#}"), "periodic commit failed");
+        }
+        for ((topic, p), o) in self.ledger().stalled(Duration::from_secs(60)) {
+            tracing::warn!(
+                topic,
+                partition = p,
+                offset = o,
+                "oldest in-flight message is over 60 s old"
+            );
+        }
+    }
+
+    /// Closes the pipeline's input, waits (bounded) until every token in flight resolves,
+    /// commits what was acknowledged and leaves the group.
+    async fn finish(self) {
+        let SourceStage {
+            consumer,
+            settings,
+            pending_tx,
+            ..
+        } = self;
+        drop(pending_tx);
+        let ledger = consumer.context().ledger.clone();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(settings.shutdown.timeout_ms);
+        while ledger.in_flight() > 0 {
+            tokio::select! {
+                _ = ledger.released() => {}
+                // A token may resolve between the check and the wait: look again soon.
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let left = ledger.unacknowledged();
+        if left > 0 {
+            tracing::warn!(
+                in_flight = left,
+                "shutdown: committing what was acknowledged; the rest will be re-read"
+            );
+        }
+        if let Err(e) = commit(&consumer, CommitMode::Sync) {
+            tracing::error!(error = %format!("{e:#}"), "final commit failed");
+        }
+        consumer.unsubscribe();
+        tracing::info!(in_flight = left, "source stopped");
     }
 }

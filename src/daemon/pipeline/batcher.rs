@@ -5,35 +5,46 @@
 //! Each batch is tokenized by the active model generation at its start; a swap closes the open
 //! batch at once, so the swap waits for no more than the batch being filled.
 
-use crate::backend::generation::ServingModel;
+use crate::backend::generation::Generation;
 use crate::daemon::config::BatchingSettings;
-use crate::daemon::pipeline::{Batch, Item, Pending};
+use crate::daemon::pipeline::decode::Reason;
+use crate::daemon::pipeline::{Admitted, Batch, Entry, Item, Rejection};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-fn add(batch: &mut Batch, p: Pending) {
-    match batch.model.text.encode(&p.text) {
-        Ok(e) => {
-            batch.tokens += e.ids.len();
-            batch.items.push(Item {
-                id: p.id,
-                text: p.text,
-                ids: e.ids,
-                truncated: e.truncated,
+/// Tokenizes a comment into the batch; a rejected message (or one the tokenizer refuses) keeps
+/// its place in the batch as a rejection.
+fn add(batch: &mut Batch, admitted: Admitted) {
+    let entry = match admitted {
+        Ok(p) => match batch.model.text.encode(&p.text) {
+            Ok(e) => {
+                batch.tokens += e.ids.len();
+                Entry::Comment(Item {
+                    id: p.id,
+                    text: p.text,
+                    ids: e.ids,
+                    truncated: e.truncated,
+                    origin: p.origin,
+                })
+            }
+            Err(err) => Entry::Rejected(Rejection {
+                reason: Reason::InferenceError,
+                detail: format!("tokenizer: {err:#}"),
                 origin: p.origin,
-            });
-        }
-        Err(err) => batch.failed.push((p.origin, format!("{err:#}"))),
-    }
+            }),
+        },
+        Err(rejected) => Entry::Rejected(rejected),
+    };
+    batch.entries.push(entry);
 }
 
 /// Runs until `rx` closes, then flushes what it holds and returns.
 pub async fn run(
-    mut rx: mpsc::Receiver<Pending>,
+    mut rx: mpsc::Receiver<Admitted>,
     tx: mpsc::Sender<Batch>,
-    mut active: watch::Receiver<Arc<ServingModel>>,
+    mut active: watch::Receiver<Arc<Generation>>,
     cfg: BatchingSettings,
 ) {
     let wait = Duration::from_millis(cfg.max_wait_ms);
@@ -59,7 +70,7 @@ pub async fn run(
                 },
             }
         }
-        metrics::histogram!("emostream_batch_size").record(batch.items.len() as f64);
+        metrics::histogram!("emostream_batch_size").record(batch.len() as f64);
         metrics::histogram!("emostream_batch_tokens").record(batch.tokens as f64);
         if tx.send(batch).await.is_err() || closed {
             return;

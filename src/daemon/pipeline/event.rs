@@ -3,6 +3,7 @@
 
 use crate::daemon::config::ScoreMode;
 use crate::model::dir::ModelRef;
+use crate::model::labels::{over_threshold, ranked};
 use serde::Serialize;
 
 pub const SCHEMA_VERSION: u32 = 1;
@@ -52,11 +53,10 @@ pub fn build<'a>(
     source: &'a Source,
     truncated: bool,
 ) -> LabelEvent<'a> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let labels: Vec<LabelScore> = order
+    let order = ranked(scores);
+    let on = over_threshold(&order, scores, thresholds);
+    let labels: Vec<LabelScore> = on
         .iter()
-        .filter(|&&i| scores[i] >= thresholds[i])
         .map(|&i| LabelScore {
             label: &names[i],
             score: scores[i],
@@ -64,12 +64,8 @@ pub fn build<'a>(
         .collect();
     let chosen: Vec<usize> = match mode {
         ScoreMode::All => (0..scores.len()).collect(),
-        ScoreMode::TopK => order.iter().take(top_k).copied().collect(),
-        ScoreMode::OverThreshold => order
-            .iter()
-            .filter(|&&i| scores[i] >= thresholds[i])
-            .copied()
-            .collect(),
+        ScoreMode::TopK => order.into_iter().take(top_k).collect(),
+        ScoreMode::OverThreshold => on,
     };
     let mut map = serde_json::Map::new();
     for i in chosen {

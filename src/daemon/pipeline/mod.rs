@@ -1,19 +1,20 @@
-//! Types that flow between the daemon's stages: source → batcher → inference workers → sink,
-//! and the outcome each message ends as. The `classify` command uses the same stages with
-//! stdin/stdout at the ends.
+//! The stages a message walks through and the types that flow between them: source → batcher
+//! → inference workers → sink. Every consumed message — comment or reject — takes the same
+//! path and yields exactly one [`Outcome`], in input order per key; its [`Ack`] rides along in
+//! its [`Origin`]. The `classify` command runs the same stages with stdin/stdout at the ends.
 
 pub mod batcher;
 pub mod decode;
 pub mod event;
 pub mod workers;
 
-use crate::backend::generation::ServingModel;
+use crate::backend::generation::Generation;
+use crate::daemon::ack::Ack;
 use crate::daemon::config::InputSettings;
-use crate::daemon::pipeline::decode::{decode, Reason};
-use crate::daemon::pipeline::event::Source;
+use decode::{decode, Reason};
+use event::Source;
 use rdkafka::message::OwnedHeaders;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// A consumed message and everything needed to answer for it.
 #[derive(Debug)]
@@ -23,7 +24,8 @@ pub struct Origin {
     pub headers: Option<OwnedHeaders>,
     /// The original bytes, kept for the dead-letter topic.
     pub payload: Vec<u8>,
-    pub received: Instant,
+    /// Resolved when the message is delivered to the output or dead-letter topic.
+    pub ack: Ack,
 }
 
 impl Origin {
@@ -44,6 +46,18 @@ pub struct Pending {
     pub origin: Origin,
 }
 
+/// A message that goes to the dead-letter topic, and why.
+#[derive(Debug)]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+    pub origin: Origin,
+}
+
+/// What the source hands the batcher: a comment, or a message already rejected (it keeps its
+/// place in the stream, so a key's outcomes leave in input order).
+pub type Admitted = Result<Pending, Rejection>;
+
 /// A tokenized comment inside a batch.
 #[derive(Debug)]
 pub struct Item {
@@ -55,31 +69,36 @@ pub struct Item {
     pub origin: Origin,
 }
 
-/// Comments tokenized by one model generation, which is also the one that labels them.
+/// One message's place in a batch.
+#[derive(Debug)]
+pub enum Entry {
+    Comment(Item),
+    Rejected(Rejection),
+}
+
+/// Messages tokenized by one model generation, which is also the one that labels them, in
+/// input order.
 pub struct Batch {
-    pub model: Arc<ServingModel>,
-    pub items: Vec<Item>,
-    /// Tokenizer failures, passed through to the sink as rejections.
-    pub failed: Vec<(Origin, String)>,
+    pub model: Arc<Generation>,
+    pub entries: Vec<Entry>,
     pub tokens: usize,
 }
 
 impl Batch {
-    pub fn new(model: Arc<ServingModel>) -> Batch {
+    pub fn new(model: Arc<Generation>) -> Batch {
         Batch {
             model,
-            items: Vec::new(),
-            failed: Vec::new(),
+            entries: Vec::new(),
             tokens: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.items.len() + self.failed.len()
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.entries.is_empty()
     }
 }
 
@@ -87,37 +106,31 @@ impl Batch {
 #[derive(Debug)]
 pub enum Outcome {
     /// Labelled: the serialised label event.
-    Labelled {
-        id: String,
-        event: Vec<u8>,
-        origin: Origin,
-    },
+    Labelled { event: Vec<u8>, origin: Origin },
     /// Goes to the dead-letter topic.
-    Rejected {
-        reason: Reason,
-        detail: String,
-        origin: Origin,
-    },
+    Rejected(Rejection),
 }
 
 impl Outcome {
     pub fn origin(&self) -> &Origin {
         match self {
-            Outcome::Labelled { origin, .. } | Outcome::Rejected { origin, .. } => origin,
+            Outcome::Labelled { origin, .. } | Outcome::Rejected(Rejection { origin, .. }) => {
+                origin
+            }
         }
     }
 }
 
 /// Decodes a consumed message into a comment to label, or a rejection for the dead-letter
 /// topic. A comment without an id in its payload is named by its source coordinates.
-pub fn admit(origin: Origin, input: &InputSettings) -> Result<Pending, Outcome> {
+pub fn admit(origin: Origin, input: &InputSettings) -> Admitted {
     match decode(Some(&origin.payload), input) {
         Ok(c) => Ok(Pending {
             id: c.id.unwrap_or_else(|| origin.coordinates()),
             text: c.text,
             origin,
         }),
-        Err(r) => Err(Outcome::Rejected {
+        Err(r) => Err(Rejection {
             reason: r.reason,
             detail: r.detail,
             origin,

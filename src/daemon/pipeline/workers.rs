@@ -4,10 +4,11 @@
 //! inference. Outcomes leave in batch order however many workers there are. A shadow
 //! candidate, when one is under evaluation, sees a sample of the batches.
 
+use crate::backend::generation::Generation;
 use crate::daemon::config::OutputSettings;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
-use crate::daemon::pipeline::{Batch, Outcome};
+use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
 use crate::daemon::swap::shadow::Shadow;
 use anyhow::Result;
 use std::collections::BTreeMap;
@@ -22,73 +23,86 @@ pub fn label_batch(
     out: &OutputSettings,
     shadow: Option<&Shadow>,
 ) -> Vec<Outcome> {
-    let mut outcomes = Vec::with_capacity(batch.items.len() + batch.failed.len());
-    for (origin, detail) in batch.failed {
-        outcomes.push(Outcome::Rejected {
-            reason: Reason::InferenceError,
-            detail: format!("tokenizer: {detail}"),
-            origin,
-        });
+    let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
+    let (mut items, mut at) = (Vec::new(), Vec::new());
+    for entry in batch.entries {
+        match entry {
+            Entry::Comment(item) => {
+                at.push(slots.len());
+                items.push(item);
+                slots.push(None);
+            }
+            Entry::Rejected(r) => slots.push(Some(Outcome::Rejected(r))),
+        }
     }
-    if batch.items.is_empty() {
-        return outcomes;
+    if !items.is_empty() {
+        let labelled = label_items(worker, &batch.model, items, out, shadow);
+        for (i, o) in at.into_iter().zip(labelled) {
+            slots[i] = Some(o);
+        }
     }
-    let model = batch.model.clone();
-    let rows: Vec<&[u32]> = batch.items.iter().map(|i| i.ids.as_slice()).collect();
+    slots.into_iter().flatten().collect()
+}
+
+/// Scores the comments of a batch on `model` and builds their events (or rejections).
+fn label_items(
+    worker: usize,
+    model: &Generation,
+    items: Vec<Item>,
+    out: &OutputSettings,
+    shadow: Option<&Shadow>,
+) -> Vec<Outcome> {
+    let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
     let scored = model.score(worker, &rows);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
-    match scored {
-        Ok(scores) => {
-            if let Some(sh) = shadow {
-                sh.observe(worker, &model, &batch.items, &scores);
-            }
-            for (item, s) in batch.items.into_iter().zip(scores) {
-                if s.iter().any(|x| !x.is_finite()) {
-                    outcomes.push(Outcome::Rejected {
-                        reason: Reason::InferenceError,
-                        detail: "model produced a non-finite score".into(),
-                        origin: item.origin,
-                    });
-                    continue;
-                }
-                let ev = event::build(
-                    &item.id,
-                    &s,
-                    &model.labels,
-                    &model.thresholds,
-                    out.scores,
-                    out.top_k,
-                    &model.model_ref,
-                    &item.origin.source,
-                    item.truncated,
-                );
-                match serde_json::to_vec(&ev) {
-                    Ok(bytes) => outcomes.push(Outcome::Labelled {
-                        id: item.id,
-                        event: bytes,
-                        origin: item.origin,
-                    }),
-                    Err(e) => outcomes.push(Outcome::Rejected {
-                        reason: Reason::InferenceError,
-                        detail: format!("serialising event: {e}"),
-                        origin: item.origin,
-                    }),
-                }
-            }
-        }
+    let reject = |origin, detail: String| {
+        Outcome::Rejected(Rejection {
+            reason: Reason::InferenceError,
+            detail,
+            origin,
+        })
+    };
+    let scores = match scored {
+        Ok(scores) => scores,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), size = batch.items.len(), "inference failed; batch goes to the dead-letter topic");
-            for item in batch.items {
-                outcomes.push(Outcome::Rejected {
-                    reason: Reason::InferenceError,
-                    detail: format!("{e:#}"),
-                    origin: item.origin,
-                });
-            }
+            tracing::error!(error = %format!("{e:#}"), size = items.len(), "inference failed; batch goes to the dead-letter topic");
+            return items
+                .into_iter()
+                .map(|item| reject(item.origin, format!("{e:#}")))
+                .collect();
         }
+    };
+    if let Some(sh) = shadow {
+        sh.observe(worker, model, &items, &scores);
     }
-    outcomes
+    items
+        .into_iter()
+        .zip(scores)
+        .map(|(item, s)| {
+            if s.iter().any(|x| !x.is_finite()) {
+                return reject(item.origin, "model produced a non-finite score".into());
+            }
+            let ev = event::build(
+                &item.id,
+                &s,
+                &model.labels,
+                &model.thresholds,
+                out.scores,
+                out.top_k,
+                &model.model_ref,
+                &item.origin.source,
+                item.truncated,
+            );
+            match serde_json::to_vec(&ev) {
+                Ok(event) => Outcome::Labelled {
+                    event,
+                    origin: item.origin,
+                },
+                Err(e) => reject(item.origin, format!("serialising event: {e}")),
+            }
+        })
+        .collect()
 }
 
 /// Batches taken from the queue are numbered in queue order; whichever worker finishes,
