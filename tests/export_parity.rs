@@ -10,8 +10,8 @@ use emostream::backend::ort::RuntimeOptions;
 use emostream::model::tokenize::PaddedBatch;
 use emostream::train::encoder::{Arch, Encoder, Pooling};
 use emostream::train::onnx::Variant;
+use emostream::train::package::{export_model_dir, load_checkpoint, ExportRequest};
 use emostream::train::predict;
-use emostream::train::publish::{export_model_dir, load_checkpoint, ExportRequest};
 
 enum Tolerance {
     MaxAbs(f32),

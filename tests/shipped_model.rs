@@ -16,8 +16,8 @@ use emostream::model::cpu;
 use emostream::model::dir::ModelDir;
 use emostream::model::eval::dataset::Split;
 use emostream::model::eval::scores::{evaluate, label_counts, Counts, Metrics};
+use emostream::train::evaluate;
 use emostream::train::onnx::proto::ModelProto;
-use emostream::train::publish;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -183,7 +183,7 @@ fn beyond_kernel_noise(scores: &[Vec<f32>], here: &Metrics, card: &Metrics) -> V
 
 /// Checks every test evaluation in the card against `scores` of `dir`'s model; the violations.
 fn test_metrics_violations(dir: &ModelDir, split: &Split, scores: &[Vec<f32>]) -> Vec<String> {
-    let got = publish::test_evaluations(&dir.card, split, scores);
+    let got = evaluate::test_evaluations(&dir.card, split, scores);
     let mut bad = Vec::new();
     for (key, eval) in &got {
         let card = &dir.card.metrics[key];
@@ -210,7 +210,7 @@ fn test_metrics_violations(dir: &ModelDir, split: &Split, scores: &[Vec<f32>]) -
 
 fn score(model: &Path, split: &str) -> (ModelDir, Split, Vec<Vec<f32>>) {
     let path = common::data_dir().join(format!("{split}.tsv"));
-    let (c, split_read, scores) = publish::score_split(model, &path, &RuntimeOptions::default())
+    let (c, split_read, scores) = evaluate::score_split(model, &path, &RuntimeOptions::default())
         .unwrap_or_else(|e| panic!("scoring {} on {split}.tsv: {e:#}", model.display()));
     (c.dir, split_read, scores)
 }
@@ -228,7 +228,7 @@ fn test_split_reproduces_the_card_metrics_up_to_kernel_rounding() {
     let bad = test_metrics_violations(dir, test, scores);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     // The model beats the reference's global 0.15 with its dev-tuned thresholds.
-    let got = publish::test_evaluations(&dir.card, test, scores);
+    let got = evaluate::test_evaluations(&dir.card, test, scores);
     assert!(got["test"].metrics.macro_f1 >= got["test_global_0.15"].metrics.macro_f1);
 }
 
@@ -340,7 +340,7 @@ fn thresholds_are_reproduced_by_tuning_on_dev_up_to_kernel_rounding() {
     assert!(bad.is_empty(), "dev: {}", bad.join("\n"));
     // Tuning here chooses the card's thresholds, except where kernel rounding alone can make
     // another one as good: then the two F1s differ by no more than the movable predictions allow.
-    let here = publish::tuned_on_dev(card, &dev, &scores);
+    let here = evaluate::tuned_on_dev(card, &dev, &scores);
     let tuned = here.thresholds.resolved(n);
     let room = |j: usize, t: f32| {
         max_f1_shift(

@@ -190,7 +190,7 @@ fn pretrained_minilm_forward_reproduces_published_similarities() {
         "{} missing: run scripts/fetch-base-model.sh (scripts/test.sh does)",
         dir.display()
     );
-    let mut cfg = EncoderConfig::from_file(&dir.join("config.json"), 28).unwrap();
+    let mut cfg = EncoderConfig::from_dir(&dir, 28).unwrap();
     cfg.pooling = Pooling::Mean;
     let params = Params::load_safetensors(
         &cfg,

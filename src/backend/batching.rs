@@ -1,9 +1,58 @@
 //! Length-sorted sub-batching: rows sorted by length and cut where padding would grow, so each
 //! ONNX Runtime call pads little. The one place that sorts, splits and scatters back.
 
+use anyhow::Result;
+use std::ops::Range;
+
+/// How a length-sorted run of rows is cut into calls.
+#[derive(Debug, Clone, Copy)]
+pub enum Cut {
+    /// Calls of at most this many rows.
+    Every(usize),
+    /// Where padding would grow ([`sub_batches`]).
+    AtPadding,
+}
+
+/// Runs `call` on `rows` in length order, cut by `cut`, and returns its results in input
+/// order. `call` gets one call's rows (shortest first) and returns one result per row.
+pub fn in_length_order<T>(
+    rows: &[&[u32]],
+    cut: Cut,
+    mut call: impl FnMut(&[&[u32]]) -> Result<Vec<T>>,
+) -> Result<Vec<T>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| rows[i].len());
+    let parts: Vec<Range<usize>> = match cut {
+        Cut::Every(n) => (0..order.len())
+            .step_by(n.max(1))
+            .map(|a| a..(a + n.max(1)).min(order.len()))
+            .collect(),
+        Cut::AtPadding => {
+            let lens: Vec<usize> = order.iter().map(|&i| rows[i].len()).collect();
+            sub_batches(&lens)
+        }
+    };
+    let mut out: Vec<Option<T>> = (0..rows.len()).map(|_| None).collect();
+    for part in parts {
+        let idx = &order[part];
+        let batch: Vec<&[u32]> = idx.iter().map(|&i| rows[i]).collect();
+        let results = call(&batch)?;
+        anyhow::ensure!(
+            results.len() == idx.len(),
+            "a call returned {} results for {} rows",
+            results.len(),
+            idx.len()
+        );
+        for (&i, r) in idx.iter().zip(results) {
+            out[i] = Some(r);
+        }
+    }
+    Ok(out.into_iter().flatten().collect())
+}
+
 /// Splits a length-sorted batch into sub-batches so each pads little: a sub-batch closes when
 /// adding the next (longer) row would make padding exceed a quarter of its tokens.
-pub fn sub_batches(lengths_sorted: &[usize]) -> Vec<std::ops::Range<usize>> {
+pub fn sub_batches(lengths_sorted: &[usize]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut real = 0usize;
@@ -25,6 +74,30 @@ pub fn sub_batches(lengths_sorted: &[usize]) -> Vec<std::ops::Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_come_back_in_input_order_whatever_the_cut() {
+        let rows: Vec<Vec<u32>> = [5, 1, 3, 9, 2, 2, 7].iter().map(|&n| vec![0; n]).collect();
+        let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+        for cut in [
+            Cut::Every(1),
+            Cut::Every(3),
+            Cut::Every(100),
+            Cut::AtPadding,
+        ] {
+            let mut calls = 0;
+            let got = in_length_order(&refs, cut, |b| {
+                calls += 1;
+                assert!(b.windows(2).all(|w| w[0].len() <= w[1].len()), "sorted");
+                Ok(b.iter().map(|r| r.len()).collect())
+            })
+            .unwrap();
+            assert_eq!(got, vec![5, 1, 3, 9, 2, 2, 7], "{cut:?}");
+            if let Cut::Every(n) = cut {
+                assert_eq!(calls, rows.len().div_ceil(n));
+            }
+        }
+    }
 
     #[test]
     fn sub_batches_cover_all_and_limit_padding() {

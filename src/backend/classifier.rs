@@ -1,7 +1,8 @@
 //! A loaded model directory ready to score texts: tokenizer + ONNX Runtime session + card.
 //! Used by `train evaluate`, `emostream classify` and the daemon's inference workers.
 
-use crate::backend::ort::{OrtModel, RuntimeOptions};
+use crate::backend::batching::{in_length_order, Cut};
+use crate::backend::ort::{OrtSession, RuntimeOptions};
 use crate::model::dir::ModelDir;
 use crate::model::eval::scores::sigmoid;
 use crate::model::tokenize::{Encoded, PaddedBatch, TextEncoder};
@@ -11,14 +12,14 @@ use std::path::Path;
 pub struct Classifier {
     pub dir: ModelDir,
     pub text: TextEncoder,
-    pub model: OrtModel,
+    pub model: OrtSession,
 }
 
 impl Classifier {
     pub fn load(dir: &Path, runtime: &RuntimeOptions, verify_sha256: bool) -> Result<Classifier> {
         let dir = ModelDir::load(dir, verify_sha256)?;
         let text = TextEncoder::from_file(&dir.tokenizer_path(), dir.card.max_sequence_length)?;
-        let model = OrtModel::load(&dir.onnx_path(), runtime)?;
+        let model = OrtSession::load(&dir.onnx_path(), runtime)?;
         if model.num_labels() != dir.card.labels.len() {
             anyhow::bail!(
                 "{}: model.onnx outputs {} labels but the card lists {}",
@@ -52,15 +53,7 @@ impl Classifier {
             .map(|t| self.encode(t))
             .collect::<Result<_>>()
             .context("tokenizing")?;
-        let mut order: Vec<usize> = (0..enc.len()).collect();
-        order.sort_by_key(|&i| enc[i].ids.len());
-        let mut out = vec![Vec::new(); enc.len()];
-        for chunk in order.chunks(batch_size.max(1)) {
-            let rows: Vec<&[u32]> = chunk.iter().map(|&i| enc[i].ids.as_slice()).collect();
-            for (&i, s) in chunk.iter().zip(self.score_rows(&rows)?) {
-                out[i] = s;
-            }
-        }
-        Ok(out)
+        let rows: Vec<&[u32]> = enc.iter().map(|e| e.ids.as_slice()).collect();
+        in_length_order(&rows, Cut::Every(batch_size), |part| self.score_rows(part))
     }
 }

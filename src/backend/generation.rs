@@ -4,8 +4,8 @@
 //! and in-flight batches finish on the model they started with; the sessions are freed when the
 //! last batch holding the old generation is done.
 
-use crate::backend::batching::sub_batches;
-use crate::backend::ort::{OrtModel, RuntimeOptions};
+use crate::backend::batching::{in_length_order, Cut};
+use crate::backend::ort::{OrtSession, RuntimeOptions};
 use crate::model::dir::ModelDir;
 use crate::model::dir::ModelRef;
 use crate::model::eval::scores::sigmoid;
@@ -37,7 +37,7 @@ pub struct Expectations {
     pub label_map: BTreeMap<String, String>,
 }
 
-pub struct ServingModel {
+pub struct Generation {
     pub dir: PathBuf,
     pub model_ref: ModelRef,
     pub text: TextEncoder,
@@ -46,10 +46,10 @@ pub struct ServingModel {
     pub thresholds: Vec<f32>,
     /// `perm[i]` = the model output that feeds label `i`.
     perm: Vec<usize>,
-    sessions: Vec<Mutex<OrtModel>>,
+    sessions: Vec<Mutex<OrtSession>>,
 }
 
-impl ServingModel {
+impl Generation {
     /// Loads `dir` with `workers` sessions and validates it: sha256 of model.onnx against the
     /// card, ONNX inputs/outputs, labels against `expect`, finite scores on the canaries from
     /// every session (which also warms each one up).
@@ -58,7 +58,7 @@ impl ServingModel {
         runtime: &RuntimeOptions,
         workers: usize,
         expect: &Expectations,
-    ) -> Result<ServingModel> {
+    ) -> Result<Generation> {
         let md = ModelDir::load(dir, true)?;
         let card = &md.card;
         let text = TextEncoder::from_file(&md.tokenizer_path(), card.max_sequence_length)?;
@@ -80,7 +80,7 @@ impl ServingModel {
         let thresholds = perm.iter().map(|&j| resolved[j]).collect();
         let mut sessions = Vec::with_capacity(workers);
         for _ in 0..workers.max(1) {
-            let s = OrtModel::load(&md.onnx_path(), runtime)?;
+            let s = OrtSession::load(&md.onnx_path(), runtime)?;
             if s.num_labels() != own.len() {
                 bail!(
                     "model.onnx outputs {} scores but model.json lists {} labels",
@@ -90,7 +90,7 @@ impl ServingModel {
             }
             sessions.push(Mutex::new(s));
         }
-        let m = ServingModel {
+        let m = Generation {
             dir: md.dir.clone(),
             model_ref: ModelRef {
                 name: card.name.clone(),
@@ -141,20 +141,14 @@ impl ServingModel {
         let mut session = self.sessions[worker % self.sessions.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        let mut order: Vec<usize> = (0..rows.len()).collect();
-        order.sort_by_key(|&i| rows[i].len());
-        let lens: Vec<usize> = order.iter().map(|&i| rows[i].len()).collect();
         let l = self.perm.len();
-        let mut out = vec![Vec::new(); rows.len()];
-        for r in sub_batches(&lens) {
-            let part: Vec<&[u32]> = order[r.clone()].iter().map(|&i| rows[i]).collect();
-            let logits = session.logits(&PaddedBatch::new(&part, self.text.pad_id()))?;
-            for (k, &i) in order[r].iter().enumerate() {
-                let row = &logits[k * l..(k + 1) * l];
-                out[i] = self.perm.iter().map(|&j| sigmoid(row[j])).collect();
-            }
-        }
-        Ok(out)
+        in_length_order(rows, Cut::AtPadding, |part| {
+            let logits = session.logits(&PaddedBatch::new(part, self.text.pad_id()))?;
+            Ok(logits
+                .chunks(l)
+                .map(|row| self.perm.iter().map(|&j| sigmoid(row[j])).collect())
+                .collect())
+        })
     }
 
     /// Labels over threshold for each score row.
@@ -193,7 +187,7 @@ fn label_permutation(candidate: &[String], running: &[String]) -> Result<Vec<usi
 
 /// The generation new batches are tokenized with. Replacing it is the swap: the batcher reads
 /// it at each batch boundary.
-pub type Active = watch::Sender<Arc<ServingModel>>;
+pub type Active = watch::Sender<Arc<Generation>>;
 
 #[cfg(test)]
 mod tests {

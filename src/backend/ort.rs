@@ -110,7 +110,7 @@ pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environme
 }
 
 /// One loaded ONNX model that maps `[batch, seq]` token ids to `[batch, labels]` logits.
-pub struct OrtModel {
+pub struct OrtSession {
     session: Session,
     token_types: bool,
     num_labels: usize,
@@ -118,8 +118,8 @@ pub struct OrtModel {
     pub provider: Provider,
 }
 
-impl OrtModel {
-    pub fn load(path: &Path, opts: &RuntimeOptions) -> Result<OrtModel> {
+impl OrtSession {
+    pub fn load(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
         let env = environment(opts.library.as_deref())?;
         let e = |err: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{err}");
         let mut b = Session::builder(&env)
@@ -199,7 +199,7 @@ impl OrtModel {
         if num_labels <= 0 {
             bail!("model output {:?} has no fixed label dimension", out.name());
         }
-        Ok(OrtModel {
+        Ok(OrtSession {
             session,
             token_types,
             num_labels: num_labels as usize,

@@ -4,6 +4,7 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use emostream::daemon::config::Settings;
+use emostream::model::labels::{over_threshold, ranked};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -25,9 +26,9 @@ enum Cmd {
     Run,
     /// Label JSON or text lines from stdin; write label events to stdout.
     Classify {
-        /// json | text (default: input.format)
-        #[arg(long)]
-        format: Option<String>,
+        /// How to read each line (default: input.format)
+        #[arg(long, value_enum)]
+        format: Option<emostream::daemon::config::InputFormat>,
         /// Model directory (default: model.dir)
         #[arg(long)]
         model: Option<PathBuf>,
@@ -46,7 +47,7 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     let mut s = Settings::load(cli.config.as_deref())?;
-    emostream::daemon::telemetry::init_logging(&s.log.format, &s.log.level);
+    emostream::daemon::telemetry::init_logging(s.log.format, &s.log.level);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -54,11 +55,7 @@ fn real_main() -> Result<()> {
         Cmd::Run => rt.block_on(emostream::daemon::run(s)),
         Cmd::Classify { format, model } => {
             if let Some(f) = format {
-                s.input.format = match f.as_str() {
-                    "json" => emostream::daemon::config::InputFormat::Json,
-                    "text" => emostream::daemon::config::InputFormat::Text,
-                    other => anyhow::bail!("--format {other:?}: use json or text"),
-                };
+                s.input.format = f;
             }
             if let Some(m) = model {
                 s.model.dir = m;
@@ -111,16 +108,10 @@ fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
             s.iter().all(|x| x.is_finite()),
             "non-finite score for {text:?}"
         );
-        let mut on: Vec<(usize, f32)> = s
-            .iter()
-            .enumerate()
-            .filter(|(i, x)| **x >= th[*i])
-            .map(|(i, x)| (i, *x))
-            .collect();
-        on.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let on = over_threshold(&ranked(s), s, &th);
         let labels: Vec<String> = on
             .iter()
-            .map(|(i, x)| format!("{} {:.2}", card.labels.name(*i), x))
+            .map(|&i| format!("{} {:.2}", card.labels.name(i), s[i]))
             .collect();
         println!("{text:?} -> [{}]", labels.join(", "));
     }

@@ -11,9 +11,10 @@ use clap::{Parser, Subcommand};
 use emostream::backend::ort::RuntimeOptions;
 use emostream::model::eval::dataset::{goemotions_dir, Split};
 use emostream::model::labels::LabelSet;
+use emostream::train::encoder::Pooling;
 use emostream::train::onnx::Variant;
 use emostream::train::optim::AdamWConfig;
-use emostream::train::{publish, TrainConfig, Trainer};
+use emostream::train::{evaluate, package, TrainConfig, Trainer};
 use std::path::PathBuf;
 
 #[derive(Parser)]
@@ -58,8 +59,8 @@ struct FitArgs {
     max_len: usize,
     /// Head pooling: cls (the architecture's Hugging Face head) | mean (masked mean, then the
     /// classifier; how sentence-transformers checkpoints were trained).
-    #[arg(long, default_value = "cls")]
-    pooling: String,
+    #[arg(long, value_enum, default_value_t = Pooling::Cls)]
+    pooling: Pooling,
     /// Start the classifier bias at each label's log prior odds on train.
     #[arg(long)]
     prior_bias: bool,
@@ -67,8 +68,8 @@ struct FitArgs {
     #[arg(long)]
     freeze_embeddings: bool,
     /// Per-label positive weights: none, or sqrt-inv-freq (sqrt(neg/pos), capped at 10).
-    #[arg(long, default_value = "none")]
-    pos_weight: String,
+    #[arg(long, value_enum, default_value_t = PosWeight::None)]
+    pos_weight: PosWeight,
     /// Also evaluate on dev every N steps.
     #[arg(long)]
     eval_every: Option<u64>,
@@ -171,9 +172,8 @@ struct ExportArgs {
     name: String,
     #[arg(long, default_value = "1.0.0")]
     version: String,
-    /// fp32 | int8
-    #[arg(long, default_value = "fp32")]
-    precision: String,
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    precision: Precision,
     /// Standard ONNX ops only (no com.microsoft fused ops); fp32 only.
     #[arg(long)]
     plain: bool,
@@ -197,35 +197,45 @@ fn device(spec: &str) -> Result<Device> {
     }
 }
 
-fn pos_weights(kind: &str, split: &Split, n: usize) -> Result<Option<Vec<f32>>> {
+/// `--pos-weight`: how much a positive example of a label counts in its loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PosWeight {
+    None,
+    SqrtInvFreq,
+}
+
+/// `train export --precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Precision {
+    Fp32,
+    Int8,
+}
+
+fn pos_weights(kind: PosWeight, split: &Split, n: usize) -> Option<Vec<f32>> {
     match kind {
-        "none" => Ok(None),
-        "sqrt-inv-freq" => {
+        PosWeight::None => None,
+        PosWeight::SqrtInvFreq => {
             let mut pos = vec![0usize; n];
             for e in &split.examples {
                 e.labels.iter().for_each(|&i| pos[i] += 1);
             }
             let total = split.examples.len() as f64;
-            Ok(Some(
+            Some(
                 pos.iter()
                     .map(|&p| ((total - p as f64) / (p.max(1) as f64)).sqrt().min(10.0) as f32)
                     .collect(),
-            ))
+            )
         }
-        k => bail!("unknown --pos-weight {k:?} (none | sqrt-inv-freq)"),
     }
 }
 
 fn export(a: ExportArgs, quantize: bool) -> Result<()> {
-    let variant = match (quantize, a.precision.as_str(), a.plain) {
-        (true, _, false) | (false, "int8", false) => Variant::Int8,
-        (false, "fp32", plain) => Variant::Fp32 { fused: !plain },
-        (_, p, plain) => bail!(
-            "unsupported export: precision {p:?}{}",
-            if plain { " with --plain" } else { "" }
-        ),
+    let variant = match (quantize, a.precision, a.plain) {
+        (true, _, false) | (false, Precision::Int8, false) => Variant::Int8,
+        (false, Precision::Fp32, plain) => Variant::Fp32 { fused: !plain },
+        (_, _, true) => bail!("--plain exports fp32 only"),
     };
-    let card = publish::export_model_dir(&publish::ExportRequest {
+    let card = package::export_model_dir(&package::ExportRequest {
         checkpoint: &a.checkpoint,
         out: &a.out,
         variant,
@@ -243,6 +253,135 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
     Ok(())
 }
 
+/// `train fit`: a new run from a pretrained base.
+fn fit(a: FitArgs, progress: bool) -> Result<()> {
+    let data = a.data.clone().unwrap_or_else(goemotions_dir);
+    let labels = LabelSet::from_file(&data.join("labels.txt"))?;
+    let train = Split::read(&data.join("train.tsv"), labels.len())?;
+    let dev = Split::read(&data.join("dev.tsv"), labels.len())?;
+    let n = a
+        .limit_train_examples
+        .map_or(train.examples.len(), |l| l.min(train.examples.len()));
+    let total = Trainer::total_steps(n, a.batch_size, a.epochs);
+    let cfg = TrainConfig {
+        base_model: a
+            .base_name
+            .clone()
+            .unwrap_or_else(|| a.base.display().to_string()),
+        train_path: std::fs::canonicalize(&train.path)?,
+        dev_path: std::fs::canonicalize(&dev.path)?,
+        train_sha256: train.sha256.clone(),
+        dev_sha256: dev.sha256.clone(),
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        max_len: a.max_len,
+        seed: a.seed,
+        freeze_embeddings: a.freeze_embeddings,
+        pos_weight: pos_weights(a.pos_weight, &train, labels.len()),
+        eval_every_steps: a.eval_every,
+        checkpoint_every_steps: a.checkpoint_every.max(1),
+        shards: a
+            .shards
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        optimizer: AdamWConfig {
+            lr: a.lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: a.weight_decay,
+            max_grad_norm: a.max_grad_norm,
+            warmup_steps: (total as f64 * a.warmup_ratio).round() as u64,
+            total_steps: total,
+        },
+        limit_train_examples: a.limit_train_examples,
+        pooling: a.pooling,
+        prior_bias: a.prior_bias,
+    };
+    let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
+    tracing::info!(
+        params = t.params.count(),
+        steps = total,
+        "starting fine-tuning in {}",
+        a.run.display()
+    );
+    t.run(a.stop_at_step, progress)
+}
+
+/// `train tune-thresholds`: per-label and global thresholds chosen on dev, into the card.
+fn tune_thresholds(model: &std::path::Path, data: Option<PathBuf>) -> Result<()> {
+    let data = data.unwrap_or_else(goemotions_dir);
+    let card = evaluate::tune_thresholds(model, &data.join("dev.tsv"), &RuntimeOptions::default())?;
+    let dev = &card.metrics["dev"];
+    println!(
+        "thresholds: default {:.2}, per label {:?}",
+        card.thresholds.default,
+        card.thresholds.per_label.as_deref().unwrap_or(&[])
+    );
+    println!(
+        "dev macro-F1 {:.4} (per-label), {:.4} (global {:.2})",
+        dev.metrics.macro_f1,
+        card.metrics["dev_global_dev_best"].metrics.macro_f1,
+        card.thresholds.default
+    );
+    Ok(())
+}
+
+/// `train evaluate`: a split through ONNX Runtime, with the card's and the reference thresholds.
+fn evaluate_split(
+    model: &std::path::Path,
+    split: &str,
+    data: Option<PathBuf>,
+    write: bool,
+) -> Result<()> {
+    let data = data.unwrap_or_else(goemotions_dir);
+    let path = match split {
+        "test" | "dev" | "train" => data.join(format!("{split}.tsv")),
+        p => PathBuf::from(p),
+    };
+    let res = evaluate::evaluate_test(model, &path, &RuntimeOptions::default(), write)?;
+    if let Some(on) = res.values().find_map(|e| e.measured_on.as_ref()) {
+        println!("measured on {on}");
+        println!("ONNX Runtime: {}", on.onnxruntime);
+    }
+    for (k, e) in &res {
+        println!(
+            "{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)",
+            e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples
+        );
+    }
+    Ok(())
+}
+
+/// `train publish`: into the registry, optionally activated and announced on the control topic.
+fn publish_version(
+    model: &std::path::Path,
+    registry: &std::path::Path,
+    version: Option<String>,
+    activate: bool,
+    brokers: &str,
+    control_topic: Option<String>,
+) -> Result<()> {
+    let reg = emostream::model::registry::Registry::open(registry)?;
+    let (v, dir) = reg.publish(model, version.as_deref())?;
+    println!("published {} as {v} at {}", model.display(), dir.display());
+    if activate {
+        reg.set_active(&v)?;
+        println!("{} now names {v}", reg.pointer_path().display());
+    }
+    if let Some(topic) = control_topic {
+        let rid = format!("publish-{v}-{}", std::process::id());
+        let msg = emostream::daemon::kafka::control::activate_message(&v, &rid);
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(emostream::daemon::kafka::control::announce(
+                brokers, &topic, &msg,
+            ))?;
+        println!("announced {v} on {topic} (request_id {rid})");
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -254,109 +393,16 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.cmd {
-        Cmd::Fit(a) => {
-            let data = a.data.clone().unwrap_or_else(goemotions_dir);
-            let labels = LabelSet::from_file(&data.join("labels.txt"))?;
-            let train = Split::read(&data.join("train.tsv"), labels.len())?;
-            let dev = Split::read(&data.join("dev.tsv"), labels.len())?;
-            let n = a
-                .limit_train_examples
-                .map_or(train.examples.len(), |l| l.min(train.examples.len()));
-            let total = Trainer::total_steps(n, a.batch_size, a.epochs);
-            let cfg = TrainConfig {
-                base_model: a
-                    .base_name
-                    .clone()
-                    .unwrap_or_else(|| a.base.display().to_string()),
-                train_path: std::fs::canonicalize(&train.path)?,
-                dev_path: std::fs::canonicalize(&dev.path)?,
-                train_sha256: train.sha256.clone(),
-                dev_sha256: dev.sha256.clone(),
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                max_len: a.max_len,
-                seed: a.seed,
-                freeze_embeddings: a.freeze_embeddings,
-                pos_weight: pos_weights(&a.pos_weight, &train, labels.len())?,
-                eval_every_steps: a.eval_every,
-                checkpoint_every_steps: a.checkpoint_every.max(1),
-                shards: a
-                    .shards
-                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
-                optimizer: AdamWConfig {
-                    lr: a.lr,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    eps: 1e-8,
-                    weight_decay: a.weight_decay,
-                    max_grad_norm: a.max_grad_norm,
-                    warmup_steps: (total as f64 * a.warmup_ratio).round() as u64,
-                    total_steps: total,
-                },
-                limit_train_examples: a.limit_train_examples,
-                pooling: match a.pooling.as_str() {
-                    "cls" => emostream::train::encoder::Pooling::Cls,
-                    "mean" => emostream::train::encoder::Pooling::Mean,
-                    p => bail!("--pooling {p:?}: use cls or mean"),
-                },
-                prior_bias: a.prior_bias,
-            };
-            let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
-            tracing::info!(
-                params = t.params.count(),
-                steps = total,
-                "starting fine-tuning in {}",
-                a.run.display()
-            );
-            t.run(a.stop_at_step, progress)
-        }
+        Cmd::Fit(a) => fit(a, progress),
         Cmd::Export(a) => export(a, false),
         Cmd::Quantize(a) => export(a, true),
-        Cmd::TuneThresholds { model, data } => {
-            let data = data.unwrap_or_else(goemotions_dir);
-            let card = publish::tune_thresholds(
-                &model,
-                &data.join("dev.tsv"),
-                &RuntimeOptions::default(),
-            )?;
-            let dev = &card.metrics["dev"];
-            println!(
-                "thresholds: default {:.2}, per label {:?}",
-                card.thresholds.default,
-                card.thresholds.per_label.as_deref().unwrap_or(&[])
-            );
-            println!(
-                "dev macro-F1 {:.4} (per-label), {:.4} (global {:.2})",
-                dev.metrics.macro_f1,
-                card.metrics["dev_global_dev_best"].metrics.macro_f1,
-                card.thresholds.default
-            );
-            Ok(())
-        }
+        Cmd::TuneThresholds { model, data } => tune_thresholds(&model, data),
         Cmd::Evaluate {
             model,
             split,
             data,
             write,
-        } => {
-            let data = data.unwrap_or_else(goemotions_dir);
-            let path = match split.as_str() {
-                "test" | "dev" | "train" => data.join(format!("{split}.tsv")),
-                p => PathBuf::from(p),
-            };
-            let res = publish::evaluate_test(&model, &path, &RuntimeOptions::default(), write)?;
-            if let Some(on) = res.values().find_map(|e| e.measured_on.as_ref()) {
-                println!("measured on {on}");
-                println!("ONNX Runtime: {}", on.onnxruntime);
-            }
-            for (k, e) in &res {
-                println!(
-                    "{k:<22} thresholds {:<24} macro-F1 {:.4}  micro-F1 {:.4}  ({} examples)",
-                    e.thresholds, e.metrics.macro_f1, e.metrics.micro_f1, e.metrics.examples
-                );
-            }
-            Ok(())
-        }
+        } => evaluate_split(&model, &split, data, write),
         Cmd::Publish {
             model,
             registry,
@@ -364,27 +410,14 @@ fn main() -> Result<()> {
             activate,
             brokers,
             control_topic,
-        } => {
-            let reg = emostream::model::registry::Registry::open(&registry)?;
-            let (v, dir) = reg.publish(&model, version.as_deref())?;
-            println!("published {} as {v} at {}", model.display(), dir.display());
-            if activate {
-                reg.set_active(&v)?;
-                println!("{} now names {v}", reg.pointer_path().display());
-            }
-            if let Some(topic) = control_topic {
-                let rid = format!("publish-{v}-{}", std::process::id());
-                let msg = emostream::daemon::kafka::control::activate_message(&v, &rid);
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?
-                    .block_on(emostream::daemon::kafka::control::announce(
-                        &brokers, &topic, &msg,
-                    ))?;
-                println!("announced {v} on {topic} (request_id {rid})");
-            }
-            Ok(())
-        }
+        } => publish_version(
+            &model,
+            &registry,
+            version,
+            activate,
+            &brokers,
+            control_topic,
+        ),
         Cmd::Report {
             model,
             run,

@@ -2,6 +2,7 @@
 //! `EMOSTREAM__SECTION__KEY` environment variables. Unknown keys and bad values are start-up
 //! errors that name the key.
 
+use crate::backend::ort::OptLevel;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -46,7 +47,9 @@ pub struct KafkaSettings {
     pub producer_properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `input.format` (and `emostream classify --format`): a JSON object per message, or the
+/// whole message as the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum InputFormat {
     Json,
@@ -132,13 +135,22 @@ impl RegistrySettings {
 #[serde(deny_unknown_fields)]
 pub struct RuntimeSettings {
     pub library: String,
-    pub provider: String,
+    pub provider: ProviderKind,
     pub device: i32,
     pub fallback_to_cpu: bool,
     pub intra_threads: usize,
     pub inter_threads: usize,
     pub intra_op_spinning: bool,
-    pub optimization: String,
+    pub optimization: OptLevel,
+}
+
+/// `runtime.provider`: where inference runs (`runtime.device` picks the GPU).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Cpu,
+    Cuda,
+    Tensorrt,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,8 +163,16 @@ pub struct AdminSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
-    pub format: String,
+    pub format: LogFormat,
     pub level: String,
+}
+
+/// `log.format`: human-readable lines or one JSON object per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -198,7 +218,17 @@ impl Settings {
         Ok(s)
     }
 
+    /// Every key's value, section by section; the error names the key.
     pub fn validate(&self) -> Result<()> {
+        self.validate_kafka()?;
+        self.validate_input_output()?;
+        self.validate_batching()?;
+        self.validate_registry()?;
+        self.validate_runtime_admin_log()
+    }
+
+    /// `kafka.*`: brokers, topics, timings and the client properties the daemon sets itself.
+    fn validate_kafka(&self) -> Result<()> {
         let k = &self.kafka;
         check(
             !k.brokers.trim().is_empty(),
@@ -270,6 +300,11 @@ impl Settings {
                 )?;
             }
         }
+        Ok(())
+    }
+
+    /// `input.*` and `output.*`: JSON pointers and the scores an event carries.
+    fn validate_input_output(&self) -> Result<()> {
         let i = &self.input;
         for (key, p) in [
             ("input.text_pointer", &i.text_pointer),
@@ -296,6 +331,12 @@ impl Settings {
             "output.top_k",
             format!("must be between 1 and 1000 (got {})", self.output.top_k),
         )?;
+        Ok(())
+    }
+
+    /// `batching.*` and `backpressure.*`.
+    fn validate_batching(&self) -> Result<()> {
+        let i = &self.input;
         let b = &self.batching;
         check(
             (1..=4096).contains(&b.max_batch_size),
@@ -339,6 +380,12 @@ impl Settings {
             "model.dir",
             "must not be empty",
         )?;
+        Ok(())
+    }
+
+    /// `registry.*`: the swap triggers, shadow mode and label map.
+    fn validate_registry(&self) -> Result<()> {
+        let k = &self.kafka;
         let g = &self.registry;
         check(
             g.poll_interval_ms >= 50,
@@ -380,12 +427,12 @@ impl Settings {
                 "label names must not be empty",
             )?;
         }
+        Ok(())
+    }
+
+    /// `runtime.*`, `admin.*`, `log.*` and `shutdown.*`.
+    fn validate_runtime_admin_log(&self) -> Result<()> {
         let r = &self.runtime;
-        check(
-            matches!(r.provider.as_str(), "cpu" | "cuda" | "tensorrt"),
-            "runtime.provider",
-            format!("{:?} is not one of cpu, cuda, tensorrt", r.provider),
-        )?;
         check(r.device >= 0, "runtime.device", "must be >= 0")?;
         check(
             (1..=256).contains(&r.intra_threads),
@@ -396,17 +443,6 @@ impl Settings {
             (1..=256).contains(&r.inter_threads),
             "runtime.inter_threads",
             format!("must be between 1 and 256 (got {})", r.inter_threads),
-        )?;
-        check(
-            matches!(
-                r.optimization.as_str(),
-                "disable" | "basic" | "extended" | "all"
-            ),
-            "runtime.optimization",
-            format!(
-                "{:?} is not one of disable, basic, extended, all",
-                r.optimization
-            ),
         )?;
         let addr: SocketAddr = self.admin.bind.parse().map_err(|e| {
             anyhow::anyhow!(
@@ -419,11 +455,6 @@ impl Settings {
             "admin.token",
             "is required when admin.bind is not a loopback address",
         )?;
-        check(
-            matches!(self.log.format.as_str(), "pretty" | "json"),
-            "log.format",
-            format!("{:?} is not one of pretty, json", self.log.format),
-        )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
         check(
@@ -435,23 +466,18 @@ impl Settings {
     }
 
     pub fn runtime_options(&self) -> crate::backend::ort::RuntimeOptions {
-        use crate::backend::ort::{OptLevel, Provider};
+        use crate::backend::ort::Provider;
         let r = &self.runtime;
         crate::backend::ort::RuntimeOptions {
             library: (!r.library.is_empty()).then(|| PathBuf::from(&r.library)),
             intra_threads: r.intra_threads,
             inter_threads: r.inter_threads,
             intra_spinning: r.intra_op_spinning,
-            optimization: match r.optimization.as_str() {
-                "disable" => OptLevel::Disable,
-                "basic" => OptLevel::Basic,
-                "extended" => OptLevel::Extended,
-                _ => OptLevel::All,
-            },
-            provider: match r.provider.as_str() {
-                "cuda" => Provider::Cuda { device: r.device },
-                "tensorrt" => Provider::Tensorrt { device: r.device },
-                _ => Provider::Cpu,
+            optimization: r.optimization.clone(),
+            provider: match r.provider {
+                ProviderKind::Cpu => Provider::Cpu,
+                ProviderKind::Cuda => Provider::Cuda { device: r.device },
+                ProviderKind::Tensorrt => Provider::Tensorrt { device: r.device },
             },
             fallback_to_cpu: r.fallback_to_cpu,
             optimized_model_path: None,
@@ -511,6 +537,11 @@ mod tests {
                 "batching.max_batch_size",
             ),
             ("[runtime]\nprovider = \"tpu\"\n", "runtime.provider"),
+            (
+                "[runtime]\noptimization = \"max\"\n",
+                "runtime.optimization",
+            ),
+            ("[log]\nformat = \"xml\"\n", "log.format"),
             ("[admin]\nbind = \"0.0.0.0:9464\"\n", "admin.token"),
             ("[input]\ntext_pointer = \"text\"\n", "input.text_pointer"),
             (

@@ -134,6 +134,14 @@ pub struct ModelRef {
     pub sha256: String,
 }
 
+/// A Hugging Face directory's config.json (checkpoints, optimum exports, base models).
+pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
+    let path = dir.join("config.json");
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
 /// A model directory resolved on disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
@@ -189,8 +197,7 @@ impl ModelDir {
 
     /// Derives a card for a Hugging Face / optimum ONNX export.
     fn card_from_hf(dir: &Path) -> Result<ModelCard> {
-        let text = std::fs::read_to_string(dir.join("config.json"))?;
-        let hf: serde_json::Value = serde_json::from_str(&text).context("parsing config.json")?;
+        let hf = read_hf_config(dir)?;
         let labels = LabelSet::from_hf(&hf)?;
         let tok: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join(TOKENIZER_FILE))?)

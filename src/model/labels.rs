@@ -2,6 +2,23 @@
 //! One definition shared by `train`, the model directory and the daemon.
 
 use anyhow::{bail, Context, Result};
+
+/// Label indices by descending score.
+pub fn ranked(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// The labels of `ranked` whose score reaches its threshold (a label is on at `>=`), in rank
+/// order.
+pub fn over_threshold(ranked: &[usize], scores: &[f32], thresholds: &[f32]) -> Vec<usize> {
+    ranked
+        .iter()
+        .copied()
+        .filter(|&i| scores[i] >= thresholds[i])
+        .collect()
+}
 use std::path::Path;
 
 /// Label names in GoEmotions index order (line i of the dataset's labels.txt).

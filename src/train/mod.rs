@@ -2,11 +2,12 @@
 
 pub mod batches;
 pub mod encoder;
+pub mod evaluate;
 pub mod loss;
 pub mod onnx;
 pub mod optim;
+pub mod package;
 pub mod predict;
-pub mod publish;
 pub mod report;
 pub mod rng;
 pub mod trainer;

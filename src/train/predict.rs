@@ -1,5 +1,6 @@
 //! Batched candle inference (no dropout, no graph kept): sigmoid scores for many texts.
 
+use crate::backend::batching::{in_length_order, Cut};
 use crate::model::eval::scores::sigmoid;
 use crate::model::tokenize::PaddedBatch;
 use crate::train::encoder::{Encoder, Params};
@@ -15,22 +16,14 @@ pub fn logits(
     batch_size: usize,
     device: &Device,
 ) -> Result<Vec<Vec<f32>>> {
-    let mut order: Vec<usize> = (0..rows.len()).collect();
-    order.sort_by_key(|&i| rows[i].len());
-    let mut out = vec![Vec::new(); rows.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
-        let refs: Vec<&[u32]> = chunk.iter().map(|&i| rows[i].as_slice()).collect();
-        let batch = PaddedBatch::new(&refs, pad_id);
-        let l = encoder
-            .forward(params, &batch, device, None)?
+    let refs: Vec<&[u32]> = rows.iter().map(Vec::as_slice).collect();
+    in_length_order(&refs, Cut::Every(batch_size), |part| {
+        Ok(encoder
+            .forward(params, &PaddedBatch::new(part, pad_id), device, None)?
             .detach()
             .to_dtype(DType::F32)?
-            .to_vec2::<f32>()?;
-        for (&i, row) in chunk.iter().zip(l) {
-            out[i] = row;
-        }
-    }
-    Ok(out)
+            .to_vec2::<f32>()?)
+    })
 }
 
 pub fn scores(

@@ -133,7 +133,7 @@ impl Trainer {
             bail!("{} already holds a run; use `train resume`", dir.display());
         }
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut enc_cfg = EncoderConfig::from_file(&base.join("config.json"), labels.len())?;
+        let mut enc_cfg = EncoderConfig::from_dir(base, labels.len())?;
         enc_cfg.pooling = cfg.pooling;
         std::fs::write(
             dir.join("config.json"),

@@ -190,7 +190,7 @@ pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
         );
     }
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
-    EncoderConfig::from_file(&dir.join("config.json"), 28).unwrap()
+    EncoderConfig::from_dir(&dir, 28).unwrap()
 }
 
 /// A fresh training run on a tiny checkpoint of `arch` over the first `examples` train rows.
@@ -327,7 +327,7 @@ pub fn tiny_model_dir_with(root: &Path, change: impl FnOnce(&Path)) -> PathBuf {
     )
     .unwrap();
     let out = root.join("tiny-model");
-    emostream::train::publish::export_model_dir(&emostream::train::publish::ExportRequest {
+    emostream::train::package::export_model_dir(&emostream::train::package::ExportRequest {
         checkpoint: &base,
         out: &out,
         variant: emostream::train::onnx::Variant::Fp32 { fused: true },

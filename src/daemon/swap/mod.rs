@@ -7,7 +7,7 @@
 pub mod pointer_watch;
 pub mod shadow;
 
-use crate::backend::generation::{Active, Expectations, ServingModel};
+use crate::backend::generation::{Active, Expectations, Generation};
 use crate::backend::ort::RuntimeOptions;
 use crate::daemon::config::RegistrySettings;
 use crate::daemon::swap::shadow::{Agreement, Shadow};
@@ -109,7 +109,7 @@ pub struct Controller {
 }
 
 /// Publishes the active model's info gauge (1 for the active version, 0 for the one replaced).
-pub fn set_model_info(m: &ServingModel, on: bool) {
+pub fn set_model_info(m: &Generation, on: bool) {
     metrics::gauge!("emostream_model_info", "name" => m.model_ref.name.clone(), "version" => m.model_ref.version.clone(), "sha256" => m.model_ref.sha256.clone())
         .set(if on { 1.0 } else { 0.0 });
 }
@@ -155,120 +155,141 @@ impl Controller {
         }
     }
 
+    /// One swap request: resolve, load and validate (off the runtime), optionally compare in
+    /// shadow, then promote. Any failure leaves the running model serving.
     async fn handle(&mut self, target: &Target) -> SwapReport {
-        let (version, dir) = match target {
-            Target::Version(v) => {
-                let Some(reg) = &self.registry else {
-                    return self.rejected(
-                        Some(v.clone()),
-                        "no model registry is configured (registry.root)".into(),
-                    );
-                };
-                match reg.resolve(v) {
-                    Ok(d) => (v.clone(), d),
-                    Err(e) => return self.rejected(Some(v.clone()), format!("{e:#}")),
-                }
-            }
-            Target::Rollback => match self.history.last() {
-                Some((v, d)) => (v.clone(), d.clone()),
-                None => {
-                    return self.rejected(None, "no previous model to roll back to".into());
-                }
-            },
+        let (version, dir) = match self.resolve(target) {
+            Ok(found) => found,
+            Err(report) => return report,
         };
-        {
-            let cur = self.active.borrow();
-            if cur.dir == dir && *target != Target::Rollback {
-                return self.report(SwapResult::Unchanged, Some(version));
-            }
+        if self.active.borrow().dir == dir && *target != Target::Rollback {
+            return self.report(SwapResult::Unchanged, Some(version));
         }
         let started = Instant::now();
+        let candidate = match self.load(&dir).await {
+            Ok(m) => m,
+            Err(reason) => return self.rejected(Some(version), reason),
+        };
+        let load_seconds = started.elapsed().as_secs_f64();
+        metrics::histogram!("emostream_model_load_seconds").record(load_seconds);
+        let mut shadow = None;
+        if self.settings.shadow_batches > 0 {
+            let agreement = self.compare_in_shadow(&candidate).await;
+            if let Err(reason) = self.shadow_verdict(agreement) {
+                return SwapReport {
+                    shadow: agreement,
+                    load_seconds: Some(load_seconds),
+                    ..self.rejected(Some(version), reason)
+                };
+            }
+            shadow = agreement;
+        }
+        let previous = self.promote(target, candidate, &dir, &version);
+        SwapReport {
+            previous: Some(previous),
+            load_seconds: Some(load_seconds),
+            shadow,
+            ..self.report(SwapResult::Swapped, Some(version))
+        }
+    }
+
+    /// The version and directory a request names; a rejection when there is none.
+    fn resolve(&self, target: &Target) -> Result<(String, PathBuf), SwapReport> {
+        match target {
+            Target::Version(v) => {
+                let Some(reg) = &self.registry else {
+                    return Err(self.rejected(
+                        Some(v.clone()),
+                        "no model registry is configured (registry.root)".into(),
+                    ));
+                };
+                reg.resolve(v)
+                    .map(|d| (v.clone(), d))
+                    .map_err(|e| self.rejected(Some(v.clone()), format!("{e:#}")))
+            }
+            Target::Rollback => self
+                .history
+                .last()
+                .cloned()
+                .ok_or_else(|| self.rejected(None, "no previous model to roll back to".into())),
+        }
+    }
+
+    /// Loads and validates a candidate on a blocking thread while the old model serves.
+    async fn load(&self, dir: &std::path::Path) -> Result<Arc<Generation>, String> {
         let expect = Expectations {
             labels: Some(self.active.borrow().labels.clone()),
             label_map: self.settings.label_map.clone(),
         };
-        let (runtime, workers, d) = (self.runtime.clone(), self.workers, dir.clone());
-        let loaded =
-            tokio::task::spawn_blocking(move || ServingModel::load(&d, &runtime, workers, &expect))
-                .await;
-        let candidate = match loaded {
-            Ok(Ok(m)) => Arc::new(m),
-            Ok(Err(e)) => {
-                return self.rejected(Some(version), format!("{e:#}"));
-            }
-            Err(e) => return self.rejected(Some(version), format!("loader crashed: {e}")),
-        };
-        let load_seconds = started.elapsed().as_secs_f64();
-        metrics::histogram!("emostream_model_load_seconds").record(load_seconds);
-
-        let mut shadow = None;
-        if self.settings.shadow_batches > 0 {
-            let done = self.shadow.start(
-                candidate.clone(),
-                self.settings.shadow_batches,
-                self.settings.shadow_sample_every,
-            );
-            let waited =
-                tokio::time::timeout(Duration::from_millis(self.settings.shadow_timeout_ms), done)
-                    .await;
-            let agreement = match waited {
-                Ok(Ok(a)) => Some(a),
-                _ => self.shadow.stop(),
-            };
-            if let Some(a) = agreement {
-                metrics::gauge!("emostream_shadow_label_agreement").set(a.exact_match);
-                metrics::gauge!("emostream_shadow_mean_jaccard").set(a.mean_jaccard);
-                tracing::info!(
-                    candidate = candidate.version(),
-                    batches = a.batches,
-                    comments = a.comments,
-                    exact_match = a.exact_match,
-                    mean_jaccard = a.mean_jaccard,
-                    "shadow agreement"
-                );
-            }
-            let min = self.settings.shadow_min_agreement;
-            if min > 0.0 {
-                let enough = agreement
-                    .filter(|a| a.batches >= self.settings.shadow_batches)
-                    .map(|a| a.exact_match >= min);
-                match enough {
-                    Some(true) => {}
-                    Some(false) => {
-                        let r = self.rejected(
-                            Some(version),
-                            format!(
-                                "shadow label agreement {:.3} is below registry.shadow_min_agreement {min}",
-                                agreement.map_or(0.0, |a| a.exact_match)
-                            ),
-                        );
-                        return SwapReport {
-                            shadow: agreement,
-                            load_seconds: Some(load_seconds),
-                            ..r
-                        };
-                    }
-                    None => {
-                        let r = self.rejected(
-                            Some(version),
-                            format!(
-                                "shadow evaluation compared {} of {} batches before registry.shadow_timeout_ms",
-                                agreement.map_or(0, |a| a.batches),
-                                self.settings.shadow_batches
-                            ),
-                        );
-                        return SwapReport {
-                            shadow: agreement,
-                            ..r
-                        };
-                    }
-                }
-            }
-            shadow = agreement;
+        let (runtime, workers, d) = (self.runtime.clone(), self.workers, dir.to_path_buf());
+        match tokio::task::spawn_blocking(move || Generation::load(&d, &runtime, workers, &expect))
+            .await
+        {
+            Ok(Ok(m)) => Ok(Arc::new(m)),
+            Ok(Err(e)) => Err(format!("{e:#}")),
+            Err(e) => Err(format!("loader crashed: {e}")),
         }
+    }
 
-        // The swap itself: new batches are tokenized and labelled by the candidate from here;
-        // batches already formed finish on the old generation, freed with its last batch.
+    /// Runs the candidate beside the active model on sampled live batches until
+    /// `registry.shadow_batches` were compared or `registry.shadow_timeout_ms` passed.
+    async fn compare_in_shadow(&self, candidate: &Arc<Generation>) -> Option<Agreement> {
+        let done = self.shadow.start(
+            candidate.clone(),
+            self.settings.shadow_batches,
+            self.settings.shadow_sample_every,
+        );
+        let limit = Duration::from_millis(self.settings.shadow_timeout_ms);
+        let agreement = match tokio::time::timeout(limit, done).await {
+            Ok(Ok(a)) => Some(a),
+            _ => self.shadow.stop(),
+        };
+        if let Some(a) = agreement {
+            metrics::gauge!("emostream_shadow_label_agreement").set(a.exact_match);
+            metrics::gauge!("emostream_shadow_mean_jaccard").set(a.mean_jaccard);
+            tracing::info!(
+                candidate = candidate.version(),
+                batches = a.batches,
+                comments = a.comments,
+                exact_match = a.exact_match,
+                mean_jaccard = a.mean_jaccard,
+                "shadow agreement"
+            );
+        }
+        agreement
+    }
+
+    /// With `registry.shadow_min_agreement` set, the shadow comparison must be complete and
+    /// agree at least that much.
+    fn shadow_verdict(&self, agreement: Option<Agreement>) -> Result<(), String> {
+        let min = self.settings.shadow_min_agreement;
+        if min <= 0.0 {
+            return Ok(());
+        }
+        match agreement.filter(|a| a.batches >= self.settings.shadow_batches) {
+            Some(a) if a.exact_match >= min => Ok(()),
+            Some(a) => Err(format!(
+                "shadow label agreement {:.3} is below registry.shadow_min_agreement {min}",
+                a.exact_match
+            )),
+            None => Err(format!(
+                "shadow evaluation compared {} of {} batches before registry.shadow_timeout_ms",
+                agreement.map_or(0, |a| a.batches),
+                self.settings.shadow_batches
+            )),
+        }
+    }
+
+    /// The swap itself: new batches are tokenized and labelled by the candidate from here;
+    /// batches already formed finish on the old generation, freed with its last batch. Returns
+    /// the version replaced.
+    fn promote(
+        &mut self,
+        target: &Target,
+        candidate: Arc<Generation>,
+        dir: &std::path::Path,
+        version: &str,
+    ) -> String {
         set_model_info(&candidate, true);
         let old = self.active.send_replace(candidate);
         if old.dir != dir {
@@ -289,18 +310,13 @@ impl Controller {
         if let Some(reg) = &self.registry {
             // Keep ACTIVE in step so a restart serves what is serving now.
             if dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR))
-                && reg.active().ok().flatten().as_deref() != Some(version.as_str())
+                && reg.active().ok().flatten().as_deref() != Some(version)
             {
-                if let Err(e) = reg.set_active(&version) {
+                if let Err(e) = reg.set_active(version) {
                     tracing::warn!(error = %format!("{e:#}"), "could not update the registry pointer");
                 }
             }
         }
-        SwapReport {
-            previous: Some(previous),
-            load_seconds: Some(load_seconds),
-            shadow,
-            ..self.report(SwapResult::Swapped, Some(version))
-        }
+        previous
     }
 }

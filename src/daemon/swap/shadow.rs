@@ -2,7 +2,7 @@
 //! of live batches (one in `every`), and the agreement of the two label sets is measured before
 //! the candidate is promoted. Its events go nowhere; the active model's are the only output.
 
-use crate::backend::generation::ServingModel;
+use crate::backend::generation::Generation;
 use crate::daemon::pipeline::Item;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
@@ -19,7 +19,7 @@ pub struct Agreement {
 }
 
 struct Run {
-    candidate: Arc<ServingModel>,
+    candidate: Arc<Generation>,
     every: u64,
     seen: u64,
     target_batches: usize,
@@ -63,7 +63,7 @@ impl Shadow {
     /// receiver gets the agreement then.
     pub fn start(
         &self,
-        candidate: Arc<ServingModel>,
+        candidate: Arc<Generation>,
         batches: usize,
         every: u64,
     ) -> oneshot::Receiver<Agreement> {
@@ -95,7 +95,7 @@ impl Shadow {
     pub fn observe(
         &self,
         worker: usize,
-        active: &ServingModel,
+        active: &Generation,
         items: &[Item],
         active_scores: &[Vec<f32>],
     ) {

@@ -38,8 +38,8 @@ impl Arch {
     }
 }
 
-/// How the head reads the sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+/// How the head reads the sequence (`train fit --pooling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// The first token through the architecture's Hugging Face head (pooler/dense + tanh or
@@ -160,12 +160,10 @@ impl EncoderConfig {
         Ok(cfg)
     }
 
-    pub fn from_file(path: &Path, num_labels: usize) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let v: Value =
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        Self::from_hf(&v, num_labels).with_context(|| format!("in {}", path.display()))
+    /// The encoder config of a Hugging Face directory (its config.json).
+    pub fn from_dir(dir: &Path, num_labels: usize) -> Result<Self> {
+        let v = crate::model::dir::read_hf_config(dir)?;
+        Self::from_hf(&v, num_labels).with_context(|| format!("in {}/config.json", dir.display()))
     }
 
     /// A Hugging Face config.json for this encoder with a 28-way multi-label head.
