@@ -6,7 +6,7 @@ use std::ops::Range;
 
 /// How a length-sorted run of rows is cut into calls.
 #[derive(Debug, Clone, Copy)]
-pub enum Cut {
+pub(crate) enum Cut {
     /// Calls of at most this many rows.
     Every(usize),
     /// Where padding would grow ([`sub_batches`]).
@@ -15,7 +15,7 @@ pub enum Cut {
 
 /// Runs `call` on `rows` in length order, cut by `cut`, and returns its results in input
 /// order. `call` gets one call's rows (shortest first) and returns one result per row.
-pub fn in_length_order<T>(
+pub(crate) fn in_length_order<T>(
     rows: &[&[u32]],
     cut: Cut,
     mut call: impl FnMut(&[&[u32]]) -> Result<Vec<T>>,
@@ -52,7 +52,7 @@ pub fn in_length_order<T>(
 
 /// Splits a length-sorted batch into sub-batches so each pads little: a sub-batch closes when
 /// adding the next (longer) row would make padding exceed a quarter of its tokens.
-pub fn sub_batches(lengths_sorted: &[usize]) -> Vec<Range<usize>> {
+pub(crate) fn sub_batches(lengths_sorted: &[usize]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut real = 0usize;

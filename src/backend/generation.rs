@@ -30,20 +30,20 @@ pub const CANARIES: [&str; 8] = [
 
 /// What a candidate must agree with to replace the running model.
 #[derive(Debug, Clone, Default)]
-pub struct Expectations {
+pub(crate) struct Expectations {
     /// Label names in the running model's order; `None` for the first model.
-    pub labels: Option<Vec<String>>,
+    pub(crate) labels: Option<Vec<String>>,
     /// Candidate label name → running label name, for renamed labels.
-    pub label_map: BTreeMap<String, String>,
+    pub(crate) label_map: BTreeMap<String, String>,
 }
 
-pub struct Generation {
-    pub dir: PathBuf,
-    pub model_ref: ModelRef,
-    pub text: TextEncoder,
+pub(crate) struct Generation {
+    pub(crate) dir: PathBuf,
+    pub(crate) model_ref: ModelRef,
+    pub(crate) text: TextEncoder,
     /// Label names in the order of `scores` (the running order when mapped).
-    pub labels: Vec<String>,
-    pub thresholds: Vec<f32>,
+    pub(crate) labels: Vec<String>,
+    pub(crate) thresholds: Vec<f32>,
     /// `perm[i]` = the model output that feeds label `i`.
     perm: Vec<usize>,
     sessions: Vec<Mutex<OrtSession>>,
@@ -53,7 +53,7 @@ impl Generation {
     /// Loads `dir` with `workers` sessions and validates it: sha256 of model.onnx against the
     /// card, ONNX inputs/outputs, labels against `expect`, finite scores on the canaries from
     /// every session (which also warms each one up).
-    pub fn load(
+    pub(crate) fn load(
         dir: &Path,
         runtime: &RuntimeOptions,
         workers: usize,
@@ -127,17 +127,17 @@ impl Generation {
         Ok(())
     }
 
-    pub fn version(&self) -> &str {
+    pub(crate) fn version(&self) -> &str {
         &self.model_ref.version
     }
 
-    pub fn workers(&self) -> usize {
+    pub(crate) fn workers(&self) -> usize {
         self.sessions.len()
     }
 
     /// Sigmoid scores (running label order) for rows, in length-sorted sub-batches on the
     /// session of `worker`; returned in input order.
-    pub fn score(&self, worker: usize, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn score(&self, worker: usize, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let mut session = self.sessions[worker % self.sessions.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
@@ -152,7 +152,7 @@ impl Generation {
     }
 
     /// Labels over threshold for each score row.
-    pub fn label_sets(&self, scores: &[Vec<f32>]) -> Vec<Vec<usize>> {
+    pub(crate) fn label_sets(&self, scores: &[Vec<f32>]) -> Vec<Vec<usize>> {
         scores
             .iter()
             .map(|s| {
@@ -187,7 +187,7 @@ fn label_permutation(candidate: &[String], running: &[String]) -> Result<Vec<usi
 
 /// The generation new batches are tokenized with. Replacing it is the swap: the batcher reads
 /// it at each batch boundary.
-pub type Active = watch::Sender<Arc<Generation>>;
+pub(crate) type Active = watch::Sender<Arc<Generation>>;
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 
 use crate::model::tokenize::PaddedBatch;
 use anyhow::{anyhow, bail, Context, Result};
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::Session;
 use ort::value::Tensor;
 use serde::{Deserialize, Serialize};
@@ -69,7 +69,7 @@ impl Default for RuntimeOptions {
 }
 
 /// The ONNX Runtime library this process will load.
-pub fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
+pub(crate) fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return Ok(p.to_path_buf());
     }
@@ -88,7 +88,7 @@ static ENV: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment
     OnceLock::new();
 
 /// Loads the ONNX Runtime library once per process.
-pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environment> {
+pub(crate) fn environment(library: Option<&Path>) -> Result<ort::environment::Environment> {
     let r = ENV.get_or_init(|| {
         let path = match library_path(library) {
             Ok(p) => p,
@@ -109,17 +109,45 @@ pub fn environment(library: Option<&Path>) -> Result<ort::environment::Environme
     }
 }
 
+/// Registers the GPU execution provider `opts` asks for; CPU needs nothing. With
+/// `fallback_to_cpu`, a provider that cannot register leaves the session on CPU.
+fn register_provider(b: SessionBuilder, opts: &RuntimeOptions) -> Result<SessionBuilder> {
+    let ep = match &opts.provider {
+        Provider::Cpu => return Ok(b),
+        Provider::Cuda { device } => ort::ep::CUDA::default()
+            .with_device_id(*device)
+            .build()
+            .error_on_failure(),
+        Provider::Tensorrt { device } => ort::ep::TensorRT::default()
+            .with_device_id(*device)
+            .build()
+            .error_on_failure(),
+    };
+    match b.with_execution_providers([ep]) {
+        Ok(b) => {
+            tracing::info!(provider = ?opts.provider, "execution provider registered");
+            Ok(b)
+        }
+        Err(err) if opts.fallback_to_cpu => {
+            tracing::warn!(error = %err, "GPU execution provider unavailable; falling back to CPU");
+            Ok(err.recover())
+        }
+        Err(err) => bail!(
+            "execution provider {:?} could not register: {err} (set runtime.fallback_to_cpu = true to run on CPU)",
+            opts.provider
+        ),
+    }
+}
+
 /// One loaded ONNX model that maps `[batch, seq]` token ids to `[batch, labels]` logits.
 pub struct OrtSession {
     session: Session,
     token_types: bool,
     num_labels: usize,
-    /// The provider that actually registered.
-    pub provider: Provider,
 }
 
 impl OrtSession {
-    pub fn load(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
+    pub(crate) fn load(path: &Path, opts: &RuntimeOptions) -> Result<OrtSession> {
         let env = environment(opts.library.as_deref())?;
         let e = |err: ort::Error<ort::session::builder::SessionBuilder>| anyhow!("{err}");
         let mut b = Session::builder(&env)
@@ -140,34 +168,7 @@ impl OrtSession {
         if let Some(p) = &opts.optimized_model_path {
             b = b.with_optimized_model_path(p).map_err(e)?;
         }
-        let mut provider = Provider::Cpu;
-        match &opts.provider {
-            Provider::Cpu => {}
-            gpu => {
-                let ep = match gpu {
-                    Provider::Cuda { device } => ort::ep::CUDA::default()
-                        .with_device_id(*device)
-                        .build()
-                        .error_on_failure(),
-                    Provider::Tensorrt { device } => ort::ep::TensorRT::default()
-                        .with_device_id(*device)
-                        .build()
-                        .error_on_failure(),
-                    Provider::Cpu => unreachable!(),
-                };
-                match b.with_execution_providers([ep]) {
-                    Ok(nb) => {
-                        b = nb;
-                        provider = gpu.clone();
-                    }
-                    Err(err) if opts.fallback_to_cpu => {
-                        tracing::warn!(error = %err, "GPU execution provider unavailable; falling back to CPU");
-                        b = err.recover();
-                    }
-                    Err(err) => bail!("execution provider {gpu:?} could not register: {err} (set runtime.fallback_to_cpu = true to run on CPU)"),
-                }
-            }
-        }
+        b = register_provider(b, opts)?;
         let session = b
             .commit_from_file(path)
             .map_err(|err| anyhow!("{err}"))
@@ -203,11 +204,10 @@ impl OrtSession {
             session,
             token_types,
             num_labels: num_labels as usize,
-            provider,
         })
     }
 
-    pub fn num_labels(&self) -> usize {
+    pub(crate) fn num_labels(&self) -> usize {
         self.num_labels
     }
 

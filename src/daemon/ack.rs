@@ -96,7 +96,7 @@ struct Book {
 
 /// The offset tracker and the in-flight budget, behind the tokens that resolve them.
 #[derive(Debug, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     book: Mutex<Book>,
     /// Signalled whenever a token resolves (the source may resume).
     released: Notify,
@@ -192,7 +192,7 @@ fn publish(b: &Budget) {
 /// budget is freed but its offset stays unacknowledged, so it is read again after a restart
 /// or rebalance rather than skipped.
 #[derive(Debug)]
-pub struct Ack {
+pub(crate) struct Ack {
     ledger: Arc<Ledger>,
     partition: TopicPartition,
     offset: i64,

@@ -21,29 +21,29 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, watch};
 
 /// What readiness is made of; each stage reports its part through a reader of its own state.
-pub struct Health {
-    pub model_loaded: AtomicBool,
+pub(crate) struct Health {
+    pub(crate) model_loaded: AtomicBool,
     /// The source holds partitions.
-    pub assigned: Arc<dyn Fn() -> bool + Send + Sync>,
+    pub(crate) assigned: Arc<dyn Fn() -> bool + Send + Sync>,
     /// Messages the sink can deliver nowhere right now.
-    pub undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
-    pub shutting_down: AtomicBool,
+    pub(crate) undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
+    pub(crate) shutting_down: AtomicBool,
 }
 
 /// What the model API needs; absent in processes that cannot swap.
 #[derive(Clone)]
-pub struct ModelAdmin {
-    pub active: watch::Receiver<Arc<Generation>>,
-    pub registry: Option<Registry>,
-    pub swaps: mpsc::Sender<SwapRequest>,
+pub(crate) struct ModelAdmin {
+    pub(crate) active: watch::Receiver<Arc<Generation>>,
+    pub(crate) registry: Option<Registry>,
+    pub(crate) swaps: mpsc::Sender<SwapRequest>,
 }
 
 #[derive(Clone)]
-pub struct AdminState {
-    pub prometheus: PrometheusHandle,
-    pub health: Arc<Health>,
-    pub token: String,
-    pub model: Option<ModelAdmin>,
+pub(crate) struct AdminState {
+    pub(crate) prometheus: PrometheusHandle,
+    pub(crate) health: Arc<Health>,
+    pub(crate) token: String,
+    pub(crate) model: Option<ModelAdmin>,
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
@@ -154,7 +154,7 @@ async fn post_rollback(State(s): State<AdminState>) -> Response {
     swap_to(&s, Target::Rollback).await
 }
 
-pub fn router(state: AdminState) -> Router {
+pub(crate) fn router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/model", get(get_model).post(post_model))
         .route("/admin/model/rollback", post(post_rollback))
@@ -170,7 +170,10 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-pub async fn serve(bind: &str, state: AdminState) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+pub(crate) async fn serve(
+    bind: &str,
+    state: AdminState,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;

@@ -9,42 +9,42 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    pub kafka: KafkaSettings,
+    pub(crate) kafka: KafkaSettings,
     pub input: InputSettings,
-    pub output: OutputSettings,
-    pub batching: BatchingSettings,
-    pub backpressure: BackpressureSettings,
+    pub(crate) output: OutputSettings,
+    pub(crate) batching: BatchingSettings,
+    pub(crate) backpressure: BackpressureSettings,
     pub model: ModelSettings,
-    pub registry: RegistrySettings,
-    pub runtime: RuntimeSettings,
-    pub admin: AdminSettings,
+    pub(crate) registry: RegistrySettings,
+    pub(crate) runtime: RuntimeSettings,
+    pub(crate) admin: AdminSettings,
     pub log: LogSettings,
-    pub shutdown: ShutdownSettings,
+    pub(crate) shutdown: ShutdownSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KafkaSettings {
-    pub brokers: String,
-    pub group_id: String,
-    pub input_topics: Vec<String>,
-    pub output_topic: String,
-    pub dead_letter_topic: String,
-    pub commit_interval_ms: u64,
-    pub produce_attempts: u32,
-    pub produce_timeout_ms: u64,
-    pub produce_backoff_ms: u64,
+pub(crate) struct KafkaSettings {
+    pub(crate) brokers: String,
+    pub(crate) group_id: String,
+    pub(crate) input_topics: Vec<String>,
+    pub(crate) output_topic: String,
+    pub(crate) dead_letter_topic: String,
+    pub(crate) commit_interval_ms: u64,
+    pub(crate) produce_attempts: u32,
+    pub(crate) produce_timeout_ms: u64,
+    pub(crate) produce_backoff_ms: u64,
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub(crate) properties: BTreeMap<String, String>,
     #[serde(default)]
-    pub consumer_properties: BTreeMap<String, String>,
+    pub(crate) consumer_properties: BTreeMap<String, String>,
     #[serde(default)]
-    pub producer_properties: BTreeMap<String, String>,
+    pub(crate) producer_properties: BTreeMap<String, String>,
 }
 
 /// `input.format` (and `emostream classify --format`): a JSON object per message, or the
@@ -60,14 +60,14 @@ pub enum InputFormat {
 #[serde(deny_unknown_fields)]
 pub struct InputSettings {
     pub format: InputFormat,
-    pub text_pointer: String,
-    pub id_pointer: String,
-    pub max_message_bytes: usize,
+    pub(crate) text_pointer: String,
+    pub(crate) id_pointer: String,
+    pub(crate) max_message_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ScoreMode {
+pub(crate) enum ScoreMode {
     All,
     TopK,
     OverThreshold,
@@ -75,25 +75,25 @@ pub enum ScoreMode {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OutputSettings {
-    pub scores: ScoreMode,
-    pub top_k: usize,
+pub(crate) struct OutputSettings {
+    pub(crate) scores: ScoreMode,
+    pub(crate) top_k: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BatchingSettings {
-    pub max_batch_size: usize,
-    pub max_wait_ms: u64,
-    pub max_batch_tokens: usize,
-    pub inference_workers: usize,
+pub(crate) struct BatchingSettings {
+    pub(crate) max_batch_size: usize,
+    pub(crate) max_wait_ms: u64,
+    pub(crate) max_batch_tokens: usize,
+    pub(crate) inference_workers: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackpressureSettings {
-    pub max_in_flight_messages: usize,
-    pub max_in_flight_bytes: usize,
+pub(crate) struct BackpressureSettings {
+    pub(crate) max_in_flight_messages: usize,
+    pub(crate) max_in_flight_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -104,23 +104,23 @@ pub struct ModelSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RegistrySettings {
-    pub root: String,
-    pub watch: bool,
-    pub poll_interval_ms: u64,
-    pub control_topic: String,
-    pub replica_id: String,
+pub(crate) struct RegistrySettings {
+    pub(crate) root: String,
+    pub(crate) watch: bool,
+    pub(crate) poll_interval_ms: u64,
+    pub(crate) control_topic: String,
+    pub(crate) replica_id: String,
     #[serde(default)]
-    pub label_map: BTreeMap<String, String>,
-    pub shadow_batches: usize,
-    pub shadow_sample_every: u64,
-    pub shadow_min_agreement: f64,
-    pub shadow_timeout_ms: u64,
+    pub(crate) label_map: BTreeMap<String, String>,
+    pub(crate) shadow_batches: usize,
+    pub(crate) shadow_sample_every: u64,
+    pub(crate) shadow_min_agreement: f64,
+    pub(crate) shadow_timeout_ms: u64,
 }
 
 impl RegistrySettings {
     /// This replica's name in control-topic replies: `replica_id`, else host name and pid.
-    pub fn replica(&self) -> String {
+    pub(crate) fn replica(&self) -> String {
         if !self.replica_id.is_empty() {
             return self.replica_id.clone();
         }
@@ -133,21 +133,21 @@ impl RegistrySettings {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RuntimeSettings {
-    pub library: String,
-    pub provider: ProviderKind,
-    pub device: i32,
-    pub fallback_to_cpu: bool,
-    pub intra_threads: usize,
-    pub inter_threads: usize,
-    pub intra_op_spinning: bool,
-    pub optimization: OptLevel,
+pub(crate) struct RuntimeSettings {
+    pub(crate) library: String,
+    pub(crate) provider: ProviderKind,
+    pub(crate) device: i32,
+    pub(crate) fallback_to_cpu: bool,
+    pub(crate) intra_threads: usize,
+    pub(crate) inter_threads: usize,
+    pub(crate) intra_op_spinning: bool,
+    pub(crate) optimization: OptLevel,
 }
 
 /// `runtime.provider`: where inference runs (`runtime.device` picks the GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ProviderKind {
+pub(crate) enum ProviderKind {
     Cpu,
     Cuda,
     Tensorrt,
@@ -155,9 +155,9 @@ pub enum ProviderKind {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminSettings {
-    pub bind: String,
-    pub token: String,
+pub(crate) struct AdminSettings {
+    pub(crate) bind: String,
+    pub(crate) token: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,8 +177,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ShutdownSettings {
-    pub timeout_ms: u64,
+pub(crate) struct ShutdownSettings {
+    pub(crate) timeout_ms: u64,
 }
 
 fn check(ok: bool, key: &str, msg: impl std::fmt::Display) -> Result<()> {
@@ -219,7 +219,7 @@ impl Settings {
     }
 
     /// Every key's value, section by section; the error names the key.
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         self.validate_kafka()?;
         self.validate_input_output()?;
         self.validate_batching()?;

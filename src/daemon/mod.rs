@@ -2,12 +2,12 @@
 //! broker-less `emostream classify`, and handles shutdown: stop fetching, finish in-flight
 //! batches, let the source make its final commit, flush, exit. docs/architecture.md draws it.
 
-pub mod ack;
-pub mod admin;
+pub(crate) mod ack;
+pub(crate) mod admin;
 pub mod config;
 pub mod kafka;
-pub mod pipeline;
-pub mod swap;
+pub(crate) mod pipeline;
+pub(crate) mod swap;
 pub mod telemetry;
 
 use crate::backend::generation::{Expectations, Generation};
@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 /// The model directory to serve at start-up: the registry's `ACTIVE` version when there is a
 /// registry with a pointer, else `model.dir`. Also returns the registry and the pointer read.
-pub fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
+pub(crate) fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
     if s.registry.root.is_empty() {
         return Ok((None, None, s.model.dir.clone()));
     }
@@ -55,7 +55,7 @@ pub fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, 
 }
 
 /// Loads and validates the first model generation with `workers` sessions.
-pub fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<Generation> {
+pub(crate) fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<Generation> {
     let expect = Expectations {
         labels: None,
         label_map: BTreeMap::new(),

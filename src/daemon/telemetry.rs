@@ -16,7 +16,7 @@ pub fn init_logging(format: LogFormat, level: &str) {
 }
 
 /// Installs the global metrics recorder (once) and returns the handle that renders /metrics.
-pub fn init_metrics() -> anyhow::Result<PrometheusHandle> {
+pub(crate) fn init_metrics() -> anyhow::Result<PrometheusHandle> {
     let secs = [
         0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     ];

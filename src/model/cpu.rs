@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 /// core > AVX-VNNI > AVX2 for u8s8 GEMM; AVX-512F > FMA3/AVX2 for SGEMM).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum KernelFamily {
+pub(crate) enum KernelFamily {
     Amx,
     Avx512Vnni,
     Avx512,
@@ -21,7 +21,7 @@ pub enum KernelFamily {
 }
 
 impl KernelFamily {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             KernelFamily::Amx => "amx",
             KernelFamily::Avx512Vnni => "avx512-vnni",
@@ -39,11 +39,11 @@ impl KernelFamily {
 #[serde(deny_unknown_fields)]
 pub struct MeasuredOn {
     /// `model name` of /proc/cpuinfo (what `lscpu` prints).
-    pub cpu: String,
+    pub(crate) cpu: String,
     /// int8 kernel family (see [`KernelFamily`]).
-    pub isa: KernelFamily,
+    pub(crate) isa: KernelFamily,
     /// The CPU flags that decide the family, as /proc/cpuinfo spells them.
-    pub flags: Vec<String>,
+    pub(crate) flags: Vec<String>,
     /// ONNX Runtime's build string (version and commit), when it was loaded.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub onnxruntime: String,

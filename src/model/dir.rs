@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u32 = 1;
-pub const CARD_FILE: &str = "model.json";
-pub const ONNX_FILE: &str = "model.onnx";
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const CARD_FILE: &str = "model.json";
+pub(crate) const ONNX_FILE: &str = "model.onnx";
+pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +32,7 @@ pub struct Thresholds {
     pub per_label: Option<Vec<f32>>,
     /// How the thresholds were chosen (e.g. "per-label F1 on dev").
     #[serde(default)]
-    pub chosen_by: String,
+    pub(crate) chosen_by: String,
 }
 
 impl Thresholds {
@@ -47,7 +47,7 @@ impl Thresholds {
 /// Metrics of one evaluation, as stored in the card.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Evaluation {
-    pub split: String,
+    pub(crate) split: String,
     pub split_sha256: String,
     /// e.g. "per-label (dev)", "global 0.15", "global 0.34 (dev)"
     pub thresholds: String,
@@ -62,12 +62,12 @@ pub struct Evaluation {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ModelCard {
-    pub format_version: u32,
+    pub(crate) format_version: u32,
     pub name: String,
     pub version: String,
     /// bert | roberta | distilbert
     pub architecture: String,
-    pub base_model: String,
+    pub(crate) base_model: String,
     pub labels: LabelSet,
     pub thresholds: Thresholds,
     pub max_sequence_length: usize,
@@ -75,7 +75,7 @@ pub struct ModelCard {
     pub precision: String,
     pub model_sha256: String,
     #[serde(default)]
-    pub training: serde_json::Value,
+    pub(crate) training: serde_json::Value,
     /// File name → sha256 of the data the model was trained and evaluated on.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
@@ -85,7 +85,7 @@ pub struct ModelCard {
 }
 
 impl ModelCard {
-    pub fn validate(&self) -> Result<()> {
+    pub(crate) fn validate(&self) -> Result<()> {
         if self.format_version != FORMAT_VERSION {
             bail!(
                 "model.json format_version {} is not supported (expected {FORMAT_VERSION})",
@@ -115,7 +115,7 @@ impl ModelCard {
         Ok(())
     }
 
-    pub fn write(&self, dir: &Path) -> Result<()> {
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CARD_FILE);
         let tmp = dir.join(".model.json.tmp");
         let mut bytes = serde_json::to_vec_pretty(self)?;
@@ -128,14 +128,14 @@ impl ModelCard {
 /// Which model labelled something: name, version and the sha256 of its model.onnx, as label
 /// events and swap reports carry it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ModelRef {
-    pub name: String,
-    pub version: String,
-    pub sha256: String,
+pub(crate) struct ModelRef {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) sha256: String,
 }
 
 /// A Hugging Face directory's config.json (checkpoints, optimum exports, base models).
-pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
+pub(crate) fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
     let path = dir.join("config.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
@@ -145,15 +145,15 @@ pub fn read_hf_config(dir: &Path) -> Result<serde_json::Value> {
 /// A model directory resolved on disk.
 #[derive(Debug, Clone)]
 pub struct ModelDir {
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     pub card: ModelCard,
 }
 
 impl ModelDir {
-    pub fn onnx_path(&self) -> PathBuf {
+    pub(crate) fn onnx_path(&self) -> PathBuf {
         self.dir.join(ONNX_FILE)
     }
-    pub fn tokenizer_path(&self) -> PathBuf {
+    pub(crate) fn tokenizer_path(&self) -> PathBuf {
         self.dir.join(TOKENIZER_FILE)
     }
 

@@ -22,7 +22,7 @@ pub fn over_threshold(ranked: &[usize], scores: &[f32], thresholds: &[f32]) -> V
 use std::path::Path;
 
 /// Label names in GoEmotions index order (line i of the dataset's labels.txt).
-pub const GOEMOTIONS: [&str; 28] = [
+pub(crate) const GOEMOTIONS: [&str; 28] = [
     "admiration",
     "amusement",
     "anger",
@@ -60,7 +60,7 @@ pub struct LabelSet(Vec<String>);
 
 impl LabelSet {
     /// Label names from a Hugging Face config's `id2label`.
-    pub fn from_hf(hf: &serde_json::Value) -> Result<LabelSet> {
+    pub(crate) fn from_hf(hf: &serde_json::Value) -> Result<LabelSet> {
         let map = hf
             .get("id2label")
             .and_then(|v| v.as_object())
@@ -84,7 +84,7 @@ impl LabelSet {
         LabelSet(GOEMOTIONS.iter().map(|s| s.to_string()).collect())
     }
 
-    pub fn new(names: Vec<String>) -> Result<Self> {
+    pub(crate) fn new(names: Vec<String>) -> Result<Self> {
         if names.is_empty() {
             bail!("label set is empty");
         }
@@ -117,17 +117,11 @@ impl LabelSet {
     pub fn len(&self) -> usize {
         self.0.len()
     }
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
     pub fn names(&self) -> &[String] {
         &self.0
     }
     pub fn name(&self, i: usize) -> &str {
         &self.0[i]
-    }
-    pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.0.iter().position(|n| n == name)
     }
 }
 

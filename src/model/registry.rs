@@ -10,8 +10,8 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-pub const POINTER_FILE: &str = "ACTIVE";
-pub const VERSIONS_DIR: &str = "versions";
+pub(crate) const POINTER_FILE: &str = "ACTIVE";
+pub(crate) const VERSIONS_DIR: &str = "versions";
 
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -19,7 +19,7 @@ pub struct Registry {
 }
 
 /// A version name is one path component of safe characters: no separators, no `..`.
-pub fn check_version_name(v: &str) -> Result<()> {
+pub(crate) fn check_version_name(v: &str) -> Result<()> {
     let ok = !v.is_empty()
         && v.len() <= 128
         && v.chars()
@@ -49,7 +49,7 @@ impl Registry {
         Ok(Registry { root })
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.root
     }
 
@@ -58,7 +58,7 @@ impl Registry {
     }
 
     /// The directory of `version`, which must exist inside the registry.
-    pub fn resolve(&self, version: &str) -> Result<PathBuf> {
+    pub(crate) fn resolve(&self, version: &str) -> Result<PathBuf> {
         check_version_name(version)?;
         let versions = self.root.join(VERSIONS_DIR);
         let dir = versions.join(version);
@@ -73,7 +73,7 @@ impl Registry {
     }
 
     /// The version `ACTIVE` names, if the pointer exists.
-    pub fn active(&self) -> Result<Option<String>> {
+    pub(crate) fn active(&self) -> Result<Option<String>> {
         match fs::read_to_string(self.pointer_path()) {
             Ok(s) => {
                 let v = s.trim().to_string();
@@ -104,7 +104,7 @@ impl Registry {
     }
 
     /// Published versions, sorted by name.
-    pub fn versions(&self) -> Result<Vec<String>> {
+    pub(crate) fn versions(&self) -> Result<Vec<String>> {
         let mut out = Vec::new();
         for e in fs::read_dir(self.root.join(VERSIONS_DIR))? {
             let name = e?.file_name().to_string_lossy().to_string();

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 pub struct Encoded {
     pub ids: Vec<u32>,
     /// The text had more tokens than the model's max length and was cut.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Tokenizer configured for single-sequence classification with a max length.
@@ -45,12 +45,6 @@ impl TextEncoder {
     pub fn pad_id(&self) -> u32 {
         self.pad_id
     }
-    pub fn max_len(&self) -> usize {
-        self.max_len
-    }
-    pub fn tokenizer(&self) -> &Tokenizer {
-        &self.tokenizer
-    }
 
     /// Tokenizes one text with special tokens, cut to `max_len` keeping the final special token.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
@@ -73,18 +67,14 @@ impl TextEncoder {
         }
         Ok(Encoded { ids, truncated })
     }
-
-    pub fn encode_many(&self, texts: &[&str]) -> Result<Vec<Encoded>> {
-        texts.iter().map(|t| self.encode(t)).collect()
-    }
 }
 
 /// A batch padded to its longest member: row-major `[batch, seq]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PaddedBatch {
-    pub batch: usize,
+    pub(crate) batch: usize,
     pub seq: usize,
-    pub input_ids: Vec<u32>,
+    pub(crate) input_ids: Vec<u32>,
     pub attention_mask: Vec<u32>,
 }
 
@@ -105,10 +95,5 @@ impl PaddedBatch {
             input_ids,
             attention_mask,
         }
-    }
-
-    /// Number of real (unpadded) tokens.
-    pub fn tokens(&self) -> usize {
-        self.attention_mask.iter().filter(|&&m| m == 1).count()
     }
 }

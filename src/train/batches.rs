@@ -7,7 +7,12 @@ use crate::train::rng::SplitMix64;
 /// Examples per window sorted by length = batch_size × this.
 const WINDOW_BATCHES: usize = 50;
 
-pub fn epoch_plan(lengths: &[usize], batch_size: usize, seed: u64, epoch: u64) -> Vec<Vec<usize>> {
+pub(crate) fn epoch_plan(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+) -> Vec<Vec<usize>> {
     let mut idx: Vec<usize> = (0..lengths.len()).collect();
     SplitMix64::derive(seed, epoch, 1).shuffle(&mut idx);
     let mut batches = Vec::new();

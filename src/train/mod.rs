@@ -1,6 +1,6 @@
 //! Fine-tuning: loss, optimiser, batching plans, the training loop with checkpoints, inference.
 
-pub mod batches;
+pub(crate) mod batches;
 pub mod encoder;
 pub mod evaluate;
 pub mod loss;
@@ -10,6 +10,6 @@ pub mod package;
 pub mod predict;
 pub mod report;
 pub mod rng;
-pub mod trainer;
+pub(crate) mod trainer;
 
 pub use trainer::{TrainConfig, Trainer};

@@ -21,7 +21,7 @@ pub struct AdamWConfig {
 }
 
 /// Learning rate at `step` (1-based): linear warm-up to `lr`, then linear decay to 0.
-pub fn lr_at(cfg: &AdamWConfig, step: u64) -> f64 {
+pub(crate) fn lr_at(cfg: &AdamWConfig, step: u64) -> f64 {
     if step <= cfg.warmup_steps && cfg.warmup_steps > 0 {
         return cfg.lr * step as f64 / cfg.warmup_steps as f64;
     }
@@ -35,22 +35,15 @@ fn decays(name: &str) -> bool {
     !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
 }
 
-pub struct AdamW {
-    pub cfg: AdamWConfig,
-    pub step: u64,
+pub(crate) struct AdamW {
+    pub(crate) cfg: AdamWConfig,
+    pub(crate) step: u64,
     m: BTreeMap<String, Vec<f32>>,
     v: BTreeMap<String, Vec<f32>>,
 }
 
-/// What one optimiser step saw.
-#[derive(Debug, Clone, Copy)]
-pub struct StepInfo {
-    pub grad_norm: f64,
-    pub lr: f64,
-}
-
 impl AdamW {
-    pub fn new(cfg: AdamWConfig) -> Self {
+    pub(crate) fn new(cfg: AdamWConfig) -> Self {
         AdamW {
             cfg,
             step: 0,
@@ -61,7 +54,7 @@ impl AdamW {
 
     /// Applies one update to every trainable parameter from the sum of `grads`
     /// (one store per batch shard).
-    pub fn step(&mut self, params: &Params, grads: &[GradStore]) -> Result<StepInfo> {
+    pub(crate) fn step(&mut self, params: &Params, grads: &[GradStore]) -> Result<()> {
         let mut collected: Vec<(&String, &candle_core::Var, Vec<f32>)> = Vec::new();
         let mut sq = 0f64;
         for (name, var) in params.trainable() {
@@ -134,11 +127,11 @@ impl AdamW {
             let new = Tensor::from_vec(p, t.shape(), t.device())?.to_dtype(dtype)?;
             var.set(&new)?;
         }
-        Ok(StepInfo { grad_norm, lr })
+        Ok(())
     }
 
     /// Moments as tensors `m.<param>` / `v.<param>` for a safetensors checkpoint.
-    pub fn state_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+    pub(crate) fn state_tensors(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (k, m) in &self.m {
             out.insert(format!("m.{k}"), Tensor::from_slice(m, m.len(), device)?);
@@ -149,7 +142,7 @@ impl AdamW {
         Ok(out)
     }
 
-    pub fn load_state_tensors(
+    pub(crate) fn load_state_tensors(
         &mut self,
         tensors: HashMap<String, Tensor>,
         step: u64,

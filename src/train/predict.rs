@@ -26,7 +26,7 @@ pub fn logits(
     })
 }
 
-pub fn scores(
+pub(crate) fn scores(
     encoder: &Encoder,
     params: &Params,
     rows: &[Vec<u32>],

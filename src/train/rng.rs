@@ -3,7 +3,7 @@
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SplitMix64 {
-    pub state: u64,
+    pub(crate) state: u64,
 }
 
 impl SplitMix64 {
@@ -12,7 +12,7 @@ impl SplitMix64 {
     }
 
     /// An independent stream for `(seed, a, b)`, e.g. (run seed, epoch, purpose).
-    pub fn derive(seed: u64, a: u64, b: u64) -> Self {
+    pub(crate) fn derive(seed: u64, a: u64, b: u64) -> Self {
         let mut r = SplitMix64::new(seed ^ 0x9E37_79B9_7F4A_7C15);
         r.state ^= r
             .next_u64()
@@ -23,7 +23,7 @@ impl SplitMix64 {
         r
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -32,7 +32,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1).
-    pub fn next_f64(&mut self) -> f64 {
+    pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
     }
 
@@ -43,12 +43,12 @@ impl SplitMix64 {
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
 
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next_u64() % n as u64) as usize
     }
 
     /// Fisher-Yates shuffle.
-    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+    pub(crate) fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = self.below(i + 1);
             v.swap(i, j);

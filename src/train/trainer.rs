@@ -61,37 +61,37 @@ pub struct TrainConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DevPoint {
-    pub step: u64,
-    pub epoch: f64,
-    pub macro_f1_at_0_5: f64,
-    pub best_global_threshold: f32,
-    pub macro_f1_best_global: f64,
+    pub(crate) step: u64,
+    pub(crate) epoch: f64,
+    pub(crate) macro_f1_at_0_5: f64,
+    pub(crate) best_global_threshold: f32,
+    pub(crate) macro_f1_best_global: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct TrainState {
     pub step: u64,
     pub epoch: u64,
-    pub batch_in_epoch: usize,
+    pub(crate) batch_in_epoch: usize,
     /// (step, mean training loss since the previous point)
     pub loss_curve: Vec<(u64, f64)>,
     pub dev_curve: Vec<DevPoint>,
-    pub best: Option<DevPoint>,
-    pub train_seconds: f64,
-    pub finished: bool,
+    pub(crate) best: Option<DevPoint>,
+    pub(crate) train_seconds: f64,
+    pub(crate) finished: bool,
     /// Loss sum and count since the last loss-curve point.
     #[serde(default)]
-    pub pending_loss: (f64, u64),
+    pub(crate) pending_loss: (f64, u64),
 }
 
 pub struct Trainer {
     pub dir: PathBuf,
-    pub cfg: TrainConfig,
+    pub(crate) cfg: TrainConfig,
     pub encoder: Encoder,
     pub params: Params,
-    pub optim: AdamW,
+    pub(crate) optim: AdamW,
     pub state: TrainState,
-    pub labels: LabelSet,
+    pub(crate) labels: LabelSet,
     device: Device,
     pad_id: u32,
     train_rows: Vec<Vec<u32>>,
@@ -104,7 +104,7 @@ fn one() -> usize {
     1
 }
 
-pub const LOSS_POINT_EVERY: u64 = 20;
+pub(crate) const LOSS_POINT_EVERY: u64 = 20;
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -266,7 +266,7 @@ impl Trainer {
         })
     }
 
-    pub fn batches_per_epoch(&self) -> usize {
+    pub(crate) fn batches_per_epoch(&self) -> usize {
         self.train_rows.len().div_ceil(self.cfg.batch_size)
     }
 
@@ -310,7 +310,7 @@ impl Trainer {
     /// One optimisation step on the given example indices; returns the batch loss.
     /// The batch is cut into `cfg.shards` contiguous shards run on parallel threads (candle's
     /// element-wise kernels are single-threaded, so this is how a step uses every core).
-    pub fn step(&mut self, idx: &[usize]) -> Result<f64> {
+    pub(crate) fn step(&mut self, idx: &[usize]) -> Result<f64> {
         let shards = self.cfg.shards.clamp(1, idx.len().max(1));
         let per = idx.len().div_ceil(shards);
         let parts: Vec<&[usize]> = idx.chunks(per).collect();
@@ -355,7 +355,7 @@ impl Trainer {
     }
 
     /// Dev scores with the current parameters.
-    pub fn dev_scores(&self) -> Result<Vec<Vec<f32>>> {
+    pub(crate) fn dev_scores(&self) -> Result<Vec<Vec<f32>>> {
         predict::scores(
             &self.encoder,
             &self.params,
@@ -366,7 +366,7 @@ impl Trainer {
         )
     }
 
-    pub fn evaluate_dev(&mut self) -> Result<DevPoint> {
+    pub(crate) fn evaluate_dev(&mut self) -> Result<DevPoint> {
         let scores = self.dev_scores()?;
         let l = self.labels.len();
         let at_half = evaluate(
@@ -422,7 +422,7 @@ impl Trainer {
     }
 
     /// Writes the latest state atomically (a temporary directory renamed over the old one).
-    pub fn save_checkpoint(&self) -> Result<()> {
+    pub(crate) fn save_checkpoint(&self) -> Result<()> {
         let ck = self.dir.join("checkpoint");
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);

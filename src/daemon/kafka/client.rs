@@ -5,7 +5,7 @@ use crate::daemon::config::Settings;
 use rdkafka::config::ClientConfig;
 
 /// Brokers plus `kafka.properties`; callers add their own role's settings on top.
-pub fn client_config(s: &Settings) -> ClientConfig {
+pub(crate) fn client_config(s: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.kafka.brokers);
     for (k, v) in &s.kafka.properties {

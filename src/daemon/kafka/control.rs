@@ -29,7 +29,7 @@ pub fn rollback_message(request_id: &str) -> Value {
 }
 
 /// What a control message asks for; `None` for replies and other messages to skip.
-pub fn parse(payload: &[u8]) -> Result<Option<(Target, Option<String>)>> {
+pub(crate) fn parse(payload: &[u8]) -> Result<Option<(Target, Option<String>)>> {
     let v: Value = serde_json::from_slice(payload).context("control message is not JSON")?;
     let rid = v
         .get("request_id")
@@ -92,7 +92,7 @@ fn consumer_at_end(s: &Settings, replica: &str) -> Result<StreamConsumer> {
 }
 
 /// Starts the control-topic trigger; returns once the consumer is assigned.
-pub fn spawn(
+pub(crate) fn spawn(
     s: &Settings,
     producer: FutureProducer,
     requests: mpsc::Sender<SwapRequest>,

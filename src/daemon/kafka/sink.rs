@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-pub struct Sink {
-    pub producer: FutureProducer,
-    pub output_topic: String,
-    pub dead_letter_topic: String,
-    pub attempts: u32,
-    pub backoff: Duration,
+pub(crate) struct Sink {
+    pub(crate) producer: FutureProducer,
+    pub(crate) output_topic: String,
+    pub(crate) dead_letter_topic: String,
+    pub(crate) attempts: u32,
+    pub(crate) backoff: Duration,
     /// Messages currently refused by both topics (readiness reports them).
     undeliverable: AtomicUsize,
 }
@@ -28,7 +28,7 @@ pub struct Sink {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Sink {
-    pub fn new(
+    pub(crate) fn new(
         producer: FutureProducer,
         output_topic: String,
         dead_letter_topic: String,
@@ -46,12 +46,12 @@ impl Sink {
     }
 
     /// Messages refused by both the output and the dead-letter topic right now.
-    pub fn undeliverable(&self) -> usize {
+    pub(crate) fn undeliverable(&self) -> usize {
         self.undeliverable.load(Ordering::SeqCst)
     }
 
     /// Consumes outcomes until the channel closes, then waits for every delivery to finish.
-    pub async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
+    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
         let mut tasks = JoinSet::new();
         while let Some(o) = rx.recv().await {
             // Enqueue in arrival order (per-key order), then await delivery concurrently.

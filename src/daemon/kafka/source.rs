@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
 /// Rebalance and statistics callbacks.
-pub struct SourceContext {
+pub(crate) struct SourceContext {
     ledger: Arc<Ledger>,
-    pub assigned: AtomicBool,
+    pub(crate) assigned: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -77,10 +77,10 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-pub type KafkaConsumer = StreamConsumer<SourceContext>;
+pub(crate) type KafkaConsumer = StreamConsumer<SourceContext>;
 
 /// The group member, subscribed to the input topics; its acknowledgements go to `ledger`.
-pub fn consumer(s: &Settings, ledger: Arc<Ledger>) -> Result<Arc<KafkaConsumer>> {
+pub(crate) fn consumer(s: &Settings, ledger: Arc<Ledger>) -> Result<Arc<KafkaConsumer>> {
     let mut c = client_config(s);
     c.set("group.id", &s.kafka.group_id)
         .set("enable.auto.commit", "false")
@@ -117,11 +117,11 @@ fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
     consumer.commit(&tpl, mode).context("committing offsets")
 }
 
-pub struct SourceStage {
-    pub consumer: Arc<KafkaConsumer>,
-    pub settings: Settings,
-    pub pending_tx: mpsc::Sender<Admitted>,
-    pub stop: Arc<Notify>,
+pub(crate) struct SourceStage {
+    pub(crate) consumer: Arc<KafkaConsumer>,
+    pub(crate) settings: Settings,
+    pub(crate) pending_tx: mpsc::Sender<Admitted>,
+    pub(crate) stop: Arc<Notify>,
 }
 
 /// What one turn of the source's loop got.
@@ -228,7 +228,7 @@ impl SourceStage {
 
     /// Reads until `stop` is notified or the downstream closes; then lets the pipeline drain
     /// (bounded by `shutdown.timeout_ms`) and makes the final commit.
-    pub async fn run(self) {
+    pub(crate) async fn run(self) {
         let bp = &self.settings.backpressure;
         let every = Duration::from_millis(self.settings.kafka.commit_interval_ms);
         let mut tick = tokio::time::interval(every);

@@ -41,7 +41,7 @@ fn add(batch: &mut Batch, admitted: Admitted) {
 }
 
 /// Runs until `rx` closes, then flushes what it holds and returns.
-pub async fn run(
+pub(crate) async fn run(
     mut rx: mpsc::Receiver<Admitted>,
     tx: mpsc::Sender<Batch>,
     mut active: watch::Receiver<Arc<Generation>>,

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 /// Why a message went to the dead-letter topic (the `reason` header and metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Reason {
+pub(crate) enum Reason {
     InvalidJson,
     MissingText,
     NotUtf8,
@@ -17,17 +17,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 7] = [
-        Reason::InvalidJson,
-        Reason::MissingText,
-        Reason::NotUtf8,
-        Reason::EmptyText,
-        Reason::TooLarge,
-        Reason::InferenceError,
-        Reason::ProduceFailed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidJson => "invalid_json",
             Reason::MissingText => "missing_text",
@@ -41,9 +31,9 @@ impl Reason {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rejection {
-    pub reason: Reason,
-    pub detail: String,
+pub(crate) struct Rejection {
+    pub(crate) reason: Reason,
+    pub(crate) detail: String,
 }
 
 fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
@@ -54,14 +44,14 @@ fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Comment {
+pub(crate) struct Comment {
     /// From the id pointer, else `None` (the caller falls back to source coordinates).
-    pub id: Option<String>,
-    pub text: String,
+    pub(crate) id: Option<String>,
+    pub(crate) text: String,
 }
 
 /// Decodes one payload (`None` is a Kafka tombstone).
-pub fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Rejection> {
+pub(crate) fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Rejection> {
     let bytes = payload.unwrap_or_default();
     if bytes.len() > cfg.max_message_bytes {
         return Err(reject(

@@ -6,43 +6,43 @@ use crate::model::dir::ModelRef;
 use crate::model::labels::{over_threshold, ranked};
 use serde::Serialize;
 
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// Where the comment came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct Source {
-    pub topic: String,
-    pub partition: i32,
-    pub offset: i64,
+pub(crate) struct Source {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+    pub(crate) offset: i64,
     /// Kafka message timestamp, milliseconds since the epoch (if the message had one).
-    pub timestamp_ms: Option<i64>,
+    pub(crate) timestamp_ms: Option<i64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct LabelScore<'a> {
-    pub label: &'a str,
-    pub score: f32,
+pub(crate) struct LabelScore<'a> {
+    pub(crate) label: &'a str,
+    pub(crate) score: f32,
 }
 
 #[derive(Debug, Serialize)]
-pub struct LabelEvent<'a> {
-    pub schema_version: u32,
-    pub id: &'a str,
+pub(crate) struct LabelEvent<'a> {
+    pub(crate) schema_version: u32,
+    pub(crate) id: &'a str,
     /// Labels whose score reached their threshold, highest score first.
-    pub labels: Vec<LabelScore<'a>>,
+    pub(crate) labels: Vec<LabelScore<'a>>,
     /// Label → score, for the labels selected by `output.scores`.
-    pub scores: serde_json::Map<String, serde_json::Value>,
-    pub model: &'a ModelRef,
-    pub source: &'a Source,
+    pub(crate) scores: serde_json::Map<String, serde_json::Value>,
+    pub(crate) model: &'a ModelRef,
+    pub(crate) source: &'a Source,
     /// RFC 3339 UTC time the event was built.
-    pub processed_at: String,
+    pub(crate) processed_at: String,
     /// The text was longer than the model's max length and was cut before labelling.
-    pub truncated: bool,
+    pub(crate) truncated: bool,
 }
 
 /// Builds an event from sigmoid `scores` (label order of `names`) and per-label `thresholds`.
 #[allow(clippy::too_many_arguments)]
-pub fn build<'a>(
+pub(crate) fn build<'a>(
     id: &'a str,
     scores: &[f32],
     names: &'a [String],

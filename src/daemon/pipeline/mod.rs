@@ -3,10 +3,10 @@
 //! path and yields exactly one [`Outcome`], in input order per key; its [`Ack`] rides along in
 //! its [`Origin`]. The `classify` command runs the same stages with stdin/stdout at the ends.
 
-pub mod batcher;
-pub mod decode;
-pub mod event;
-pub mod workers;
+pub(crate) mod batcher;
+pub(crate) mod decode;
+pub(crate) mod event;
+pub(crate) mod workers;
 
 use crate::backend::generation::Generation;
 use crate::daemon::ack::Ack;
@@ -18,19 +18,19 @@ use std::sync::Arc;
 
 /// A consumed message and everything needed to answer for it.
 #[derive(Debug)]
-pub struct Origin {
-    pub source: Source,
-    pub key: Option<Vec<u8>>,
-    pub headers: Option<OwnedHeaders>,
+pub(crate) struct Origin {
+    pub(crate) source: Source,
+    pub(crate) key: Option<Vec<u8>>,
+    pub(crate) headers: Option<OwnedHeaders>,
     /// The original bytes, kept for the dead-letter topic.
-    pub payload: Vec<u8>,
+    pub(crate) payload: Vec<u8>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
-    pub ack: Ack,
+    pub(crate) ack: Ack,
 }
 
 impl Origin {
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
-    pub fn coordinates(&self) -> String {
+    pub(crate) fn coordinates(&self) -> String {
         format!(
             "{}/{}/{}",
             self.source.topic, self.source.partition, self.source.offset
@@ -40,52 +40,52 @@ impl Origin {
 
 /// A decoded comment waiting to be batched.
 #[derive(Debug)]
-pub struct Pending {
-    pub id: String,
-    pub text: String,
-    pub origin: Origin,
+pub(crate) struct Pending {
+    pub(crate) id: String,
+    pub(crate) text: String,
+    pub(crate) origin: Origin,
 }
 
 /// A message that goes to the dead-letter topic, and why.
 #[derive(Debug)]
-pub struct Rejection {
-    pub reason: Reason,
-    pub detail: String,
-    pub origin: Origin,
+pub(crate) struct Rejection {
+    pub(crate) reason: Reason,
+    pub(crate) detail: String,
+    pub(crate) origin: Origin,
 }
 
 /// What the source hands the batcher: a comment, or a message already rejected (it keeps its
 /// place in the stream, so a key's outcomes leave in input order).
-pub type Admitted = Result<Pending, Rejection>;
+pub(crate) type Admitted = Result<Pending, Rejection>;
 
 /// A tokenized comment inside a batch.
 #[derive(Debug)]
-pub struct Item {
-    pub id: String,
+pub(crate) struct Item {
+    pub(crate) id: String,
     /// Kept for a shadow candidate, which tokenizes with its own tokenizer.
-    pub text: String,
-    pub ids: Vec<u32>,
-    pub truncated: bool,
-    pub origin: Origin,
+    pub(crate) text: String,
+    pub(crate) ids: Vec<u32>,
+    pub(crate) truncated: bool,
+    pub(crate) origin: Origin,
 }
 
 /// One message's place in a batch.
 #[derive(Debug)]
-pub enum Entry {
+pub(crate) enum Entry {
     Comment(Item),
     Rejected(Rejection),
 }
 
 /// Messages tokenized by one model generation, which is also the one that labels them, in
 /// input order.
-pub struct Batch {
-    pub model: Arc<Generation>,
-    pub entries: Vec<Entry>,
-    pub tokens: usize,
+pub(crate) struct Batch {
+    pub(crate) model: Arc<Generation>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) tokens: usize,
 }
 
 impl Batch {
-    pub fn new(model: Arc<Generation>) -> Batch {
+    pub(crate) fn new(model: Arc<Generation>) -> Batch {
         Batch {
             model,
             entries: Vec::new(),
@@ -93,37 +93,23 @@ impl Batch {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 }
 
 /// What became of a message.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Labelled: the serialised label event.
     Labelled { event: Vec<u8>, origin: Origin },
     /// Goes to the dead-letter topic.
     Rejected(Rejection),
 }
 
-impl Outcome {
-    pub fn origin(&self) -> &Origin {
-        match self {
-            Outcome::Labelled { origin, .. } | Outcome::Rejected(Rejection { origin, .. }) => {
-                origin
-            }
-        }
-    }
-}
-
 /// Decodes a consumed message into a comment to label, or a rejection for the dead-letter
 /// topic. A comment without an id in its payload is named by its source coordinates.
-pub fn admit(origin: Origin, input: &InputSettings) -> Admitted {
+pub(crate) fn admit(origin: Origin, input: &InputSettings) -> Admitted {
     match decode(Some(&origin.payload), input) {
         Ok(c) => Ok(Pending {
             id: c.id.unwrap_or_else(|| origin.coordinates()),

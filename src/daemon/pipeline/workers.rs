@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Mutex};
 
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
-pub fn label_batch(
+pub(crate) fn label_batch(
     worker: usize,
     batch: Batch,
     out: &OutputSettings,
@@ -115,7 +115,7 @@ struct InOrder {
 
 /// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
 /// batch's model generation. The threads end when the batch queue closes.
-pub fn spawn(
+pub(crate) fn spawn(
     n: usize,
     batches: mpsc::Receiver<Batch>,
     outcomes: mpsc::Sender<Outcome>,

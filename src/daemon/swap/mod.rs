@@ -4,8 +4,8 @@
 //! optionally shadow it on live traffic, then replace the active generation (the batcher picks
 //! it up at the next batch boundary). A rejected candidate changes nothing.
 
-pub mod pointer_watch;
-pub mod shadow;
+pub(crate) mod pointer_watch;
+pub(crate) mod shadow;
 
 use crate::backend::generation::{Active, Expectations, Generation};
 use crate::backend::ort::RuntimeOptions;
@@ -19,20 +19,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     Version(String),
     Rollback,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     Pointer,
     Admin,
     Control,
 }
 
 impl Trigger {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Trigger::Pointer => "pointer",
             Trigger::Admin => "admin",
@@ -41,22 +41,22 @@ impl Trigger {
     }
 }
 
-pub struct SwapRequest {
-    pub target: Target,
-    pub trigger: Trigger,
-    pub reply: Option<oneshot::Sender<SwapReport>>,
+pub(crate) struct SwapRequest {
+    pub(crate) target: Target,
+    pub(crate) trigger: Trigger,
+    pub(crate) reply: Option<oneshot::Sender<SwapReport>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum SwapResult {
+pub(crate) enum SwapResult {
     Swapped,
     Unchanged,
     Rejected,
 }
 
 impl SwapResult {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SwapResult::Swapped => "swapped",
             SwapResult::Unchanged => "unchanged",
@@ -66,21 +66,21 @@ impl SwapResult {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SwapReport {
-    pub result: SwapResult,
+pub(crate) struct SwapReport {
+    pub(crate) result: SwapResult,
     /// The version asked for (for a rollback: the one rolled back to).
-    pub requested: Option<String>,
+    pub(crate) requested: Option<String>,
     /// The version serving after the request.
-    pub active: String,
+    pub(crate) active: String,
     /// The version serving before, when it changed.
-    pub previous: Option<String>,
-    pub reason: Option<String>,
-    pub load_seconds: Option<f64>,
-    pub shadow: Option<Agreement>,
+    pub(crate) previous: Option<String>,
+    pub(crate) reason: Option<String>,
+    pub(crate) load_seconds: Option<f64>,
+    pub(crate) shadow: Option<Agreement>,
 }
 
 /// Sends `target` to the controller and waits for its report.
-pub async fn request(
+pub(crate) async fn request(
     tx: &mpsc::Sender<SwapRequest>,
     target: Target,
     trigger: Trigger,
@@ -97,25 +97,25 @@ pub async fn request(
         .map_err(|_| anyhow::anyhow!("the swap controller dropped the request"))
 }
 
-pub struct Controller {
-    pub registry: Option<Registry>,
-    pub active: Arc<Active>,
-    pub runtime: RuntimeOptions,
-    pub workers: usize,
-    pub settings: RegistrySettings,
-    pub shadow: Arc<Shadow>,
+pub(crate) struct Controller {
+    pub(crate) registry: Option<Registry>,
+    pub(crate) active: Arc<Active>,
+    pub(crate) runtime: RuntimeOptions,
+    pub(crate) workers: usize,
+    pub(crate) settings: RegistrySettings,
+    pub(crate) shadow: Arc<Shadow>,
     /// Versions served before the active one (newest last), for rollback.
-    pub history: Vec<(String, PathBuf)>,
+    pub(crate) history: Vec<(String, PathBuf)>,
 }
 
 /// Publishes the active model's info gauge (1 for the active version, 0 for the one replaced).
-pub fn set_model_info(m: &Generation, on: bool) {
+pub(crate) fn set_model_info(m: &Generation, on: bool) {
     metrics::gauge!("emostream_model_info", "name" => m.model_ref.name.clone(), "version" => m.model_ref.version.clone(), "sha256" => m.model_ref.sha256.clone())
         .set(if on { 1.0 } else { 0.0 });
 }
 
 impl Controller {
-    pub async fn run(mut self, mut rx: mpsc::Receiver<SwapRequest>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<SwapRequest>) {
         while let Some(req) = rx.recv().await {
             let report = self.handle(&req.target).await;
             metrics::counter!("emostream_model_swaps_total", "result" => report.result.as_str(), "trigger" => req.trigger.as_str()).increment(1);

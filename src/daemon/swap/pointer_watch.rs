@@ -9,7 +9,7 @@ use notify::{RecursiveMode, Watcher};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-pub fn spawn(
+pub(crate) fn spawn(
     registry: Registry,
     poll: Duration,
     requests: mpsc::Sender<SwapRequest>,

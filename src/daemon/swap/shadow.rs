@@ -9,13 +9,13 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]
-pub struct Agreement {
-    pub batches: usize,
-    pub comments: usize,
+pub(crate) struct Agreement {
+    pub(crate) batches: usize,
+    pub(crate) comments: usize,
     /// Share of comments whose label sets are identical.
-    pub exact_match: f64,
+    pub(crate) exact_match: f64,
     /// Mean Jaccard similarity of the label sets (two empty sets agree fully).
-    pub mean_jaccard: f64,
+    pub(crate) mean_jaccard: f64,
 }
 
 struct Run {
@@ -44,7 +44,7 @@ impl Run {
 
 /// The shadow slot the inference workers look at after each batch.
 #[derive(Default)]
-pub struct Shadow {
+pub(crate) struct Shadow {
     slot: Mutex<Option<Run>>,
 }
 
@@ -61,7 +61,7 @@ fn jaccard(a: &[usize], b: &[usize]) -> f64 {
 impl Shadow {
     /// Starts shadowing `candidate` on one batch in `every` until `batches` were compared; the
     /// receiver gets the agreement then.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         candidate: Arc<Generation>,
         batches: usize,
@@ -83,7 +83,7 @@ impl Shadow {
     }
 
     /// Ends the shadow run (if any) and returns what it measured so far.
-    pub fn stop(&self) -> Option<Agreement> {
+    pub(crate) fn stop(&self) -> Option<Agreement> {
         self.slot
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -92,7 +92,7 @@ impl Shadow {
     }
 
     /// Called by worker `worker` after the active model scored `items`.
-    pub fn observe(
+    pub(crate) fn observe(
         &self,
         worker: usize,
         active: &Generation,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
 pub struct Example {
-    pub id: String,
     pub text: String,
     /// Label indices that are on.
     pub labels: Vec<usize>,
@@ -52,7 +51,8 @@ impl Split {
                 continue;
             }
             let mut f = line.split('\t');
-            let (Some(t), Some(l), Some(id)) = (f.next(), f.next(), f.next()) else {
+            // The third field is the comment id, which nothing here needs.
+            let (Some(t), Some(l), Some(_)) = (f.next(), f.next(), f.next()) else {
                 bail!(
                     "{}:{}: expected 3 tab-separated fields",
                     path.display(),
@@ -74,7 +74,6 @@ impl Split {
                 labels.push(i);
             }
             examples.push(Example {
-                id: id.to_string(),
                 text: t.to_string(),
                 labels,
             });

@@ -3,4 +3,4 @@
 
 pub mod dataset;
 pub mod scores;
-pub mod thresholds;
+pub(crate) mod thresholds;

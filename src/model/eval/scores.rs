@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LabelMetrics {
     pub label: String,
-    pub precision: f64,
-    pub recall: f64,
-    pub f1: f64,
+    pub(crate) precision: f64,
+    pub(crate) recall: f64,
+    pub(crate) f1: f64,
     pub support: usize,
     pub threshold: f32,
     /// Comments predicted on that are (tp) and are not (fp) labelled so: with `support`, the
@@ -24,8 +24,8 @@ pub struct LabelMetrics {
 pub struct Metrics {
     pub macro_f1: f64,
     pub micro_f1: f64,
-    pub macro_precision: f64,
-    pub macro_recall: f64,
+    pub(crate) macro_precision: f64,
+    pub(crate) macro_recall: f64,
     pub examples: usize,
     pub per_label: Vec<LabelMetrics>,
 }
@@ -47,10 +47,10 @@ impl Counts {
             2.0 * self.tp as f64 / d as f64
         }
     }
-    pub fn precision(&self) -> f64 {
+    pub(crate) fn precision(&self) -> f64 {
         ratio(self.tp, self.tp + self.fp)
     }
-    pub fn recall(&self) -> f64 {
+    pub(crate) fn recall(&self) -> f64 {
         ratio(self.tp, self.tp + self.fn_)
     }
 }
@@ -125,7 +125,7 @@ pub fn evaluate(
     }
 }
 
-pub fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     if x >= 0.0 {
         1.0 / (1.0 + (-x).exp())
     } else {

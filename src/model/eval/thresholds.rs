@@ -4,13 +4,17 @@
 use crate::model::eval::scores::{evaluate, label_counts};
 
 /// Candidate thresholds: 0.01 .. 0.99 in steps of 0.01.
-pub fn grid() -> Vec<f32> {
+pub(crate) fn grid() -> Vec<f32> {
     (1..100).map(|i| i as f32 / 100.0).collect()
 }
 
 /// The single threshold that maximises macro-F1 on (scores, targets).
 /// Ties go to the value closest to 0.5.
-pub fn best_global(scores: &[Vec<f32>], targets: &[Vec<bool>], num_labels: usize) -> (f32, f64) {
+pub(crate) fn best_global(
+    scores: &[Vec<f32>],
+    targets: &[Vec<bool>],
+    num_labels: usize,
+) -> (f32, f64) {
     let names: Vec<String> = (0..num_labels).map(|i| i.to_string()).collect();
     let mut best = (0.5f32, f64::MIN);
     for t in grid() {
@@ -26,7 +30,7 @@ pub fn best_global(scores: &[Vec<f32>], targets: &[Vec<bool>], num_labels: usize
 
 /// Per label, the threshold maximising that label's F1; a label whose best F1 is 0
 /// (no positives on dev) keeps `fallback`.
-pub fn best_per_label(
+pub(crate) fn best_per_label(
     scores: &[Vec<f32>],
     targets: &[Vec<bool>],
     num_labels: usize,

@@ -19,17 +19,17 @@ pub enum Arch {
 
 impl Arch {
     /// Prefix of encoder parameters in Hugging Face `*ForSequenceClassification` checkpoints.
-    pub fn prefix(self) -> &'static str {
+    pub(crate) fn prefix(self) -> &'static str {
         match self {
             Arch::Bert => "bert",
             Arch::Roberta => "roberta",
             Arch::Distilbert => "distilbert",
         }
     }
-    pub fn has_token_types(self) -> bool {
+    pub(crate) fn has_token_types(self) -> bool {
         matches!(self, Arch::Bert)
     }
-    pub fn model_type(self) -> &'static str {
+    pub(crate) fn model_type(self) -> &'static str {
         match self {
             Arch::Bert => "bert",
             Arch::Roberta => "roberta",
@@ -87,7 +87,7 @@ fn get_f64(v: &Value, keys: &[&str], default: f64) -> f64 {
 }
 
 impl EncoderConfig {
-    pub fn head_dim(&self) -> usize {
+    pub(crate) fn head_dim(&self) -> usize {
         self.hidden_size / self.num_heads
     }
 

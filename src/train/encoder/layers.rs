@@ -5,12 +5,12 @@ use crate::train::rng::SplitMix64;
 use candle_core::{DType, Result, Tensor, D};
 
 /// `x @ w^T + b` for 2-D `x` `[n, in]`, `w` `[out, in]`.
-pub fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     x.matmul(&w.t()?)?.broadcast_add(b)
 }
 
 /// Layer normalisation over the last dimension.
-pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
+pub(crate) fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result<Tensor> {
     let mean = x.mean_keepdim(D::Minus1)?;
     let centered = x.broadcast_sub(&mean)?;
     let var = centered.sqr()?.mean_keepdim(D::Minus1)?;
@@ -20,7 +20,7 @@ pub fn layer_norm(x: &Tensor, gamma: &Tensor, beta: &Tensor, eps: f64) -> Result
 
 /// Softmax over the last dimension. The max is detached: subtracting any constant leaves
 /// softmax unchanged, so the gradient is exact.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
     let max = x.max_keepdim(D::Minus1)?.detach();
     let e = x.broadcast_sub(&max)?.exp()?;
     e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
@@ -32,12 +32,12 @@ pub struct DropoutRng {
 }
 
 impl DropoutRng {
-    pub fn new(rng: SplitMix64) -> Self {
+    pub(crate) fn new(rng: SplitMix64) -> Self {
         DropoutRng { rng }
     }
 
     /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1-p).
-    pub fn apply(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+    pub(crate) fn apply(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }
@@ -68,7 +68,11 @@ impl DropoutRng {
     }
 }
 
-pub fn maybe_dropout(x: &Tensor, p: f32, rng: &mut Option<&mut DropoutRng>) -> Result<Tensor> {
+pub(crate) fn maybe_dropout(
+    x: &Tensor,
+    p: f32,
+    rng: &mut Option<&mut DropoutRng>,
+) -> Result<Tensor> {
     match rng {
         Some(r) => r.apply(x, p),
         None => Ok(x.clone()),

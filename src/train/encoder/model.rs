@@ -10,11 +10,11 @@ use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 /// Additive attention bias for padded keys (the value ONNX Runtime's Attention op uses too).
-pub const MASK_FILTER_VALUE: f64 = -10000.0;
+pub(crate) const MASK_FILTER_VALUE: f64 = -10000.0;
 
 /// Position ids for a padded batch: 0.. for BERT/DistilBERT; for RoBERTa, Hugging Face's
 /// `create_position_ids_from_input_ids`: pad + cumulative count of non-pad tokens, pad for pads.
-pub fn position_ids(cfg: &EncoderConfig, b: &PaddedBatch) -> Vec<u32> {
+pub(crate) fn position_ids(cfg: &EncoderConfig, b: &PaddedBatch) -> Vec<u32> {
     let mut out = Vec::with_capacity(b.input_ids.len());
     for row in 0..b.batch {
         let ids = &b.input_ids[row * b.seq..(row + 1) * b.seq];

@@ -4,40 +4,33 @@
 use super::config::{Arch, EncoderConfig};
 
 /// Names (without `.weight`/`.bias`) of one transformer layer's sub-modules.
-pub struct LayerNames {
-    pub query: String,
-    pub key: String,
-    pub value: String,
-    pub attn_out: String,
-    pub attn_norm: String,
-    pub ffn_in: String,
-    pub ffn_out: String,
-    pub ffn_norm: String,
+pub(crate) struct LayerNames {
+    pub(crate) query: String,
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) attn_out: String,
+    pub(crate) attn_norm: String,
+    pub(crate) ffn_in: String,
+    pub(crate) ffn_out: String,
+    pub(crate) ffn_norm: String,
 }
 
-pub struct EmbeddingNames {
-    pub word: String,
-    pub position: String,
+pub(crate) struct EmbeddingNames {
+    pub(crate) word: String,
+    pub(crate) position: String,
     /// Absent for DistilBERT.
-    pub token_type: Option<String>,
-    pub norm: String,
+    pub(crate) token_type: Option<String>,
+    pub(crate) norm: String,
 }
 
 /// The classification head: an optional hidden dense layer then the output projection.
 pub struct HeadNames {
     /// BERT: pooler (tanh); RoBERTa: classifier.dense (tanh); DistilBERT: pre_classifier (relu).
     pub dense: String,
-    pub dense_activation: HeadActivation,
     pub out: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadActivation {
-    Tanh,
-    Relu,
-}
-
-pub fn embeddings(arch: Arch) -> EmbeddingNames {
+pub(crate) fn embeddings(arch: Arch) -> EmbeddingNames {
     let p = arch.prefix();
     EmbeddingNames {
         word: format!("{p}.embeddings.word_embeddings"),
@@ -48,7 +41,7 @@ pub fn embeddings(arch: Arch) -> EmbeddingNames {
     }
 }
 
-pub fn layer(arch: Arch, i: usize) -> LayerNames {
+pub(crate) fn layer(arch: Arch, i: usize) -> LayerNames {
     let p = arch.prefix();
     match arch {
         Arch::Distilbert => {
@@ -84,17 +77,14 @@ pub fn head(arch: Arch) -> HeadNames {
     match arch {
         Arch::Bert => HeadNames {
             dense: "bert.pooler.dense".into(),
-            dense_activation: HeadActivation::Tanh,
             out: "classifier".into(),
         },
         Arch::Roberta => HeadNames {
             dense: "classifier.dense".into(),
-            dense_activation: HeadActivation::Tanh,
             out: "classifier.out_proj".into(),
         },
         Arch::Distilbert => HeadNames {
             dense: "pre_classifier".into(),
-            dense_activation: HeadActivation::Relu,
             out: "classifier".into(),
         },
     }
@@ -141,7 +131,7 @@ pub fn all(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
 
 /// Maps a name found in a Hugging Face checkpoint to this layout's name, if it belongs to it.
 /// Handles bare `BertModel` checkpoints (no `bert.` prefix) and old `gamma`/`beta` names.
-pub fn normalize(arch: Arch, name: &str) -> String {
+pub(crate) fn normalize(arch: Arch, name: &str) -> String {
     let mut n = name.to_string();
     if let Some(s) = n.strip_suffix(".gamma") {
         n = format!("{s}.weight");

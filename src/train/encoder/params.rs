@@ -18,7 +18,7 @@ impl Params {
     /// Loads every parameter of `cfg`'s layout from tensors keyed by Hugging Face names.
     /// Head parameters missing from the checkpoint are drawn from N(0, 0.02) (biases 0) with `seed`;
     /// any other missing parameter is an error.
-    pub fn from_tensors(
+    pub(crate) fn from_tensors(
         cfg: &EncoderConfig,
         found: HashMap<String, Tensor>,
         dtype: DType,
@@ -77,7 +77,7 @@ impl Params {
             .with_context(|| format!("in {}", path.display()))
     }
 
-    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save_safetensors(&self, path: &Path) -> Result<()> {
         let map: HashMap<String, Tensor> = self
             .vars
             .iter()
@@ -88,12 +88,8 @@ impl Params {
     }
 
     /// Excludes a parameter from training: `get` returns it detached, so no gradient is built.
-    pub fn freeze(&mut self, name: &str) {
+    pub(crate) fn freeze(&mut self, name: &str) {
         self.frozen.insert(name.to_string());
-    }
-
-    pub fn is_frozen(&self, name: &str) -> bool {
-        self.frozen.contains(name)
     }
 
     /// The parameter `name` (`prefix.weight` etc.) as a tensor in the autograd graph.
@@ -114,7 +110,7 @@ impl Params {
     }
 
     /// Trainable parameters in name order.
-    pub fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
+    pub(crate) fn trainable(&self) -> impl Iterator<Item = (&String, &Var)> {
         self.vars.iter().filter(|(k, _)| !self.frozen.contains(*k))
     }
 
@@ -124,20 +120,5 @@ impl Params {
 
     pub fn count(&self) -> usize {
         self.vars.values().map(|v| v.elem_count()).sum()
-    }
-
-    /// Copies every parameter into `dtype` (tests use f64 for finite differences).
-    pub fn to_dtype(&self, dtype: DType) -> Result<Params> {
-        let mut vars = BTreeMap::new();
-        for (k, v) in &self.vars {
-            vars.insert(
-                k.clone(),
-                Var::from_tensor(&v.as_tensor().to_dtype(dtype)?)?,
-            );
-        }
-        Ok(Params {
-            vars,
-            frozen: self.frozen.clone(),
-        })
     }
 }

@@ -3,18 +3,18 @@
 
 use super::proto::*;
 
-pub const MS: &str = "com.microsoft";
+pub(crate) const MS: &str = "com.microsoft";
 
 #[derive(Default)]
-pub struct GraphBuilder {
-    pub nodes: Vec<NodeProto>,
-    pub initializers: Vec<TensorProto>,
-    pub inputs: Vec<ValueInfoProto>,
-    pub outputs: Vec<ValueInfoProto>,
+pub(crate) struct GraphBuilder {
+    pub(crate) nodes: Vec<NodeProto>,
+    pub(crate) initializers: Vec<TensorProto>,
+    pub(crate) inputs: Vec<ValueInfoProto>,
+    pub(crate) outputs: Vec<ValueInfoProto>,
     counter: usize,
 }
 
-pub fn attr_i(name: &str, v: i64) -> AttributeProto {
+pub(crate) fn attr_i(name: &str, v: i64) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         i: v,
@@ -22,7 +22,7 @@ pub fn attr_i(name: &str, v: i64) -> AttributeProto {
         ..Default::default()
     }
 }
-pub fn attr_f(name: &str, v: f32) -> AttributeProto {
+pub(crate) fn attr_f(name: &str, v: f32) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         f: v,
@@ -30,7 +30,7 @@ pub fn attr_f(name: &str, v: f32) -> AttributeProto {
         ..Default::default()
     }
 }
-pub fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
+pub(crate) fn attr_ints(name: &str, v: &[i64]) -> AttributeProto {
     AttributeProto {
         name: name.into(),
         ints: v.to_vec(),
@@ -53,7 +53,7 @@ fn dims_proto(dims: &[&str]) -> TensorShapeProto {
     }
 }
 
-pub fn value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
+pub(crate) fn value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
     ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
@@ -66,17 +66,17 @@ pub fn value_info(name: &str, elem_type: i32, dims: &[&str]) -> ValueInfoProto {
 }
 
 impl GraphBuilder {
-    pub fn input(&mut self, name: &str, elem_type: i32, dims: &[&str]) -> String {
+    pub(crate) fn input(&mut self, name: &str, elem_type: i32, dims: &[&str]) -> String {
         self.inputs.push(value_info(name, elem_type, dims));
         name.to_string()
     }
 
-    pub fn output(&mut self, name: &str, elem_type: i32, dims: &[&str]) {
+    pub(crate) fn output(&mut self, name: &str, elem_type: i32, dims: &[&str]) {
         self.outputs.push(value_info(name, elem_type, dims));
     }
 
     /// Adds a node with `n_out` generated outputs (named after `tag`) and returns their names.
-    pub fn node_n(
+    pub(crate) fn node_n(
         &mut self,
         op: &str,
         domain: &str,
@@ -100,7 +100,7 @@ impl GraphBuilder {
         outputs
     }
 
-    pub fn node(
+    pub(crate) fn node(
         &mut self,
         op: &str,
         inputs: &[&str],
@@ -110,7 +110,7 @@ impl GraphBuilder {
         self.node_n(op, "", inputs, 1, attrs, tag).remove(0)
     }
 
-    pub fn ms_node(
+    pub(crate) fn ms_node(
         &mut self,
         op: &str,
         inputs: &[&str],
@@ -121,7 +121,7 @@ impl GraphBuilder {
     }
 
     /// Renames the last node's first output (used for graph outputs).
-    pub fn rename_last_output(&mut self, to: &str) {
+    pub(crate) fn rename_last_output(&mut self, to: &str) {
         let n = self.nodes.last_mut().expect("a node");
         n.output[0] = to.to_string();
     }
@@ -137,7 +137,7 @@ impl GraphBuilder {
         name.to_string()
     }
 
-    pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+    pub(crate) fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
         assert_eq!(
             dims.iter().product::<usize>(),
             data.len(),
@@ -150,7 +150,7 @@ impl GraphBuilder {
             data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         )
     }
-    pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+    pub(crate) fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
         self.init(
             name,
             data_type::INT64,
@@ -158,7 +158,7 @@ impl GraphBuilder {
             data.iter().flat_map(|x| x.to_le_bytes()).collect(),
         )
     }
-    pub fn init_i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
+    pub(crate) fn init_i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
         self.init(
             name,
             data_type::INT8,
@@ -166,7 +166,7 @@ impl GraphBuilder {
             data.iter().map(|&x| x as u8).collect(),
         )
     }
-    pub fn init_u8(&mut self, name: &str, dims: &[usize], data: &[u8]) -> String {
+    pub(crate) fn init_u8(&mut self, name: &str, dims: &[usize], data: &[u8]) -> String {
         self.init(name, data_type::UINT8, dims, data.to_vec())
     }
 }

@@ -1,8 +1,8 @@
 //! ONNX export of the encoder, written in Rust: protobuf schema, graph builder, int8 quantisation.
 
-pub mod builder;
+pub(crate) mod builder;
 pub mod export;
 pub mod proto;
-pub mod quantize;
+pub(crate) mod quantize;
 
 pub use export::{export, to_bytes, Variant};

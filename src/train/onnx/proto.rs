@@ -4,39 +4,39 @@
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ModelProto {
     #[prost(int64, tag = "1")]
-    pub ir_version: i64,
+    pub(crate) ir_version: i64,
     #[prost(string, tag = "2")]
-    pub producer_name: String,
+    pub(crate) producer_name: String,
     #[prost(string, tag = "3")]
-    pub producer_version: String,
+    pub(crate) producer_version: String,
     #[prost(string, tag = "4")]
-    pub domain: String,
+    pub(crate) domain: String,
     #[prost(int64, tag = "5")]
-    pub model_version: i64,
+    pub(crate) model_version: i64,
     #[prost(string, tag = "6")]
-    pub doc_string: String,
+    pub(crate) doc_string: String,
     #[prost(message, optional, tag = "7")]
     pub graph: Option<GraphProto>,
     #[prost(message, repeated, tag = "8")]
-    pub opset_import: Vec<OperatorSetIdProto>,
+    pub(crate) opset_import: Vec<OperatorSetIdProto>,
     #[prost(message, repeated, tag = "14")]
-    pub metadata_props: Vec<StringStringEntryProto>,
+    pub(crate) metadata_props: Vec<StringStringEntryProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct OperatorSetIdProto {
+pub(crate) struct OperatorSetIdProto {
     #[prost(string, tag = "1")]
-    pub domain: String,
+    pub(crate) domain: String,
     #[prost(int64, tag = "2")]
-    pub version: i64,
+    pub(crate) version: i64,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct StringStringEntryProto {
+pub(crate) struct StringStringEntryProto {
     #[prost(string, tag = "1")]
-    pub key: String,
+    pub(crate) key: String,
     #[prost(string, tag = "2")]
-    pub value: String,
+    pub(crate) value: String,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -44,74 +44,71 @@ pub struct GraphProto {
     #[prost(message, repeated, tag = "1")]
     pub node: Vec<NodeProto>,
     #[prost(string, tag = "2")]
-    pub name: String,
+    pub(crate) name: String,
     #[prost(message, repeated, tag = "5")]
     pub initializer: Vec<TensorProto>,
     #[prost(string, tag = "10")]
-    pub doc_string: String,
+    pub(crate) doc_string: String,
     #[prost(message, repeated, tag = "11")]
-    pub input: Vec<ValueInfoProto>,
+    pub(crate) input: Vec<ValueInfoProto>,
     #[prost(message, repeated, tag = "12")]
-    pub output: Vec<ValueInfoProto>,
+    pub(crate) output: Vec<ValueInfoProto>,
     #[prost(message, repeated, tag = "13")]
-    pub value_info: Vec<ValueInfoProto>,
+    pub(crate) value_info: Vec<ValueInfoProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct NodeProto {
     #[prost(string, repeated, tag = "1")]
-    pub input: Vec<String>,
+    pub(crate) input: Vec<String>,
     #[prost(string, repeated, tag = "2")]
-    pub output: Vec<String>,
+    pub(crate) output: Vec<String>,
     #[prost(string, tag = "3")]
-    pub name: String,
+    pub(crate) name: String,
     #[prost(string, tag = "4")]
     pub op_type: String,
     #[prost(message, repeated, tag = "5")]
-    pub attribute: Vec<AttributeProto>,
+    pub(crate) attribute: Vec<AttributeProto>,
     #[prost(string, tag = "6")]
-    pub doc_string: String,
+    pub(crate) doc_string: String,
     #[prost(string, tag = "7")]
-    pub domain: String,
+    pub(crate) domain: String,
 }
 
 /// AttributeProto.AttributeType values.
-pub mod attr_type {
-    pub const FLOAT: i32 = 1;
-    pub const INT: i32 = 2;
-    pub const STRING: i32 = 3;
-    pub const TENSOR: i32 = 4;
-    pub const INTS: i32 = 7;
+pub(crate) mod attr_type {
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const INT: i32 = 2;
+    pub(crate) const INTS: i32 = 7;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct AttributeProto {
+pub(crate) struct AttributeProto {
     #[prost(string, tag = "1")]
-    pub name: String,
+    pub(crate) name: String,
     #[prost(float, tag = "2")]
-    pub f: f32,
+    pub(crate) f: f32,
     #[prost(int64, tag = "3")]
-    pub i: i64,
+    pub(crate) i: i64,
     #[prost(bytes = "vec", tag = "4")]
-    pub s: Vec<u8>,
+    pub(crate) s: Vec<u8>,
     #[prost(message, optional, tag = "5")]
-    pub t: Option<TensorProto>,
+    pub(crate) t: Option<TensorProto>,
     #[prost(float, repeated, tag = "7")]
-    pub floats: Vec<f32>,
+    pub(crate) floats: Vec<f32>,
     #[prost(int64, repeated, tag = "8")]
-    pub ints: Vec<i64>,
+    pub(crate) ints: Vec<i64>,
     #[prost(int32, tag = "20")]
-    pub r#type: i32,
+    pub(crate) r#type: i32,
 }
 
 /// TensorProto.DataType values.
-pub mod data_type {
-    pub const FLOAT: i32 = 1;
-    pub const UINT8: i32 = 2;
-    pub const INT8: i32 = 3;
-    pub const INT32: i32 = 6;
-    pub const INT64: i32 = 7;
-    pub const BOOL: i32 = 9;
+pub(crate) mod data_type {
+    pub(crate) const FLOAT: i32 = 1;
+    pub(crate) const UINT8: i32 = 2;
+    pub(crate) const INT8: i32 = 3;
+    pub(crate) const INT32: i32 = 6;
+    pub(crate) const INT64: i32 = 7;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -119,13 +116,13 @@ pub struct TensorProto {
     #[prost(int64, repeated, tag = "1")]
     pub dims: Vec<i64>,
     #[prost(int32, tag = "2")]
-    pub data_type: i32,
+    pub(crate) data_type: i32,
     #[prost(float, repeated, tag = "4")]
-    pub float_data: Vec<f32>,
+    pub(crate) float_data: Vec<f32>,
     #[prost(int32, repeated, tag = "5")]
-    pub int32_data: Vec<i32>,
+    pub(crate) int32_data: Vec<i32>,
     #[prost(int64, repeated, tag = "7")]
-    pub int64_data: Vec<i64>,
+    pub(crate) int64_data: Vec<i64>,
     #[prost(string, tag = "8")]
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
@@ -133,41 +130,41 @@ pub struct TensorProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct ValueInfoProto {
+pub(crate) struct ValueInfoProto {
     #[prost(string, tag = "1")]
-    pub name: String,
+    pub(crate) name: String,
     #[prost(message, optional, tag = "2")]
-    pub r#type: Option<TypeProto>,
+    pub(crate) r#type: Option<TypeProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TypeProto {
+pub(crate) struct TypeProto {
     #[prost(message, optional, tag = "1")]
-    pub tensor_type: Option<TensorTypeProto>,
+    pub(crate) tensor_type: Option<TensorTypeProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorTypeProto {
+pub(crate) struct TensorTypeProto {
     #[prost(int32, tag = "1")]
-    pub elem_type: i32,
+    pub(crate) elem_type: i32,
     #[prost(message, optional, tag = "2")]
-    pub shape: Option<TensorShapeProto>,
+    pub(crate) shape: Option<TensorShapeProto>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct TensorShapeProto {
+pub(crate) struct TensorShapeProto {
     #[prost(message, repeated, tag = "1")]
-    pub dim: Vec<Dimension>,
+    pub(crate) dim: Vec<Dimension>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct Dimension {
+pub(crate) struct Dimension {
     #[prost(oneof = "DimValue", tags = "1, 2")]
-    pub value: Option<DimValue>,
+    pub(crate) value: Option<DimValue>,
 }
 
 #[derive(Clone, PartialEq, prost::Oneof)]
-pub enum DimValue {
+pub(crate) enum DimValue {
     #[prost(int64, tag = "1")]
     DimValue(i64),
     #[prost(string, tag = "2")]

@@ -4,7 +4,7 @@
 
 /// `w` is `[k, n]` row-major (the MatMul right operand). Returns int8 `[k, n]` and scales `[n]`.
 /// Codes are the integers -levels..=levels.
-pub fn per_column_levels(w: &[f32], k: usize, n: usize, levels: f32) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn per_column_levels(w: &[f32], k: usize, n: usize, levels: f32) -> (Vec<i8>, Vec<f32>) {
     let mut scales = vec![0f32; n];
     for r in 0..k {
         for c in 0..n {
@@ -21,7 +21,7 @@ pub fn per_column_levels(w: &[f32], k: usize, n: usize, levels: f32) -> (Vec<i8>
 }
 
 /// `t` is `[rows, d]`. Returns int8 `[rows, d]` and scales `[rows]`.
-pub fn per_row(t: &[f32], rows: usize, d: usize) -> (Vec<i8>, Vec<f32>) {
+pub(crate) fn per_row(t: &[f32], rows: usize, d: usize) -> (Vec<i8>, Vec<f32>) {
     let mut q = Vec::with_capacity(rows * d);
     let mut scales = Vec::with_capacity(rows);
     for r in 0..rows {
