@@ -80,6 +80,165 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Subscribes to the output topic at its current end and waits for the group to join, so only
+/// events of this run count.
+async fn subscribe_from_end(a: &Args, run: &str) -> Result<StreamConsumer> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("group.id", format!("emostream-loadgen-{run}"))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest")
+        .create()?;
+    consumer.subscribe(&[&a.output_topic])?;
+    let join = Instant::now();
+    while consumer.assignment().map(|t| t.count()).unwrap_or(0) == 0
+        && join.elapsed() < Duration::from_secs(20)
+    {
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
+    Ok(consumer)
+}
+
+/// Produces `a.count` comments (ids `prefix<i>`) at `a.rate` per second (0: at once); the task
+/// ends with the time the last one was acknowledged.
+fn spawn_producer(
+    a: &Args,
+    texts: Vec<String>,
+    prefix: String,
+    started: Instant,
+) -> Result<tokio::task::JoinHandle<Duration>> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &a.brokers)
+        .set("linger.ms", "5")
+        .create()?;
+    let (n, rate, input) = (a.count, a.rate, a.input_topic.clone());
+    Ok(tokio::spawn(async move {
+        let mut futs = Vec::with_capacity(n);
+        for i in 0..n {
+            if rate > 0.0 {
+                let due = started + Duration::from_secs_f64(i as f64 / rate);
+                tokio::time::sleep_until(due.into()).await;
+            }
+            let payload =
+                serde_json::json!({"id": format!("{prefix}{i}"), "text": texts[i % texts.len()]})
+                    .to_string();
+            let key = format!("user{}", i % 1000);
+            loop {
+                match producer.send_result(FutureRecord::to(&input).payload(&payload).key(&key)) {
+                    Ok(f) => {
+                        futs.push(f);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+                }
+            }
+        }
+        for f in futs {
+            let _ = f.await;
+        }
+        started.elapsed()
+    }))
+}
+
+/// What came back: distinct events, duplicates, latencies, label counts, samples, and the
+/// (seconds since start, model version) of each distinct event for the swap summary.
+#[derive(Default)]
+struct Tally {
+    seen: HashSet<String>,
+    dup: usize,
+    latency: Vec<f64>,
+    top: BTreeMap<String, usize>,
+    samples: Vec<serde_json::Value>,
+    arrivals: Vec<(f64, String)>,
+}
+
+impl Tally {
+    /// Counts one event of this run; false if it is not one (or a duplicate).
+    fn record(
+        &mut self,
+        v: &serde_json::Value,
+        prefix: &str,
+        started: Instant,
+        keep: usize,
+    ) -> bool {
+        let Some(id) = v["id"].as_str().filter(|id| id.starts_with(prefix)) else {
+            return false;
+        };
+        if !self.seen.insert(id.to_string()) {
+            self.dup += 1;
+            return false;
+        }
+        self.arrivals.push((
+            started.elapsed().as_secs_f64(),
+            v["model"]["version"].as_str().unwrap_or("?").to_string(),
+        ));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
+            self.latency.push((now_ms - ts) as f64 / 1000.0);
+        }
+        for l in v["labels"].as_array().into_iter().flatten() {
+            *self
+                .top
+                .entry(l["label"].as_str().unwrap_or("?").to_string())
+                .or_default() += 1;
+        }
+        if self.samples.len() < keep {
+            self.samples.push(v.clone());
+        }
+        true
+    }
+
+    fn top(&self, k: usize) -> String {
+        let mut t: Vec<(&String, &usize)> = self.top.iter().collect();
+        t.sort_by(|x, y| y.1.cmp(x.1));
+        t.iter()
+            .take(k)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn print_summary(&mut self, n: usize, produced_in: Duration, total: f64) {
+        self.latency.sort_by(f64::total_cmp);
+        println!("\nproduced {n} comments in {:.1} s; received {} distinct events ({} duplicates) in {total:.1} s", produced_in.as_secs_f64(), self.seen.len(), self.dup);
+        println!(
+            "end-to-end throughput: {:.0} comments/s",
+            self.seen.len() as f64 / total
+        );
+        println!(
+            "latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
+            pct(&self.latency, 0.5),
+            pct(&self.latency, 0.99),
+            pct(&self.latency, 1.0)
+        );
+        println!("top emotions: {}", self.top(8));
+        for s in &self.samples {
+            let labels: Vec<String> = s["labels"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|l| {
+                    format!(
+                        "{} {:.2}",
+                        l["label"].as_str().unwrap_or("?"),
+                        l["score"].as_f64().unwrap_or(0.0)
+                    )
+                })
+                .collect();
+            println!(
+                "event {} (partition {}, offset {}): [{}]",
+                s["id"],
+                s["source"]["partition"],
+                s["source"]["offset"],
+                labels.join(", ")
+            );
+        }
+        swap_summary(&self.arrivals);
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
@@ -98,183 +257,41 @@ async fn main() -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
-
-    // Read events from the end of the output topic as it is now, so only this run counts.
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.brokers)
-        .set("group.id", format!("emostream-loadgen-{run}"))
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "latest")
-        .create()?;
-    consumer.subscribe(&[&a.output_topic])?;
-    // Let the group join before producing, so "latest" is before our first event.
-    let join = Instant::now();
-    while consumer.assignment().map(|t| t.count()).unwrap_or(0) == 0
-        && join.elapsed() < Duration::from_secs(20)
-    {
-        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
-    }
-
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &a.brokers)
-        .set("linger.ms", "5")
-        .create()?;
+    let consumer = subscribe_from_end(&a, &run).await?;
     let n = a.count;
-    let texts: Vec<String> = split.examples.iter().map(|e| e.text.clone()).collect();
     let prefix = format!("lg{run}-");
-    let (rate, p2) = (a.rate, prefix.clone());
-    let input = a.input_topic.clone();
+    let texts: Vec<String> = split.examples.iter().map(|e| e.text.clone()).collect();
     let started = Instant::now();
-    let produce = tokio::spawn(async move {
-        let mut futs = Vec::with_capacity(n);
-        for i in 0..n {
-            if rate > 0.0 {
-                let due = started + Duration::from_secs_f64(i as f64 / rate);
-                tokio::time::sleep_until(due.into()).await;
-            }
-            let payload =
-                serde_json::json!({"id": format!("{p2}{i}"), "text": texts[i % texts.len()]})
-                    .to_string();
-            let key = format!("user{}", i % 1000);
-            loop {
-                match producer.send_result(FutureRecord::to(&input).payload(&payload).key(&key)) {
-                    Ok(f) => {
-                        futs.push(f);
-                        break;
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-                }
-            }
-        }
-        for f in futs {
-            let _ = f.await;
-        }
-        started.elapsed()
-    });
+    let produce = spawn_producer(&a, texts, prefix.clone(), started)?;
 
-    let mut seen = HashSet::new();
-    let mut dup = 0usize;
-    let mut latency = Vec::with_capacity(n);
-    let mut top: BTreeMap<String, usize> = BTreeMap::new();
-    let mut samples = Vec::new();
-    let mut last_print = Instant::now();
-    let mut last_count = 0usize;
-    let mut last_progress = Instant::now();
-    let mut first_event: Option<Instant> = None;
-    // (seconds since start, model version) of each distinct event, for the swap summary.
-    let mut arrivals: Vec<(f64, String)> = Vec::with_capacity(n);
-    while seen.len() < n && last_progress.elapsed() < Duration::from_secs(a.idle_timeout) {
-        let msg = match tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
-            Ok(Ok(m)) => m,
-            _ => {
-                if last_print.elapsed() >= Duration::from_secs(1) {
-                    println!(
-                        "[{:>5.1}s] events {:>6}/{n}  (waiting)",
-                        started.elapsed().as_secs_f64(),
-                        seen.len()
-                    );
-                    last_print = Instant::now();
-                }
-                continue;
-            }
+    let mut tally = Tally::default();
+    let (mut last_print, mut last_count, mut last_progress) = (Instant::now(), 0, Instant::now());
+    while tally.seen.len() < n && last_progress.elapsed() < Duration::from_secs(a.idle_timeout) {
+        let event = match tokio::time::timeout(Duration::from_millis(250), consumer.recv()).await {
+            Ok(Ok(m)) => m
+                .payload()
+                .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok()),
+            _ => None,
         };
-        let Some(payload) = msg.payload() else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(payload) else {
-            continue;
-        };
-        let Some(id) = v["id"].as_str() else { continue };
-        if !id.starts_with(&prefix) {
-            continue;
-        }
-        if !seen.insert(id.to_string()) {
-            dup += 1;
-            continue;
-        }
-        first_event.get_or_insert_with(Instant::now);
-        last_progress = Instant::now();
-        arrivals.push((
-            started.elapsed().as_secs_f64(),
-            v["model"]["version"].as_str().unwrap_or("?").to_string(),
-        ));
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis() as i64;
-        if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
-            latency.push((now_ms - ts) as f64 / 1000.0);
-        }
-        for l in v["labels"].as_array().into_iter().flatten() {
-            *top.entry(l["label"].as_str().unwrap_or("?").to_string())
-                .or_default() += 1;
-        }
-        if samples.len() < a.samples {
-            samples.push(v.clone());
+        if event.is_some_and(|v| tally.record(&v, &prefix, started, a.samples)) {
+            last_progress = Instant::now();
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             let secs = last_print.elapsed().as_secs_f64();
-            let mut t: Vec<(&String, &usize)> = top.iter().collect();
-            t.sort_by(|x, y| y.1.cmp(x.1));
-            let tops: Vec<String> = t.iter().take(5).map(|(k, v)| format!("{k} {v}")).collect();
             println!(
                 "[{:>5.1}s] events {:>6}/{n}  {:>6.0}/s  top: {}",
                 started.elapsed().as_secs_f64(),
-                seen.len(),
-                (seen.len() - last_count) as f64 / secs,
-                tops.join(", ")
+                tally.seen.len(),
+                (tally.seen.len() - last_count) as f64 / secs,
+                tally.top(5)
             );
-            last_print = Instant::now();
-            last_count = seen.len();
+            (last_print, last_count) = (Instant::now(), tally.seen.len());
         }
     }
     let produced_in = produce.await?;
-    let total = started.elapsed().as_secs_f64();
-    latency.sort_by(f64::total_cmp);
-    println!("\nproduced {n} comments in {:.1} s; received {} distinct events ({dup} duplicates) in {total:.1} s", produced_in.as_secs_f64(), seen.len());
-    println!(
-        "end-to-end throughput: {:.0} comments/s",
-        seen.len() as f64 / total
-    );
-    println!(
-        "latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-        pct(&latency, 0.5),
-        pct(&latency, 0.99),
-        pct(&latency, 1.0)
-    );
-    let mut t: Vec<(&String, &usize)> = top.iter().collect();
-    t.sort_by(|x, y| y.1.cmp(x.1));
-    println!(
-        "top emotions: {}",
-        t.iter()
-            .take(8)
-            .map(|(k, v)| format!("{k} {v}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for s in &samples {
-        let labels: Vec<String> = s["labels"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|l| {
-                format!(
-                    "{} {:.2}",
-                    l["label"].as_str().unwrap_or("?"),
-                    l["score"].as_f64().unwrap_or(0.0)
-                )
-            })
-            .collect();
-        println!(
-            "event {} (partition {}, offset {}): [{}]",
-            s["id"],
-            s["source"]["partition"],
-            s["source"]["offset"],
-            labels.join(", ")
-        );
-    }
-    swap_summary(&arrivals);
-    if seen.len() < n {
-        anyhow::bail!("only {} of {n} events arrived", seen.len());
+    tally.print_summary(n, produced_in, started.elapsed().as_secs_f64());
+    if tally.seen.len() < n {
+        anyhow::bail!("only {} of {n} events arrived", tally.seen.len());
     }
     Ok(())
 }
