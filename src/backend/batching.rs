@@ -52,7 +52,7 @@ pub(crate) fn in_length_order<T>(
 
 /// Splits a length-sorted batch into sub-batches so each pads little: a sub-batch closes when
 /// adding the next (longer) row would make padding exceed a quarter of its tokens.
-pub(crate) fn sub_batches(lengths_sorted: &[usize]) -> Vec<Range<usize>> {
+fn sub_batches(lengths_sorted: &[usize]) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     let mut real = 0usize;

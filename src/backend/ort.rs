@@ -69,7 +69,7 @@ impl Default for RuntimeOptions {
 }
 
 /// The ONNX Runtime library this process will load.
-pub(crate) fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
+fn library_path(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit.filter(|p| !p.as_os_str().is_empty()) {
         return Ok(p.to_path_buf());
     }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-pub(crate) type TopicPartition = (String, i32);
+type TopicPartition = (String, i32);
 
 #[derive(Debug, Default)]
 struct Partition {
@@ -23,12 +23,12 @@ struct Partition {
 }
 
 #[derive(Debug, Default)]
-pub(crate) struct OffsetTracker {
+struct OffsetTracker {
     parts: HashMap<TopicPartition, Partition>,
 }
 
 impl OffsetTracker {
-    pub(crate) fn track(&mut self, tp: &TopicPartition, offset: i64) {
+    fn track(&mut self, tp: &TopicPartition, offset: i64) {
         let p = self.parts.entry(tp.clone()).or_default();
         p.pending.insert(offset, Instant::now());
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
@@ -42,7 +42,7 @@ impl OffsetTracker {
     }
 
     /// The offset to commit (Kafka semantics: the next offset to read) for a partition.
-    pub(crate) fn commit_point(&self, tp: &TopicPartition) -> Option<i64> {
+    fn commit_point(&self, tp: &TopicPartition) -> Option<i64> {
         let p = self.parts.get(tp)?;
         p.pending.keys().next().copied().or(p.next)
     }

@@ -154,7 +154,7 @@ async fn post_rollback(State(s): State<AdminState>) -> Response {
     swap_to(&s, Target::Rollback).await
 }
 
-pub(crate) fn router(state: AdminState) -> Router {
+fn router(state: AdminState) -> Router {
     let admin = Router::new()
         .route("/admin/model", get(get_model).post(post_model))
         .route("/admin/model/rollback", post(post_rollback))

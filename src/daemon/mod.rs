@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, watch, Notify};
 
 /// The model directory to serve at start-up: the registry's `ACTIVE` version when there is a
 /// registry with a pointer, else `model.dir`. Also returns the registry and the pointer read.
-pub(crate) fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
+fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
     if s.registry.root.is_empty() {
         return Ok((None, None, s.model.dir.clone()));
     }
@@ -55,7 +55,7 @@ pub(crate) fn initial_model(s: &Settings) -> Result<(Option<Registry>, Option<St
 }
 
 /// Loads and validates the first model generation with `workers` sessions.
-pub(crate) fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<Generation> {
+fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<Generation> {
     let expect = Expectations {
         labels: None,
         label_map: BTreeMap::new(),

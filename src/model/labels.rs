@@ -22,7 +22,7 @@ pub fn over_threshold(ranked: &[usize], scores: &[f32], thresholds: &[f32]) -> V
 use std::path::Path;
 
 /// Label names in GoEmotions index order (line i of the dataset's labels.txt).
-pub(crate) const GOEMOTIONS: [&str; 28] = [
+const GOEMOTIONS: [&str; 28] = [
     "admiration",
     "amusement",
     "anger",

@@ -21,7 +21,7 @@ pub struct AdamWConfig {
 }
 
 /// Learning rate at `step` (1-based): linear warm-up to `lr`, then linear decay to 0.
-pub(crate) fn lr_at(cfg: &AdamWConfig, step: u64) -> f64 {
+fn lr_at(cfg: &AdamWConfig, step: u64) -> f64 {
     if step <= cfg.warmup_steps && cfg.warmup_steps > 0 {
         return cfg.lr * step as f64 / cfg.warmup_steps as f64;
     }

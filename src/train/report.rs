@@ -36,7 +36,7 @@ fn register_font() -> Result<()> {
 }
 
 /// Training loss and dev macro-F1 against optimiser steps, side by side.
-pub(crate) fn plot_curves(state: &TrainState, path: &Path) -> Result<()> {
+fn plot_curves(state: &TrainState, path: &Path) -> Result<()> {
     register_font()?;
     let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;

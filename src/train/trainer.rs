@@ -104,7 +104,7 @@ fn one() -> usize {
     1
 }
 
-pub(crate) const LOSS_POINT_EVERY: u64 = 20;
+const LOSS_POINT_EVERY: u64 = 20;
 
 fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     let tmp = path.with_extension("json.tmp");
@@ -266,7 +266,7 @@ impl Trainer {
         })
     }
 
-    pub(crate) fn batches_per_epoch(&self) -> usize {
+    fn batches_per_epoch(&self) -> usize {
         self.train_rows.len().div_ceil(self.cfg.batch_size)
     }
 
@@ -355,7 +355,7 @@ impl Trainer {
     }
 
     /// Dev scores with the current parameters.
-    pub(crate) fn dev_scores(&self) -> Result<Vec<Vec<f32>>> {
+    fn dev_scores(&self) -> Result<Vec<Vec<f32>>> {
         predict::scores(
             &self.encoder,
             &self.params,
@@ -366,7 +366,7 @@ impl Trainer {
         )
     }
 
-    pub(crate) fn evaluate_dev(&mut self) -> Result<DevPoint> {
+    fn evaluate_dev(&mut self) -> Result<DevPoint> {
         let scores = self.dev_scores()?;
         let l = self.labels.len();
         let at_half = evaluate(
@@ -422,7 +422,7 @@ impl Trainer {
     }
 
     /// Writes the latest state atomically (a temporary directory renamed over the old one).
-    pub(crate) fn save_checkpoint(&self) -> Result<()> {
+    fn save_checkpoint(&self) -> Result<()> {
         let ck = self.dir.join("checkpoint");
         let tmp = self.dir.join("checkpoint.tmp");
         let _ = std::fs::remove_dir_all(&tmp);

@@ -6,7 +6,7 @@ use crate::model::dir::ModelRef;
 use crate::model::labels::{over_threshold, ranked};
 use serde::Serialize;
 
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+const SCHEMA_VERSION: u32 = 1;
 
 /// Where the comment came from.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, Mutex};
 
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
-pub(crate) fn label_batch(
+fn label_batch(
     worker: usize,
     batch: Batch,
     out: &OutputSettings,

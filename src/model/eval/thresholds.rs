@@ -4,7 +4,7 @@
 use crate::model::eval::scores::{evaluate, label_counts};
 
 /// Candidate thresholds: 0.01 .. 0.99 in steps of 0.01.
-pub(crate) fn grid() -> Vec<f32> {
+fn grid() -> Vec<f32> {
     (1..100).map(|i| i as f32 / 100.0).collect()
 }
 

@@ -37,7 +37,7 @@ impl DropoutRng {
     }
 
     /// Inverted dropout: zeroes each element with probability `p`, scales the rest by 1/(1-p).
-    pub(crate) fn apply(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
+    fn apply(&mut self, x: &Tensor, p: f32) -> Result<Tensor> {
         if p <= 0.0 {
             return Ok(x.clone());
         }

@@ -18,7 +18,7 @@ impl Params {
     /// Loads every parameter of `cfg`'s layout from tensors keyed by Hugging Face names.
     /// Head parameters missing from the checkpoint are drawn from N(0, 0.02) (biases 0) with `seed`;
     /// any other missing parameter is an error.
-    pub(crate) fn from_tensors(
+    fn from_tensors(
         cfg: &EncoderConfig,
         found: HashMap<String, Tensor>,
         dtype: DType,

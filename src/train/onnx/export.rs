@@ -35,9 +35,9 @@ impl Variant {
 }
 
 /// The default-domain opset of fp32 graphs.
-pub(crate) const OPSET: i64 = 17;
+const OPSET: i64 = 17;
 /// int8 graphs use opset 21 for blocked (per-token) QuantizeLinear.
-pub(crate) const OPSET_INT8: i64 = 21;
+const OPSET_INT8: i64 = 21;
 
 struct Exporter<'a> {
     g: GraphBuilder,
