@@ -64,18 +64,6 @@ fn load_first(s: &Settings, dir: &Path, workers: usize) -> Result<Generation> {
         .with_context(|| format!("loading model {}", dir.display()))
 }
 
-fn producer(s: &Settings) -> Result<FutureProducer> {
-    let mut c = kafka::client::client_config(s);
-    c.set("acks", "all")
-        .set("enable.idempotence", "true")
-        .set("message.timeout.ms", s.kafka.produce_timeout_ms.to_string())
-        .set("linger.ms", "5");
-    for (k, v) in &s.kafka.producer_properties {
-        c.set(k, v);
-    }
-    c.create().context("creating Kafka producer")
-}
-
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -183,7 +171,7 @@ pub async fn run(s: Settings) -> Result<()> {
     swap::set_model_info(&model, true);
     let (active_tx, active_rx) = watch::channel(Arc::new(model));
     let shadow = Arc::new(Shadow::default());
-    let producer = producer(&s)?;
+    let producer = kafka::client::producer(&s)?;
     let swapping = start_swapping(
         &s,
         &registry,
