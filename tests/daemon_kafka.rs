@@ -306,7 +306,22 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     let records = comments(n, 50);
     produce(&input, &records);
     let env = daemon_env(&group, &input, &output, &dlq, &model);
-    let mut first = spawn_daemon(&env);
+    // The first daemon never reaches its periodic commit, so everything it did is in flight
+    // (labelled, not committed) when it dies: the restart must take all of it up again.
+    let mut first_env = env.clone();
+    first_env.push((
+        "EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(),
+        "600000".into(),
+    ));
+    // A short group session, so the restarted daemon need not wait the default 45 s for the
+    // coordinator to give up on the dead one.
+    let cfg = tmp.path().join("session.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    )
+    .unwrap();
+    let mut first = spawn_daemon_with(&first_env, Some(&cfg));
     let partial = read_until(&output, Duration::from_secs(120), |r| r.len() >= 600);
     assert!(
         partial.len() >= 600,
@@ -315,9 +330,17 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     );
     first.kill().unwrap(); // SIGKILL: no flush, no final commit
     first.wait().unwrap();
-    let mut second = spawn_daemon(&env);
+    assert_eq!(
+        committed(&group, &input, 3),
+        vec![-1, -1, -1],
+        "work was in flight at the kill"
+    );
+    let mut second = spawn_daemon_with(&env, Some(&cfg));
+    // Every id out, and the restarted daemon has committed to the end (it re-read and
+    // re-labelled what the first one had not committed).
     let all = read_until(&output, Duration::from_secs(300), |r| {
         r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
+            && committed(&group, &input, 3) == end_offsets(&input, 3)
     });
     let ids: HashSet<String> = all.iter().map(event_id).collect();
     for i in 0..n {
@@ -327,6 +350,10 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
         "after kill -9 and restart: {} events for {n} ids ({} duplicates)",
         all.len(),
         all.len() - ids.len()
+    );
+    assert!(
+        all.len() - ids.len() >= partial.len(),
+        "what the killed daemon labelled is labelled again"
     );
     sigterm(&second);
     assert!(wait_exit(&mut second, Duration::from_secs(40))
