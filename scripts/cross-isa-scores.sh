@@ -6,16 +6,18 @@
 # emulated AVX2 predictions reproduce the card's per-label counts. tests/shipped_model.rs
 # takes its tolerance from this table.
 #
-#   scripts/cross-isa-scores.sh [MODEL_DIR] [RANDOM_COMMENTS]
+#   scripts/cross-isa-scores.sh [MODEL_DIR] [FIRST_COMMENTS] [LOGIT_WINDOW]
 #
-# Emulation runs ~1.5 comments/s, so besides the first RANDOM_COMMENTS (default 473) only the
-# comments with a score within 0.006 of a threshold are emulated: they are the ones whose
-# predictions can move. Needs Debian's qemu-user (apt-get install qemu-user).
+# Emulation runs ~2 comments/s, so besides the first FIRST_COMMENTS of test.tsv (default 473;
+# the file is in no particular order) only the comments with a logit within LOGIT_WINDOW
+# (default 0.14, twice the largest move measured) of a threshold are emulated: they are the
+# ones whose predictions can move. Needs Debian's qemu-user (apt-get install qemu-user).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 model=${1:-models/goemotions-minilm-l6}
-random=${2:-473}
+first=${2:-473}
+window=${3:-0.14}
 data=${EMOSTREAM_DATA:-../shared/data/goemotions}
 command -v qemu-x86_64 >/dev/null || { echo "qemu-x86_64 missing: apt-get install qemu-user" >&2; exit 1; }
 ORT_DYLIB_PATH=$(scripts/setup-ort.sh)
@@ -23,21 +25,24 @@ export ORT_DYLIB_PATH
 cargo build --release --bin emostream >&2
 bin=target/release/emostream
 out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
 cut -f1 "$data/test.tsv" > "$out/texts.txt"
 echo "native: $($bin check-model "$model" | grep '^this machine')" >&2
 "$bin" classify --model "$model" --format text < "$out/texts.txt" > "$out/native.jsonl"
-python3 - "$model" "$out" "$random" <<'PY'
-import json, sys
-model, out, random = sys.argv[1], sys.argv[2], int(sys.argv[3])
+python3 - "$model" "$out" "$first" "$window" <<'PY'
+import json, math, sys
+model, out, first, window = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 card = json.load(open(f"{model}/model.json"))
 names = card["labels"]
 default = card["thresholds"]["default"]
 per = card["thresholds"]["per_label"] or [default] * len(names)
 # Each label's own threshold, the dev-best global one and the reference's 0.15.
-near = lambda s: any(abs(s[n] - t) <= 0.006 for j, n in enumerate(names) for t in (per[j], default, 0.15))
+logit = lambda p: math.log(min(max(p, 1e-9), 1 - 1e-9) / (1 - min(max(p, 1e-9), 1 - 1e-9)))
+near = lambda s: any(abs(logit(s[n]) - logit(t)) <= window
+                     for j, n in enumerate(names) for t in (per[j], default, 0.15))
 texts = open(f"{out}/texts.txt").read().split("\n")
 native = [json.loads(l)["scores"] for l in open(f"{out}/native.jsonl")]
-pick = [i for i, s in enumerate(native) if i < random or near(s)]
+pick = [i for i, s in enumerate(native) if i < first or near(s)]
 open(f"{out}/picked.txt", "w").write("\n".join(map(str, pick)) + "\n")
 open(f"{out}/picked-texts.txt", "w").write("\n".join(texts[i] for i in pick) + "\n")
 print(f"emulating {len(pick)} comments", file=sys.stderr)
@@ -62,12 +67,12 @@ print("x        share of logits that moved by more than x")
 for x in [0, 1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 3e-2, 5e-2]:
     print(f"{x:<8g} {sum(1 for m in moves if m > x) / N:.3e}")
 # The emulated CPU's predictions: emulated scores where measured, native elsewhere (the rest
-# lie farther than 0.006 from every threshold).
+# lie farther than the window from every threshold in logit).
 avx2 = list(native)
 for i, e in zip(pick, emulated):
     avx2[i] = e
 gold = [set(int(x) for x in l.rstrip("\n").split("\t")[1].split(",")) for l in open(test)]
-per = card["thresholds"]["per_label"]
+per = card["thresholds"]["per_label"] or [card["thresholds"]["default"]] * len(names)
 for key, th in [("test", per), ("test_global_0.15", [0.15] * len(names)),
                 ("test_global_dev_best", [card["thresholds"]["default"]] * len(names))]:
     stored = card["metrics"][key]["per_label"]
@@ -80,4 +85,3 @@ for key, th in [("test", per), ("test_global_0.15", [0.15] * len(names)),
                 differ.append(f"{n} tp {tp} vs {stored[j].get('tp')}, fp {fp} vs {stored[j].get('fp')}")
         print(f"{key} {which}: {len(differ)} labels differ from the card {differ}")
 PY
-rm -rf "$out"

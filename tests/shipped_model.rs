@@ -52,6 +52,7 @@ fn card_is_complete_and_the_model_fits_in_thirty_megabytes() {
             eval.measured_on.is_some(),
             "metrics.{key} lacks measured_on"
         );
+        assert_eq!(eval.metrics.per_label.len(), 28, "metrics.{key}.per_label");
         assert!(eval
             .metrics
             .per_label
@@ -125,12 +126,15 @@ fn movable(scores: &[Vec<f32>], label: usize, threshold: f32) -> usize {
         .iter()
         .map(|s| chance_of_moving_more_than((logit(s[label]) - at).abs()))
         .sum();
-    let (mut k, mut p) = (0usize, (-expected).exp());
-    let mut below = p;
-    while 1.0 - below > 1e-6 {
+    // The Poisson tail in log space (exp(-expected) underflows for large means); never more
+    // than every comment.
+    let ln_p0 = -expected;
+    let (mut k, mut ln_p) = (0usize, ln_p0);
+    let mut below = ln_p0.exp();
+    while 1.0 - below > 1e-6 && k < scores.len() {
         k += 1;
-        p *= expected / k as f64;
-        below += p;
+        ln_p += expected.ln() - (k as f64).ln();
+        below += ln_p.exp();
     }
     k
 }
@@ -160,6 +164,21 @@ fn max_f1_shift(c: Counts, k: usize) -> f64 {
 /// where more moved than can, with the figures.
 fn beyond_kernel_noise(scores: &[Vec<f32>], here: &Metrics, card: &Metrics) -> Vec<String> {
     let mut bad = Vec::new();
+    if here.per_label.len() != card.per_label.len() {
+        bad.push(format!(
+            "{} labels here, {} in the card",
+            here.per_label.len(),
+            card.per_label.len()
+        ));
+    }
+    let broken = scores
+        .iter()
+        .flatten()
+        .filter(|x| !(x.is_finite() && (0.0..=1.0).contains(*x)))
+        .count();
+    if broken > 0 {
+        bad.push(format!("{broken} scores are not in [0, 1]"));
+    }
     for (j, (h, c)) in here.per_label.iter().zip(&card.per_label).enumerate() {
         let (tp, fp) = (
             c.tp.expect("the card records tp per label"),
@@ -167,12 +186,15 @@ fn beyond_kernel_noise(scores: &[Vec<f32>], here: &Metrics, card: &Metrics) -> V
         );
         let moved = h.tp.unwrap().abs_diff(tp) + h.fp.unwrap().abs_diff(fp);
         let can = movable(scores, j, h.threshold);
-        if h.label != c.label || h.support != c.support || moved > can {
+        // Labels, supports and thresholds are the card's own; only predictions may move.
+        if h.label != c.label || h.support != c.support || h.threshold != c.threshold || moved > can
+        {
             bad.push(format!(
-                "{} (card {}): {moved} predictions moved, {can} may at threshold {}; tp {} vs {tp}, fp {} vs {fp}",
+                "{} (card {}): {moved} predictions moved, {can} may at threshold {} (card {}); tp {} vs {tp}, fp {} vs {fp}",
                 h.label,
                 c.label,
                 h.threshold,
+                c.threshold,
                 h.tp.unwrap(),
                 h.fp.unwrap()
             ));

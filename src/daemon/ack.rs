@@ -9,6 +9,7 @@
 //! point back even when later ones succeed, so nothing is ever skipped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -81,30 +82,20 @@ impl OffsetTracker {
     }
 }
 
-/// Messages and bytes consumed but not yet resolved; the source pauses above its limits.
-#[derive(Debug, Default)]
-struct Budget {
-    messages: usize,
-    bytes: usize,
-}
-
-#[derive(Debug, Default)]
-struct Book {
-    offsets: OffsetTracker,
-    budget: Budget,
-}
-
-/// The offset tracker and the in-flight budget, behind the tokens that resolve them.
+/// The offset tracker and the in-flight budget (messages and bytes consumed, not yet
+/// resolved; the source pauses above its limits), behind the tokens that resolve them.
 #[derive(Debug, Default)]
 pub(crate) struct Ledger {
-    book: Mutex<Book>,
+    offsets: Mutex<OffsetTracker>,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
     /// Signalled whenever a token resolves (the source may resume).
     released: Notify,
 }
 
 impl Ledger {
-    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    fn offsets(&self) -> std::sync::MutexGuard<'_, OffsetTracker> {
+        self.offsets.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Tracks a consumed message and hands out the token that will acknowledge it.
@@ -114,11 +105,10 @@ impl Ledger {
         offset: i64,
         bytes: usize,
     ) -> Ack {
-        let mut b = self.book();
-        b.offsets.track(&partition, offset);
-        b.budget.messages += 1;
-        b.budget.bytes += bytes;
-        publish(&b.budget);
+        self.offsets().track(&partition, offset);
+        let m = self.messages.fetch_add(1, Ordering::SeqCst) + 1;
+        let b = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        publish(m, b);
         Ack {
             ledger: self.clone(),
             partition,
@@ -129,28 +119,25 @@ impl Ledger {
     }
 
     fn resolve(&self, partition: &TopicPartition, offset: i64, bytes: usize, delivered: bool) {
-        {
-            let mut b = self.book();
-            if delivered {
-                b.offsets.ack(partition, offset);
-            }
-            b.budget.messages -= 1;
-            b.budget.bytes -= bytes;
-            publish(&b.budget);
+        if delivered {
+            self.offsets().ack(partition, offset);
         }
+        let m = self.messages.fetch_sub(1, Ordering::SeqCst) - 1;
+        let b = self.bytes.fetch_sub(bytes, Ordering::SeqCst) - bytes;
+        publish(m, b);
         self.released.notify_waiters();
     }
 
     /// At or over either limit: time to pause.
     pub(crate) fn over(&self, max_messages: usize, max_bytes: usize) -> bool {
-        let b = self.book();
-        b.budget.messages >= max_messages || b.budget.bytes >= max_bytes
+        self.messages.load(Ordering::SeqCst) >= max_messages
+            || self.bytes.load(Ordering::SeqCst) >= max_bytes
     }
 
     /// At or below half of both limits: time to resume.
     pub(crate) fn drained(&self, max_messages: usize, max_bytes: usize) -> bool {
-        let b = self.book();
-        b.budget.messages <= max_messages / 2 && b.budget.bytes <= max_bytes / 2
+        self.messages.load(Ordering::SeqCst) <= max_messages / 2
+            && self.bytes.load(Ordering::SeqCst) <= max_bytes / 2
     }
 
     /// Waits until some token resolves.
@@ -159,32 +146,32 @@ impl Ledger {
     }
 
     pub(crate) fn commit_points(&self) -> Vec<(TopicPartition, i64)> {
-        self.book().offsets.commit_points()
+        self.offsets().commit_points()
     }
 
     /// Forgets a revoked partition; its final commit point.
     pub(crate) fn revoke(&self, partition: &TopicPartition) -> Option<i64> {
-        self.book().offsets.remove(partition)
+        self.offsets().remove(partition)
     }
 
     /// Consumed offsets not yet acknowledged.
     pub(crate) fn unacknowledged(&self) -> usize {
-        self.book().offsets.in_flight()
+        self.offsets().in_flight()
     }
 
     /// Messages whose tokens are not resolved yet.
     pub(crate) fn in_flight(&self) -> usize {
-        self.book().budget.messages
+        self.messages.load(Ordering::SeqCst)
     }
 
     pub(crate) fn stalled(&self, age: Duration) -> Vec<(TopicPartition, i64)> {
-        self.book().offsets.stalled(age)
+        self.offsets().stalled(age)
     }
 }
 
-fn publish(b: &Budget) {
-    metrics::gauge!("emostream_in_flight_messages").set(b.messages as f64);
-    metrics::gauge!("emostream_in_flight_bytes").set(b.bytes as f64);
+fn publish(messages: usize, bytes: usize) {
+    metrics::gauge!("emostream_in_flight_messages").set(messages as f64);
+    metrics::gauge!("emostream_in_flight_bytes").set(bytes as f64);
 }
 
 /// A message's acknowledgement. [`Ack::delivered`] once the output or dead-letter topic has

@@ -230,15 +230,23 @@ pub async fn run(s: Settings) -> Result<()> {
 /// the source waits (bounded by `shutdown.timeout_ms`) for the acknowledgements and commits.
 async fn shut_down(s: &Settings, p: Pipeline, swapping: Swapping) {
     p.stop.notify_one();
-    // The source's own wait is bounded by the timeout; the margin covers its final commit.
-    let limit = Duration::from_millis(s.shutdown.timeout_ms) + Duration::from_secs(15);
-    let drained = tokio::time::timeout(limit, async {
-        let _ = p.source.await;
-        let _ = p.batcher.await;
-        let _ = p.sink.await;
-    })
-    .await
-    .is_ok();
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(s.shutdown.timeout_ms);
+    // The source waits for acknowledgements until the same deadline, then commits: a few
+    // seconds more for that commit. The rest of the pipeline gets no longer than the deadline
+    // (a message no topic takes keeps the sink retrying for ever).
+    let committed = tokio::time::timeout_at(deadline + Duration::from_secs(5), p.source)
+        .await
+        .is_ok();
+    if !committed {
+        tracing::warn!("the source did not finish its final commit in time");
+    }
+    let drained = committed
+        && tokio::time::timeout_at(deadline, async {
+            let _ = p.batcher.await;
+            let _ = p.sink.await;
+        })
+        .await
+        .is_ok();
     for t in swapping.tasks {
         t.abort();
     }
@@ -298,15 +306,17 @@ pub async fn classify(s: Settings) -> Result<()> {
     let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
     while let Some(o) = outcome_rx.recv().await {
         match o {
-            Outcome::Labelled { event, .. } => {
+            Outcome::Labelled { event, origin } => {
                 out.write_all(&event).await?;
                 out.write_all(b"\n").await?;
+                origin.ack.delivered();
             }
             Outcome::Rejected(r) => {
                 eprintln!(
                     "{}",
                     serde_json::json!({"line": r.origin.source.offset + 1, "reason": r.reason.as_str(), "detail": r.detail})
                 );
+                r.origin.ack.delivered();
             }
         }
     }

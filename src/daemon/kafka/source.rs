@@ -185,9 +185,15 @@ impl SourceStage {
         }
     }
 
-    /// Waits for the next thing to do: while paused, a released token or a tick (to resume,
-    /// or to pause partitions assigned meanwhile); otherwise the next message.
-    async fn next_turn(&self, paused: &mut bool, tick: &mut tokio::time::Interval) -> Turn {
+    /// Waits for the next thing to do: while paused, a released token or the recheck (to
+    /// resume, or to pause partitions assigned meanwhile); otherwise the next message. The
+    /// commit tick comes either way.
+    async fn next_turn(
+        &self,
+        paused: &mut bool,
+        tick: &mut tokio::time::Interval,
+        recheck: &mut tokio::time::Interval,
+    ) -> Turn {
         let bp = &self.settings.backpressure;
         let (max_messages, max_bytes) = (bp.max_in_flight_messages, bp.max_in_flight_bytes);
         if *paused {
@@ -200,7 +206,9 @@ impl SourceStage {
                     }
                     Turn::Idle
                 }
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                // Its own interval, so neither the commit tick nor a stream of releases can
+                // starve it (a release missed outside this select! would leave us paused).
+                _ = recheck.tick() => {
                     // Partitions assigned while paused start unpaused: pause them too.
                     let resume = self.ledger().drained(max_messages, max_bytes);
                     self.set_paused(paused, !resume);
@@ -232,19 +240,22 @@ impl SourceStage {
         let bp = &self.settings.backpressure;
         let every = Duration::from_millis(self.settings.kafka.commit_interval_ms);
         let mut tick = tokio::time::interval(every);
+        let mut recheck = tokio::time::interval(Duration::from_millis(200));
         let mut paused = false;
         loop {
-            match self.next_turn(&mut paused, &mut tick).await {
+            match self.next_turn(&mut paused, &mut tick, &mut recheck).await {
                 Turn::Stop => break,
                 Turn::Idle => {}
                 Turn::Commit => self.periodic_commit(),
                 Turn::Message(origin) => {
-                    if self
-                        .pending_tx
-                        .send(admit(origin, &self.settings.input))
-                        .await
-                        .is_err()
-                    {
+                    // A stop while the pipeline is full must still reach finish(): the message
+                    // in hand is then dropped unacknowledged and read again after a restart.
+                    let admitted = admit(origin, &self.settings.input);
+                    let sent = tokio::select! {
+                        r = self.pending_tx.send(admitted) => r.is_ok(),
+                        _ = self.stop.notified() => false,
+                    };
+                    if !sent {
                         break;
                     }
                     if self

@@ -20,6 +20,7 @@ fn add(batch: &mut Batch, admitted: Admitted) {
     let entry = match admitted {
         Ok(p) => match batch.model.text.encode(&p.text) {
             Ok(e) => {
+                batch.comments += 1;
                 batch.tokens += e.ids.len();
                 Entry::Comment(Item {
                     id: p.id,
@@ -55,7 +56,8 @@ pub(crate) async fn run(
         add(&mut batch, first);
         let deadline = Instant::now() + wait;
         let mut closed = false;
-        while batch.len() < cfg.max_batch_size && batch.tokens < cfg.max_batch_tokens {
+        // Comments fill a batch; rejects ride along in their place without counting.
+        while batch.comments < cfg.max_batch_size && batch.tokens < cfg.max_batch_tokens {
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(p) => add(&mut batch, p),
@@ -70,7 +72,7 @@ pub(crate) async fn run(
                 },
             }
         }
-        metrics::histogram!("emostream_batch_size").record(batch.len() as f64);
+        metrics::histogram!("emostream_batch_size").record(batch.comments as f64);
         metrics::histogram!("emostream_batch_tokens").record(batch.tokens as f64);
         if tx.send(batch).await.is_err() || closed {
             return;

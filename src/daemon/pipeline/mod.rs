@@ -81,6 +81,8 @@ pub(crate) enum Entry {
 pub(crate) struct Batch {
     pub(crate) model: Arc<Generation>,
     pub(crate) entries: Vec<Entry>,
+    /// Comments among the entries (what inference runs on) and their tokens.
+    pub(crate) comments: usize,
     pub(crate) tokens: usize,
 }
 
@@ -89,6 +91,7 @@ impl Batch {
         Batch {
             model,
             entries: Vec::new(),
+            comments: 0,
             tokens: 0,
         }
     }
