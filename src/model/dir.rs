@@ -36,6 +36,15 @@ pub struct Thresholds {
 }
 
 impl Thresholds {
+    /// 0.5 for every label, before any tuning; `why` says where the card came from.
+    pub(crate) fn untuned(why: &str) -> Thresholds {
+        Thresholds {
+            default: 0.5,
+            per_label: None,
+            chosen_by: why.into(),
+        }
+    }
+
     pub fn resolved(&self, n: usize) -> Vec<f32> {
         match &self.per_label {
             Some(v) if v.len() == n => v.clone(),
@@ -235,11 +244,7 @@ impl ModelDir {
                 .unwrap_or("")
                 .into(),
             labels,
-            thresholds: Thresholds {
-                default: 0.5,
-                per_label: None,
-                chosen_by: "default 0.5 (Hugging Face export)".into(),
-            },
+            thresholds: Thresholds::untuned("default 0.5 (Hugging Face export)"),
             max_sequence_length: max_len,
             precision: "fp32".into(),
             model_sha256: sha256_file(&dir.join(ONNX_FILE))?,

@@ -102,11 +102,7 @@ pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
             .unwrap_or("")
             .into(),
         labels,
-        thresholds: Thresholds {
-            default: 0.5,
-            per_label: None,
-            chosen_by: "not tuned".into(),
-        },
+        thresholds: Thresholds::untuned("not tuned"),
         max_sequence_length: req.max_len,
         precision: req.variant.precision().into(),
         model_sha256: sha256_file(&onnx_path)?,
