@@ -241,6 +241,8 @@ impl SourceStage {
         let every = Duration::from_millis(self.settings.kafka.commit_interval_ms);
         let mut tick = tokio::time::interval(every);
         let mut recheck = tokio::time::interval(Duration::from_millis(200));
+        // Not polled while unpaused: no burst of missed rechecks when a pause begins.
+        recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paused = false;
         loop {
             match self.next_turn(&mut paused, &mut tick, &mut recheck).await {
