@@ -336,10 +336,11 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
         "work was in flight at the kill"
     );
     let mut second = spawn_daemon_with(&env, Some(&cfg));
-    // Every id out, and the restarted daemon has committed to the end (it re-read and
-    // re-labelled what the first one had not committed).
+    // Every id out, the restarted daemon has re-labelled all that the first one had not
+    // committed (all n: at least `partial` more events), and it has committed to the end.
     let all = read_until(&output, Duration::from_secs(300), |r| {
-        r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
+        r.len() >= n + partial.len()
+            && r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
             && committed(&group, &input, 3) == end_offsets(&input, 3)
     });
     let ids: HashSet<String> = all.iter().map(event_id).collect();
