@@ -13,6 +13,9 @@ pub struct Encoded {
     pub(crate) truncated: bool,
 }
 
+/// Characters tokenized per token of the model's max length (see [`TextEncoder::encode`]).
+const CHARS_PER_TOKEN: usize = 256;
+
 /// Tokenizer configured for single-sequence classification with a max length.
 pub struct TextEncoder {
     tokenizer: Tokenizer,
@@ -47,15 +50,29 @@ impl TextEncoder {
     }
 
     /// Tokenizes one text with special tokens, cut to `max_len` keeping the final special token.
+    /// Only the first `max_len * CHARS_PER_TOKEN` characters are tokenized: far more than
+    /// `max_len` tokens ever span in text (a Reddit comment is at most 10,000 characters), so a
+    /// megabyte of text costs no more than a long comment. A text cut there is `truncated`.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let budget = self.max_len * CHARS_PER_TOKEN;
+        // Bytes >= characters: most texts are settled without counting.
+        let cut_at = if text.len() > budget {
+            text.char_indices().nth(budget).map(|(at, _)| at)
+        } else {
+            None
+        };
+        let (text, cut) = match cut_at {
+            Some(at) => (&text[..at], true),
+            None => (text, false),
+        };
         let enc = self
             .tokenizer
             .encode(text, true)
             .map_err(|e| anyhow!("tokenizing: {e}"))
             .context("tokenizer failed on input text")?;
         let mut ids = enc.get_ids().to_vec();
-        let truncated = ids.len() > self.max_len;
-        if truncated {
+        let truncated = cut || ids.len() > self.max_len;
+        if ids.len() > self.max_len {
             // Keep the leading special token and the trailing one (e.g. [SEP] / </s>).
             let special = enc.get_special_tokens_mask();
             let last = *ids.last().expect("non-empty");
@@ -95,5 +112,40 @@ impl PaddedBatch {
             input_ids,
             attention_mask,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> TextEncoder {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models/goemotions-minilm-l6/tokenizer.json");
+        TextEncoder::from_file(&path, 128).unwrap()
+    }
+
+    #[test]
+    fn a_megabyte_of_text_tokenizes_like_its_first_characters_and_is_flagged() {
+        let enc = shipped();
+        let text = "I am so happy today ".repeat(52_429);
+        assert!(text.len() > 1 << 20);
+        let long = enc.encode(&text).unwrap();
+        let head = enc.encode(&text[..2_000]).unwrap();
+        assert_eq!(long.ids, head.ids);
+        assert!(long.truncated && head.truncated);
+        assert_eq!(long.ids.len(), 128);
+        assert!(!enc.encode("I am so happy today").unwrap().truncated);
+    }
+
+    #[test]
+    fn the_cut_keeps_whole_characters_of_one_huge_word() {
+        let enc = shipped();
+        // One 2 MB word of two-byte characters: cut on a character boundary, one token or a
+        // few, flagged.
+        let word = "é".repeat(1 << 20);
+        let e = enc.encode(&word).unwrap();
+        assert!(e.truncated);
+        assert!(e.ids.len() <= 128);
     }
 }
