@@ -30,7 +30,11 @@ struct OffsetTracker {
 
 impl OffsetTracker {
     fn track(&mut self, tp: &TopicPartition, offset: i64) {
-        let p = self.parts.entry(tp.clone()).or_default();
+        // The key is cloned only for a partition's first message, not for every message.
+        if !self.parts.contains_key(tp) {
+            self.parts.insert(tp.clone(), Partition::default());
+        }
+        let p = self.parts.get_mut(tp).expect("inserted above");
         p.pending.insert(offset, Instant::now());
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }

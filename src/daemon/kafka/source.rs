@@ -140,14 +140,15 @@ impl SourceStage {
 
     fn origin(&self, msg: &BorrowedMessage<'_>) -> Origin {
         let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let topic = msg.topic().to_string();
         let ack = self.ledger().issue(
-            (msg.topic().to_string(), msg.partition()),
+            (topic.clone(), msg.partition()),
             msg.offset(),
             payload.len(),
         );
         Origin {
             source: SourceRef {
-                topic: msg.topic().to_string(),
+                topic,
                 partition: msg.partition(),
                 offset: msg.offset(),
                 timestamp_ms: msg.timestamp().to_millis(),
