@@ -52,7 +52,12 @@ fn real_main() -> Result<()> {
         .enable_all()
         .build()?;
     match cli.cmd {
-        Cmd::Run => rt.block_on(emostream::daemon::run(s)),
+        Cmd::Run => {
+            let r = rt.block_on(emostream::daemon::run(s));
+            // After a fatal fault, threads still blocked (a wedged worker) must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            r
+        }
         Cmd::Classify { format, model } => {
             if let Some(f) = format {
                 s.input.format = f;

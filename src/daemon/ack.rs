@@ -19,7 +19,7 @@ type TopicPartition = (String, i32);
 struct Partition {
     /// Unacknowledged offset → when it was consumed.
     pending: BTreeMap<i64, Instant>,
-    /// One past the highest offset consumed.
+    /// One past the offset consumed last.
     next: Option<i64>,
 }
 
@@ -36,7 +36,9 @@ impl OffsetTracker {
         }
         let p = self.parts.get_mut(tp).expect("inserted above");
         p.pending.insert(offset, Instant::now());
-        p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
+        // The last consumed, not the highest: after an offset reset rewinds the partition,
+        // the commit point must not claim offsets beyond what was read again.
+        p.next = Some(offset + 1);
     }
 
     /// Marks an offset delivered. Acks for partitions no longer tracked (revoked) are ignored.
@@ -68,6 +70,14 @@ impl OffsetTracker {
 
     pub(crate) fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.pending.len()).sum()
+    }
+
+    fn in_flight_on(&self, partitions: &[TopicPartition]) -> usize {
+        partitions
+            .iter()
+            .filter_map(|tp| self.parts.get(tp))
+            .map(|p| p.pending.len())
+            .sum()
     }
 
     /// Partitions whose oldest unacknowledged message is older than `age`.
@@ -158,6 +168,11 @@ impl Ledger {
         self.offsets().remove(partition)
     }
 
+    /// Consumed offsets of these partitions not yet acknowledged.
+    pub(crate) fn in_flight_on(&self, partitions: &[TopicPartition]) -> usize {
+        self.offsets().in_flight_on(partitions)
+    }
+
     /// Consumed offsets not yet acknowledged.
     pub(crate) fn unacknowledged(&self) -> usize {
         self.offsets().in_flight()
@@ -229,6 +244,25 @@ mod tests {
         t.ack(&tp, 12);
         assert_eq!(t.commit_point(&tp), Some(15));
         assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_rewound_partition_commits_no_further_than_it_read_again() {
+        let tp = ("t".to_string(), 0);
+        let mut t = OffsetTracker::default();
+        for o in 100..103 {
+            t.track(&tp, o);
+            t.ack(&tp, o);
+        }
+        assert_eq!(t.commit_point(&tp), Some(103));
+        // An offset reset sends the consumer back to 40.
+        t.track(&tp, 40);
+        assert_eq!(t.commit_point(&tp), Some(40));
+        t.ack(&tp, 40);
+        assert_eq!(t.commit_point(&tp), Some(41));
+        assert_eq!(t.in_flight_on(&[tp.clone()]), 0);
+        t.track(&tp, 41);
+        assert_eq!(t.in_flight_on(&[tp, ("t".into(), 9)]), 1);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The admin HTTP server: Prometheus `/metrics`, `/healthz` (the process is up), `/readyz`
-//! (model loaded, partitions assigned, no partition stalled on an undeliverable message), and
+//! The admin HTTP server: Prometheus `/metrics`, `/healthz` (503 when a stage died or work in
+//! flight made no progress for `health.stall_timeout_ms`: restart me), `/readyz` (503 unless
+//! the model is loaded, the cluster reachable, partitions assigned, and no produce is waiting
+//! out a fault or refused for good: do not count on me now), and
 //! the model API: `GET /admin/model`, `POST /admin/model {"version": ...}`,
 //! `POST /admin/model/rollback`. With `admin.token` set, `/admin/*` needs
 //! `Authorization: Bearer <token>` (config validation demands a token off loopback).
@@ -25,8 +27,16 @@ pub(crate) struct Health {
     pub(crate) model_loaded: AtomicBool,
     /// The source holds partitions.
     pub(crate) assigned: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// A broker answers.
+    pub(crate) cluster_reachable: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Messages the sink is retrying through a transient fault right now.
+    pub(crate) retrying: Arc<dyn Fn() -> usize + Send + Sync>,
     /// Messages the sink can deliver nowhere right now.
     pub(crate) undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// Why the pipeline is stuck, when it is.
+    pub(crate) stuck: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// The fatal fault the daemon is exiting for.
+    pub(crate) fault: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     pub(crate) shutting_down: AtomicBool,
 }
 
@@ -53,19 +63,34 @@ async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<AdminState>) -> impl IntoResponse {
+    let h = &s.health;
+    let fault = (h.fault)();
+    let stuck = (h.stuck)();
+    let healthy = fault.is_none() && stuck.is_none();
+    let body = json!({"healthy": healthy, "fault": fault, "stuck": stuck});
+    (
+        if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(body),
+    )
 }
 
 async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let h = &s.health;
     let model = h.model_loaded.load(Ordering::SeqCst);
+    let reachable = (h.cluster_reachable)();
     let assigned = (h.assigned)();
+    let retrying = (h.retrying)();
     let stalled = (h.undeliverable)();
     let stopping = h.shutting_down.load(Ordering::SeqCst);
-    let ready = model && assigned && stalled == 0 && !stopping;
+    let ready = model && reachable && assigned && retrying == 0 && stalled == 0 && !stopping;
     let body = serde_json::json!({
-        "ready": ready, "model_loaded": model, "partitions_assigned": assigned,
+        "ready": ready, "model_loaded": model, "cluster_reachable": reachable,
+        "partitions_assigned": assigned, "retrying_messages": retrying,
         "stalled_messages": stalled, "shutting_down": stopping,
     });
     (

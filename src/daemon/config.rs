@@ -25,6 +25,7 @@ pub struct Settings {
     pub(crate) admin: AdminSettings,
     pub log: LogSettings,
     pub(crate) shutdown: ShutdownSettings,
+    pub(crate) health: HealthSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -36,9 +37,10 @@ pub(crate) struct KafkaSettings {
     pub(crate) output_topic: String,
     pub(crate) dead_letter_topic: String,
     pub(crate) commit_interval_ms: u64,
-    pub(crate) produce_attempts: u32,
     pub(crate) produce_timeout_ms: u64,
     pub(crate) produce_backoff_ms: u64,
+    pub(crate) produce_backoff_max_ms: u64,
+    pub(crate) revoke_wait_ms: u64,
     #[serde(default)]
     pub(crate) properties: BTreeMap<String, String>,
     #[serde(default)]
@@ -63,6 +65,7 @@ pub struct InputSettings {
     pub(crate) text_pointer: String,
     pub(crate) id_pointer: String,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -181,6 +184,16 @@ pub(crate) struct ShutdownSettings {
     pub(crate) timeout_ms: u64,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthSettings {
+    pub(crate) stall_timeout_ms: u64,
+}
+
+/// Room a dead-letter record needs beyond the payload and input headers it carries: the
+/// emostream.* headers (the detail is capped) and the record's framing.
+pub(crate) const DEAD_LETTER_OVERHEAD_BYTES: usize = 16 * 1024;
+
 fn check(ok: bool, key: &str, msg: impl std::fmt::Display) -> Result<()> {
     if ok {
         Ok(())
@@ -271,9 +284,28 @@ impl Settings {
             format!("must be at least 10 (got {})", k.commit_interval_ms),
         )?;
         check(
-            k.produce_attempts >= 1,
-            "kafka.produce_attempts",
-            "must be at least 1",
+            k.produce_backoff_ms >= 1 && k.produce_backoff_ms <= k.produce_backoff_max_ms,
+            "kafka.produce_backoff_ms",
+            format!(
+                "must be between 1 and kafka.produce_backoff_max_ms ({}) (got {})",
+                k.produce_backoff_max_ms, k.produce_backoff_ms
+            ),
+        )?;
+        check(
+            k.revoke_wait_ms <= 60_000,
+            "kafka.revoke_wait_ms",
+            format!("must be at most 60000 (got {})", k.revoke_wait_ms),
+        )?;
+        let max_poll = k
+            .consumer_properties
+            .get("max.poll.interval.ms")
+            .or_else(|| k.properties.get("max.poll.interval.ms"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(300_000);
+        check(
+            k.revoke_wait_ms < max_poll,
+            "kafka.revoke_wait_ms",
+            format!("must be below the consumer's max.poll.interval.ms ({max_poll}): the wait happens inside the rebalance callback"),
         )?;
         check(
             k.produce_timeout_ms >= 100,
@@ -300,7 +332,46 @@ impl Settings {
                 )?;
             }
         }
+        let (key, limit) = self.producer_message_max_bytes()?;
+        let need = self.dead_letter_record_bytes();
+        check(
+            limit >= need,
+            &key,
+            format!(
+                "is {limit}, below what a dead-letter record may need: input.max_message_bytes ({}) + input.max_header_bytes ({}) + {DEAD_LETTER_OVERHEAD_BYTES} = {need}; raise it or lower those",
+                self.input.max_message_bytes, self.input.max_header_bytes
+            ),
+        )?;
         Ok(())
+    }
+
+    /// The largest dead-letter record the daemon makes: the payload and input headers it
+    /// admits (larger ones are cut to these sizes) plus its own headers.
+    pub(crate) fn dead_letter_record_bytes(&self) -> usize {
+        self.input.max_message_bytes + self.input.max_header_bytes + DEAD_LETTER_OVERHEAD_BYTES
+    }
+
+    /// The producer's `message.max.bytes` and the key it came from: the operator's value when
+    /// set, else what the largest dead-letter record needs (librdkafka's own default, 1,000,000,
+    /// is below a 1 MiB `input.max_message_bytes`).
+    pub(crate) fn producer_message_max_bytes(&self) -> Result<(String, usize)> {
+        let k = &self.kafka;
+        for (section, props) in [
+            ("kafka.producer_properties", &k.producer_properties),
+            ("kafka.properties", &k.properties),
+        ] {
+            if let Some(v) = props.get("message.max.bytes") {
+                let key = format!("{section}.message.max.bytes");
+                let n = v
+                    .parse::<usize>()
+                    .map_err(|_| anyhow::anyhow!("config key {key}: {v:?} is not a number"))?;
+                return Ok((key, n));
+            }
+        }
+        Ok((
+            "kafka.producer_properties.message.max.bytes".into(),
+            self.dead_letter_record_bytes(),
+        ))
     }
 
     /// `input.*` and `output.*`: JSON pointers and the scores an event carries.
@@ -325,6 +396,14 @@ impl Settings {
             i.max_message_bytes >= 16,
             "input.max_message_bytes",
             "must be at least 16",
+        )?;
+        check(
+            i.max_header_bytes <= i.max_message_bytes,
+            "input.max_header_bytes",
+            format!(
+                "must be at most input.max_message_bytes ({})",
+                i.max_message_bytes
+            ),
         )?;
         check(
             self.output.top_k >= 1 && self.output.top_k <= 1000,
@@ -457,6 +536,11 @@ impl Settings {
         )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
+        check(
+            self.health.stall_timeout_ms >= 1000,
+            "health.stall_timeout_ms",
+            format!("must be at least 1000 (got {})", self.health.stall_timeout_ms),
+        )?;
         check(
             self.shutdown.timeout_ms >= 100,
             "shutdown.timeout_ms",

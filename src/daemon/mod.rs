@@ -7,6 +7,7 @@ pub(crate) mod admin;
 pub mod config;
 pub mod kafka;
 pub(crate) mod pipeline;
+pub(crate) mod supervise;
 pub(crate) mod swap;
 pub mod telemetry;
 
@@ -17,17 +18,20 @@ use admin::{AdminState, Health, ModelAdmin};
 use anyhow::{Context, Result};
 use config::Settings;
 use kafka::control;
+use kafka::client::{ClientHooks, Cluster};
 use kafka::sink::Sink;
 use kafka::source::{self, SourceStage};
 use pipeline::event::Source;
 use pipeline::{admit, batcher, workers, Admitted, Batch, Origin, Outcome};
 use rdkafka::consumer::Consumer;
-use rdkafka::producer::{FutureProducer, Producer};
+use kafka::client::KafkaProducer;
+use rdkafka::producer::Producer;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use supervise::Faults;
 use swap::shadow::Shadow;
 use swap::{pointer_watch, Controller, SwapRequest};
 use tokio::sync::{mpsc, watch, Notify};
@@ -87,7 +91,7 @@ fn start_swapping(
     pointer: Option<String>,
     active: Arc<crate::backend::generation::Active>,
     shadow: Arc<Shadow>,
-    producer: &FutureProducer,
+    producer: &KafkaProducer,
 ) -> Result<Swapping> {
     let (requests, rx) = mpsc::channel::<SwapRequest>(16);
     let controller = Controller {
@@ -120,6 +124,7 @@ struct Pipeline {
     batcher: tokio::task::JoinHandle<()>,
     sink: tokio::task::JoinHandle<()>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    busy: Arc<workers::Busy>,
     stop: Arc<Notify>,
 }
 
@@ -129,19 +134,22 @@ fn start_pipeline(
     sink: Arc<Sink>,
     active: watch::Receiver<Arc<Generation>>,
     shadow: Arc<Shadow>,
+    faults: Arc<Faults>,
 ) -> Result<Pipeline> {
     let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.max_batch_size * 4);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(s.batching.inference_workers);
     let (outcome_tx, outcome_rx) = mpsc::channel::<Outcome>(4096);
-    let workers = workers::spawn(
+    let (workers, busy) = workers::spawn(
         s.batching.inference_workers,
         batch_rx,
         outcome_tx,
         s.output.clone(),
         Some(shadow),
+        faults,
     )?;
     let stop = Arc::new(Notify::new());
     Ok(Pipeline {
+        busy,
         sink: tokio::spawn(sink.run(outcome_rx)),
         batcher: tokio::spawn(batcher::run(
             pending_rx,
@@ -171,7 +179,14 @@ pub async fn run(s: Settings) -> Result<()> {
     swap::set_model_info(&model, true);
     let (active_tx, active_rx) = watch::channel(Arc::new(model));
     let shadow = Arc::new(Shadow::default());
-    let producer = kafka::client::producer(&s)?;
+    let faults = Arc::new(Faults::default());
+    let cluster = Arc::new(Cluster::default());
+    let hooks = |role| ClientHooks {
+        role,
+        cluster: cluster.clone(),
+        faults: faults.clone(),
+    };
+    let producer = kafka::client::producer(&s, hooks("producer"))?;
     let swapping = start_swapping(
         &s,
         &registry,
@@ -180,23 +195,39 @@ pub async fn run(s: Settings) -> Result<()> {
         shadow.clone(),
         &producer,
     )?;
-    let consumer = source::consumer(&s, Arc::new(Ledger::default()))?;
-    let sink = Arc::new(Sink::new(
-        producer.clone(),
-        s.kafka.output_topic.clone(),
-        s.kafka.dead_letter_topic.clone(),
-        s.kafka.produce_attempts,
-        Duration::from_millis(s.kafka.produce_backoff_ms),
-    ));
+    let ledger = Arc::new(Ledger::default());
+    let consumer = source::consumer(&s, ledger.clone(), hooks("consumer"))?;
+    let sink = Arc::new(Sink::new(producer.clone(), &s, cluster.clone()));
+    let pipeline = start_pipeline(
+        &s,
+        consumer.clone(),
+        sink.clone(),
+        active_rx.clone(),
+        shadow,
+        faults.clone(),
+    )?;
     let health = Arc::new(Health {
         model_loaded: AtomicBool::new(true),
         assigned: {
             let c = consumer.clone();
             Arc::new(move || c.context().assigned.load(Ordering::SeqCst))
         },
+        cluster_reachable: {
+            let c = cluster.clone();
+            Arc::new(move || c.reachable())
+        },
+        retrying: {
+            let sink = sink.clone();
+            Arc::new(move || sink.retrying())
+        },
         undeliverable: {
             let sink = sink.clone();
             Arc::new(move || sink.undeliverable())
+        },
+        stuck: stuck_check(&s, ledger, sink, cluster, pipeline.busy.clone()),
+        fault: {
+            let f = faults.clone();
+            Arc::new(move || f.cause())
         },
         shutting_down: AtomicBool::new(false),
     });
@@ -214,16 +245,72 @@ pub async fn run(s: Settings) -> Result<()> {
         },
     )
     .await?;
-    let pipeline = start_pipeline(&s, consumer, sink, active_rx, shadow)?;
     tracing::info!(topics = ?s.kafka.input_topics, output = %s.kafka.output_topic, dead_letter = %s.kafka.dead_letter_topic, "emostream running");
 
-    shutdown_signal().await;
+    let mut p = pipeline;
+    let fault = tokio::select! {
+        _ = shutdown_signal() => None,
+        cause = faults.wait() => Some(cause),
+        r = &mut p.source => Some(supervise::stage_ended("source", r)),
+        r = &mut p.batcher => Some(supervise::stage_ended("batcher", r)),
+        r = &mut p.sink => Some(supervise::stage_ended("sink", r)),
+    };
     health.shutting_down.store(true, Ordering::SeqCst);
-    shut_down(&s, pipeline, swapping).await;
+    if let Some(cause) = fault {
+        // Record it (a stage end was not reported through `faults`), commit what is safe
+        // (the acknowledged offsets: never past an unacknowledged message) and exit non-zero.
+        faults.fatal(cause.clone());
+        p.stop.notify_one();
+        if let Err(e) = source::commit(&consumer, rdkafka::consumer::CommitMode::Sync) {
+            tracing::error!(error = %format!("{e:#}"), "commit after a fatal fault failed");
+        }
+        admin_task.abort();
+        anyhow::bail!("{cause}; committed what was acknowledged, exiting for a restart");
+    }
+    shut_down(&s, p, swapping).await;
     let _ = producer.flush(Duration::from_secs(5));
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// `/healthz`'s progress check: messages are in flight and the oldest has waited longer than
+/// `health.stall_timeout_ms` while the cluster was reachable and no produce was waiting out a
+/// transient fault (an outage is readiness's business, not the process's), or a worker has
+/// been on one batch that long.
+fn stuck_check(
+    s: &Settings,
+    ledger: Arc<Ledger>,
+    sink: Arc<Sink>,
+    cluster: Arc<kafka::client::Cluster>,
+    busy: Arc<workers::Busy>,
+) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+    let limit = Duration::from_millis(s.health.stall_timeout_ms);
+    Arc::new(move || {
+        if busy.longest() > limit {
+            return Some(format!(
+                "an inference worker has been on one batch for {:?}",
+                busy.longest()
+            ));
+        }
+        if sink.undeliverable() > 0 {
+            return Some(format!(
+                "{} messages refused by both the output and the dead-letter topic",
+                sink.undeliverable()
+            ));
+        }
+        if !cluster.reachable() || sink.retrying() > 0 {
+            return None;
+        }
+        let stalled = ledger.stalled(limit);
+        (!stalled.is_empty()).then(|| {
+            let ((topic, p), o) = &stalled[0];
+            format!(
+                "no progress: {topic}/{p} offset {o} has been in flight for over {limit:?} ({} partitions stalled)",
+                stalled.len()
+            )
+        })
+    })
 }
 
 /// Stops fetching; the closing channels then drain batcher → workers → sink in order while
@@ -269,7 +356,15 @@ pub async fn classify(s: Settings) -> Result<()> {
     let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.max_batch_size * 4);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(4096);
-    let handles = workers::spawn(1, batch_rx, outcome_tx, s.output.clone(), None)?;
+    let faults = Arc::new(Faults::default());
+    let (handles, _) = workers::spawn(
+        1,
+        batch_rx,
+        outcome_tx,
+        s.output.clone(),
+        None,
+        faults.clone(),
+    )?;
     let batcher_task = tokio::spawn(batcher::run(
         pending_rx,
         batch_tx,
@@ -294,7 +389,7 @@ pub async fn classify(s: Settings) -> Result<()> {
                 key: None,
                 headers: None,
                 ack: ledger.issue(tp, n, line.len()),
-                payload: line.into_bytes(),
+                payload: Some(line.into_bytes()),
             };
             n += 1;
             if pending_tx.send(admit(origin, &input)).await.is_err() {
@@ -321,6 +416,9 @@ pub async fn classify(s: Settings) -> Result<()> {
         }
     }
     out.flush().await?;
+    if let Some(cause) = faults.cause() {
+        anyhow::bail!("{cause}");
+    }
     let _ = reader.await;
     let _ = batcher_task.await;
     for h in handles {

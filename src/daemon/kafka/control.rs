@@ -11,6 +11,7 @@ use crate::daemon::kafka::client::client_config;
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use crate::daemon::kafka::client::KafkaProducer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -94,7 +95,7 @@ fn consumer_at_end(s: &Settings, replica: &str) -> Result<StreamConsumer> {
 /// Starts the control-topic trigger; returns once the consumer is assigned.
 pub(crate) fn spawn(
     s: &Settings,
-    producer: FutureProducer,
+    producer: KafkaProducer,
     requests: mpsc::Sender<SwapRequest>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     let replica = s.registry.replica();

@@ -1,53 +1,116 @@
 //! The sink: produces label events to the output topic (keyed like the input, input headers
 //! carried over) and rejections to the dead-letter topic, then acknowledges the source offset.
-//! An event the output topic will not take goes, after bounded attempts, to the dead-letter
-//! topic (reason produce_failed); if that fails too, it is retried there with backoff for as long
-//! as the daemon runs and its offset stays unacknowledged, so the commit point never passes it.
+//!
+//! Transient is not permanent: a produce error that retrying can fix (broker down, leader
+//! moving, request timeout, unknown topic, ...) is retried with capped backoff for as long as it
+//! lasts — the message stays in flight, so the source pauses at its budget and readiness shows
+//! the outage — and never sends a good comment to the dead-letter topic. Only errors retrying
+//! cannot fix (record too large, invalid record, not authorised) dead-letter an event. A
+//! dead-letter record always fits: its payload and headers are cut to the admitted limits, and
+//! cut further if the topic still refuses its size. docs/delivery.md has the whole table.
 
+use crate::daemon::config::Settings;
+use crate::daemon::kafka::client::{Cluster, KafkaProducer};
 use crate::daemon::pipeline::decode::Reason;
-use crate::daemon::pipeline::{Origin, Outcome};
+use crate::daemon::pipeline::{headers, Origin, Outcome};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::FutureRecord;
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+/// What a produce error means for the message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Retrying can fix it: the cluster is down, moving or slow, or the topic is missing.
+    Transient,
+    /// The record is larger than the producer or the topic accepts.
+    TooLarge,
+    /// Retrying cannot fix it (invalid record, not authorised, refused by policy).
+    Permanent,
+}
+
+/// Which side of the line a librdkafka produce error falls on (docs/delivery.md lists them).
+pub(crate) fn classify(e: &KafkaError) -> Fault {
+    use RDKafkaErrorCode::*;
+    match e.rdkafka_error_code() {
+        Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => Fault::TooLarge,
+        Some(
+            InvalidMessage
+            | InvalidRecord
+            | BadMessage
+            | InvalidArgument
+            | InvalidTopic
+            | TopicAuthorizationFailed
+            | ClusterAuthorizationFailed
+            | PolicyViolation
+            | UnsupportedForMessageFormat,
+        ) => Fault::Permanent,
+        // Timeouts, transport failures, leader changes, unknown topic or partition, not enough
+        // replicas, a purged queue, a cancelled delivery (the producer is closing): retry.
+        _ => Fault::Transient,
+    }
+}
+
+/// How much of the original message a dead-letter record carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Key, input headers and payload, each within the admitted limits.
+    Full,
+    /// The topic refused Full's size: the first 16 KiB of the payload, no key, no input headers.
+    Cut,
+    /// Refused again: the emostream headers only.
+    Bare,
+}
+
+const CUT_PAYLOAD_BYTES: usize = 16 * 1024;
+/// The detail header's cap (an error text can embed input).
+const MAX_DETAIL_BYTES: usize = 2048;
+
 pub(crate) struct Sink {
-    pub(crate) producer: FutureProducer,
-    pub(crate) output_topic: String,
-    pub(crate) dead_letter_topic: String,
-    pub(crate) attempts: u32,
-    pub(crate) backoff: Duration,
-    /// Messages currently refused by both topics (readiness reports them).
+    producer: KafkaProducer,
+    output_topic: String,
+    dead_letter_topic: String,
+    backoff: Duration,
+    max_backoff: Duration,
+    /// A dead-letter record's payload and input headers are cut to these.
+    max_payload: usize,
+    max_headers: usize,
+    cluster: Arc<Cluster>,
+    /// Messages waiting out a transient fault right now (readiness reports them).
+    retrying: AtomicUsize,
+    /// Messages refused by both topics for good right now (the partition cannot commit past).
     undeliverable: AtomicUsize,
 }
 
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 impl Sink {
-    pub(crate) fn new(
-        producer: FutureProducer,
-        output_topic: String,
-        dead_letter_topic: String,
-        attempts: u32,
-        backoff: Duration,
-    ) -> Sink {
+    pub(crate) fn new(producer: KafkaProducer, s: &Settings, cluster: Arc<Cluster>) -> Sink {
         Sink {
             producer,
-            output_topic,
-            dead_letter_topic,
-            attempts,
-            backoff,
+            output_topic: s.kafka.output_topic.clone(),
+            dead_letter_topic: s.kafka.dead_letter_topic.clone(),
+            backoff: Duration::from_millis(s.kafka.produce_backoff_ms),
+            max_backoff: Duration::from_millis(s.kafka.produce_backoff_max_ms),
+            max_payload: s.input.max_message_bytes,
+            max_headers: s.input.max_header_bytes,
+            cluster,
+            retrying: AtomicUsize::new(0),
             undeliverable: AtomicUsize::new(0),
         }
     }
 
-    /// Messages refused by both the output and the dead-letter topic right now.
+    /// Messages refused for good by both the output and the dead-letter topic right now.
     pub(crate) fn undeliverable(&self) -> usize {
         self.undeliverable.load(Ordering::SeqCst)
+    }
+
+    /// Messages waiting out a transient produce fault right now.
+    pub(crate) fn retrying(&self) -> usize {
+        self.retrying.load(Ordering::SeqCst)
     }
 
     /// Consumes outcomes until the channel closes, then waits for every delivery to finish.
@@ -59,7 +122,12 @@ impl Sink {
             match o {
                 Outcome::Labelled { event, origin, .. } => {
                     let first = sink
-                        .enqueue(&sink.output_topic, &origin, &event, origin.headers.clone())
+                        .enqueue(
+                            &sink.output_topic,
+                            origin.key.as_deref(),
+                            Some(&event),
+                            origin.headers.clone(),
+                        )
                         .await;
                     tasks.spawn(async move { sink.deliver_event(event, origin, first).await });
                 }
@@ -73,18 +141,21 @@ impl Sink {
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Hands a message to librdkafka (waiting while its queue is full).
+    /// Hands a record to librdkafka (waiting while its queue is full); the delivery to await.
     async fn enqueue(
         &self,
         topic: &str,
-        origin: &Origin,
-        payload: &[u8],
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
-    ) -> Result<DeliveryFuture, String> {
+    ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
         loop {
-            let mut rec = FutureRecord::<[u8], [u8]>::to(topic).payload(payload);
-            if let Some(k) = &origin.key {
-                rec = rec.key(k.as_slice());
+            let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
+            if let Some(p) = payload {
+                rec = rec.payload(p);
+            }
+            if let Some(k) = key {
+                rec = rec.key(k);
             }
             if let Some(h) = headers.clone() {
                 rec = rec.headers(h);
@@ -94,8 +165,23 @@ impl Sink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await
                 }
-                Err((e, _)) => return Err(e.to_string()),
+                Err((e, _)) => return Err(e),
             }
+        }
+    }
+
+    /// Awaits a delivery; a record on the topic also shows the cluster is reachable.
+    async fn settle(
+        &self,
+        enqueued: Result<rdkafka::producer::DeliveryFuture, KafkaError>,
+    ) -> Result<(), KafkaError> {
+        match enqueued?.await {
+            Ok(Ok(_)) => {
+                self.cluster.seen_up();
+                Ok(())
+            }
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(KafkaError::Canceled),
         }
     }
 
@@ -103,39 +189,34 @@ impl Sink {
         &self,
         event: Vec<u8>,
         origin: Origin,
-        first: Result<DeliveryFuture, String>,
+        first: Result<rdkafka::producer::DeliveryFuture, KafkaError>,
     ) {
-        let mut fut = first;
-        let mut backoff = self.backoff;
-        let mut last_err;
-        for attempt in 1..=self.attempts {
-            last_err = match fut {
-                Ok(f) => match f.await {
-                    Ok(Ok(_)) => {
-                        metrics::counter!("emostream_labelled_total").increment(1);
-                        delivered(origin);
-                        return;
-                    }
-                    Ok(Err((e, _))) => e.to_string(),
-                    Err(_) => "producer dropped the delivery".into(),
-                },
-                Err(e) => e,
-            };
-            metrics::counter!("emostream_produce_errors_total", "topic" => "output").increment(1);
-            tracing::warn!(attempt, error = %last_err, offset = origin.source.offset, partition = origin.source.partition, "output topic refused event");
-            if attempt == self.attempts {
-                self.dead_letter(
-                    Reason::ProduceFailed,
-                    format!("output topic {}: {last_err}", self.output_topic),
-                    origin,
-                )
-                .await;
-                return;
+        let mut enqueued = first;
+        let mut retry = Retry::new(self, "output");
+        loop {
+            match self.settle(enqueued).await {
+                Ok(()) => {
+                    metrics::counter!("emostream_labelled_total").increment(1);
+                    drop(retry);
+                    delivered(origin);
+                    return;
+                }
+                Err(e) if classify(&e) == Fault::Transient => retry.wait(&e, &origin).await,
+                Err(e) => {
+                    metrics::counter!("emostream_produce_errors_total", "topic" => "output", "fault" => "permanent").increment(1);
+                    tracing::warn!(error = %e, offset = origin.source.offset, partition = origin.source.partition, "output topic refused the event for good; dead-lettering it");
+                    drop(retry);
+                    let detail = format!("output topic {}: {e}", self.output_topic);
+                    return self.dead_letter(Reason::ProduceFailed, detail, origin).await;
+                }
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
-            fut = self
-                .enqueue(&self.output_topic, &origin, &event, origin.headers.clone())
+            enqueued = self
+                .enqueue(
+                    &self.output_topic,
+                    origin.key.as_deref(),
+                    Some(&event),
+                    origin.headers.clone(),
+                )
                 .await;
         }
     }
@@ -143,50 +224,109 @@ impl Sink {
     /// Produces the original message to the dead-letter topic with a reason; retries until it
     /// is acknowledged (the offset stays unacknowledged meanwhile).
     async fn dead_letter(&self, reason: Reason, detail: String, origin: Origin) {
-        let headers = dead_letter_headers(reason, &detail, &origin);
-        let mut backoff = self.backoff;
+        let mut shape = Shape::Full;
+        let mut retry = Retry::new(self, "dead_letter");
         let mut refused = false;
         loop {
-            let result = match self
-                .enqueue(
-                    &self.dead_letter_topic,
-                    &origin,
-                    &origin.payload,
-                    Some(headers.clone()),
-                )
-                .await
-            {
-                Ok(f) => match f.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(e.to_string()),
-                    Err(_) => Err("producer dropped the delivery".to_string()),
-                },
-                Err(e) => Err(e),
-            };
-            match result {
+            let (key, payload, headers) = self.dead_letter_record(reason, &detail, &origin, shape);
+            let enqueued = self
+                .enqueue(&self.dead_letter_topic, key, payload, Some(headers))
+                .await;
+            match self.settle(enqueued).await {
                 Ok(()) => {
                     metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str())
                         .increment(1);
                     if refused {
                         self.count_undeliverable(false);
                     }
+                    drop(retry);
                     delivered(origin);
                     return;
                 }
-                Err(e) => {
-                    metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter")
-                        .increment(1);
-                    if !refused {
-                        refused = true;
-                        self.count_undeliverable(true);
+                Err(e) => match (classify(&e), shape) {
+                    (Fault::Transient, _) => retry.wait(&e, &origin).await,
+                    (Fault::TooLarge, Shape::Full | Shape::Cut) => {
+                        tracing::warn!(error = %e, ?shape, offset = origin.source.offset, "dead-letter topic refused the record's size; cutting it");
+                        shape = if shape == Shape::Full {
+                            Shape::Cut
+                        } else {
+                            Shape::Bare
+                        };
                     }
-                    tracing::error!(error = %e, reason = reason.as_str(), topic = %origin.source.topic, partition = origin.source.partition, offset = origin.source.offset,
-                        "dead-letter topic refused message; its partition cannot commit past it until it is delivered");
-                }
+                    _ => {
+                        // Nothing a retry or a smaller record can fix (e.g. not authorised):
+                        // hold the partition, show it in readiness and health, keep trying in
+                        // case an operator fixes the topic.
+                        metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter", "fault" => "permanent").increment(1);
+                        if !refused {
+                            refused = true;
+                            self.count_undeliverable(true);
+                        }
+                        tracing::error!(error = %e, reason = reason.as_str(), topic = %origin.source.topic, partition = origin.source.partition, offset = origin.source.offset,
+                            "dead-letter topic refused message; its partition cannot commit past it until it is delivered");
+                        tokio::time::sleep(self.max_backoff).await;
+                    }
+                },
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+
+    /// Key, payload and headers of a dead-letter record in the given shape.
+    fn dead_letter_record<'a>(
+        &self,
+        reason: Reason,
+        detail: &str,
+        origin: &'a Origin,
+        shape: Shape,
+    ) -> (Option<&'a [u8]>, Option<&'a [u8]>, OwnedHeaders) {
+        let payload = origin.payload.as_deref();
+        let limit = match shape {
+            Shape::Full => self.max_payload,
+            Shape::Cut => CUT_PAYLOAD_BYTES,
+            Shape::Bare => 0,
+        };
+        let kept = payload.map(|p| &p[..p.len().min(limit)]);
+        let input_headers = headers::summary(origin.headers.as_ref());
+        let carry_headers = shape == Shape::Full && input_headers.bytes <= self.max_headers;
+        let mut h = match (&origin.headers, carry_headers) {
+            // A native copy: keys are carried as the producer sent them, UTF-8 or not.
+            (Some(orig), true) => orig.clone(),
+            _ => OwnedHeaders::new(),
+        };
+        let source = &origin.source;
+        let mut put = |k: &str, v: &str| {
+            h = std::mem::take(&mut h).insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        };
+        put("emostream.reason", reason.as_str());
+        put("emostream.detail", cut_str(detail, MAX_DETAIL_BYTES));
+        put("emostream.source.topic", &source.topic);
+        put("emostream.source.partition", &source.partition.to_string());
+        put("emostream.source.offset", &source.offset.to_string());
+        if let Some(ts) = source.timestamp_ms {
+            put("emostream.source.timestamp_ms", &ts.to_string());
+        }
+        if let (Some(p), Some(k)) = (payload, kept) {
+            if k.len() < p.len() {
+                put("emostream.payload_truncated", "true");
+                put("emostream.original_bytes", &p.len().to_string());
+                put("emostream.original_sha256", &hex::encode(Sha256::digest(p)));
+            }
+        }
+        if origin.headers.is_some() && !carry_headers {
+            put(
+                "emostream.input_headers_dropped_bytes",
+                &input_headers.bytes.to_string(),
+            );
+        }
+        let key = if shape == Shape::Full {
+            origin.key.as_deref()
+        } else {
+            None
+        };
+        (key, kept, h)
     }
 
     fn count_undeliverable(&self, one_more: bool) {
@@ -199,46 +339,60 @@ impl Sink {
     }
 }
 
-/// The dead-letter record's headers: reason, detail and source coordinates, then the input's
-/// own headers.
-fn dead_letter_headers(reason: Reason, detail: &str, origin: &Origin) -> OwnedHeaders {
-    let source = &origin.source;
-    let mut h = OwnedHeaders::new()
-        .insert(Header {
-            key: "emostream.reason",
-            value: Some(reason.as_str()),
-        })
-        .insert(Header {
-            key: "emostream.detail",
-            value: Some(detail),
-        })
-        .insert(Header {
-            key: "emostream.source.topic",
-            value: Some(source.topic.as_str()),
-        })
-        .insert(Header {
-            key: "emostream.source.partition",
-            value: Some(&source.partition.to_string()),
-        })
-        .insert(Header {
-            key: "emostream.source.offset",
-            value: Some(&source.offset.to_string()),
-        });
-    if let Some(ts) = source.timestamp_ms {
-        h = h.insert(Header {
-            key: "emostream.source.timestamp_ms",
-            value: Some(&ts.to_string()),
-        });
-    }
-    if let Some(orig) = &origin.headers {
-        for x in orig.iter() {
-            h = h.insert(Header {
-                key: x.key,
-                value: x.value,
-            });
+/// One message's wait through a transient fault: counted in `retrying` from the first failure
+/// until it is dropped, with capped exponential backoff between attempts.
+struct Retry<'a> {
+    sink: &'a Sink,
+    topic: &'static str,
+    backoff: Duration,
+    attempts: u32,
+}
+
+impl<'a> Retry<'a> {
+    fn new(sink: &'a Sink, topic: &'static str) -> Retry<'a> {
+        Retry {
+            sink,
+            topic,
+            backoff: sink.backoff,
+            attempts: 0,
         }
     }
-    h
+
+    async fn wait(&mut self, e: &KafkaError, origin: &Origin) {
+        if self.attempts == 0 {
+            let n = self.sink.retrying.fetch_add(1, Ordering::SeqCst) + 1;
+            metrics::gauge!("emostream_produce_retrying").set(n as f64);
+        }
+        self.attempts += 1;
+        metrics::counter!("emostream_produce_errors_total", "topic" => self.topic, "fault" => "transient").increment(1);
+        // The first failure and then every tenth: an outage does not flood the log.
+        if self.attempts % 10 == 1 {
+            tracing::warn!(error = %e, topic = self.topic, attempts = self.attempts, partition = origin.source.partition, offset = origin.source.offset, "transient produce error; retrying");
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).min(self.sink.max_backoff);
+    }
+}
+
+impl Drop for Retry<'_> {
+    fn drop(&mut self) {
+        if self.attempts > 0 {
+            let n = self.sink.retrying.fetch_sub(1, Ordering::SeqCst) - 1;
+            metrics::gauge!("emostream_produce_retrying").set(n as f64);
+        }
+    }
+}
+
+/// At most `max` bytes of `s`, cut at a character boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// The message is on a topic: record its end-to-end time and resolve its acknowledgement.
@@ -251,4 +405,44 @@ fn delivered(origin: Origin) {
             .record(((now - ts).max(0)) as f64 / 1000.0);
     }
     origin.ack.delivered();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_transient_and_bad_records_are_not() {
+        let produce = |c| KafkaError::MessageProduction(c);
+        for c in [
+            RDKafkaErrorCode::MessageTimedOut,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::UnknownTopicOrPartition,
+            RDKafkaErrorCode::UnknownTopic,
+            RDKafkaErrorCode::NotLeaderForPartition,
+            RDKafkaErrorCode::RequestTimedOut,
+            RDKafkaErrorCode::NotEnoughReplicas,
+        ] {
+            assert_eq!(classify(&produce(c)), Fault::Transient, "{c:?}");
+        }
+        assert_eq!(classify(&KafkaError::Canceled), Fault::Transient);
+        assert_eq!(
+            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
+            Fault::TooLarge
+        );
+        for c in [
+            RDKafkaErrorCode::InvalidRecord,
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::PolicyViolation,
+        ] {
+            assert_eq!(classify(&produce(c)), Fault::Permanent, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_cut_detail_stays_valid_utf8() {
+        assert_eq!(cut_str("ééé", 3), "é");
+        assert_eq!(cut_str("abc", 10), "abc");
+    }
 }

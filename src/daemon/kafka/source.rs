@@ -5,13 +5,14 @@
 
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::Settings;
-use crate::daemon::kafka::client::client_config;
+use crate::daemon::kafka::client::{client_config, ClientHooks};
 use crate::daemon::pipeline::event::Source as SourceRef;
-use crate::daemon::pipeline::{admit, Admitted, Origin};
+use crate::daemon::pipeline::{admit, headers, Admitted, Origin};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,14 +20,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 
-/// Rebalance and statistics callbacks.
+/// Rebalance, error and statistics callbacks.
 pub(crate) struct SourceContext {
     ledger: Arc<Ledger>,
+    hooks: ClientHooks,
+    /// How long a revoke waits for the revoked partitions' in-flight messages.
+    revoke_wait: Duration,
     pub(crate) assigned: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
+        self.hooks.on_stats(&stats);
         for (topic, t) in &stats.topics {
             for (p, part) in &t.partitions {
                 if *p >= 0 && part.consumer_lag >= 0 {
@@ -35,19 +40,62 @@ impl ClientContext for SourceContext {
             }
         }
     }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.hooks.on_error(&error, reason)
+    }
+}
+
+/// Runs a blocking wait from inside a librdkafka callback: on the multi-threaded runtime the
+/// worker's other tasks (the sink delivering the messages waited for) move to another thread.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+impl SourceContext {
+    /// Waits (up to `revoke_wait`) until the partitions have nothing in flight; what is left.
+    fn drain(&self, partitions: &[(String, i32)]) -> usize {
+        let deadline = std::time::Instant::now() + self.revoke_wait;
+        loop {
+            let left = self.ledger.in_flight_on(partitions);
+            if left == 0 || std::time::Instant::now() >= deadline {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            // Commit what was acknowledged on the partitions we are losing, then forget them:
-            // late acknowledgements for them are ignored and the new owner re-reads the rest.
+            // Let the revoked partitions' in-flight messages reach their topic first (bounded),
+            // so the new owner does not label them again; then commit what was acknowledged
+            // and forget the partitions: late acknowledgements are ignored and the new owner
+            // re-reads the rest.
+            let revoked: Vec<(String, i32)> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_string(), e.partition()))
+                .collect();
+            let in_flight = self.ledger.in_flight_on(&revoked);
+            if in_flight > 0 {
+                metrics::counter!("emostream_revoked_in_flight_total").increment(in_flight as u64);
+                let started = std::time::Instant::now();
+                let left = blocking(|| self.drain(&revoked));
+                metrics::counter!("emostream_revoked_unfinished_total").increment(left as u64);
+                tracing::info!(in_flight, left, waited_ms = started.elapsed().as_millis() as u64,
+                    "revoke: waited for in-flight messages of the revoked partitions (the new owner re-reads any left)");
+            }
             let mut commit = TopicPartitionList::new();
-            for e in tpl.elements() {
-                let tp = (e.topic().to_string(), e.partition());
-                if let Some(o) = self.ledger.revoke(&tp) {
-                    let _ =
-                        commit.add_partition_offset(e.topic(), e.partition(), Offset::Offset(o));
+            for tp in &revoked {
+                if let Some(o) = self.ledger.revoke(tp) {
+                    let _ = commit.add_partition_offset(&tp.0, tp.1, Offset::Offset(o));
                 }
             }
             if commit.count() > 0 {
@@ -55,15 +103,16 @@ impl ConsumerContext for SourceContext {
                     tracing::warn!(error = %e, "commit on revoke failed");
                 }
             }
-            self.assigned.store(false, Ordering::SeqCst);
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
-            self.assigned.store(true, Ordering::SeqCst);
         }
+        // Cooperative rebalances add and remove partitions a few at a time: ask what is held.
+        let held = consumer.assignment().map_or(0, |a| a.count());
+        self.assigned.store(held > 0, Ordering::SeqCst);
     }
 
     fn commit_callback(
@@ -80,18 +129,26 @@ impl ConsumerContext for SourceContext {
 pub(crate) type KafkaConsumer = StreamConsumer<SourceContext>;
 
 /// The group member, subscribed to the input topics; its acknowledgements go to `ledger`.
-pub(crate) fn consumer(s: &Settings, ledger: Arc<Ledger>) -> Result<Arc<KafkaConsumer>> {
+pub(crate) fn consumer(
+    s: &Settings,
+    ledger: Arc<Ledger>,
+    hooks: ClientHooks,
+) -> Result<Arc<KafkaConsumer>> {
     let mut c = client_config(s);
     c.set("group.id", &s.kafka.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000");
+        // A rebalance moves only the partitions that change owner; the others keep flowing.
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("statistics.interval.ms", "2000");
     for (k, v) in &s.kafka.consumer_properties {
         c.set(k, v);
     }
     let ctx = SourceContext {
         ledger,
+        hooks,
+        revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
         assigned: AtomicBool::new(false),
     };
     let consumer: KafkaConsumer = c
@@ -105,7 +162,7 @@ pub(crate) fn consumer(s: &Settings, ledger: Arc<Ledger>) -> Result<Arc<KafkaCon
 }
 
 /// Commits every tracked partition's commit point.
-fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
+pub(crate) fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
     let points = consumer.context().ledger.commit_points();
     if points.is_empty() {
         return Ok(());
@@ -139,13 +196,17 @@ impl SourceStage {
     }
 
     fn origin(&self, msg: &BorrowedMessage<'_>) -> Origin {
-        let payload = msg.payload().map(<[u8]>::to_vec).unwrap_or_default();
+        let payload = msg.payload().map(<[u8]>::to_vec);
+        let key = msg.key().map(<[u8]>::to_vec);
+        let headers = msg.headers().map(|h| h.detach());
         let topic = msg.topic().to_string();
-        let ack = self.ledger().issue(
-            (topic.clone(), msg.partition()),
-            msg.offset(),
-            payload.len(),
-        );
+        // Everything the message holds in memory counts toward the in-flight budget.
+        let bytes = payload.as_ref().map_or(0, Vec::len)
+            + key.as_ref().map_or(0, Vec::len)
+            + headers::summary(headers.as_ref()).bytes;
+        let ack = self
+            .ledger()
+            .issue((topic.clone(), msg.partition()), msg.offset(), bytes);
         Origin {
             source: SourceRef {
                 topic,
@@ -153,8 +214,8 @@ impl SourceStage {
                 offset: msg.offset(),
                 timestamp_ms: msg.timestamp().to_millis(),
             },
-            key: msg.key().map(<[u8]>::to_vec),
-            headers: msg.headers().map(|h| h.detach()),
+            key,
+            headers,
             payload,
             ack,
         }
@@ -186,9 +247,10 @@ impl SourceStage {
         }
     }
 
-    /// Waits for the next thing to do: while paused, a released token or the recheck (to
-    /// resume, or to pause partitions assigned meanwhile); otherwise the next message. The
-    /// commit tick comes either way.
+    /// Waits for the next thing to do. The consumer is polled whether paused or not: paused
+    /// partitions deliver nothing, but the poll serves rebalances and keeps this member inside
+    /// `max.poll.interval.ms`. While paused, a released token or the recheck may resume (or
+    /// pause partitions assigned meanwhile). The commit tick comes either way.
     async fn next_turn(
         &self,
         paused: &mut bool,
@@ -197,41 +259,42 @@ impl SourceStage {
     ) -> Turn {
         let bp = &self.settings.backpressure;
         let (max_messages, max_bytes) = (bp.max_in_flight_messages, bp.max_in_flight_bytes);
-        if *paused {
-            tokio::select! {
-                _ = self.stop.notified() => Turn::Stop,
-                _ = tick.tick() => Turn::Commit,
-                _ = self.ledger().released() => {
-                    if self.ledger().drained(max_messages, max_bytes) {
-                        self.set_paused(paused, false);
-                    }
+        let is_paused = *paused;
+        tokio::select! {
+            _ = self.stop.notified() => Turn::Stop,
+            _ = tick.tick() => Turn::Commit,
+            _ = self.ledger().released(), if is_paused => {
+                if self.ledger().drained(max_messages, max_bytes) {
+                    self.set_paused(paused, false);
+                }
+                Turn::Idle
+            }
+            // Its own interval, so neither the commit tick nor a stream of releases can
+            // starve it (a release missed outside this select! would leave us paused).
+            _ = recheck.tick(), if is_paused => {
+                // Partitions assigned while paused start unpaused: pause them too.
+                let resume = self.ledger().drained(max_messages, max_bytes);
+                self.set_paused(paused, !resume);
+                Turn::Idle
+            }
+            m = self.consumer.recv() => match m {
+                Ok(msg) => {
+                    metrics::counter!("emostream_consumed_total").increment(1);
+                    self.consumer.context().hooks.cluster.seen_up();
+                    Turn::Message(self.origin(&msg))
+                }
+                Err(KafkaError::MessageConsumptionFatal(code)) => {
+                    self.consumer.context().hooks.faults.fatal(format!("Kafka consumer fatal error: {code}"));
+                    Turn::Stop
+                }
+                Err(e) => {
+                    let code = e.rdkafka_error_code().map_or_else(|| "other".to_string(), |c| format!("{c:?}"));
+                    metrics::counter!("emostream_consumer_errors_total", "code" => code).increment(1);
+                    tracing::warn!(error = %e, "Kafka consumer error");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     Turn::Idle
                 }
-                // Its own interval, so neither the commit tick nor a stream of releases can
-                // starve it (a release missed outside this select! would leave us paused).
-                _ = recheck.tick() => {
-                    // Partitions assigned while paused start unpaused: pause them too.
-                    let resume = self.ledger().drained(max_messages, max_bytes);
-                    self.set_paused(paused, !resume);
-                    Turn::Idle
-                }
-            }
-        } else {
-            tokio::select! {
-                _ = self.stop.notified() => Turn::Stop,
-                _ = tick.tick() => Turn::Commit,
-                m = self.consumer.recv() => match m {
-                    Ok(msg) => {
-                        metrics::counter!("emostream_consumed_total").increment(1);
-                        Turn::Message(self.origin(&msg))
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        Turn::Idle
-                    }
-                },
-            }
+            },
         }
     }
 

@@ -12,6 +12,10 @@ pub(crate) enum Reason {
     NotUtf8,
     EmptyText,
     TooLarge,
+    /// A null payload (a Kafka tombstone): nothing to label.
+    Tombstone,
+    /// A header key that is not UTF-8 (Kafka header keys are strings).
+    InvalidHeaders,
     InferenceError,
     ProduceFailed,
 }
@@ -24,6 +28,8 @@ impl Reason {
             Reason::NotUtf8 => "not_utf8",
             Reason::EmptyText => "empty_text",
             Reason::TooLarge => "too_large",
+            Reason::Tombstone => "tombstone",
+            Reason::InvalidHeaders => "invalid_headers",
             Reason::InferenceError => "inference_error",
             Reason::ProduceFailed => "produce_failed",
         }
@@ -52,7 +58,9 @@ pub(crate) struct Comment {
 
 /// Decodes one payload (`None` is a Kafka tombstone).
 pub(crate) fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Rejection> {
-    let bytes = payload.unwrap_or_default();
+    let Some(bytes) = payload else {
+        return Err(reject(Reason::Tombstone, "null payload (a tombstone)"));
+    };
     if bytes.len() > cfg.max_message_bytes {
         return Err(reject(
             Reason::TooLarge,
@@ -133,6 +141,7 @@ mod tests {
             text_pointer: "/text".into(),
             id_pointer: "/id".into(),
             max_message_bytes: 64,
+            max_header_bytes: 64,
         }
     }
 
@@ -147,7 +156,8 @@ mod tests {
         assert_eq!(r(b"\xff\xfe{}"), Reason::NotUtf8);
         assert_eq!(r(br#"{"text":"   "}"#), Reason::EmptyText);
         assert_eq!(r(&[b'a'; 65]), Reason::TooLarge);
-        assert_eq!(decode(None, &c).unwrap_err().reason, Reason::EmptyText);
+        assert_eq!(r(b""), Reason::EmptyText);
+        assert_eq!(decode(None, &c).unwrap_err().reason, Reason::Tombstone);
     }
 
     #[test]

@@ -6,7 +6,11 @@
 pub(crate) mod batcher;
 pub(crate) mod decode;
 pub(crate) mod event;
+pub(crate) mod headers;
 pub(crate) mod workers;
+
+#[cfg(test)]
+mod admit_fuzz;
 
 use crate::backend::generation::Generation;
 use crate::daemon::ack::Ack;
@@ -22,8 +26,8 @@ pub(crate) struct Origin {
     pub(crate) source: Source,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: Option<OwnedHeaders>,
-    /// The original bytes, kept for the dead-letter topic.
-    pub(crate) payload: Vec<u8>,
+    /// The original bytes, kept for the dead-letter topic (`None`: a tombstone).
+    pub(crate) payload: Option<Vec<u8>>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
     pub(crate) ack: Ack,
 }
@@ -111,9 +115,35 @@ pub(crate) enum Outcome {
 }
 
 /// Decodes a consumed message into a comment to label, or a rejection for the dead-letter
-/// topic. A comment without an id in its payload is named by its source coordinates.
+/// topic. A comment without an id in its payload is named by its source coordinates. Headers
+/// are checked first: a key that is not UTF-8 or headers over `input.max_header_bytes` reject
+/// the message (events carry the input headers on).
 pub(crate) fn admit(origin: Origin, input: &InputSettings) -> Admitted {
-    match decode(Some(&origin.payload), input) {
+    let h = headers::summary(origin.headers.as_ref());
+    let refused = if let Some(i) = h.bad_key {
+        Some((
+            Reason::InvalidHeaders,
+            format!("header {i} has a key that is not UTF-8"),
+        ))
+    } else if h.bytes > input.max_header_bytes {
+        Some((
+            Reason::TooLarge,
+            format!(
+                "headers are {} bytes > input.max_header_bytes {}",
+                h.bytes, input.max_header_bytes
+            ),
+        ))
+    } else {
+        None
+    };
+    if let Some((reason, detail)) = refused {
+        return Err(Rejection {
+            reason,
+            detail,
+            origin,
+        });
+    }
+    match decode(origin.payload.as_deref(), input) {
         Ok(c) => Ok(Pending {
             id: c.id.unwrap_or_else(|| origin.coordinates()),
             text: c.text,

@@ -9,11 +9,13 @@ use crate::daemon::config::OutputSettings;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
 use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
+use crate::daemon::supervise::{panic_message, Faults};
 use crate::daemon::swap::shadow::Shadow;
 use anyhow::Result;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex};
 
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
@@ -44,6 +46,47 @@ fn label_batch(
     slots.into_iter().flatten().collect()
 }
 
+/// Scores rows; when ONNX Runtime fails, tries once more (a transient failure, e.g. memory),
+/// then bisects so that only the rows that fail on their own get an error.
+fn score_isolating(
+    worker: usize,
+    model: &Generation,
+    rows: &[&[u32]],
+) -> (Vec<Result<Vec<f32>, String>>, bool) {
+    match model.score(worker, rows) {
+        Ok(scores) => (scores.into_iter().map(Ok).collect(), true),
+        Err(first) => {
+            metrics::counter!("emostream_inference_errors_total").increment(1);
+            tracing::warn!(error = %format!("{first:#}"), size = rows.len(), "inference failed; retrying once, then isolating the failing comments");
+            match model.score(worker, rows) {
+                Ok(scores) => (scores.into_iter().map(Ok).collect(), true),
+                Err(_) => (bisect(worker, model, rows, first), false),
+            }
+        }
+    }
+}
+
+/// Splits a failing set of rows in halves until each failure is a single row.
+fn bisect(
+    worker: usize,
+    model: &Generation,
+    rows: &[&[u32]],
+    error: anyhow::Error,
+) -> Vec<Result<Vec<f32>, String>> {
+    if rows.len() == 1 {
+        return vec![Err(format!("{error:#}"))];
+    }
+    let (left, right) = rows.split_at(rows.len() / 2);
+    let mut out = Vec::with_capacity(rows.len());
+    for half in [left, right] {
+        match model.score(worker, half) {
+            Ok(scores) => out.extend(scores.into_iter().map(Ok)),
+            Err(e) => out.extend(bisect(worker, model, half, e)),
+        }
+    }
+    out
+}
+
 /// Scores the comments of a batch on `model` and builds their events (or rejections).
 fn label_items(
     worker: usize,
@@ -54,7 +97,7 @@ fn label_items(
 ) -> Vec<Outcome> {
     let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
-    let scored = model.score(worker, &rows);
+    let (scored, whole) = score_isolating(worker, model, &rows);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
     let reject = |origin, detail: String| {
         Outcome::Rejected(Rejection {
@@ -63,23 +106,18 @@ fn label_items(
             origin,
         })
     };
-    let scores = match scored {
-        Ok(scores) => scores,
-        Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), size = items.len(), "inference failed; batch goes to the dead-letter topic");
-            return items
-                .into_iter()
-                .map(|item| reject(item.origin, format!("{e:#}")))
-                .collect();
-        }
-    };
-    if let Some(sh) = shadow {
+    if let (Some(sh), true) = (shadow, whole) {
+        let scores: Vec<Vec<f32>> = scored.iter().flatten().cloned().collect();
         sh.observe(worker, model, &items, &scores);
     }
     items
         .into_iter()
-        .zip(scores)
+        .zip(scored)
         .map(|(item, s)| {
+            let s = match s {
+                Ok(s) => s,
+                Err(e) => return reject(item.origin, e),
+            };
             if s.iter().any(|x| !x.is_finite()) {
                 return reject(item.origin, "model produced a non-finite score".into());
             }
@@ -113,21 +151,73 @@ struct InOrder {
     held: BTreeMap<u64, Vec<Outcome>>,
 }
 
+/// When each worker took the batch it is running (milliseconds since `started`; 0: idle), so
+/// health can tell a worker stuck inside ONNX Runtime from one waiting for work.
+pub(crate) struct Busy {
+    started: Instant,
+    since: Vec<AtomicU64>,
+}
+
+impl Busy {
+    fn new(n: usize) -> Busy {
+        Busy {
+            started: Instant::now(),
+            since: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn set(&self, w: usize, busy: bool) {
+        let now = (self.started.elapsed().as_millis() as u64).max(1);
+        self.since[w].store(if busy { now } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// The longest time any worker has been on its current batch.
+    pub(crate) fn longest(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        let oldest = self
+            .since
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .filter(|&t| t > 0)
+            .min();
+        Duration::from_millis(oldest.map_or(0, |t| now.saturating_sub(t)))
+    }
+}
+
+/// Test builds only (`--features fault-injection`): `EMOSTREAM_FAULT_PANIC_AT_BATCH=N` makes
+/// the worker that takes the N-th batch panic, to prove supervision. Absent from release builds.
+#[cfg(feature = "fault-injection")]
+fn injected_fault(seq: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("EMOSTREAM_FAULT_PANIC_AT_BATCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *at == Some(seq + 1) {
+        panic!("fault injection: worker panics on batch {}", seq + 1);
+    }
+}
+
 /// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
-/// batch's model generation. The threads end when the batch queue closes.
+/// batch's model generation. The threads end when the batch queue closes. A worker that
+/// panics reports it to `faults` (the daemon then exits: see supervise.rs); the batch it held
+/// is dropped unacknowledged, so its messages are read again after the restart.
 pub(crate) fn spawn(
     n: usize,
     batches: mpsc::Receiver<Batch>,
     outcomes: mpsc::Sender<Outcome>,
     out: OutputSettings,
     shadow: Option<Arc<Shadow>>,
-) -> Result<Vec<std::thread::JoinHandle<()>>> {
+    faults: Arc<Faults>,
+) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<Busy>)> {
     let batches = Arc::new(Mutex::new(batches));
     let order = Arc::new(std::sync::Mutex::new(InOrder {
         taken: 0,
         next: 0,
         held: BTreeMap::new(),
     }));
+    let busy = Arc::new(Busy::new(n));
     let mut handles = Vec::new();
     for w in 0..n {
         let shadow = shadow.clone();
@@ -135,37 +225,51 @@ pub(crate) fn spawn(
         let order = order.clone();
         let outcomes = outcomes.clone();
         let out = out.clone();
+        let faults = faults.clone();
+        let busy = busy.clone();
+        let work = move || loop {
+            let (seq, batch) = {
+                let mut queue = batches.blocking_lock();
+                let Some(batch) = queue.blocking_recv() else {
+                    return;
+                };
+                // Numbered while the queue is held: sequence = queue order.
+                let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                o.taken += 1;
+                (o.taken - 1, batch)
+            };
+            busy.set(w, true);
+            #[cfg(feature = "fault-injection")]
+            injected_fault(seq);
+            let labelled = label_batch(w, batch, &out, shadow.as_deref());
+            busy.set(w, false);
+            let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+            o.held.insert(seq, labelled);
+            loop {
+                let next = o.next;
+                let Some(ready) = o.held.remove(&next) else {
+                    break;
+                };
+                o.next += 1;
+                for x in ready {
+                    if outcomes.blocking_send(x).is_err() {
+                        return;
+                    }
+                }
+            }
+        };
         handles.push(
             std::thread::Builder::new()
                 .name(format!("inference-{w}"))
-                .spawn(move || loop {
-                    let (seq, batch) = {
-                        let mut queue = batches.blocking_lock();
-                        let Some(batch) = queue.blocking_recv() else {
-                            return;
-                        };
-                        // Numbered while the queue is held: sequence = queue order.
-                        let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
-                        o.taken += 1;
-                        (o.taken - 1, batch)
-                    };
-                    let labelled = label_batch(w, batch, &out, shadow.as_deref());
-                    let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
-                    o.held.insert(seq, labelled);
-                    loop {
-                        let next = o.next;
-                        let Some(ready) = o.held.remove(&next) else {
-                            break;
-                        };
-                        o.next += 1;
-                        for x in ready {
-                            if outcomes.blocking_send(x).is_err() {
-                                return;
-                            }
-                        }
+                .spawn(move || {
+                    if let Err(p) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+                        faults.fatal(format!(
+                            "stage inference-{w} panicked: {}",
+                            panic_message(&*p)
+                        ));
                     }
                 })?,
         );
     }
-    Ok(handles)
+    Ok((handles, busy))
 }
