@@ -520,6 +520,14 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
         "only {} events before the first replica leaves",
         mid.len()
     );
+    let revoked_in_flight = metric(
+        &http_get(port_a, "/metrics").unwrap().1,
+        "emostream_revoked_in_flight_total",
+    );
+    assert!(
+        revoked_in_flight.unwrap_or(0.0) >= 1.0,
+        "the revoke must have hit messages in flight (else this test did not test a revoke under load)"
+    );
     let consumed_b = metric(
         &http_get(port_b, "/metrics").unwrap().1,
         "emostream_consumed_total",

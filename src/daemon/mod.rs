@@ -260,10 +260,7 @@ pub async fn run(s: Settings) -> Result<()> {
         // Record it (a stage end was not reported through `faults`), commit what is safe
         // (the acknowledged offsets: never past an unacknowledged message) and exit non-zero.
         faults.fatal(cause.clone());
-        p.stop.notify_one();
-        if let Err(e) = source::commit(&consumer, rdkafka::consumer::CommitMode::Sync) {
-            tracing::error!(error = %format!("{e:#}"), "commit after a fatal fault failed");
-        }
+        source::abandon(&consumer).await;
         admin_task.abort();
         anyhow::bail!("{cause}; committed what was acknowledged, exiting for a restart");
     }

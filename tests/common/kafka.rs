@@ -6,7 +6,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message, OwnedHeaders};
+use rdkafka::message::{Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
@@ -14,8 +14,121 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// A test that runs its own broker points this thread's helpers at it.
+    static BROKERS: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The broker the helpers talk to: this thread's own (see [`use_brokers`]), else the shared one.
 pub fn brokers() -> String {
-    std::env::var("EMOSTREAM_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+    BROKERS
+        .with(|b| b.borrow().clone())
+        .or_else(|| std::env::var("EMOSTREAM_TEST_BROKERS").ok())
+        .unwrap_or_else(|| "127.0.0.1:19092".into())
+}
+
+/// Points this thread's helpers (topics, producing, reading, daemon_env) at `brokers`.
+pub fn use_brokers(brokers: &str) {
+    BROKERS.with(|b| *b.borrow_mut() = Some(brokers.to_string()));
+}
+
+/// A broker of the test's own (scripts/kafka.sh on another port, its data in a temporary
+/// directory), for tests that stop or break a broker: the shared one is never touched.
+/// Stopped when dropped.
+pub struct PrivateBroker {
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl PrivateBroker {
+    /// Prepares the broker's directory (jars are shared with the main broker's cache).
+    pub fn new(port: u16) -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let libs = Path::new(env!("CARGO_MANIFEST_DIR")).join(".cache/kafka/libs");
+        std::os::unix::fs::symlink(&libs, dir.path().join("libs")).unwrap();
+        PrivateBroker { port, dir }
+    }
+
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self, action: &str) {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/kafka.sh");
+        let out = Command::new(script)
+            .arg(action)
+            .env("KAFKA_PORT", self.port.to_string())
+            .env("KAFKA_DIR", self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "kafka.sh {action} on port {}: {}{}",
+            self.port,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts it (formatting storage the first time) and waits until it accepts connections.
+    pub fn start(&self) {
+        self.script("start");
+    }
+
+    /// Stops it gracefully and waits; its data stays for the next start.
+    pub fn stop(&self) {
+        self.script("stop");
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.script("stop");
+    }
+}
+
+/// Headers built from raw bytes: keys need not be UTF-8 (rust-rdkafka's own builder takes
+/// only `&str` keys, and a real producer in another language can send anything).
+pub fn raw_headers(pairs: &[(&[u8], Option<&[u8]>)]) -> OwnedHeaders {
+    use rdkafka::bindings as rd;
+    let h = OwnedHeaders::new();
+    let ptr = h.as_borrowed() as *const rdkafka::message::BorrowedHeaders as *mut rd::rd_kafka_headers_t;
+    for (k, v) in pairs {
+        let (vp, vl) = v.map_or((std::ptr::null(), 0), |v| (v.as_ptr() as *const _, v.len() as isize));
+        unsafe { rd::rd_kafka_header_add(ptr, k.as_ptr() as *const _, k.len() as isize, vp, vl) };
+    }
+    h
+}
+
+/// Headers as (key, value) byte pairs, read without rust-rdkafka's UTF-8 unwrap.
+pub fn header_pairs(h: &rdkafka::message::BorrowedHeaders) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    use rdkafka::bindings as rd;
+    let ptr = h as *const rdkafka::message::BorrowedHeaders as *const rd::rd_kafka_headers_t;
+    let n = unsafe { rd::rd_kafka_header_cnt(ptr) };
+    let mut out = Vec::new();
+    for idx in 0..n {
+        let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
+        unsafe { rd::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size) };
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes().to_vec();
+        let value = (!value.is_null())
+            .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
+        out.push((key, value));
+    }
+    out
+}
+
+/// Deletes a topic.
+pub fn delete_topic(name: &str) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .create()
+        .unwrap();
+    let res = rt()
+        .block_on(admin.delete_topics(&[name], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))))
+        .unwrap_or_else(|e| panic!("deleting topic {name}: {e}"));
+    for r in res {
+        r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));
+    }
 }
 
 /// A name no other test run has used.
@@ -55,12 +168,19 @@ pub fn create_topic(name: &str, partitions: i32, configs: &[(&str, &str)]) {
 }
 
 pub fn producer() -> ThreadedProducer<DefaultProducerContext> {
-    ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    producer_with(&[])
+}
+
+/// A producer with extra librdkafka properties (e.g. a larger message.max.bytes).
+pub fn producer_with(props: &[(&str, &str)]) -> ThreadedProducer<DefaultProducerContext> {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers())
         .set("linger.ms", "5")
-        .set("enable.idempotence", "true")
-        .create()
-        .unwrap()
+        .set("enable.idempotence", "true");
+    for (k, v) in props {
+        c.set(*k, *v);
+    }
+    c.create().unwrap()
 }
 
 /// (key, payload, headers) of a record to produce.
@@ -97,13 +217,39 @@ pub fn send_all(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, recor
     p.flush(Duration::from_secs(60)).unwrap();
 }
 
+/// Hands one record to the producer (waiting while its queue is full), without flushing.
+pub fn send_all_no_flush(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, rec: &Rec) {
+    let (k, v, h) = rec;
+    let mut r = BaseRecord::<String, Vec<u8>>::to(topic).payload(v);
+    if let Some(k) = k {
+        r = r.key(k);
+    }
+    if let Some(h) = h {
+        r = r.headers(h.clone());
+    }
+    loop {
+        match p.send(r) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                r = back;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub payload: Vec<u8>,
+    /// `payload` is empty for a null payload (tombstone) too; this tells them apart.
+    pub null_payload: bool,
+    /// Keys and values read as bytes, shown lossily as text.
     pub headers: HashMap<String, String>,
+    /// The headers exactly as they are on the topic.
+    pub raw_headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
 /// Reads `topic` from the beginning until `done(&records)` or `timeout`.
@@ -143,21 +289,24 @@ pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bo
             break;
         }
         if let Some(Ok(m)) = msg {
-            let mut headers = HashMap::new();
-            if let Some(h) = m.headers() {
-                for x in h.iter() {
-                    headers.insert(
-                        x.key.to_string(),
-                        String::from_utf8_lossy(x.value.unwrap_or_default()).into_owned(),
-                    );
-                }
-            }
+            let raw_headers = m.headers().map(header_pairs).unwrap_or_default();
+            let headers = raw_headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned(),
+                    )
+                })
+                .collect();
             out.push(Record {
                 partition: m.partition(),
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().unwrap_or_default().to_vec(),
+                null_payload: m.payload().is_none(),
                 headers,
+                raw_headers,
             });
         }
     }
@@ -263,6 +412,21 @@ pub fn spawn_daemon_with(env: &[(String, String)], config: Option<&Path>) -> Dae
         cmd.arg("run")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
+            .spawn()
+            .expect("starting emostream run"),
+    )
+}
+
+/// `emostream run` with its log (stderr and stdout) written to `log`.
+pub fn spawn_daemon_logged(env: &[(String, String)], log: &Path) -> Daemon {
+    let file = std::fs::File::create(log).unwrap();
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_emostream"))
+            .arg("run")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .expect("starting emostream run"),
     )

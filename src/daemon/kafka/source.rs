@@ -27,6 +27,9 @@ pub(crate) struct SourceContext {
     /// How long a revoke waits for the revoked partitions' in-flight messages.
     revoke_wait: Duration,
     pub(crate) assigned: AtomicBool,
+    /// Leaving after a fatal fault: a revoke commits at once instead of waiting for work that
+    /// may never finish.
+    pub(crate) abandoning: AtomicBool,
 }
 
 impl ClientContext for SourceContext {
@@ -84,7 +87,7 @@ impl ConsumerContext for SourceContext {
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
             let in_flight = self.ledger.in_flight_on(&revoked);
-            if in_flight > 0 {
+            if in_flight > 0 && !self.abandoning.load(Ordering::SeqCst) {
                 metrics::counter!("emostream_revoked_in_flight_total").increment(in_flight as u64);
                 let started = std::time::Instant::now();
                 let left = blocking(|| self.drain(&revoked));
@@ -150,6 +153,7 @@ pub(crate) fn consumer(
         hooks,
         revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
         assigned: AtomicBool::new(false),
+        abandoning: AtomicBool::new(false),
     };
     let consumer: KafkaConsumer = c
         .create_with_context(ctx)
@@ -162,7 +166,7 @@ pub(crate) fn consumer(
 }
 
 /// Commits every tracked partition's commit point.
-pub(crate) fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
+fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
     let points = consumer.context().ledger.commit_points();
     if points.is_empty() {
         return Ok(());
@@ -172,6 +176,23 @@ pub(crate) fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
         tpl.add_partition_offset(&topic, p, Offset::Offset(o))?;
     }
     consumer.commit(&tpl, mode).context("committing offsets")
+}
+
+/// After a fatal fault: commits what was acknowledged and leaves the group (bounded), so the
+/// partitions move to another member now rather than after the session times out.
+pub(crate) async fn abandon(consumer: &KafkaConsumer) {
+    consumer.context().abandoning.store(true, Ordering::SeqCst);
+    if let Err(e) = commit(consumer, CommitMode::Sync) {
+        tracing::error!(error = %format!("{e:#}"), "commit after a fatal fault failed");
+    }
+    consumer.unsubscribe();
+    // The source task, if alive, serves the revoke (and its commit) on its next poll.
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while consumer.context().assigned.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }
 
 pub(crate) struct SourceStage {
@@ -337,6 +358,11 @@ impl SourceStage {
     }
 
     fn periodic_commit(&self) {
+        // While no broker answers, each async commit would only queue up and fail together
+        // when the cluster returns; the next tick after that commits the same points.
+        if !self.consumer.context().hooks.cluster.reachable() {
+            return;
+        }
         if let Err(e) = commit(&self.consumer, CommitMode::Async) {
             tracing::warn!(error = %format!("{e:#}"), "periodic commit failed");
         }
