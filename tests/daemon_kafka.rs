@@ -278,7 +278,14 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
         let r = reasons
             .get(*reason)
             .unwrap_or_else(|| panic!("no dead letter with reason {reason}"));
-        assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
+        if *reason == "too_large" {
+            // Cut to input.max_message_bytes, and the headers say what the original was.
+            assert_eq!(r.payload, payload[..300], "the first 300 bytes kept");
+            assert_eq!(r.headers["emostream.payload_truncated"], "true");
+            assert_eq!(r.headers["emostream.original_bytes"], payload.len().to_string());
+        } else {
+            assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
+        }
         assert_eq!(r.headers["emostream.source.topic"], input);
         assert!(
             r.headers.contains_key("emostream.source.offset")
@@ -363,10 +370,12 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
 }
 
-/// The output topic refuses events over 3,000 bytes and the dead-letter topic messages over
-/// 6,000: an event with a 3,500-byte id goes to the dead-letter topic (produce_failed); one
-/// with an 8,000-byte id is refused by both, so the partition's commit point stays at or below
-/// it while later messages are still labelled, and /readyz reports the stall.
+/// The output topic refuses events over 3,000 bytes (a permanent error: dead-letter, never
+/// retry) and the dead-letter topic is compacted, so it refuses records without a key (invalid
+/// record: no smaller record fixes that). A keyed event with a 3,500-byte id goes to the
+/// dead-letter topic (produce_failed); a keyless one with an 8,000-byte id is refused by both,
+/// so the partition's commit point stays at or below it while later messages are still
+/// labelled, and /readyz and /healthz report the stall.
 #[test]
 fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     let tmp = tempfile::tempdir().unwrap();
@@ -374,7 +383,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
     create_topic(&input, 1, &[]);
     create_topic(&output, 1, &[("max.message.bytes", "3000")]);
-    create_topic(&dlq, 1, &[("max.message.bytes", "6000")]);
+    create_topic(&dlq, 1, &[("cleanup.policy", "compact")]);
     let good = |i: usize| {
         (
             None,
@@ -387,7 +396,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     let mut records: Vec<(Option<String>, Vec<u8>, Option<OwnedHeaders>)> =
         (0..10).map(good).collect();
     records.push((
-        None,
+        Some("big".to_string()),
         serde_json::json!({"id": "x".repeat(3500), "text": "big id"})
             .to_string()
             .into_bytes(),
@@ -416,6 +425,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
     env.push(("EMOSTREAM__KAFKA__PRODUCE_BACKOFF_MS".into(), "50".into()));
     env.push(("EMOSTREAM__SHUTDOWN__TIMEOUT_MS".into(), "3000".into()));
+    env.push(("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS".into(), "5000".into()));
     let mut daemon = spawn_daemon_with(&env, Some(&cfg));
 
     let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
@@ -429,7 +439,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     assert_eq!(
         dead.len(),
         1,
-        "only the 3,500-byte event fits the dead-letter topic"
+        "only the keyed event is taken by the compacted dead-letter topic"
     );
     assert_eq!(dead[0].headers["emostream.reason"], "produce_failed");
     assert_eq!(dead[0].headers["emostream.source.offset"], "10");
@@ -444,6 +454,9 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
         metrics.contains("emostream_stalled_partitions 1"),
         "{metrics}"
     );
+    // Past health.stall_timeout_ms with no progress on it, liveness fails too.
+    let health = wait_http(port, "/healthz", Duration::from_secs(30), |c, _| c == 503);
+    assert!(health.contains("no progress") && health.contains("offset 21"), "{health}");
     let c = committed(&group, &input, 1)[0];
     assert!(
         c <= 21 && c >= 11,
@@ -470,53 +483,60 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 #[test]
 fn rebalances_under_load_with_backpressure_lose_nothing() {
     // A second replica joins mid-stream (the first commits on revoke and hands partitions
-    // over), then the first leaves mid-stream (the second takes everything). Tight in-flight
-    // limits make both pause and resume their partitions throughout. Duplicates are allowed;
-    // a lost id or an offset committed past an unlabelled message is not.
+    // over), then the first leaves mid-stream (the second takes everything). The second runs
+    // a tight in-flight limit, so it pauses and resumes its partitions throughout. Duplicates
+    // are allowed; a lost id or an offset committed past an unlabelled message is not.
     let model = common::shipped_model_dir();
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
     create_topic(&input, 4, &[]);
     create_topic(&output, 4, &[]);
     create_topic(&dlq, 1, &[]);
-    let n = 3000;
+    let n = 10000;
     let records = comments(n, 40);
-    produce(&input, &records[..n / 2]);
+    // Record batches of at most 25 messages (see the fetch size below).
+    let loader = producer_with(&[("batch.num.messages", "25")]);
+    send_all(&loader, &input, &records[..n / 2]);
 
-    let replica = |port: u16| {
+    let replica = |port: u16, budget: &str| {
         let mut env = daemon_env(&group, &input, &output, &dlq, &model);
         env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
         env.push((
             "EMOSTREAM__BACKPRESSURE__MAX_IN_FLIGHT_MESSAGES".into(),
-            "64".into(),
+            budget.into(),
         ));
         env.push(("EMOSTREAM__BATCHING__INFERENCE_WORKERS".into(), "1".into()));
         env
     };
+    // The join's revoke must hit messages in flight, or this would not test a revoke under
+    // load. The first replica never pauses (default budget), so with a backlog its pipeline
+    // is always full (~200 messages); small record batches and small fetches (one batch per
+    // partition per fetch) interleave the four partitions in what it consumes, so whichever
+    // two are revoked have messages in flight. (A tight budget would not do: after each resume
+    // librdkafka takes ~0.5 s to deliver again, and a replica in that gap has nothing in
+    // flight; nor would large batches: a fetch returns a partition's whole first batch.)
+    let tmp = tempfile::tempdir().unwrap();
+    let conf = tmp.path().join("consumer.toml");
+    std::fs::write(
+        &conf,
+        "[kafka.consumer_properties]\n\"fetch.message.max.bytes\" = \"4096\"\n",
+    )
+    .unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_daemon(&replica(port_a));
+    let mut a = spawn_daemon_with(&replica(port_a, "5000"), Some(&conf));
     let early = read_until(&output, Duration::from_secs(120), |r| r.len() >= 300);
     assert!(
         early.len() >= 300,
         "first replica labelled only {}",
         early.len()
     );
-    let pauses_a = metric(
-        &http_get(port_a, "/metrics").unwrap().1,
-        "emostream_source_pauses_total",
-    )
-    .unwrap_or(0.0);
-    assert!(
-        pauses_a >= 1.0,
-        "64 in flight with a backlog must pause the partitions"
-    );
-
-    let mut b = spawn_daemon(&replica(port_b));
-    produce(&input, &records[n / 2..]);
+    // The rest of the stream first, so the first replica has a backlog when the second joins.
+    send_all(&loader, &input, &records[n / 2..]);
+    let mut b = spawn_daemon_with(&replica(port_b, "256"), Some(&conf));
     let mid = read_until(&output, Duration::from_secs(180), |r| {
-        r.iter().map(event_id).collect::<HashSet<_>>().len() >= 2000
+        r.iter().map(event_id).collect::<HashSet<_>>().len() >= 6000
     });
     assert!(
-        mid.len() >= 2000,
+        mid.len() >= 6000,
         "only {} events before the first replica leaves",
         mid.len()
     );
@@ -555,6 +575,14 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
         "two rebalances under load: {} events for {n} ids ({} duplicates)",
         all.len(),
         all.len() - ids.len()
+    );
+    let pauses_b = metric(
+        &http_get(port_b, "/metrics").unwrap().1,
+        "emostream_source_pauses_total",
+    );
+    assert!(
+        pauses_b.unwrap_or(0.0) >= 1.0,
+        "256 in flight with a backlog must pause the second replica's partitions"
     );
     sigterm(&b);
     assert!(wait_exit(&mut b, Duration::from_secs(40))

@@ -398,14 +398,6 @@ impl Settings {
             "must be at least 16",
         )?;
         check(
-            i.max_header_bytes <= i.max_message_bytes,
-            "input.max_header_bytes",
-            format!(
-                "must be at most input.max_message_bytes ({})",
-                i.max_message_bytes
-            ),
-        )?;
-        check(
             self.output.top_k >= 1 && self.output.top_k <= 1000,
             "output.top_k",
             format!("must be between 1 and 1000 (got {})", self.output.top_k),

@@ -272,9 +272,9 @@ pub async fn run(s: Settings) -> Result<()> {
 }
 
 /// `/healthz`'s progress check: messages are in flight and the oldest has waited longer than
-/// `health.stall_timeout_ms` while the cluster was reachable and no produce was waiting out a
-/// transient fault (an outage is readiness's business, not the process's), or a worker has
-/// been on one batch that long.
+/// `health.stall_timeout_ms` (e.g. one that no topic takes) while the cluster was reachable and
+/// no produce was waiting out a transient fault (an outage is readiness's business, not the
+/// process's), or a worker has been on one batch that long.
 fn stuck_check(
     s: &Settings,
     ledger: Arc<Ledger>,
@@ -288,12 +288,6 @@ fn stuck_check(
             return Some(format!(
                 "an inference worker has been on one batch for {:?}",
                 busy.longest()
-            ));
-        }
-        if sink.undeliverable() > 0 {
-            return Some(format!(
-                "{} messages refused by both the output and the dead-letter topic",
-                sink.undeliverable()
             ));
         }
         if !cluster.reachable() || sink.retrying() > 0 {

@@ -362,13 +362,14 @@ impl<'a> Retry<'a> {
         if self.attempts == 0 {
             let n = self.sink.retrying.fetch_add(1, Ordering::SeqCst) + 1;
             metrics::gauge!("emostream_produce_retrying").set(n as f64);
+            // One line when an outage begins, not one per message in flight.
+            if n == 1 {
+                tracing::warn!(error = %e, topic = self.topic, "transient produce error; retrying until the cluster takes the messages (they stay in flight)");
+            }
         }
         self.attempts += 1;
         metrics::counter!("emostream_produce_errors_total", "topic" => self.topic, "fault" => "transient").increment(1);
-        // The first failure and then every tenth: an outage does not flood the log.
-        if self.attempts % 10 == 1 {
-            tracing::warn!(error = %e, topic = self.topic, attempts = self.attempts, partition = origin.source.partition, offset = origin.source.offset, "transient produce error; retrying");
-        }
+        tracing::debug!(error = %e, topic = self.topic, attempts = self.attempts, partition = origin.source.partition, offset = origin.source.offset, "retrying produce");
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.sink.max_backoff);
     }
@@ -379,6 +380,12 @@ impl Drop for Retry<'_> {
         if self.attempts > 0 {
             let n = self.sink.retrying.fetch_sub(1, Ordering::SeqCst) - 1;
             metrics::gauge!("emostream_produce_retrying").set(n as f64);
+            if n == 0 {
+                tracing::info!(
+                    topic = self.topic,
+                    "produce recovered: no message is waiting out a fault"
+                );
+            }
         }
     }
 }

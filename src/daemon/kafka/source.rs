@@ -87,6 +87,7 @@ impl ConsumerContext for SourceContext {
                 .map(|e| (e.topic().to_string(), e.partition()))
                 .collect();
             let in_flight = self.ledger.in_flight_on(&revoked);
+            tracing::info!(partitions = revoked.len(), in_flight, "partitions revoked");
             if in_flight > 0 && !self.abandoning.load(Ordering::SeqCst) {
                 metrics::counter!("emostream_revoked_in_flight_total").increment(in_flight as u64);
                 let started = std::time::Instant::now();
