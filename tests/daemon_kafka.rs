@@ -282,7 +282,10 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
             // Cut to input.max_message_bytes, and the headers say what the original was.
             assert_eq!(r.payload, payload[..300], "the first 300 bytes kept");
             assert_eq!(r.headers["emostream.payload_truncated"], "true");
-            assert_eq!(r.headers["emostream.original_bytes"], payload.len().to_string());
+            assert_eq!(
+                r.headers["emostream.original_bytes"],
+                payload.len().to_string()
+            );
         } else {
             assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
         }
@@ -456,7 +459,10 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     );
     // Past health.stall_timeout_ms with no progress on it, liveness fails too.
     let health = wait_http(port, "/healthz", Duration::from_secs(30), |c, _| c == 503);
-    assert!(health.contains("no progress") && health.contains("offset 21"), "{health}");
+    assert!(
+        health.contains("no progress") && health.contains("offset 21"),
+        "{health}"
+    );
     let c = committed(&group, &input, 1)[0];
     assert!(
         c <= 21 && c >= 11,

@@ -39,8 +39,8 @@ fn metric(page: &str, name: &str) -> Option<f64> {
 }
 
 #[test]
-fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partition_keeps_flowing(
-) {
+fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partition_keeps_flowing()
+{
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
     let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
@@ -96,7 +96,12 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
 
     let by_key: BTreeMap<String, &Record> = dead
         .iter()
-        .map(|r| (String::from_utf8_lossy(r.key.as_deref().unwrap_or(b"")).into_owned(), r))
+        .map(|r| {
+            (
+                String::from_utf8_lossy(r.key.as_deref().unwrap_or(b"")).into_owned(),
+                r,
+            )
+        })
         .collect();
     assert_eq!(dead.len(), 4, "{:?}", by_key.keys());
     let reason = |r: &Record| r.headers["emostream.reason"].clone();
@@ -109,7 +114,10 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
         .expect("the huge message's dead letter");
     assert_eq!(reason(h), "too_large");
     assert_eq!(h.headers["emostream.payload_truncated"], "true");
-    assert_eq!(h.headers["emostream.original_bytes"], huge.len().to_string());
+    assert_eq!(
+        h.headers["emostream.original_bytes"],
+        huge.len().to_string()
+    );
     assert_eq!(
         h.headers["emostream.original_sha256"],
         hex::encode(Sha256::digest(&huge))
@@ -129,7 +137,10 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
     let bh = by_key["bigheader"];
     assert_eq!(reason(bh), "too_large");
     assert!(bh.headers["emostream.detail"].contains("max_header_bytes"));
-    assert_eq!(bh.headers["emostream.input_headers_dropped_bytes"], "900004");
+    assert_eq!(
+        bh.headers["emostream.input_headers_dropped_bytes"],
+        "900004"
+    );
 
     let t = by_key["tomb"];
     assert_eq!(reason(t), "tombstone");
@@ -159,7 +170,10 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
         let mut env = daemon_env(&group, &input, &output, &dlq, &model);
         env.extend([
             ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
-            ("EMOSTREAM__BACKPRESSURE__MAX_IN_FLIGHT_MESSAGES".into(), "64".into()),
+            (
+                "EMOSTREAM__BACKPRESSURE__MAX_IN_FLIGHT_MESSAGES".into(),
+                "64".into(),
+            ),
             ("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()),
             ("EMOSTREAM__KAFKA__REVOKE_WAIT_MS".into(), "2000".into()),
         ]);
@@ -176,7 +190,13 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     )
     .unwrap();
     let first: Vec<Rec> = (0..400)
-        .map(|i| (Some(format!("k{}", i % 16)), comment(&format!("a{i}"), i), None))
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 16)),
+                comment(&format!("a{i}"), i),
+                None,
+            )
+        })
         .collect();
     produce(&input, &first);
     let (port_a, port_b) = (free_port(), free_port());
@@ -188,7 +208,13 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     // The output topic disappears; the stream goes on.
     delete_topic(&output);
     let second: Vec<Rec> = (0..1500)
-        .map(|i| (Some(format!("k{}", i % 16)), comment(&format!("b{i}"), i), None))
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 16)),
+                comment(&format!("b{i}"), i),
+                None,
+            )
+        })
         .collect();
     produce(&input, &second);
     // The sink waits the fault out: not ready, retrying, paused at its budget.
@@ -198,7 +224,11 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     });
     eprintln!("output topic gone: {body}");
     let m = http_get(port_a, "/metrics").unwrap().1;
-    assert_eq!(metric(&m, "emostream_source_paused"), Some(1.0), "paused at its budget");
+    assert_eq!(
+        metric(&m, "emostream_source_paused"),
+        Some(1.0),
+        "paused at its budget"
+    );
     // Paused past max.poll.interval.ms, then a second member joins the group.
     std::thread::sleep(Duration::from_secs(12).saturating_sub(paused_at.elapsed()));
     let mut b = spawn_daemon_with(&replica(port_b), Some(&conf));
@@ -211,18 +241,30 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     let after = read_until(&output, Duration::from_secs(180), |r| ids(r).len() >= 1500);
     let got = ids(&after);
     for i in 0..1500 {
-        assert!(got.contains(&format!("b{i}")), "b{i} labelled after the topic returned");
+        assert!(
+            got.contains(&format!("b{i}")),
+            "b{i} labelled after the topic returned"
+        );
     }
-    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty(), "no comment dead-lettered");
+    assert!(
+        read_until(&dlq, Duration::from_secs(2), |_| false).is_empty(),
+        "no comment dead-lettered"
+    );
     for (name, d, port) in [("first", &mut a, port_a), ("second", &mut b, port_b)] {
-        assert!(d.try_wait().unwrap().is_none(), "{name} replica never exited");
+        assert!(
+            d.try_wait().unwrap().is_none(),
+            "{name} replica never exited"
+        );
         let r = wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
         assert!(r.contains("\"partitions_assigned\":true"), "{name}: {r}");
         let m = http_get(port, "/metrics").unwrap().1;
         assert!(
             !m.contains("MaxPollExceeded"),
             "{name} replica was evicted for not polling: {}",
-            m.lines().filter(|l| l.contains("consumer_errors")).collect::<Vec<_>>().join("\n")
+            m.lines()
+                .filter(|l| l.contains("consumer_errors"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     }
     let m = http_get(port_a, "/metrics").unwrap().1;
@@ -232,7 +274,9 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     );
     for d in [&mut a, &mut b] {
         sigterm(d);
-        assert!(wait_exit(d, Duration::from_secs(40)).expect("exit").success());
+        assert!(wait_exit(d, Duration::from_secs(40))
+            .expect("exit")
+            .success());
     }
     assert_eq!(committed(&group, &input, 4), end_offsets(&input, 4));
 }
@@ -249,7 +293,13 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     create_topic(output, 1, &[]);
     create_topic(dlq, 1, &[]);
     let early: Vec<Rec> = (0..300)
-        .map(|i| (Some(format!("k{}", i % 12)), comment(&format!("s{i}"), i), None))
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 12)),
+                comment(&format!("s{i}"), i),
+                None,
+            )
+        })
         .collect();
     produce(input, &early);
     broker.stop();
@@ -266,7 +316,10 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
             assert_eq!(code, 503, "ready with no broker");
             seen_not_ready = true;
         }
-        assert!(daemon.try_wait().unwrap().is_none(), "exited with the broker down");
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "exited with the broker down"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(seen_not_ready);
@@ -287,13 +340,20 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
             let due = start + Duration::from_millis(10 * i as u64);
             std::thread::sleep(due.saturating_duration_since(Instant::now()));
             let id = format!("m{i}");
-            let rec = (Some(format!("k{}", i % 12)), comment(&id, i), None::<OwnedHeaders>);
+            let rec = (
+                Some(format!("k{}", i % 12)),
+                comment(&id, i),
+                None::<OwnedHeaders>,
+            );
             send_all_no_flush(&p, input, &rec);
         }
         rdkafka::producer::Producer::flush(&p, Duration::from_secs(300)).unwrap();
     });
     std::thread::sleep(Duration::from_secs(10));
-    let in_flight_before = metric(&http_get(port, "/metrics").unwrap().1, "emostream_consumed_total");
+    let in_flight_before = metric(
+        &http_get(port, "/metrics").unwrap().1,
+        "emostream_consumed_total",
+    );
     broker.stop();
     let stopped = Instant::now();
     let mut saw_503 = false;
@@ -301,16 +361,24 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
         if let Some((code, _)) = http_get(port, "/readyz") {
             saw_503 |= code == 503;
         }
-        assert!(daemon.try_wait().unwrap().is_none(), "exited during the outage");
+        assert!(
+            daemon.try_wait().unwrap().is_none(),
+            "exited during the outage"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     assert!(saw_503, "/readyz must say 503 while the broker is down");
     broker.start();
     stream.join().unwrap();
-    let all = read_until(output, Duration::from_secs(240), |r| ids(r).len() >= 300 + total);
+    let all = read_until(output, Duration::from_secs(240), |r| {
+        ids(r).len() >= 300 + total
+    });
     let got = ids(&all);
     for i in 0..total {
-        assert!(got.contains(&format!("m{i}")), "m{i} lost across the outage");
+        assert!(
+            got.contains(&format!("m{i}")),
+            "m{i} lost across the outage"
+        );
     }
     eprintln!(
         "45 s outage: {} events for {} ids ({} duplicates); consumed before the stop: {in_flight_before:?}",
@@ -318,8 +386,14 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
         got.len(),
         all.len() - got.len()
     );
-    assert!(read_until(dlq, Duration::from_secs(3), |_| false).is_empty(), "no good comment dead-lettered");
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon never exited");
+    assert!(
+        read_until(dlq, Duration::from_secs(3), |_| false).is_empty(),
+        "no good comment dead-lettered"
+    );
+    assert!(
+        daemon.try_wait().unwrap().is_none(),
+        "the daemon never exited"
+    );
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
     // Committed offsets reach the end (the periodic commit gets there within a moment).
     let end = end_offsets(input, 3);
@@ -329,7 +403,9 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     }
     assert_eq!(committed(group, input, 3), end);
     sigterm(&daemon);
-    assert!(wait_exit(&mut daemon, Duration::from_secs(40)).expect("exit").success());
+    assert!(wait_exit(&mut daemon, Duration::from_secs(40))
+        .expect("exit")
+        .success());
 }
 
 #[cfg(feature = "fault-injection")]
@@ -343,7 +419,13 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
     create_topic(&dlq, 1, &[]);
     let n = 1200;
     let records: Vec<Rec> = (0..n)
-        .map(|i| (Some(format!("k{}", i % 10)), comment(&format!("w{i}"), i), None))
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 10)),
+                comment(&format!("w{i}"), i),
+                None,
+            )
+        })
         .collect();
     produce(&input, &records);
     let mut env = daemon_env(&group, &input, &output, &dlq, &model);
@@ -358,22 +440,33 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
             break s;
         }
         if panicked_at.is_none()
-            && std::fs::read_to_string(&log).unwrap_or_default().contains("fault injection")
+            && std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("fault injection")
         {
             panicked_at = Some(Instant::now());
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "the daemon did not exit after the panic");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the daemon did not exit after the panic"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let text = std::fs::read_to_string(&log).unwrap();
     let panicked_at = panicked_at.expect("the injected panic happened");
-    assert!(!status.success(), "exit status {status:?} after a worker panic");
+    assert!(
+        !status.success(),
+        "exit status {status:?} after a worker panic"
+    );
     assert!(
         panicked_at.elapsed() < Duration::from_secs(10),
         "exited {:?} after the panic",
         panicked_at.elapsed()
     );
-    assert!(text.contains("stage inference-"), "the fault names the stage: {text}");
+    assert!(
+        text.contains("stage inference-"),
+        "the fault names the stage: {text}"
+    );
     // Work was in flight: the crash left messages to label again.
     let left = committed(&group, &input, 2);
     let end = end_offsets(&input, 2);
@@ -390,7 +483,9 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
         assert!(got.contains(&format!("w{i}")), "w{i} lost to the panic");
     }
     sigterm(&again);
-    assert!(wait_exit(&mut again, Duration::from_secs(40)).expect("exit").success());
+    assert!(wait_exit(&mut again, Duration::from_secs(40))
+        .expect("exit")
+        .success());
     assert_eq!(committed(&group, &input, 2), end_offsets(&input, 2));
 }
 
@@ -426,7 +521,11 @@ fn an_onnx_runtime_failure_on_one_comment_dead_letters_that_comment_only() {
             .write_all(lines.join("\n").as_bytes())
             .unwrap();
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let events: Vec<serde_json::Value> = String::from_utf8(out.stdout)
             .unwrap()
             .lines()
@@ -444,8 +543,16 @@ fn an_onnx_runtime_failure_on_one_comment_dead_letters_that_comment_only() {
     assert_eq!(rejects.len(), 1, "{rejects:?}");
     assert_eq!(rejects[0]["reason"], "inference_error");
     assert_eq!(rejects[0]["line"], 18);
-    assert!(rejects[0]["detail"].as_str().unwrap().to_lowercase().contains("gather")
-        || rejects[0]["detail"].as_str().unwrap().contains("out of"), "{}", rejects[0]);
+    assert!(
+        rejects[0]["detail"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("gather")
+            || rejects[0]["detail"].as_str().unwrap().contains("out of"),
+        "{}",
+        rejects[0]
+    );
     assert_eq!(events.len(), good.len(), "every other comment labelled");
     // Isolating the failure did not change anyone else's scores.
     let (clean, none) = classify(&good);

@@ -531,7 +531,10 @@ impl Settings {
         check(
             self.health.stall_timeout_ms >= 1000,
             "health.stall_timeout_ms",
-            format!("must be at least 1000 (got {})", self.health.stall_timeout_ms),
+            format!(
+                "must be at least 1000 (got {})",
+                self.health.stall_timeout_ms
+            ),
         )?;
         check(
             self.shutdown.timeout_ms >= 100,

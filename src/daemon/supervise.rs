@@ -60,7 +60,10 @@ pub(crate) fn stage_ended(stage: &str, r: Result<(), tokio::task::JoinError>) ->
     match r {
         Ok(()) => format!("stage {stage} ended unexpectedly"),
         Err(e) if e.is_panic() => {
-            format!("stage {stage} panicked: {}", panic_message(&*e.into_panic()))
+            format!(
+                "stage {stage} panicked: {}",
+                panic_message(&*e.into_panic())
+            )
         }
         Err(e) => format!("stage {stage} was cancelled: {e}"),
     }

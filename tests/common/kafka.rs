@@ -92,9 +92,12 @@ impl Drop for PrivateBroker {
 pub fn raw_headers(pairs: &[(&[u8], Option<&[u8]>)]) -> OwnedHeaders {
     use rdkafka::bindings as rd;
     let h = OwnedHeaders::new();
-    let ptr = h.as_borrowed() as *const rdkafka::message::BorrowedHeaders as *mut rd::rd_kafka_headers_t;
+    let ptr =
+        h.as_borrowed() as *const rdkafka::message::BorrowedHeaders as *mut rd::rd_kafka_headers_t;
     for (k, v) in pairs {
-        let (vp, vl) = v.map_or((std::ptr::null(), 0), |v| (v.as_ptr() as *const _, v.len() as isize));
+        let (vp, vl) = v.map_or((std::ptr::null(), 0), |v| {
+            (v.as_ptr() as *const _, v.len() as isize)
+        });
         unsafe { rd::rd_kafka_header_add(ptr, k.as_ptr() as *const _, k.len() as isize, vp, vl) };
     }
     h
@@ -109,7 +112,9 @@ pub fn header_pairs(h: &rdkafka::message::BorrowedHeaders) -> Vec<(Vec<u8>, Opti
     for idx in 0..n {
         let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
         unsafe { rd::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size) };
-        let key = unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes().to_vec();
+        let key = unsafe { std::ffi::CStr::from_ptr(name) }
+            .to_bytes()
+            .to_vec();
         let value = (!value.is_null())
             .then(|| unsafe { std::slice::from_raw_parts(value as *const u8, size) }.to_vec());
         out.push((key, value));
@@ -124,7 +129,10 @@ pub fn delete_topic(name: &str) {
         .create()
         .unwrap();
     let res = rt()
-        .block_on(admin.delete_topics(&[name], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)))))
+        .block_on(admin.delete_topics(
+            &[name],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(20))),
+        ))
         .unwrap_or_else(|e| panic!("deleting topic {name}: {e}"));
     for r in res {
         r.unwrap_or_else(|(t, e)| panic!("deleting topic {t}: {e}"));

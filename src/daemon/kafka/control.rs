@@ -8,10 +8,10 @@
 
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::client_config;
+use crate::daemon::kafka::client::KafkaProducer;
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use crate::daemon::kafka::client::KafkaProducer;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};

@@ -207,7 +207,9 @@ impl Sink {
                     tracing::warn!(error = %e, offset = origin.source.offset, partition = origin.source.partition, "output topic refused the event for good; dead-lettering it");
                     drop(retry);
                     let detail = format!("output topic {}: {e}", self.output_topic);
-                    return self.dead_letter(Reason::ProduceFailed, detail, origin).await;
+                    return self
+                        .dead_letter(Reason::ProduceFailed, detail, origin)
+                        .await;
                 }
             }
             enqueued = self

@@ -66,7 +66,9 @@ impl SourceContext {
         let deadline = std::time::Instant::now() + self.revoke_wait;
         loop {
             let left = self.ledger.in_flight_on(partitions);
-            if left == 0 || std::time::Instant::now() >= deadline {
+            // No token outstanding anywhere: what is left was dropped unacknowledged (a stage
+            // ended) and will never resolve; waiting longer gains nothing.
+            if left == 0 || self.ledger.in_flight() == 0 || std::time::Instant::now() >= deadline {
                 return left;
             }
             std::thread::sleep(Duration::from_millis(10));
@@ -88,7 +90,10 @@ impl ConsumerContext for SourceContext {
                 .collect();
             let in_flight = self.ledger.in_flight_on(&revoked);
             tracing::info!(partitions = revoked.len(), in_flight, "partitions revoked");
-            if in_flight > 0 && !self.abandoning.load(Ordering::SeqCst) {
+            if in_flight > 0
+                && self.ledger.in_flight() > 0
+                && !self.abandoning.load(Ordering::SeqCst)
+            {
                 metrics::counter!("emostream_revoked_in_flight_total").increment(in_flight as u64);
                 let started = std::time::Instant::now();
                 let left = blocking(|| self.drain(&revoked));
@@ -113,6 +118,8 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             tracing::info!(partitions = tpl.count(), "partitions assigned");
+            // The group coordinator answered.
+            self.hooks.cluster.seen_up();
         }
         // Cooperative rebalances add and remove partitions a few at a time: ask what is held.
         let held = consumer.assignment().map_or(0, |a| a.count());

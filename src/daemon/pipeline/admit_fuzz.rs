@@ -146,14 +146,20 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
             Ok(p) => {
                 comments += 1;
                 assert!(summary.bad_key.is_none() && summary.bytes <= input.max_header_bytes);
-                assert!(!p.text.trim().is_empty(), "message {n}: empty text admitted");
+                assert!(
+                    !p.text.trim().is_empty(),
+                    "message {n}: empty text admitted"
+                );
                 let e = text.encode(&p.text).expect("admitted text tokenizes");
                 assert!(e.ids.len() <= 128 && !e.ids.is_empty());
                 p.origin.ack.delivered();
             }
             Err(r) => {
                 rejected += 1;
-                assert!(!r.detail.is_empty(), "message {n}: rejection without detail");
+                assert!(
+                    !r.detail.is_empty(),
+                    "message {n}: rejection without detail"
+                );
                 let expected = if summary.bad_key.is_some() {
                     Some(Reason::InvalidHeaders)
                 } else if summary.bytes > input.max_header_bytes {
@@ -171,7 +177,10 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
         }
     }
     // Both sides were exercised, and every token resolved.
-    assert!(comments > 1000 && rejected > 1000, "{comments} / {rejected}");
+    assert!(
+        comments > 1000 && rejected > 1000,
+        "{comments} / {rejected}"
+    );
     assert_eq!(ledger.in_flight(), 0);
     assert_eq!(ledger.unacknowledged(), 0);
 }

@@ -17,7 +17,8 @@ pub(crate) fn for_each(h: &BorrowedHeaders, mut f: impl FnMut(&[u8], Option<&[u8
     let n = unsafe { rd::rd_kafka_header_cnt(ptr) };
     for idx in 0..n {
         let (mut name, mut value, mut size) = (std::ptr::null(), std::ptr::null(), 0usize);
-        let err = unsafe { rd::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size) };
+        let err =
+            unsafe { rd::rd_kafka_header_get_all(ptr, idx, &mut name, &mut value, &mut size) };
         if err != rd::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
             continue;
         }
@@ -61,7 +62,13 @@ pub(crate) fn add(h: OwnedHeaders, key: &[u8], value: Option<&[u8]>) -> OwnedHea
     };
     // An OwnedHeaders is always writable; header_add only fails on a read-only list.
     unsafe {
-        rd::rd_kafka_header_add(ptr, key.as_ptr() as *const _, key.len() as isize, vptr, vlen)
+        rd::rd_kafka_header_add(
+            ptr,
+            key.as_ptr() as *const _,
+            key.len() as isize,
+            vptr,
+            vlen,
+        )
     };
     h
 }
