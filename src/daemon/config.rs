@@ -641,7 +641,28 @@ mod tests {
             let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
             assert!(e.contains(key), "{toml}: {e}");
         }
+        // A producer limit below what a dead-letter record may need names every key involved.
         let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            "[kafka.producer_properties]\n\"message.max.bytes\" = \"1000000\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+        for key in [
+            "kafka.producer_properties.message.max.bytes",
+            "input.max_message_bytes",
+            "input.max_header_bytes",
+        ] {
+            assert!(e.contains(key), "{e}");
+        }
+        std::fs::write(
+            &f,
+            "[kafka.consumer_properties]\n\"max.poll.interval.ms\" = \"4000\"\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+        assert!(e.contains("kafka.revoke_wait_ms"), "{e}");
         std::fs::write(&f, "[batching]\nmax_batch_size = \"lots\"\n").unwrap();
         let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
         assert!(e.contains("max_batch_size"), "{e}");
