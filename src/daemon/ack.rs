@@ -15,35 +15,56 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 type TopicPartition = (String, i32);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Partition {
     /// Unacknowledged offset → when it was consumed.
     pending: BTreeMap<i64, Instant>,
     /// One past the offset consumed last.
     next: Option<i64>,
+    /// Which reading of the partition its tokens belong to: new when the partition is first
+    /// tracked (again, after a revoke) and when it rewinds.
+    epoch: u64,
 }
 
 #[derive(Debug, Default)]
 struct OffsetTracker {
     parts: HashMap<TopicPartition, Partition>,
+    epochs: u64,
 }
 
 impl OffsetTracker {
-    fn track(&mut self, tp: &TopicPartition, offset: i64) {
+    /// Tracks a consumed offset; returns the epoch its token must carry.
+    fn track(&mut self, tp: &TopicPartition, offset: i64) -> u64 {
         // The key is cloned only for a partition's first message, not for every message.
         if !self.parts.contains_key(tp) {
-            self.parts.insert(tp.clone(), Partition::default());
+            self.epochs += 1;
+            let p = Partition {
+                pending: BTreeMap::new(),
+                next: None,
+                epoch: self.epochs,
+            };
+            self.parts.insert(tp.clone(), p);
         }
         let p = self.parts.get_mut(tp).expect("inserted above");
+        if p.next.is_some_and(|n| offset < n) {
+            // A rewind (offset reset, truncated log, recreated topic): everything from here is
+            // read again, and an offset in flight from before may now name another record, so
+            // the old tokens no longer acknowledge anything.
+            self.epochs += 1;
+            p.epoch = self.epochs;
+            p.pending.clear();
+        }
         p.pending.insert(offset, Instant::now());
-        // The last consumed, not the highest: after an offset reset rewinds the partition,
-        // the commit point must not claim offsets beyond what was read again.
+        // The last consumed, not the highest: the commit point must not claim offsets beyond
+        // what was read again.
         p.next = Some(offset + 1);
+        p.epoch
     }
 
-    /// Marks an offset delivered. Acks for partitions no longer tracked (revoked) are ignored.
-    pub(crate) fn ack(&mut self, tp: &TopicPartition, offset: i64) {
-        if let Some(p) = self.parts.get_mut(tp) {
+    /// Marks an offset delivered. Acks from another epoch (the partition was revoked, or
+    /// rewound since) are ignored.
+    pub(crate) fn ack(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) {
+        if let Some(p) = self.parts.get_mut(tp).filter(|p| p.epoch == epoch) {
             p.pending.remove(&offset);
         }
     }
@@ -119,26 +140,28 @@ impl Ledger {
         offset: i64,
         bytes: usize,
     ) -> Ack {
-        self.offsets().track(&partition, offset);
-        let m = self.messages.fetch_add(1, Ordering::SeqCst) + 1;
-        let b = self.bytes.fetch_add(bytes, Ordering::SeqCst) + bytes;
-        publish(m, b);
+        let epoch = self.offsets().track(&partition, offset);
+        self.messages.fetch_add(1, Ordering::SeqCst);
+        self.bytes.fetch_add(bytes, Ordering::SeqCst);
+        publish(1.0, bytes as f64);
         Ack {
             ledger: self.clone(),
             partition,
             offset,
+            epoch,
             bytes,
             resolved: false,
         }
     }
 
-    fn resolve(&self, partition: &TopicPartition, offset: i64, bytes: usize, delivered: bool) {
+    fn resolve(&self, a: &Ack, delivered: bool) {
+        let (partition, offset, bytes) = (&a.partition, a.offset, a.bytes);
         if delivered {
-            self.offsets().ack(partition, offset);
+            self.offsets().ack(partition, offset, a.epoch);
         }
-        let m = self.messages.fetch_sub(1, Ordering::SeqCst) - 1;
-        let b = self.bytes.fetch_sub(bytes, Ordering::SeqCst) - bytes;
-        publish(m, b);
+        self.messages.fetch_sub(1, Ordering::SeqCst);
+        self.bytes.fetch_sub(bytes, Ordering::SeqCst);
+        publish(-1.0, -(bytes as f64));
         self.released.notify_waiters();
     }
 
@@ -188,9 +211,11 @@ impl Ledger {
     }
 }
 
-fn publish(messages: usize, bytes: usize) {
-    metrics::gauge!("emostream_in_flight_messages").set(messages as f64);
-    metrics::gauge!("emostream_in_flight_bytes").set(bytes as f64);
+/// Moves the in-flight gauges by a step; setting them from the atomics could leave a stale
+/// value when two threads publish at once.
+fn publish(messages: f64, bytes: f64) {
+    metrics::gauge!("emostream_in_flight_messages").increment(messages);
+    metrics::gauge!("emostream_in_flight_bytes").increment(bytes);
 }
 
 /// A message's acknowledgement. [`Ack::delivered`] once the output or dead-letter topic has
@@ -202,6 +227,7 @@ pub(crate) struct Ack {
     ledger: Arc<Ledger>,
     partition: TopicPartition,
     offset: i64,
+    epoch: u64,
     bytes: usize,
     resolved: bool,
 }
@@ -209,8 +235,7 @@ pub(crate) struct Ack {
 impl Ack {
     pub(crate) fn delivered(mut self) {
         self.resolved = true;
-        self.ledger
-            .resolve(&self.partition, self.offset, self.bytes, true);
+        self.ledger.resolve(&self, true);
     }
 }
 
@@ -218,8 +243,7 @@ impl Drop for Ack {
     fn drop(&mut self) {
         if !self.resolved {
             metrics::counter!("emostream_acks_dropped_total").increment(1);
-            self.ledger
-                .resolve(&self.partition, self.offset, self.bytes, false);
+            self.ledger.resolve(self, false);
         }
     }
 }
@@ -232,16 +256,17 @@ mod tests {
     fn failed_offset_holds_commit_point_while_later_ones_succeed() {
         let tp = ("t".to_string(), 0);
         let mut t = OffsetTracker::default();
+        let mut e = 0;
         for o in 10..15 {
-            t.track(&tp, o);
+            e = t.track(&tp, o);
         }
         assert_eq!(t.commit_point(&tp), Some(10));
         for o in [10, 11, 13, 14] {
-            t.ack(&tp, o);
+            t.ack(&tp, o, e);
         }
         // 12 is not acknowledged: never commit past it.
         assert_eq!(t.commit_point(&tp), Some(12));
-        t.ack(&tp, 12);
+        t.ack(&tp, 12, e);
         assert_eq!(t.commit_point(&tp), Some(15));
         assert_eq!(t.in_flight(), 0);
     }
@@ -250,29 +275,38 @@ mod tests {
     fn a_rewound_partition_commits_no_further_than_it_read_again() {
         let tp = ("t".to_string(), 0);
         let mut t = OffsetTracker::default();
-        for o in 100..103 {
+        let old = t.track(&tp, 100);
+        for o in 101..103 {
             t.track(&tp, o);
-            t.ack(&tp, o);
+            t.ack(&tp, o, old);
         }
-        assert_eq!(t.commit_point(&tp), Some(103));
-        // An offset reset sends the consumer back to 40.
-        t.track(&tp, 40);
-        assert_eq!(t.commit_point(&tp), Some(40));
-        t.ack(&tp, 40);
-        assert_eq!(t.commit_point(&tp), Some(41));
-        assert_eq!(t.in_flight_on(&[tp.clone()]), 0);
-        t.track(&tp, 41);
-        assert_eq!(t.in_flight_on(&[tp, ("t".into(), 9)]), 1);
+        // 100 is still in flight when an offset reset sends the consumer back to 95.
+        let new = t.track(&tp, 95);
+        assert_ne!(new, old);
+        assert_eq!(t.commit_point(&tp), Some(95));
+        t.ack(&tp, 95, new);
+        assert_eq!(t.commit_point(&tp), Some(96), "96..99 not read again yet");
+        // The late acknowledgement of the old 100 does not acknowledge the new 100.
+        for o in 96..101 {
+            t.track(&tp, o);
+        }
+        t.ack(&tp, 100, old);
+        assert_eq!(t.commit_point(&tp), Some(96));
+        assert_eq!(t.in_flight_on(&[tp.clone(), ("t".into(), 9)]), 5);
     }
 
     #[test]
     fn revoked_partition_ignores_late_acks() {
         let tp = ("t".to_string(), 1);
         let mut t = OffsetTracker::default();
-        t.track(&tp, 3);
+        let e = t.track(&tp, 3);
         assert_eq!(t.remove(&tp), Some(3));
-        t.ack(&tp, 3);
+        t.ack(&tp, 3, e);
         assert_eq!(t.commit_point(&tp), None);
+        // Assigned again: the old token does not acknowledge the new reading of offset 3.
+        t.track(&tp, 3);
+        t.ack(&tp, 3, e);
+        assert_eq!(t.commit_point(&tp), Some(3));
     }
 
     #[test]

@@ -537,6 +537,14 @@ impl Settings {
             ),
         )?;
         check(
+            self.kafka.produce_timeout_ms < self.health.stall_timeout_ms,
+            "health.stall_timeout_ms",
+            format!(
+                "must be above kafka.produce_timeout_ms ({}): before a produce attempt times out, an outage shows no retrying message, and /healthz would call it a stall",
+                self.kafka.produce_timeout_ms
+            ),
+        )?;
+        check(
             self.shutdown.timeout_ms >= 100,
             "shutdown.timeout_ms",
             "must be at least 100",

@@ -197,7 +197,12 @@ pub async fn run(s: Settings) -> Result<()> {
     )?;
     let ledger = Arc::new(Ledger::default());
     let consumer = source::consumer(&s, ledger.clone(), hooks("consumer"))?;
-    let sink = Arc::new(Sink::new(producer.clone(), &s, cluster.clone()));
+    let sink = Arc::new(Sink::new(
+        producer.clone(),
+        &s,
+        cluster.clone(),
+        faults.clone(),
+    ));
     let pipeline = start_pipeline(
         &s,
         consumer.clone(),

@@ -13,6 +13,7 @@ use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{Cluster, KafkaProducer};
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::{headers, Origin, Outcome};
+use crate::daemon::supervise::{stage_ended, Faults};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
@@ -85,10 +86,17 @@ pub(crate) struct Sink {
     retrying: AtomicUsize,
     /// Messages refused by both topics for good right now (the partition cannot commit past).
     undeliverable: AtomicUsize,
+    /// A delivery task that panics is a fault of the sink stage.
+    faults: Arc<Faults>,
 }
 
 impl Sink {
-    pub(crate) fn new(producer: KafkaProducer, s: &Settings, cluster: Arc<Cluster>) -> Sink {
+    pub(crate) fn new(
+        producer: KafkaProducer,
+        s: &Settings,
+        cluster: Arc<Cluster>,
+        faults: Arc<Faults>,
+    ) -> Sink {
         Sink {
             producer,
             output_topic: s.kafka.output_topic.clone(),
@@ -100,6 +108,7 @@ impl Sink {
             cluster,
             retrying: AtomicUsize::new(0),
             undeliverable: AtomicUsize::new(0),
+            faults,
         }
     }
 
@@ -136,9 +145,21 @@ impl Sink {
                         .spawn(async move { sink.dead_letter(r.reason, r.detail, r.origin).await });
                 }
             }
-            while tasks.try_join_next().is_some() {}
+            while let Some(done) = tasks.try_join_next() {
+                self.check(done);
+            }
         }
-        while tasks.join_next().await.is_some() {}
+        while let Some(done) = tasks.join_next().await {
+            self.check(done);
+        }
+    }
+
+    /// A delivery task that panicked dropped its message's token: the offset is held and the
+    /// process must restart to read it again.
+    fn check(&self, done: Result<(), tokio::task::JoinError>) {
+        if let Err(e) = done {
+            self.faults.fatal(stage_ended("sink", Err(e)));
+        }
     }
 
     /// Hands a record to librdkafka (waiting while its queue is full); the delivery to await.
@@ -248,6 +269,7 @@ impl Sink {
                 Err(e) => match (classify(&e), shape) {
                     (Fault::Transient, _) => retry.wait(&e, &origin).await,
                     (Fault::TooLarge, Shape::Full | Shape::Cut) => {
+                        retry.reset();
                         tracing::warn!(error = %e, ?shape, offset = origin.source.offset, "dead-letter topic refused the record's size; cutting it");
                         shape = if shape == Shape::Full {
                             Shape::Cut
@@ -260,6 +282,9 @@ impl Sink {
                         // hold the partition, show it in readiness and health, keep trying in
                         // case an operator fixes the topic.
                         metrics::counter!("emostream_produce_errors_total", "topic" => "dead_letter", "fault" => "permanent").increment(1);
+                        // Refused for good, not waiting out a fault: readiness and health must
+                        // see a stalled message, not an outage.
+                        retry.reset();
                         if !refused {
                             refused = true;
                             self.count_undeliverable(true);
@@ -332,12 +357,14 @@ impl Sink {
     }
 
     fn count_undeliverable(&self, one_more: bool) {
-        let n = if one_more {
-            self.undeliverable.fetch_add(1, Ordering::SeqCst) + 1
+        // The gauge moves by steps (not set from the atomic): no stale value under races.
+        if one_more {
+            self.undeliverable.fetch_add(1, Ordering::SeqCst);
+            metrics::gauge!("emostream_stalled_partitions").increment(1.0);
         } else {
-            self.undeliverable.fetch_sub(1, Ordering::SeqCst) - 1
-        };
-        metrics::gauge!("emostream_stalled_partitions").set(n as f64);
+            self.undeliverable.fetch_sub(1, Ordering::SeqCst);
+            metrics::gauge!("emostream_stalled_partitions").decrement(1.0);
+        }
     }
 }
 
@@ -363,7 +390,8 @@ impl<'a> Retry<'a> {
     async fn wait(&mut self, e: &KafkaError, origin: &Origin) {
         if self.attempts == 0 {
             let n = self.sink.retrying.fetch_add(1, Ordering::SeqCst) + 1;
-            metrics::gauge!("emostream_produce_retrying").set(n as f64);
+            // Moved by steps, not set from the atomic: two threads cannot leave a stale value.
+            metrics::gauge!("emostream_produce_retrying").increment(1.0);
             // One line when an outage begins, not one per message in flight.
             if n == 1 {
                 tracing::warn!(error = %e, topic = self.topic, "transient produce error; retrying until the cluster takes the messages (they stay in flight)");
@@ -377,11 +405,19 @@ impl<'a> Retry<'a> {
     }
 }
 
-impl Drop for Retry<'_> {
-    fn drop(&mut self) {
+impl Retry<'_> {
+    /// No longer waiting out a transient fault (the message is refused for good, or takes
+    /// another shape): stop counting it as retrying.
+    fn reset(&mut self) {
+        self.release();
+        self.attempts = 0;
+        self.backoff = self.sink.backoff;
+    }
+
+    fn release(&mut self) {
         if self.attempts > 0 {
             let n = self.sink.retrying.fetch_sub(1, Ordering::SeqCst) - 1;
-            metrics::gauge!("emostream_produce_retrying").set(n as f64);
+            metrics::gauge!("emostream_produce_retrying").decrement(1.0);
             if n == 0 {
                 tracing::info!(
                     topic = self.topic,
@@ -389,6 +425,12 @@ impl Drop for Retry<'_> {
                 );
             }
         }
+    }
+}
+
+impl Drop for Retry<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 

@@ -27,8 +27,8 @@ pub(crate) struct SourceContext {
     /// How long a revoke waits for the revoked partitions' in-flight messages.
     revoke_wait: Duration,
     pub(crate) assigned: AtomicBool,
-    /// Leaving after a fatal fault: a revoke commits at once instead of waiting for work that
-    /// may never finish.
+    /// Leaving (after a fatal fault, or at shutdown once the in-flight wait is done): a revoke
+    /// commits at once instead of waiting again.
     pub(crate) abandoning: AtomicBool,
 }
 
@@ -100,6 +100,11 @@ impl ConsumerContext for SourceContext {
                 metrics::counter!("emostream_revoked_unfinished_total").increment(left as u64);
                 tracing::info!(in_flight, left, waited_ms = started.elapsed().as_millis() as u64,
                     "revoke: waited for in-flight messages of the revoked partitions (the new owner re-reads any left)");
+            }
+            // librdkafka keeps the application's pause on a partition across reassignment: a
+            // partition paused here and handed back later would never be read again.
+            if let Err(e) = consumer.resume(tpl) {
+                tracing::warn!(error = %e, "clearing the pause of revoked partitions failed");
             }
             let mut commit = TopicPartitionList::new();
             for tp in &revoked {
@@ -415,6 +420,8 @@ impl SourceStage {
         if let Err(e) = commit(&consumer, CommitMode::Sync) {
             tracing::error!(error = %format!("{e:#}"), "final commit failed");
         }
+        // The in-flight wait is done: the revoke that leaving triggers commits at once.
+        consumer.context().abandoning.store(true, Ordering::SeqCst);
         consumer.unsubscribe();
         tracing::info!(in_flight = left, "source stopped");
     }
