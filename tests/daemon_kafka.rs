@@ -429,6 +429,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     env.push(("EMOSTREAM__KAFKA__PRODUCE_BACKOFF_MS".into(), "50".into()));
     env.push(("EMOSTREAM__SHUTDOWN__TIMEOUT_MS".into(), "3000".into()));
     env.push(("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS".into(), "5000".into()));
+    env.push(("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()));
     let mut daemon = spawn_daemon_with(&env, Some(&cfg));
 
     let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
