@@ -598,3 +598,58 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
     assert_eq!(committed(&group, &input, 4), end_offsets(&input, 4));
     assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
 }
+
+#[test]
+fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
+    // Producers compress as they like; the daemon's librdkafka must decode every codec Kafka
+    // has (zstd needs rdkafka's `zstd` feature: without it the zstd topic's messages fail).
+    // Its own output is zstd here, through kafka.producer_properties.
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (output, dlq, group) = (unique("out"), unique("dlq"), unique("group"));
+    create_topic(&output, 1, &[]);
+    create_topic(&dlq, 1, &[]);
+    let codecs = ["zstd", "lz4", "snappy", "gzip"];
+    let mut inputs = Vec::new();
+    for codec in codecs {
+        let topic = unique(&format!("in-{codec}"));
+        create_topic(&topic, 1, &[]);
+        let records: Vec<Rec> = (0..50)
+            .map(|i| {
+                let body =
+                    serde_json::json!({"id": format!("{codec}-{i}"), "text": "what a lovely day"});
+                (None, body.to_string().into_bytes(), None)
+            })
+            .collect();
+        send_all(
+            &producer_with(&[("compression.type", codec)]),
+            &topic,
+            &records,
+        );
+        inputs.push(topic);
+    }
+    let conf = tmp.path().join("producer.toml");
+    std::fs::write(
+        &conf,
+        "[kafka.producer_properties]\n\"compression.type\" = \"zstd\"\n",
+    )
+    .unwrap();
+    // One daemon reads all four topics (EMOSTREAM__KAFKA__INPUT_TOPICS is comma-separated).
+    let env = daemon_env(&group, &inputs.join(","), &output, &dlq, &model);
+    let mut daemon = spawn_daemon_with(&env, Some(&conf));
+    let out = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
+    let ids: HashSet<String> = out.iter().map(event_id).collect();
+    for codec in codecs {
+        for i in 0..50 {
+            assert!(
+                ids.contains(&format!("{codec}-{i}")),
+                "{codec}-{i} not labelled"
+            );
+        }
+    }
+    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    sigterm(&daemon);
+    assert!(wait_exit(&mut daemon, Duration::from_secs(40))
+        .expect("exit")
+        .success());
+}
