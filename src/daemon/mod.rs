@@ -289,10 +289,10 @@ fn stuck_check(
 ) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
     let limit = Duration::from_millis(s.health.stall_timeout_ms);
     Arc::new(move || {
-        if busy.longest() > limit {
+        let longest = busy.longest();
+        if longest > limit {
             return Some(format!(
-                "an inference worker has been on one batch for {:?}",
-                busy.longest()
+                "an inference worker has been on one batch for {longest:?}"
             ));
         }
         if !cluster.reachable() || sink.retrying() > 0 {
@@ -384,6 +384,7 @@ pub async fn classify(s: Settings) -> Result<()> {
                 },
                 key: None,
                 headers: None,
+                header_summary: Default::default(),
                 ack: ledger.issue(tp, n, line.len()),
                 payload: Some(line.into_bytes()),
             };

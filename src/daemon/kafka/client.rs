@@ -45,7 +45,8 @@ impl Cluster {
 
     /// A broker answered (a message moved, or statistics show a broker up).
     pub(crate) fn seen_up(&self) {
-        if self.down.swap(false, Ordering::SeqCst) {
+        // Called for every message: a plain read in the usual case, a write only on a change.
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::SeqCst) {
             tracing::info!("Kafka cluster reachable");
             metrics::gauge!("emostream_cluster_reachable").set(1.0);
         }

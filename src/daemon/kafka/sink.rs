@@ -12,7 +12,7 @@
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{Cluster, KafkaProducer};
 use crate::daemon::pipeline::decode::Reason;
-use crate::daemon::pipeline::{headers, Origin, Outcome};
+use crate::daemon::pipeline::{Origin, Outcome};
 use crate::daemon::supervise::{stage_ended, Faults};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -170,20 +170,22 @@ impl Sink {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
+        let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
         loop {
-            let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
-            if let Some(p) = payload {
-                rec = rec.payload(p);
-            }
-            if let Some(k) = key {
-                rec = rec.key(k);
-            }
-            if let Some(h) = headers.clone() {
-                rec = rec.headers(h);
-            }
+            // A full queue hands the record back: retry with it, no copy of its headers.
             match self.producer.send_result(rec) {
                 Ok(f) => return Ok(f),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    rec = back;
                     tokio::time::sleep(Duration::from_millis(5)).await
                 }
                 Err((e, _)) => return Err(e),
@@ -313,7 +315,7 @@ impl Sink {
             Shape::Bare => 0,
         };
         let kept = payload.map(|p| &p[..p.len().min(limit)]);
-        let input_headers = headers::summary(origin.headers.as_ref());
+        let input_headers = origin.header_summary;
         let carry_headers = shape == Shape::Full && input_headers.bytes <= self.max_headers;
         let mut h = match (&origin.headers, carry_headers) {
             // A native copy: keys are carried as the producer sent them, UTF-8 or not.

@@ -233,11 +233,12 @@ impl SourceStage {
         let payload = msg.payload().map(<[u8]>::to_vec);
         let key = msg.key().map(<[u8]>::to_vec);
         let headers = msg.headers().map(|h| h.detach());
+        let header_summary = headers::summary(headers.as_ref());
         let topic = msg.topic().to_string();
         // Everything the message holds in memory counts toward the in-flight budget.
         let bytes = payload.as_ref().map_or(0, Vec::len)
             + key.as_ref().map_or(0, Vec::len)
-            + headers::summary(headers.as_ref()).bytes;
+            + header_summary.bytes;
         let ack = self
             .ledger()
             .issue((topic.clone(), msg.partition()), msg.offset(), bytes);
@@ -250,6 +251,7 @@ impl SourceStage {
             },
             key,
             headers,
+            header_summary,
             payload,
             ack,
         }

@@ -138,6 +138,7 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
                 timestamp_ms: None,
             },
             key: None,
+            header_summary: summary,
             headers: hdrs,
             ack: ledger.issue(("fuzz".into(), 0), n, 0),
             payload: payload.clone(),

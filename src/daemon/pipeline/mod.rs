@@ -26,6 +26,8 @@ pub(crate) struct Origin {
     pub(crate) source: Source,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: Option<OwnedHeaders>,
+    /// Size and key check of `headers`, read once where the message is consumed.
+    pub(crate) header_summary: headers::Summary,
     /// The original bytes, kept for the dead-letter topic (`None`: a tombstone).
     pub(crate) payload: Option<Vec<u8>>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
@@ -119,7 +121,7 @@ pub(crate) enum Outcome {
 /// are checked first: a key that is not UTF-8 or headers over `input.max_header_bytes` reject
 /// the message (events carry the input headers on).
 pub(crate) fn admit(origin: Origin, input: &InputSettings) -> Admitted {
-    let h = headers::summary(origin.headers.as_ref());
+    let h = origin.header_summary;
     let refused = if let Some(i) = h.bad_key {
         Some((
             Reason::InvalidHeaders,

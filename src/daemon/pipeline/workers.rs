@@ -46,21 +46,23 @@ fn label_batch(
     slots.into_iter().flatten().collect()
 }
 
+/// A batch's scores: all of them, or (after a failure was isolated) one result per row.
+enum Scored {
+    Whole(Vec<Vec<f32>>),
+    Isolated(Vec<Result<Vec<f32>, String>>),
+}
+
 /// Scores rows; when ONNX Runtime fails, tries once more (a transient failure, e.g. memory),
 /// then bisects so that only the rows that fail on their own get an error.
-fn score_isolating(
-    worker: usize,
-    model: &Generation,
-    rows: &[&[u32]],
-) -> (Vec<Result<Vec<f32>, String>>, bool) {
+fn score_isolating(worker: usize, model: &Generation, rows: &[&[u32]]) -> Scored {
     match model.score(worker, rows) {
-        Ok(scores) => (scores.into_iter().map(Ok).collect(), true),
+        Ok(scores) => Scored::Whole(scores),
         Err(first) => {
             metrics::counter!("emostream_inference_errors_total").increment(1);
             tracing::warn!(error = %format!("{first:#}"), size = rows.len(), "inference failed; retrying once, then isolating the failing comments");
             match model.score(worker, rows) {
-                Ok(scores) => (scores.into_iter().map(Ok).collect(), true),
-                Err(_) => (bisect(worker, model, rows, first), false),
+                Ok(scores) => Scored::Whole(scores),
+                Err(_) => Scored::Isolated(bisect(worker, model, rows, first)),
             }
         }
     }
@@ -97,7 +99,7 @@ fn label_items(
 ) -> Vec<Outcome> {
     let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
-    let (scored, whole) = score_isolating(worker, model, &rows);
+    let scored = score_isolating(worker, model, &rows);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
     let reject = |origin, detail: String| {
         Outcome::Rejected(Rejection {
@@ -106,10 +108,15 @@ fn label_items(
             origin,
         })
     };
-    if let (Some(sh), true) = (shadow, whole) {
-        let scores: Vec<Vec<f32>> = scored.iter().flatten().cloned().collect();
-        sh.observe(worker, model, &items, &scores);
-    }
+    let scored: Vec<Result<Vec<f32>, String>> = match scored {
+        Scored::Whole(scores) => {
+            if let Some(sh) = shadow {
+                sh.observe(worker, model, &items, &scores);
+            }
+            scores.into_iter().map(Ok).collect()
+        }
+        Scored::Isolated(results) => results,
+    };
     items
         .into_iter()
         .zip(scored)
