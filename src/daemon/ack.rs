@@ -69,6 +69,10 @@ impl OffsetTracker {
         }
     }
 
+    fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
+        self.parts.get(tp).is_some_and(|p| p.epoch == epoch)
+    }
+
     /// The offset to commit (Kafka semantics: the next offset to read) for a partition.
     fn commit_point(&self, tp: &TopicPartition) -> Option<i64> {
         let p = self.parts.get(tp)?;
@@ -191,6 +195,12 @@ impl Ledger {
         self.offsets().remove(partition)
     }
 
+    /// Forgets every partition (an aborted transaction: all are read again); tokens issued
+    /// before are stale from now on.
+    pub(crate) fn forget_all(&self) {
+        self.offsets().parts.clear();
+    }
+
     /// Consumed offsets of these partitions not yet acknowledged.
     pub(crate) fn in_flight_on(&self, partitions: &[TopicPartition]) -> usize {
         self.offsets().in_flight_on(partitions)
@@ -233,6 +243,14 @@ pub(crate) struct Ack {
 }
 
 impl Ack {
+    /// Whether the partition is still read as it was when this message was consumed (not
+    /// revoked, rewound or forgotten since): a stale message's outcome must not be sent.
+    pub(crate) fn is_current(&self) -> bool {
+        self.ledger
+            .offsets()
+            .is_current(&self.partition, self.epoch)
+    }
+
     pub(crate) fn delivered(mut self) {
         self.resolved = true;
         self.ledger.resolve(&self, true);

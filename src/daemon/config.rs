@@ -41,12 +41,27 @@ pub(crate) struct KafkaSettings {
     pub(crate) produce_backoff_ms: u64,
     pub(crate) produce_backoff_max_ms: u64,
     pub(crate) revoke_wait_ms: u64,
+    pub(crate) delivery: Delivery,
+    pub(crate) transactional_id: String,
+    pub(crate) transaction_timeout_ms: u64,
+    pub(crate) transaction_max_messages: u64,
     #[serde(default)]
     pub(crate) properties: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) consumer_properties: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) producer_properties: BTreeMap<String, String>,
+}
+
+/// `kafka.delivery`: what a reader of the output may count on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Delivery {
+    /// Every input message's outcome at least once (duplicates after a crash or rebalance).
+    AtLeastOnce,
+    /// Outcomes and input offsets commit in one transaction: a `read_committed` reader sees
+    /// each input message's outcome exactly once.
+    ExactlyOnce,
 }
 
 /// `input.format` (and `emostream classify --format`): a JSON object per message, or the
@@ -326,12 +341,39 @@ impl Settings {
                             | "enable.auto.commit"
                             | "enable.idempotence"
                             | "acks"
+                            | "transactional.id"
+                            | "transaction.timeout.ms"
                     ),
                     &format!("{section}.{key}"),
-                    "is set by emostream itself (use kafka.brokers / kafka.group_id)",
+                    "is set by emostream itself (use kafka.brokers / kafka.group_id / kafka.transactional_id / kafka.transaction_timeout_ms)",
                 )?;
             }
         }
+        check(
+            k.transaction_timeout_ms >= 1000 && k.transaction_timeout_ms <= 900_000,
+            "kafka.transaction_timeout_ms",
+            format!(
+                "must be between 1000 and 900000 (got {})",
+                k.transaction_timeout_ms
+            ),
+        )?;
+        check(
+            k.delivery == Delivery::AtLeastOnce || k.produce_timeout_ms <= k.transaction_timeout_ms,
+            "kafka.produce_timeout_ms",
+            format!("must not exceed kafka.transaction_timeout_ms ({}) with kafka.delivery = \"exactly_once\"", k.transaction_timeout_ms),
+        )?;
+        check(
+            k.transaction_max_messages >= 1,
+            "kafka.transaction_max_messages",
+            "must be at least 1",
+        )?;
+        check(
+            k.transactional_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
+            "kafka.transactional_id",
+            "use letters, digits and . _ -",
+        )?;
         let (key, limit) = self.producer_message_max_bytes()?;
         let need = self.dead_letter_record_bytes();
         check(
@@ -343,6 +385,16 @@ impl Settings {
             ),
         )?;
         Ok(())
+    }
+
+    /// The producer's transactional id in exactly-once mode: `kafka.transactional_id`, else
+    /// the group and this replica's name. Stable across restarts only when set (or when
+    /// `registry.replica_id` is): a restart with the same id aborts what the last run left open.
+    pub(crate) fn transactional_id(&self) -> String {
+        if !self.kafka.transactional_id.is_empty() {
+            return self.kafka.transactional_id.clone();
+        }
+        format!("{}-{}", self.kafka.group_id, self.registry.replica())
     }
 
     /// The largest dead-letter record the daemon makes: the payload and input headers it

@@ -16,12 +16,14 @@ use crate::model::registry::Registry;
 use ack::Ledger;
 use admin::{AdminState, Health, ModelAdmin};
 use anyhow::{Context, Result};
+use config::Delivery;
 use config::Settings;
 use kafka::client::KafkaProducer;
-use kafka::client::{ClientHooks, Cluster};
+use kafka::client::{ClientHooks, Cluster, ProducerRole};
 use kafka::control;
 use kafka::sink::Sink;
 use kafka::source::{self, SourceStage};
+use kafka::transaction::Transactions;
 use pipeline::event::Source;
 use pipeline::{admit, batcher, workers, Admitted, Batch, Origin, Outcome};
 use rdkafka::consumer::Consumer;
@@ -186,7 +188,23 @@ pub async fn run(s: Settings) -> Result<()> {
         cluster: cluster.clone(),
         faults: faults.clone(),
     };
-    let producer = kafka::client::producer(&s, hooks("producer"))?;
+    let producer = kafka::client::producer(&s, hooks("producer"), ProducerRole::Plain)?;
+    // Exactly-once: the sink's own transactional producer; control replies stay outside
+    // transactions on the plain one.
+    let txn = match s.kafka.delivery {
+        Delivery::AtLeastOnce => None,
+        Delivery::ExactlyOnce => {
+            let p = kafka::client::producer(&s, hooks("producer"), ProducerRole::Transactional)?;
+            let t = tokio::task::spawn_blocking({
+                let s = s.clone();
+                move || Transactions::start(p, &s)
+            })
+            .await
+            .context("starting transactions")??;
+            tracing::info!(transactional_id = %s.transactional_id(), "exactly-once delivery: outcomes and offsets commit in transactions");
+            Some(Arc::new(t))
+        }
+    };
     let swapping = start_swapping(
         &s,
         &registry,
@@ -196,12 +214,14 @@ pub async fn run(s: Settings) -> Result<()> {
         &producer,
     )?;
     let ledger = Arc::new(Ledger::default());
-    let consumer = source::consumer(&s, ledger.clone(), hooks("consumer"))?;
+    let consumer = source::consumer(&s, ledger.clone(), hooks("consumer"), txn.clone())?;
     let sink = Arc::new(Sink::new(
-        producer.clone(),
+        txn.as_ref()
+            .map_or_else(|| producer.clone(), |t| t.producer().clone()),
         &s,
         cluster.clone(),
         faults.clone(),
+        txn.clone(),
     ));
     let pipeline = start_pipeline(
         &s,
@@ -229,7 +249,14 @@ pub async fn run(s: Settings) -> Result<()> {
             let sink = sink.clone();
             Arc::new(move || sink.undeliverable())
         },
-        stuck: stuck_check(&s, ledger, sink, cluster, pipeline.busy.clone()),
+        stuck: stuck_check(
+            &s,
+            ledger,
+            sink,
+            cluster,
+            pipeline.busy.clone(),
+            txn.clone(),
+        ),
         fault: {
             let f = faults.clone();
             Arc::new(move || f.cause())
@@ -271,6 +298,9 @@ pub async fn run(s: Settings) -> Result<()> {
     }
     shut_down(&s, p, swapping).await;
     let _ = producer.flush(Duration::from_secs(5));
+    if let Some(t) = &txn {
+        let _ = t.producer().flush(Duration::from_secs(5));
+    }
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
@@ -286,9 +316,19 @@ fn stuck_check(
     sink: Arc<Sink>,
     cluster: Arc<kafka::client::Cluster>,
     busy: Arc<workers::Busy>,
+    txn: Option<Arc<Transactions>>,
 ) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
     let limit = Duration::from_millis(s.health.stall_timeout_ms);
     Arc::new(move || {
+        // A record that aborts every transaction it joins (e.g. one the broker refuses after
+        // the producer took it) is read again and again: no progress, though nothing stalls.
+        if let Some(n) = txn
+            .as_ref()
+            .map(|t| t.consecutive_aborts())
+            .filter(|n| *n >= 10)
+        {
+            return Some(format!("{n} transactions aborted in a row"));
+        }
         let longest = busy.longest();
         if longest > limit {
             return Some(format!(

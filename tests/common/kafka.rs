@@ -260,15 +260,28 @@ pub struct Record {
     pub raw_headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
-/// Reads `topic` from the beginning until `done(&records)` or `timeout`.
+/// Reads `topic` from the beginning until `done(&records)` or `timeout`. Records of open or
+/// aborted transactions are not seen (librdkafka's default `read_committed`).
 pub fn read_until(topic: &str, timeout: Duration, done: impl Fn(&[Record]) -> bool) -> Vec<Record> {
-    let c: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+    read_until_with(topic, timeout, &[], done)
+}
+
+/// [`read_until`] with extra consumer properties (e.g. `isolation.level`).
+pub fn read_until_with(
+    topic: &str,
+    timeout: Duration,
+    props: &[(&str, &str)],
+    done: impl Fn(&[Record]) -> bool,
+) -> Vec<Record> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", brokers())
         .set("group.id", unique("reader"))
         .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
+        .set("auto.offset.reset", "earliest");
+    for (k, v) in props {
+        cfg.set(*k, *v);
+    }
+    let c: BaseConsumer = cfg.create().unwrap();
     // Every partition assigned from the start: no group join to wait for on each read.
     let meta = c
         .fetch_metadata(Some(topic), Duration::from_secs(10))

@@ -107,10 +107,21 @@ impl ClientContext for ClientHooks {
 
 pub(crate) type KafkaProducer = FutureProducer<ClientHooks>;
 
+/// Whether a producer joins transactions (exactly-once mode's sink) or sends on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProducerRole {
+    Plain,
+    Transactional,
+}
+
 /// The producer for events, dead letters and control replies: idempotent, every replica's
 /// acknowledgement awaited, room for the largest dead-letter record, `kafka.producer_properties`
-/// on top.
-pub(crate) fn producer(s: &Settings, hooks: ClientHooks) -> Result<KafkaProducer> {
+/// on top; transactional (with `kafka.transactional_id`) for exactly-once mode's sink.
+pub(crate) fn producer(
+    s: &Settings,
+    hooks: ClientHooks,
+    role: ProducerRole,
+) -> Result<KafkaProducer> {
     let mut c = client_config(s);
     let (_, max_bytes) = s.producer_message_max_bytes()?;
     c.set("acks", "all")
@@ -121,6 +132,12 @@ pub(crate) fn producer(s: &Settings, hooks: ClientHooks) -> Result<KafkaProducer
         .set("linger.ms", "5");
     for (k, v) in &s.kafka.producer_properties {
         c.set(k, v);
+    }
+    if role == ProducerRole::Transactional {
+        c.set("transactional.id", s.transactional_id()).set(
+            "transaction.timeout.ms",
+            s.kafka.transaction_timeout_ms.to_string(),
+        );
     }
     c.create_with_context(hooks)
         .context("creating Kafka producer")

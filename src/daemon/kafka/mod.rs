@@ -5,3 +5,4 @@ pub(crate) mod client;
 pub mod control;
 pub(crate) mod sink;
 pub(crate) mod source;
+pub(crate) mod transaction;

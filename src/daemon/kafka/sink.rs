@@ -11,6 +11,7 @@
 
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{Cluster, KafkaProducer};
+use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::{Origin, Outcome};
 use crate::daemon::supervise::{stage_ended, Faults};
@@ -88,6 +89,19 @@ pub(crate) struct Sink {
     undeliverable: AtomicUsize,
     /// A delivery task that panics is a fault of the sink stage.
     faults: Arc<Faults>,
+    /// Exactly-once mode: records go into the open transaction, and a message is acknowledged
+    /// once its record is in it (a failed record aborts the transaction instead of retrying).
+    txn: Option<Arc<Transactions>>,
+}
+
+/// What handing a record to the transactional producer gave.
+enum Sent {
+    /// In the open transaction (its generation); the delivery to watch.
+    Queued(rdkafka::producer::DeliveryFuture, u64),
+    /// The message's partition was rewound or revoked since it was consumed: not sent.
+    Stale,
+    /// Refused before it left (e.g. too large for the producer).
+    Refused(KafkaError, u64),
 }
 
 impl Sink {
@@ -96,6 +110,7 @@ impl Sink {
         s: &Settings,
         cluster: Arc<Cluster>,
         faults: Arc<Faults>,
+        txn: Option<Arc<Transactions>>,
     ) -> Sink {
         Sink {
             producer,
@@ -109,6 +124,7 @@ impl Sink {
             retrying: AtomicUsize::new(0),
             undeliverable: AtomicUsize::new(0),
             faults,
+            txn,
         }
     }
 
@@ -128,6 +144,13 @@ impl Sink {
         while let Some(o) = rx.recv().await {
             // Enqueue in arrival order (per-key order), then await delivery concurrently.
             let sink = self.clone();
+            if let Some(txn) = &self.txn {
+                self.transactional(txn, o, &mut tasks).await;
+                while let Some(done) = tasks.try_join_next() {
+                    self.check(done);
+                }
+                continue;
+            }
             match o {
                 Outcome::Labelled { event, origin, .. } => {
                     let first = sink
@@ -190,6 +213,133 @@ impl Sink {
                 }
                 Err((e, _)) => return Err(e),
             }
+        }
+    }
+
+    /// Exactly-once mode: puts the outcome's record into the open transaction and acknowledges
+    /// the message at once (the commit delivers the record or fails); a delivery that fails
+    /// later marks the transaction for abort. A record too large for the producer is
+    /// dead-lettered (cut if need be) as in at-least-once mode; any other refusal aborts.
+    async fn transactional(
+        self: &Arc<Self>,
+        txn: &Arc<Transactions>,
+        o: Outcome,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let (mut reason, mut detail, origin, event) = match o {
+            Outcome::Labelled { event, origin } => (None, String::new(), origin, Some(event)),
+            Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
+        };
+        let mut shape = Shape::Full;
+        let sent = loop {
+            let sent = match (&event, reason) {
+                (Some(event), None) => {
+                    self.send_in_transaction(
+                        txn,
+                        &self.output_topic,
+                        origin.key.as_deref(),
+                        Some(event),
+                        origin.headers.clone(),
+                        &origin,
+                    )
+                    .await
+                }
+                (_, reason) => {
+                    let reason = reason.unwrap_or(Reason::ProduceFailed);
+                    let (key, payload, headers) =
+                        self.dead_letter_record(reason, &detail, &origin, shape);
+                    self.send_in_transaction(
+                        txn,
+                        &self.dead_letter_topic,
+                        key,
+                        payload,
+                        Some(headers),
+                        &origin,
+                    )
+                    .await
+                }
+            };
+            match sent {
+                Sent::Refused(e, generation) if classify(&e) == Fault::TooLarge => {
+                    match (reason, shape) {
+                        (None, _) => {
+                            reason = Some(Reason::ProduceFailed);
+                            detail = format!("output topic {}: {e}", self.output_topic);
+                        }
+                        (Some(_), Shape::Full) => shape = Shape::Cut,
+                        (Some(_), Shape::Cut) => shape = Shape::Bare,
+                        (Some(_), Shape::Bare) => break Sent::Refused(e, generation),
+                    }
+                }
+                other => break other,
+            }
+        };
+        match sent {
+            Sent::Queued(delivery, generation) => {
+                let counter = match reason {
+                    None => metrics::counter!("emostream_labelled_total"),
+                    Some(r) => {
+                        metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())
+                    }
+                };
+                counter.increment(1);
+                delivered(origin);
+                let (sink, txn) = (self.clone(), txn.clone());
+                tasks.spawn(async move {
+                    if let Err(e) = sink.settle(Ok(delivery)).await {
+                        txn.fail(generation, format!("a record was not delivered: {e}"));
+                    }
+                });
+            }
+            // Its partition is read again (or by another member): nothing to answer for.
+            Sent::Stale => drop(origin),
+            Sent::Refused(e, generation) => {
+                metrics::counter!("emostream_produce_errors_total", "topic" => "transaction", "fault" => "refused").increment(1);
+                // Unacknowledged: the next commit aborts and the partition is read again.
+                txn.fail(generation, format!("the producer refused a record: {e}"));
+                drop(origin);
+            }
+        }
+    }
+
+    /// Hands one record to the transactional producer under the transaction gate.
+    async fn send_in_transaction(
+        &self,
+        txn: &Transactions,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        origin: &Origin,
+    ) -> Sent {
+        let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        loop {
+            // The gate is held only for the hand-over, never across an await.
+            let back = {
+                let (_gate, generation) = txn.sending();
+                if !origin.ack.is_current() {
+                    return Sent::Stale;
+                }
+                match self.producer.send_result(rec) {
+                    Ok(f) => {
+                        txn.record_sent();
+                        return Sent::Queued(f, generation);
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
+                    Err((e, _)) => return Sent::Refused(e, generation),
+                }
+            };
+            rec = back;
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
 

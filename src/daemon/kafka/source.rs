@@ -6,6 +6,7 @@
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{client_config, ClientHooks};
+use crate::daemon::kafka::transaction::{Settled, Transactions};
 use crate::daemon::pipeline::event::Source as SourceRef;
 use crate::daemon::pipeline::{admit, headers, Admitted, Origin};
 use anyhow::{Context, Result};
@@ -30,6 +31,8 @@ pub(crate) struct SourceContext {
     /// Leaving (after a fatal fault, or at shutdown once the in-flight wait is done): a revoke
     /// commits at once instead of waiting again.
     pub(crate) abandoning: AtomicBool,
+    /// Exactly-once mode: offsets commit inside the producer's transactions.
+    pub(crate) txn: Option<Arc<Transactions>>,
 }
 
 impl ClientContext for SourceContext {
@@ -61,6 +64,32 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl SourceContext {
+    /// Exactly-once: ends the open transaction — committed with the commit points when every
+    /// consumed message is acknowledged, else aborted (the source then rewinds) — and opens
+    /// the next. A fenced or broken producer is a fatal fault.
+    fn settle_transaction<C: Consumer<SourceContext>>(&self, consumer: &C, txn: &Transactions) {
+        let drained = self.ledger.in_flight() == 0 && self.ledger.unacknowledged() == 0;
+        let offsets = || {
+            let mut tpl = TopicPartitionList::new();
+            for ((topic, p), o) in self.ledger.commit_points() {
+                let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
+            }
+            tpl
+        };
+        match txn.settle(drained, offsets, consumer.group_metadata(), || {
+            self.ledger.forget_all()
+        }) {
+            Ok(Settled::Committed) => {}
+            Ok(Settled::Aborted(reason)) => {
+                tracing::warn!(
+                    reason,
+                    "transaction aborted; rewinding to the committed offsets"
+                )
+            }
+            Err(e) => self.hooks.faults.fatal(format!("Kafka transaction: {e:#}")),
+        }
+    }
+
     /// Waits (up to `revoke_wait`) until the partitions have nothing in flight; what is left.
     fn drain(&self, partitions: &[(String, i32)]) -> usize {
         let deadline = std::time::Instant::now() + self.revoke_wait;
@@ -106,6 +135,35 @@ impl ConsumerContext for SourceContext {
             if let Err(e) = consumer.resume(tpl) {
                 tracing::warn!(error = %e, "clearing the pause of revoked partitions failed");
             }
+            if let Some(txn) = &self.txn {
+                // The transaction holds records of every partition: it commits (or aborts) as
+                // a whole before the revoked ones go. The wait above covered only those; the
+                // rest must be in the transaction too (bounded the same way).
+                if self.abandoning.load(Ordering::SeqCst) {
+                    // Leaving: settled at shutdown already, or abandoned after a fault.
+                    for tp in &revoked {
+                        self.ledger.revoke(tp);
+                    }
+                    return;
+                }
+                {
+                    let all: Vec<(String, i32)> = consumer
+                        .assignment()
+                        .map(|a| {
+                            a.elements()
+                                .iter()
+                                .map(|e| (e.topic().to_string(), e.partition()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    blocking(|| self.drain(&all));
+                }
+                blocking(|| self.settle_transaction(consumer, txn));
+                for tp in &revoked {
+                    self.ledger.revoke(tp);
+                }
+                return;
+            }
             let mut commit = TopicPartitionList::new();
             for tp in &revoked {
                 if let Some(o) = self.ledger.revoke(tp) {
@@ -149,6 +207,7 @@ pub(crate) fn consumer(
     s: &Settings,
     ledger: Arc<Ledger>,
     hooks: ClientHooks,
+    txn: Option<Arc<Transactions>>,
 ) -> Result<Arc<KafkaConsumer>> {
     let mut c = client_config(s);
     c.set("group.id", &s.kafka.group_id)
@@ -167,6 +226,7 @@ pub(crate) fn consumer(
         revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
         assigned: AtomicBool::new(false),
         abandoning: AtomicBool::new(false),
+        txn,
     };
     let consumer: KafkaConsumer = c
         .create_with_context(ctx)
@@ -195,7 +255,11 @@ fn commit(consumer: &KafkaConsumer, mode: CommitMode) -> Result<()> {
 /// partitions move to another member now rather than after the session times out.
 pub(crate) async fn abandon(consumer: &KafkaConsumer) {
     consumer.context().abandoning.store(true, Ordering::SeqCst);
-    if let Err(e) = commit(consumer, CommitMode::Sync) {
+    if let Some(txn) = &consumer.context().txn {
+        // Whatever the fault left half-done is not committed: the open transaction aborts and
+        // the next owner reads from the last committed offsets.
+        tokio::task::block_in_place(|| txn.abandon());
+    } else if let Err(e) = commit(consumer, CommitMode::Sync) {
         tracing::error!(error = %format!("{e:#}"), "commit after a fatal fault failed");
     }
     consumer.unsubscribe();
@@ -344,11 +408,22 @@ impl SourceStage {
         // Not polled while unpaused: no burst of missed rechecks when a pause begins.
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paused = false;
+        let mut since_commit: u64 = 0;
+        let txn_max = self.settings.kafka.transaction_max_messages;
         loop {
+            if !self.rewound().await {
+                continue;
+            }
             match self.next_turn(&mut paused, &mut tick, &mut recheck).await {
                 Turn::Stop => break,
                 Turn::Idle => {}
-                Turn::Commit => self.periodic_commit(),
+                Turn::Commit => {
+                    self.periodic_commit().await;
+                    since_commit = 0;
+                }
+                // An abort during the poll (a revoke): this message is read again after the
+                // rewind; handing it on now would label it twice.
+                Turn::Message(_) if self.rewind_pending() => {}
                 Turn::Message(origin) => {
                     // A stop while the pipeline is full must still reach finish(): the message
                     // in hand is then dropped unacknowledged and read again after a restart.
@@ -366,13 +441,91 @@ impl SourceStage {
                     {
                         self.set_paused(&mut paused, true);
                     }
+                    since_commit += 1;
+                    // Exactly-once: commit early when the transaction is full, abort at once
+                    // when one of its records failed (whatever follows would be thrown away).
+                    let txn = self.consumer.context().txn.as_ref();
+                    if txn.is_some_and(|t| since_commit >= txn_max || t.must_abort()) {
+                        self.periodic_commit().await;
+                        since_commit = 0;
+                    }
                 }
             }
         }
         self.finish().await;
     }
 
-    fn periodic_commit(&self) {
+    fn rewind_pending(&self) -> bool {
+        self.consumer
+            .context()
+            .txn
+            .as_ref()
+            .is_some_and(|t| t.rewind_requested())
+    }
+
+    /// Exactly-once, after an abort: every assigned partition goes back to its committed
+    /// offset (the beginning when none) before anything more is handed on. False while that
+    /// fails (e.g. the coordinator is unreachable); the abort stays pending and is retried.
+    async fn rewound(&self) -> bool {
+        let Some(txn) = &self.consumer.context().txn else {
+            return true;
+        };
+        if !txn.rewind_requested() {
+            return true;
+        }
+        let consumer = &self.consumer;
+        let r = blocking(|| -> Result<usize> {
+            let assignment = consumer.assignment().context("reading the assignment")?;
+            let committed = consumer
+                .committed_offsets(assignment, Duration::from_secs(10))
+                .context("reading committed offsets")?;
+            let mut seek = TopicPartitionList::new();
+            for e in committed.elements() {
+                let to = match e.offset() {
+                    Offset::Offset(o) => Offset::Offset(o),
+                    _ => Offset::Beginning,
+                };
+                seek.add_partition_offset(e.topic(), e.partition(), to)?;
+            }
+            let n = seek.count();
+            if n > 0 {
+                consumer
+                    .seek_partitions(seek, Duration::from_secs(10))
+                    .context("seeking to the committed offsets")?;
+            }
+            Ok(n)
+        });
+        match r {
+            Ok(n) => {
+                // Anything consumed before the seek is stale.
+                self.ledger().forget_all();
+                txn.rewind_done();
+                metrics::counter!("emostream_transaction_rewinds_total").increment(1);
+                tracing::info!(
+                    partitions = n,
+                    "rewound to the committed offsets after an abort"
+                );
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "rewind after an abort failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                false
+            }
+        }
+    }
+
+    async fn periodic_commit(&self) {
+        if let Some(txn) = &self.consumer.context().txn {
+            // Nothing new is read meanwhile: wait until everything consumed is in the
+            // transaction (bounded; a stage that stopped answering makes it abort).
+            let limit = Duration::from_millis(self.settings.health.stall_timeout_ms);
+            self.wait_in_flight(tokio::time::Instant::now() + limit)
+                .await;
+            let consumer = &*self.consumer;
+            blocking(|| consumer.context().settle_transaction(consumer, txn));
+            return;
+        }
         // While no broker answers, each async commit would only queue up and fail together
         // when the cluster returns; the next tick after that commits the same points.
         if !self.consumer.context().hooks.cluster.reachable() {
@@ -391,19 +544,9 @@ impl SourceStage {
         }
     }
 
-    /// Closes the pipeline's input, waits (bounded) until every token in flight resolves,
-    /// commits what was acknowledged and leaves the group.
-    async fn finish(self) {
-        let SourceStage {
-            consumer,
-            settings,
-            pending_tx,
-            ..
-        } = self;
-        drop(pending_tx);
-        let ledger = consumer.context().ledger.clone();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(settings.shutdown.timeout_ms);
+    /// Waits until every token in flight resolves, or `deadline`.
+    async fn wait_in_flight(&self, deadline: tokio::time::Instant) {
+        let ledger = self.ledger();
         while ledger.in_flight() > 0 {
             tokio::select! {
                 _ = ledger.released() => {}
@@ -412,6 +555,20 @@ impl SourceStage {
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
+    }
+
+    /// Closes the pipeline's input, waits (bounded) until every token in flight resolves,
+    /// commits what was acknowledged (exactly-once: settles the transaction) and leaves the
+    /// group.
+    async fn finish(mut self) {
+        // Closing the input lets the batcher flush its last partial batch.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.pending_tx, closed));
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.settings.shutdown.timeout_ms);
+        self.wait_in_flight(deadline).await;
+        let consumer = self.consumer.clone();
+        let ledger = consumer.context().ledger.clone();
         let left = ledger.unacknowledged();
         if left > 0 {
             tracing::warn!(
@@ -419,7 +576,10 @@ impl SourceStage {
                 "shutdown: committing what was acknowledged; the rest will be re-read"
             );
         }
-        if let Err(e) = commit(&consumer, CommitMode::Sync) {
+        if let Some(txn) = &consumer.context().txn {
+            let c = &*consumer;
+            blocking(|| c.context().settle_transaction(c, txn));
+        } else if let Err(e) = commit(&consumer, CommitMode::Sync) {
             tracing::error!(error = %format!("{e:#}"), "final commit failed");
         }
         // The in-flight wait is done: the revoke that leaving triggers commits at once.

@@ -1,0 +1,253 @@
+//! Exactly-once delivery (`kafka.delivery = "exactly_once"`): the events, the dead letters and
+//! the input offsets they answer for commit in one Kafka transaction, so a `read_committed`
+//! reader sees each input message's outcome exactly once, whatever crashes or rebalances.
+//!
+//! The source drives it. A message counts as acknowledged once its record is in the producer's
+//! open transaction (librdkafka delivers it before the commit, or the commit fails). At each
+//! commit the source stops reading, waits until everything consumed is acknowledged — then the
+//! commit points are exactly where the transaction's records end — adds them with the group's
+//! metadata and commits. Anything else (a failed produce, a message dropped by a dying stage, a
+//! drain that did not finish in time, an abortable commit error) aborts instead: the partitions
+//! go back to their committed offsets and are labelled again. A fenced producer (another
+//! process took this transactional id, or the group moved on) is fatal.
+//!
+//! Sends and transaction boundaries exclude each other (`gate`): a record is either in the
+//! transaction being committed or in the next one, and after an abort a message from before
+//! it (its token is stale) is dropped rather than sent into the next transaction.
+
+use crate::daemon::config::Settings;
+use crate::daemon::kafka::client::KafkaProducer;
+use anyhow::{Context, Result};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::TopicPartitionList;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+/// 200 ms doubling to 5 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis((200u64 << attempt.min(5)).min(5000))
+}
+
+/// How a transaction ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Committed with its offsets (or there was nothing to commit).
+    Committed,
+    /// Aborted: the partitions must go back to their committed offsets.
+    Aborted(String),
+}
+
+pub(crate) struct Transactions {
+    producer: KafkaProducer,
+    timeout: Duration,
+    gate: RwLock<()>,
+    /// Which transaction is open: a failure reported for an older one is ignored.
+    generation: AtomicU64,
+    /// Why the open transaction must abort (a record of it failed), if it must.
+    failed: Mutex<Option<String>>,
+    /// Records sent in the open transaction.
+    sent: AtomicU64,
+    /// Aborted since the last commit; the source then rewinds before reading on.
+    rewind: AtomicBool,
+    consecutive_aborts: AtomicU64,
+}
+
+impl Transactions {
+    /// Fences any earlier producer with this transactional id (aborting its open transaction)
+    /// and opens the first transaction.
+    pub(crate) fn start(producer: KafkaProducer, s: &Settings) -> Result<Transactions> {
+        let timeout = Duration::from_millis(s.kafka.transaction_timeout_ms);
+        producer
+            .init_transactions(timeout)
+            .with_context(|| format!("initialising transactions (transactional.id {:?}; kafka.delivery = \"exactly_once\")", s.transactional_id()))?;
+        producer
+            .begin_transaction()
+            .context("beginning the first transaction")?;
+        Ok(Transactions {
+            producer,
+            timeout,
+            gate: RwLock::new(()),
+            generation: AtomicU64::new(1),
+            failed: Mutex::new(None),
+            sent: AtomicU64::new(0),
+            rewind: AtomicBool::new(false),
+            consecutive_aborts: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn producer(&self) -> &KafkaProducer {
+        &self.producer
+    }
+
+    /// Held while a record is handed to the producer: no transaction boundary meanwhile.
+    /// Returns the open transaction's generation.
+    pub(crate) fn sending(&self) -> (RwLockReadGuard<'_, ()>, u64) {
+        let g = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        (g, self.generation.load(Ordering::SeqCst))
+    }
+
+    /// A record was handed to the producer in the open transaction (call under `sending`).
+    pub(crate) fn record_sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A record of transaction `generation` failed: that transaction must abort.
+    pub(crate) fn fail(&self, generation: u64, reason: String) {
+        if generation != self.generation.load(Ordering::SeqCst) {
+            return; // purged by an abort already
+        }
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if f.is_none() {
+            tracing::warn!(reason = %reason, "a record of the open transaction failed; it will abort");
+            *f = Some(reason);
+        }
+    }
+
+    pub(crate) fn must_abort(&self) -> bool {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Set by an abort: the source must rewind its partitions before reading on.
+    pub(crate) fn rewind_requested(&self) -> bool {
+        self.rewind.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn rewind_done(&self) {
+        self.rewind.store(false, Ordering::SeqCst);
+    }
+
+    /// Transactions aborted in a row (health reports a loop of aborts as stuck).
+    pub(crate) fn consecutive_aborts(&self) -> u64 {
+        self.consecutive_aborts.load(Ordering::SeqCst)
+    }
+
+    /// Ends the open transaction and opens the next. `drained` says every consumed message is
+    /// acknowledged; `offsets` are the commit points then (computed under the gate by the
+    /// caller's closure). `forget` runs under the gate after an abort, so no stale message is
+    /// sent into the next transaction. Blocking. Errors are fatal (fenced, or the producer
+    /// is unusable).
+    pub(crate) fn settle(
+        &self,
+        drained: bool,
+        offsets: impl FnOnce() -> TopicPartitionList,
+        group: Option<ConsumerGroupMetadata>,
+        forget: impl FnOnce(),
+    ) -> Result<Settled> {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let failed = self
+            .failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let outcome = match (failed, drained, group) {
+            (Some(reason), _, _) => Settled::Aborted(reason),
+            (None, false, _) => Settled::Aborted(
+                "messages still in flight (a stage dropped one, or the drain timed out)".into(),
+            ),
+            (None, true, None) => Settled::Aborted("no consumer group metadata".into()),
+            (None, true, Some(group)) => {
+                // Every consumed message sends a record before it is acknowledged: none sent,
+                // no offset moved.
+                if self.sent.load(Ordering::Relaxed) == 0 {
+                    return Ok(Settled::Committed);
+                }
+                self.commit(&offsets(), &group)?
+            }
+        };
+        if let Settled::Aborted(reason) = &outcome {
+            self.abort(reason)?;
+            forget();
+            self.rewind.store(true, Ordering::SeqCst);
+        } else {
+            self.consecutive_aborts.store(0, Ordering::SeqCst);
+        }
+        self.begin()?;
+        Ok(outcome)
+    }
+
+    /// Sends the offsets and commits; retriable errors are retried, abortable ones abort.
+    fn commit(
+        &self,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> Result<Settled> {
+        let started = std::time::Instant::now();
+        let mut offsets_sent = offsets.count() == 0;
+        for attempt in 1u32.. {
+            let r = if offsets_sent {
+                Ok(())
+            } else {
+                self.producer
+                    .send_offsets_to_transaction(offsets, group, self.timeout)
+            }
+            .map(|()| offsets_sent = true)
+            .and_then(|()| self.producer.commit_transaction(self.timeout));
+            match r {
+                Ok(()) => {
+                    metrics::counter!("emostream_transactions_total", "result" => "committed")
+                        .increment(1);
+                    metrics::histogram!("emostream_transaction_commit_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(Settled::Committed);
+                }
+                Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
+                    return Ok(Settled::Aborted(format!("commit: {e}")))
+                }
+                // E.g. the coordinator is unreachable: retry for as long as that lasts (readiness
+                // shows the outage meanwhile).
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    tracing::warn!(error = %e, attempt, "transaction commit: retrying");
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(e) => {
+                    return Err(e).context("committing the transaction (fenced or fatal: another process may own this transactional.id, or the group moved on)")
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn abort(&self, reason: &str) -> Result<()> {
+        tracing::warn!(
+            reason,
+            "aborting the transaction; its partitions are read again from their committed offsets"
+        );
+        metrics::counter!("emostream_transactions_total", "result" => "aborted").increment(1);
+        self.consecutive_aborts.fetch_add(1, Ordering::SeqCst);
+        for attempt in 1u32.. {
+            match self.producer.abort_transaction(self.timeout) {
+                Ok(()) => return Ok(()),
+                Err(KafkaError::Transaction(e)) if e.is_retriable() => {
+                    tracing::warn!(error = %e, attempt, "transaction abort: retrying");
+                    std::thread::sleep(backoff(attempt));
+                }
+                Err(e) => return Err(e).context("aborting the transaction"),
+            }
+        }
+        unreachable!()
+    }
+
+    fn begin(&self) -> Result<()> {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.sent.store(0, Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.producer
+            .begin_transaction()
+            .context("beginning a transaction")
+    }
+
+    /// Leaving after a fatal fault: abort what is open (best effort), so `read_committed`
+    /// readers need not wait for the transaction timeout.
+    pub(crate) fn abandon(&self) {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.producer.abort_transaction(Duration::from_secs(5)) {
+            tracing::warn!(error = %e, "aborting the open transaction on exit failed");
+        }
+    }
+}

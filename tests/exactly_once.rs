@@ -1,0 +1,258 @@
+//! Exactly-once delivery on the real broker with the shipped model: one script — 5,000
+//! comments, a kill -9 mid-stream and a restart, then a rebalance to three replicas under load —
+//! run once with `kafka.delivery = "exactly_once"` (a read_committed reader must see every input
+//! id exactly once) and once at-least-once (the same script must show duplicates there, so the
+//! first half of the test can fail).
+
+mod common;
+
+use common::kafka::*;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+fn event_id(r: &Record) -> String {
+    let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+fn comments(range: std::ops::Range<usize>) -> Vec<Rec> {
+    let texts = common::texts("test", 2000);
+    range
+        .map(|i| {
+            (
+                Some(format!("k{}", i % 60)),
+                serde_json::json!({"id": format!("c{i}"), "text": texts[i % texts.len()]})
+                    .to_string()
+                    .into_bytes(),
+                None,
+            )
+        })
+        .collect()
+}
+
+fn metric(port: u16, name: &str) -> f64 {
+    http_get(port, "/metrics")
+        .map(|(_, page)| {
+            page.lines()
+                .filter_map(|l| l.strip_prefix(name))
+                .filter_map(|rest| rest.rsplit(' ').next()?.trim().parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Reads `topic` from the beginning with `isolation` until nothing new came for 3 s (offsets
+/// cannot tell the end: transaction markers take offsets too, and an open transaction holds
+/// a read_committed reader back).
+fn read_settled(topic: &str, isolation: &str) -> Vec<Record> {
+    let last = std::cell::Cell::new((0usize, Instant::now()));
+    read_until_with(
+        topic,
+        Duration::from_secs(120),
+        &[("isolation.level", isolation)],
+        |r| {
+            let (n, at) = last.get();
+            if r.len() != n {
+                last.set((r.len(), Instant::now()));
+                return false;
+            }
+            at.elapsed() > Duration::from_secs(3)
+        },
+    )
+}
+
+/// What a read_committed reader saw once the group had committed everything.
+struct Seen {
+    events: usize,
+    /// How many times each id was seen.
+    counts: HashMap<String, usize>,
+    /// Outcomes the killed replica had produced but not committed at the kill.
+    uncommitted_at_kill: usize,
+}
+
+const N: usize = 5000;
+const PARTITIONS: i32 = 6;
+
+fn script(delivery: &str) -> Seen {
+    let model = common::shipped_model_dir();
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, PARTITIONS, &[]);
+    create_topic(&output, PARTITIONS, &[]);
+    create_topic(&dlq, 1, &[]);
+    // Small record batches and small fetches (below) interleave the partitions in what a
+    // replica has in flight, so whichever partitions a rebalance revokes have work in flight.
+    let loader = producer_with(&[("batch.num.messages", "25")]);
+    send_all(&loader, &input, &comments(0..N / 2));
+
+    let tmp = tempfile::tempdir().unwrap();
+    // A short group session: the restarted replica need not wait 45 s for the coordinator to
+    // give up on the killed one.
+    let cfg = tmp.path().join("session.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n\"fetch.message.max.bytes\" = \"4096\"\n",
+    )
+    .unwrap();
+    let replica = |name: &str, port: u16| {
+        let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+        env.extend([
+            ("EMOSTREAM__KAFKA__DELIVERY".into(), delivery.into()),
+            // The same pace for both modes: an offset commit (or a transaction) a second.
+            ("EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(), "1000".into()),
+            // Stable per replica: the restart fences the killed run's open transaction.
+            (
+                "EMOSTREAM__KAFKA__TRANSACTIONAL_ID".into(),
+                format!("{group}-{name}"),
+            ),
+            ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
+            ("EMOSTREAM__BATCHING__INFERENCE_WORKERS".into(), "1".into()),
+        ]);
+        spawn_daemon_with(&env, Some(&cfg))
+    };
+
+    // 1. Mid-stream kill -9.
+    let mut a = replica("a", free_port());
+    let early = read_until(&output, Duration::from_secs(120), |r| r.len() >= 800);
+    assert!(
+        early.len() >= 800,
+        "{delivery}: only {} events before the kill",
+        early.len()
+    );
+    a.kill().unwrap();
+    a.wait().unwrap();
+    // What was in flight at the kill: outcomes on the topic beyond what the group committed
+    // (at-least-once), or in a transaction that never committed (exactly-once).
+    let committed_inputs: i64 = committed(&group, &input, PARTITIONS)
+        .iter()
+        .map(|o| (*o).max(0))
+        .sum();
+    let visible = |isolation: &str| read_settled(&output, isolation).len();
+    let uncommitted_at_kill = match delivery {
+        "exactly_once" => visible("read_uncommitted") - visible("read_committed"),
+        _ => visible("read_uncommitted") - committed_inputs as usize,
+    };
+
+    // 2. Restart; once it is labelling its backlog again, two more replicas join while the
+    // second half streams in.
+    let before = visible("read_uncommitted");
+    let port_a = free_port();
+    let a = replica("a", port_a);
+    let feeder = {
+        let input = input.clone();
+        let brokers = brokers();
+        std::thread::spawn(move || {
+            use_brokers(&brokers);
+            let p = producer_with(&[("batch.num.messages", "25")]);
+            for chunk in comments(N / 2..N).chunks(50) {
+                send_all(&p, &input, chunk);
+                std::thread::sleep(Duration::from_millis(150));
+            }
+        })
+    };
+    let busy = read_until_with(
+        &output,
+        Duration::from_secs(120),
+        &[("isolation.level", "read_uncommitted")],
+        |r| r.len() >= before + 300,
+    );
+    assert!(
+        busy.len() >= before + 300,
+        "{delivery}: the restarted replica labels again"
+    );
+    let backlog: i64 = end_offsets(&input, PARTITIONS).iter().sum::<i64>()
+        - committed(&group, &input, PARTITIONS)
+            .iter()
+            .map(|o| (*o).max(0))
+            .sum::<i64>();
+    assert!(
+        backlog >= 500,
+        "{delivery}: the replicas join under load (backlog {backlog})"
+    );
+    let (port_b, port_c) = (free_port(), free_port());
+    let b = replica("b", port_b);
+    let c = replica("c", port_c);
+    feeder.join().unwrap();
+
+    // 3. Everything labelled and committed.
+    let end = Instant::now() + Duration::from_secs(400);
+    while committed(&group, &input, PARTITIONS) != end_offsets(&input, PARTITIONS) {
+        assert!(
+            Instant::now() < end,
+            "{delivery}: the group did not commit everything"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let joined = [port_b, port_c]
+        .iter()
+        .map(|p| metric(*p, "emostream_consumed_total"))
+        .collect::<Vec<_>>();
+    assert!(
+        joined.iter().all(|n| *n > 0.0),
+        "{delivery}: both joining replicas took partitions ({joined:?})"
+    );
+    // At-least-once, the revoke waits for the revoked partitions' messages in flight.
+    // Exactly-once, it drains everything in flight into the transaction it commits, and is
+    // mostly served at the poll after a periodic commit's drain, so it seldom finds any.
+    assert!(
+        delivery == "exactly_once" || metric(port_a, "emostream_revoked_in_flight_total") >= 1.0,
+        "{delivery}: a revoke hit messages in flight"
+    );
+    for mut d in [a, b, c] {
+        sigterm(&d);
+        assert!(wait_exit(&mut d, Duration::from_secs(40))
+            .expect("replica exits")
+            .success());
+    }
+    let all = read_settled(&output, "read_committed");
+    let mut counts = HashMap::new();
+    for r in &all {
+        *counts.entry(event_id(r)).or_insert(0) += 1;
+    }
+    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    Seen {
+        events: all.len(),
+        counts,
+        uncommitted_at_kill,
+    }
+}
+
+#[test]
+fn exactly_once_sees_every_id_once_through_kill_restart_and_rebalance_where_at_least_once_repeats()
+{
+    let eos = script("exactly_once");
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !eos.counts.contains_key(&format!("c{i}")))
+        .collect();
+    let duplicated = eos.counts.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "exactly_once: {} events for {N} ids, {duplicated} duplicated, {} missing; {} uncommitted outcomes at the kill",
+        eos.events,
+        missing.len(),
+        eos.uncommitted_at_kill
+    );
+    assert!(
+        eos.uncommitted_at_kill > 0,
+        "work was in flight (in an open transaction) at the kill"
+    );
+    assert!(
+        missing.is_empty(),
+        "missing ids: {:?}",
+        &missing[..missing.len().min(10)]
+    );
+    assert_eq!(duplicated, 0, "a read_committed reader saw duplicates");
+    assert_eq!(eos.events, N);
+
+    let alo = script("at_least_once");
+    let duplicated = alo.counts.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "at_least_once: {} events for {} ids, {duplicated} duplicated; {} uncommitted outcomes at the kill",
+        alo.events,
+        alo.counts.len(),
+        alo.uncommitted_at_kill
+    );
+    assert_eq!(alo.counts.len(), N, "at-least-once loses nothing either");
+    assert!(
+        duplicated > 0 && alo.events > N,
+        "the same script repeats outcomes at-least-once (else it does not test what exactly-once removes)"
+    );
+}
