@@ -20,8 +20,13 @@ use std::time::{Duration, Instant};
     about = "Load generator and live summary for emostream"
 )]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:19092")]
-    brokers: String,
+    /// The daemon's config file: its Kafka client settings (security, secret files) are used
+    /// here too, so the load generator reaches the same (secured) cluster.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// Bootstrap servers (default: kafka.brokers of the config).
+    #[arg(long)]
+    brokers: Option<String>,
     #[arg(long, default_value = "comments")]
     input_topic: String,
     #[arg(long, default_value = "comment-emotions")]
@@ -46,12 +51,22 @@ struct Args {
     /// Print this many sample events at the end.
     #[arg(long, default_value_t = 3)]
     samples: usize,
+    /// The shared Kafka client settings, from `config` and `brokers`.
+    #[arg(skip)]
+    kafka: ClientConfig,
+}
+
+/// The daemon's client builder over its settings (file, environment, secrets).
+fn kafka_config(a: &Args) -> Result<ClientConfig> {
+    let mut s = emostream::daemon::config::Settings::load(a.config.as_deref())?;
+    if let Some(b) = &a.brokers {
+        s.set_brokers(b);
+    }
+    Ok(emostream::daemon::kafka::client::client_config(&s))
 }
 
 async fn create_topics(a: &Args, dlq: &str) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &a.brokers)
-        .create()?;
+    let admin: AdminClient<DefaultClientContext> = a.kafka.create()?;
     let topics = [
         NewTopic::new(&a.input_topic, a.partitions, TopicReplication::Fixed(1)),
         NewTopic::new(&a.output_topic, a.partitions, TopicReplication::Fixed(1)),
@@ -83,8 +98,9 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Subscribes to the output topic at its current end and waits for the group to join, so only
 /// events of this run count.
 async fn subscribe_from_end(a: &Args, run: &str) -> Result<StreamConsumer> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.brokers)
+    let consumer: StreamConsumer = a
+        .kafka
+        .clone()
         .set("group.id", format!("emostream-loadgen-{run}"))
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
@@ -107,10 +123,7 @@ fn spawn_producer(
     prefix: String,
     started: Instant,
 ) -> Result<tokio::task::JoinHandle<Duration>> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &a.brokers)
-        .set("linger.ms", "5")
-        .create()?;
+    let producer: FutureProducer = a.kafka.clone().set("linger.ms", "5").create()?;
     let (n, rate, input) = (a.count, a.rate, a.input_topic.clone());
     Ok(tokio::spawn(async move {
         let mut futs = Vec::with_capacity(n);
@@ -241,7 +254,8 @@ impl Tally {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let a = Args::parse();
+    let mut a = Args::parse();
+    a.kafka = kafka_config(&a)?;
     if let Some(dlq) = &a.create_topics {
         create_topics(&a, dlq).await?;
     }

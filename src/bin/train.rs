@@ -150,9 +150,14 @@ enum Cmd {
         /// Point the registry's ACTIVE file at the new version (daemons watching it swap).
         #[arg(long)]
         activate: bool,
-        /// Kafka bootstrap servers for --control-topic.
-        #[arg(long, default_value = "127.0.0.1:19092")]
-        brokers: String,
+        /// The daemons' config file, for --control-topic: the same Kafka client settings
+        /// (security, secret files) and the control-message signing key
+        /// (registry.control_key_file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers for --control-topic (default: kafka.brokers of the config).
+        #[arg(long)]
+        brokers: Option<String>,
         /// Announce the version on this control topic (every replica swaps and replies there).
         #[arg(long)]
         control_topic: Option<String>,
@@ -352,13 +357,19 @@ fn evaluate_split(
     Ok(())
 }
 
+/// `train publish --config/--brokers`.
+struct KafkaArgs {
+    config: Option<PathBuf>,
+    brokers: Option<String>,
+}
+
 /// `train publish`: into the registry, optionally activated and announced on the control topic.
 fn publish_version(
     model: &std::path::Path,
     registry: &std::path::Path,
     version: Option<String>,
     activate: bool,
-    brokers: &str,
+    kafka: KafkaArgs,
     control_topic: Option<String>,
 ) -> Result<()> {
     let reg = emostream::model::registry::Registry::open(registry)?;
@@ -369,13 +380,17 @@ fn publish_version(
         println!("{} now names {v}", reg.pointer_path().display());
     }
     if let Some(topic) = control_topic {
+        let mut settings = emostream::daemon::config::Settings::load(kafka.config.as_deref())?;
+        if let Some(b) = &kafka.brokers {
+            settings.set_brokers(b);
+        }
         let rid = format!("publish-{v}-{}", std::process::id());
         let msg = emostream::daemon::kafka::control::activate_message(&v, &rid);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(emostream::daemon::kafka::control::announce(
-                brokers, &topic, &msg,
+                &settings, &topic, &msg,
             ))?;
         println!("announced {v} on {topic} (request_id {rid})");
     }
@@ -408,6 +423,7 @@ fn main() -> Result<()> {
             registry,
             version,
             activate,
+            config,
             brokers,
             control_topic,
         } => publish_version(
@@ -415,7 +431,7 @@ fn main() -> Result<()> {
             &registry,
             version,
             activate,
-            &brokers,
+            KafkaArgs { config, brokers },
             control_topic,
         ),
         Cmd::Report {

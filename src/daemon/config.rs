@@ -51,6 +51,73 @@ pub(crate) struct KafkaSettings {
     pub(crate) consumer_properties: BTreeMap<String, String>,
     #[serde(default)]
     pub(crate) producer_properties: BTreeMap<String, String>,
+    /// librdkafka property → file holding its value (a mounted secret).
+    #[serde(default)]
+    pub(crate) secret_files: BTreeMap<String, PathBuf>,
+    /// Values of `secret_files` and of `EMOSTREAM_KAFKA_SECRET_*`, read at start-up.
+    #[serde(skip)]
+    pub(crate) secrets: Secrets,
+}
+
+/// The environment form of a secret librdkafka property: `EMOSTREAM_KAFKA_SECRET_SASL_PASSWORD`
+/// sets `sasl.password` (librdkafka's names have dots where the variable has underscores).
+pub(crate) const SECRET_ENV_PREFIX: &str = "EMOSTREAM_KAFKA_SECRET_";
+
+/// librdkafka properties whose values must never be shown: kept apart from the rest of the
+/// settings, and their `Debug` names the keys only.
+#[derive(Clone, Default)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "<redacted>")))
+            .finish()
+    }
+}
+
+impl Secrets {
+    /// Reads each file of `kafka.secret_files` (a trailing newline is not part of the value),
+    /// then the `EMOSTREAM_KAFKA_SECRET_*` variables; errors name the key, never the value.
+    fn resolve(
+        files: &BTreeMap<String, PathBuf>,
+        env: impl Iterator<Item = (String, String)>,
+    ) -> Result<Secrets> {
+        let mut out = BTreeMap::new();
+        for (key, path) in files {
+            let raw = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!(
+                    "config key kafka.secret_files.{key}: reading {}: {e}",
+                    path.display()
+                )
+            })?;
+            let value = raw.strip_suffix('\n').unwrap_or(&raw);
+            let value = value.strip_suffix('\r').unwrap_or(value);
+            out.insert(key.clone(), value.to_string());
+        }
+        for (name, value) in env {
+            if let Some(rest) = name.strip_prefix(SECRET_ENV_PREFIX) {
+                check(
+                    !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                    &name,
+                    "is not a librdkafka property name (letters, digits, _ for .)",
+                )?;
+                out.insert(rest.to_ascii_lowercase().replace('_', "."), value);
+            }
+        }
+        Ok(Secrets(out))
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    /// Whether `text` contains any secret value (for tests of what is logged).
+    pub fn appear_in(&self, text: &str) -> bool {
+        self.0
+            .values()
+            .any(|v| !v.is_empty() && text.contains(v.as_str()))
+    }
 }
 
 /// `kafka.delivery`: what a reader of the output may count on.
@@ -239,11 +306,22 @@ impl Settings {
                 .with_list_parse_key("kafka.input_topics"),
         );
         let cfg = b.build().context("reading configuration")?;
-        let s: Settings = cfg
+        let mut s: Settings = cfg
             .try_deserialize()
             .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        s.kafka.secrets = Secrets::resolve(&s.kafka.secret_files, std::env::vars())?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// Points every Kafka client at other bootstrap servers (a tool's `--brokers`).
+    pub fn set_brokers(&mut self, brokers: &str) {
+        self.kafka.brokers = brokers.to_string();
+    }
+
+    /// The secret librdkafka properties in force (none of them is ever logged).
+    pub fn secrets(&self) -> &Secrets {
+        &self.kafka.secrets
     }
 
     /// Every key's value, section by section; the error names the key.
@@ -327,12 +405,24 @@ impl Settings {
             "kafka.produce_timeout_ms",
             format!("must be at least 100 (got {})", k.produce_timeout_ms),
         )?;
-        for (section, props) in [
-            ("kafka.properties", &k.properties),
-            ("kafka.consumer_properties", &k.consumer_properties),
-            ("kafka.producer_properties", &k.producer_properties),
+        let secret_keys: BTreeMap<String, ()> =
+            k.secrets.iter().map(|(k, _)| (k.clone(), ())).collect();
+        for (section, keys) in [
+            ("kafka.properties", k.properties.keys().collect::<Vec<_>>()),
+            (
+                "kafka.consumer_properties",
+                k.consumer_properties.keys().collect(),
+            ),
+            (
+                "kafka.producer_properties",
+                k.producer_properties.keys().collect(),
+            ),
+            (
+                "kafka.secret_files (or EMOSTREAM_KAFKA_SECRET_*)",
+                secret_keys.keys().collect(),
+            ),
         ] {
-            for key in props.keys() {
+            for key in keys {
                 check(
                     !matches!(
                         key.as_str(),

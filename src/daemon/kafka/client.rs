@@ -13,11 +13,16 @@ use rdkafka::{ClientContext, Statistics};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// Brokers plus `kafka.properties`; callers add their own role's settings on top.
-pub(crate) fn client_config(s: &Settings) -> ClientConfig {
+/// Brokers, `kafka.properties` and the secret properties (`kafka.secret_files`,
+/// `EMOSTREAM_KAFKA_SECRET_*`): how every client reaches the cluster — the daemon's, the load
+/// generator's and `train publish`'s. Callers add their own role's settings on top.
+pub fn client_config(s: &Settings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &s.kafka.brokers);
     for (k, v) in &s.kafka.properties {
+        c.set(k, v);
+    }
+    for (k, v) in s.kafka.secrets.iter() {
         c.set(k, v);
     }
     c
@@ -83,6 +88,12 @@ impl ClientHooks {
                     self.role
                 ))
             }
+            // A TLS handshake that fails (an untrusted or expired certificate, a client
+            // certificate the broker refuses) fails the same way on every retry.
+            Some(RDKafkaErrorCode::SSL) => self.faults.fatal(format!(
+                "Kafka {} TLS handshake failed: {reason}",
+                self.role
+            )),
             Some(RDKafkaErrorCode::AllBrokersDown) => self.cluster.seen_down(reason),
             _ => tracing::warn!(role = self.role, error = %error, reason, "Kafka client error"),
         }

@@ -140,10 +140,10 @@ pub(crate) fn spawn(
     }))
 }
 
-/// Produces one control message (used by `train publish --announce`).
-pub async fn announce(brokers: &str, topic: &str, message: &Value) -> Result<()> {
-    let producer: FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+/// Produces one control message (`train publish --control-topic`), through the daemon's own
+/// client settings.
+pub async fn announce(s: &Settings, topic: &str, message: &Value) -> Result<()> {
+    let producer: FutureProducer = client_config(s)
         .set("acks", "all")
         .create()
         .context("creating a Kafka producer")?;

@@ -1,7 +1,7 @@
 //! Everything that talks to Kafka: the one client builder, the source (consumer group), the
 //! sink (output and dead-letter topics) and the control topic.
 
-pub(crate) mod client;
+pub mod client;
 pub mod control;
 pub(crate) mod sink;
 pub(crate) mod source;
