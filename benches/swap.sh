@@ -23,16 +23,16 @@ target/release/train publish --model "$model" --registry "$work/registry" --vers
 target/release/emostream-loadgen --create-topics "$dlq" --input-topic "$in" --output-topic "$out" --count 0 >/dev/null 2>&1 || true
 EMOSTREAM__KAFKA__INPUT_TOPICS=$in EMOSTREAM__KAFKA__OUTPUT_TOPIC=$out EMOSTREAM__KAFKA__DEAD_LETTER_TOPIC=$dlq \
 EMOSTREAM__KAFKA__GROUP_ID=$run EMOSTREAM__REGISTRY__ROOT=$work/registry \
-EMOSTREAM__ADMIN__BIND=127.0.0.1:$port EMOSTREAM__LOG__LEVEL=warn \
+EMOSTREAM__ADMIN__BIND=127.0.0.1:$port EMOSTREAM__ADMIN__TOKEN=$run EMOSTREAM__LOG__LEVEL=warn \
   target/release/emostream run &
 daemon=$!
 trap 'kill -TERM $daemon 2>/dev/null || true; rm -rf "$work"' EXIT
 for _ in $(seq 1 120); do curl -fs "localhost:$port/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
 (
   sleep "$swap1"
-  echo "swap to bench-b: $(curl -s -XPOST -H 'content-type: application/json' -d '{"version":"bench-b"}' "localhost:$port/admin/model")"
+  echo "swap to bench-b: $(curl -s -XPOST -H "authorization: Bearer $run" -H 'content-type: application/json' -d '{"version":"bench-b"}' "localhost:$port/admin/model")"
   sleep $((swap2 - swap1))
-  echo "swap to bench-a: $(curl -s -XPOST -H 'content-type: application/json' -d '{"version":"bench-a"}' "localhost:$port/admin/model")"
+  echo "swap to bench-a: $(curl -s -XPOST -H "authorization: Bearer $run" -H 'content-type: application/json' -d '{"version":"bench-a"}' "localhost:$port/admin/model")"
 ) &
 swapper=$!
 target/release/emostream-loadgen --input-topic "$in" --output-topic "$out" --count "$count" --rate "$rate" --samples 0 | grep -vE '^\[ *[0-9.]+s\]'

@@ -97,7 +97,11 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
         daemon_env(&group, &input, &output, &dlq, &model),
         &root,
         port,
-        &[("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "16")],
+        &[
+            ("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "16"),
+            // No token: the operator opens the admin API on loopback explicitly.
+            ("EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK", "true"),
+        ],
     );
     let mut daemon = spawn_daemon(&env);
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
@@ -422,11 +426,16 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
     create_topic(&output, 2, &[]);
     create_topic(&dlq, 1, &[]);
     let port = free_port();
+    // The token from a mounted file (admin.token_file).
+    let token_file = tmp.path().join("admin-token");
+    std::fs::write(&token_file, "file-token\n").unwrap();
+    let token_path = token_file.display().to_string();
     let mut daemon = spawn_daemon(&registry_env(
         daemon_env(&group, &input, &output, &dlq, &model),
         &root,
         port,
         &[
+            ("EMOSTREAM__ADMIN__TOKEN_FILE", token_path.as_str()),
             ("EMOSTREAM__BATCHING__MAX_BATCH_SIZE", "8"),
             ("EMOSTREAM__REGISTRY__SHADOW_BATCHES", "5"),
             ("EMOSTREAM__REGISTRY__SHADOW_SAMPLE_EVERY", "2"),
@@ -460,7 +469,15 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
     read_until(&output, Duration::from_secs(60), |r| r.len() >= 100);
     // The candidate is the same network: on the sampled live batches it must agree fully, and
     // with shadow_min_agreement 0.99 it is promoted only after the comparison.
-    let (code, body) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
+    let (code, _) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
+    assert_eq!(code, 401, "the token file's token is required");
+    let (code, body) = http_post(
+        port,
+        "/admin/model",
+        r#"{"version":"1.1.0"}"#,
+        Some("file-token"),
+    )
+    .unwrap();
     assert_eq!(code, 200, "{body}");
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["result"], "swapped", "{body}");

@@ -3,10 +3,13 @@
 //! the model is loaded, the cluster reachable, partitions assigned, and no produce is waiting
 //! out a fault or refused for good: do not count on me now), and
 //! the model API: `GET /admin/model`, `POST /admin/model {"version": ...}`,
-//! `POST /admin/model/rollback`. With `admin.token` set, `/admin/*` needs
-//! `Authorization: Bearer <token>` (config validation demands a token off loopback).
+//! `POST /admin/model/rollback`. `/admin/*` needs `Authorization: Bearer <token>` whenever a
+//! token is set; with none it refuses everyone, unless the operator opened it on a loopback
+//! bind (`admin.allow_unauthenticated_loopback`; config validation demands a token off
+//! loopback).
 
 use crate::backend::generation::Generation;
+use crate::daemon::config::AdminAccess;
 use crate::daemon::swap::{self, SwapRequest, SwapResult, Target, Trigger};
 use crate::model::registry::{check_version_name, Registry};
 use axum::extract::{Request, State};
@@ -52,7 +55,7 @@ pub(crate) struct ModelAdmin {
 pub(crate) struct AdminState {
     pub(crate) prometheus: PrometheusHandle,
     pub(crate) health: Arc<Health>,
-    pub(crate) token: String,
+    pub(crate) access: AdminAccess,
     pub(crate) model: Option<ModelAdmin>,
 }
 
@@ -113,14 +116,23 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn require_token(State(s): State<AdminState>, req: Request, next: Next) -> Response {
-    if !s.token.is_empty() {
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| same(g.as_bytes(), s.token.as_bytes())) {
-            return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+    match &s.access {
+        AdminAccess::Token(token) => {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "));
+            if !given.is_some_and(|g| same(g.as_bytes(), token.as_bytes())) {
+                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            }
+        }
+        AdminAccess::OpenOnLoopback => {}
+        AdminAccess::Closed => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "the admin API has no token: set admin.token (or admin.token_file), or admin.allow_unauthenticated_loopback = true on a loopback bind",
+            )
         }
     }
     next.run(req).await
@@ -202,11 +214,86 @@ pub(crate) async fn serve(
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
-    tracing::info!(address = %listener.local_addr()?, "admin HTTP listening");
+    let address = listener.local_addr()?;
+    match &state.access {
+        AdminAccess::Token(_) => tracing::info!(%address, "admin HTTP listening; /admin/* needs the bearer token"),
+        AdminAccess::OpenOnLoopback => tracing::warn!(%address, "admin HTTP listening; /admin/* is open to anyone on this host without a token (admin.allow_unauthenticated_loopback)"),
+        AdminAccess::Closed => tracing::info!(%address, "admin HTTP listening; /admin/* is disabled: no admin.token set (admin.allow_unauthenticated_loopback is false)"),
+    }
     let app = router(state);
     Ok(tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "admin server stopped");
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn state(access: AdminAccess) -> AdminState {
+        let never = Arc::new(|| false);
+        AdminState {
+            prometheus: metrics_exporter_prometheus::PrometheusBuilder::new()
+                .build_recorder()
+                .handle(),
+            health: Arc::new(Health {
+                model_loaded: AtomicBool::new(true),
+                assigned: never.clone(),
+                cluster_reachable: never,
+                retrying: Arc::new(|| 0),
+                undeliverable: Arc::new(|| 0),
+                stuck: Arc::new(|| None),
+                fault: Arc::new(|| None),
+                shutting_down: AtomicBool::new(false),
+            }),
+            access,
+            model: None,
+        }
+    }
+
+    /// Status and body of one request to a server with `access`.
+    async fn ask(access: AdminAccess, request: &str) -> (u16, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move { axum::serve(listener, router(state(access))).await });
+        let request = request.to_string();
+        let reply = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut buf = String::new();
+            s.read_to_string(&mut buf).unwrap();
+            buf
+        })
+        .await
+        .unwrap();
+        server.abort();
+        let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (code, reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+    }
+
+    const ROLLBACK: &str = "POST /admin/model/rollback HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n";
+
+    #[tokio::test]
+    async fn without_a_token_the_admin_api_is_closed_unless_opened_on_loopback_and_probes_stay_open(
+    ) {
+        let (code, body) = ask(AdminAccess::Closed, &format!("{ROLLBACK}\r\n")).await;
+        assert_eq!(code, 401);
+        assert!(body.contains("admin.allow_unauthenticated_loopback"), "{body}");
+        // Past the gate: this process has no model API.
+        let (code, _) = ask(AdminAccess::OpenOnLoopback, &format!("{ROLLBACK}\r\n")).await;
+        assert_eq!(code, 404);
+        let token = || AdminAccess::Token("t0ken".into());
+        assert_eq!(ask(token(), &format!("{ROLLBACK}\r\n")).await.0, 401);
+        let wrong = format!("{ROLLBACK}Authorization: Bearer t0kem\r\n\r\n");
+        assert_eq!(ask(token(), &wrong).await.0, 401);
+        let right = format!("{ROLLBACK}Authorization: Bearer t0ken\r\n\r\n");
+        assert_eq!(ask(token(), &right).await.0, 404);
+        let metrics = "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert_eq!(ask(AdminAccess::Closed, metrics).await.0, 200);
+        let health = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        assert_eq!(ask(token(), health).await.0, 200);
+    }
 }

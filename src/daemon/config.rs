@@ -243,6 +243,31 @@ pub(crate) enum ProviderKind {
 pub(crate) struct AdminSettings {
     pub(crate) bind: String,
     pub(crate) token: String,
+    /// A file holding the token (a mounted secret); used when `token` is empty.
+    pub(crate) token_file: String,
+    /// With no token, let anyone who can reach a loopback bind use the admin API.
+    pub(crate) allow_unauthenticated_loopback: bool,
+}
+
+/// Who may use the admin API's model endpoints.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) enum AdminAccess {
+    /// `Authorization: Bearer <token>` on every request.
+    Token(String),
+    /// No token, loopback bind, and the operator said so (`admin.allow_unauthenticated_loopback`).
+    OpenOnLoopback,
+    /// No token and no opt-in: the model endpoints refuse everyone.
+    Closed,
+}
+
+impl std::fmt::Debug for AdminAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            AdminAccess::Token(_) => "Token(<redacted>)",
+            AdminAccess::OpenOnLoopback => "OpenOnLoopback",
+            AdminAccess::Closed => "Closed",
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -312,6 +337,27 @@ impl Settings {
         s.kafka.secrets = Secrets::resolve(&s.kafka.secret_files, std::env::vars())?;
         s.validate()?;
         Ok(s)
+    }
+
+    /// Who may use the admin API: reads `admin.token_file` when set (naming the key if it
+    /// cannot), an empty token is no token.
+    pub(crate) fn admin_access(&self) -> Result<AdminAccess> {
+        let a = &self.admin;
+        let token = if a.token_file.is_empty() {
+            a.token.clone()
+        } else {
+            let raw = std::fs::read_to_string(&a.token_file).map_err(|e| {
+                anyhow::anyhow!("config key admin.token_file: reading {}: {e}", a.token_file)
+            })?;
+            raw.trim_end_matches(['\n', '\r']).to_string()
+        };
+        Ok(if !token.is_empty() {
+            AdminAccess::Token(token)
+        } else if a.allow_unauthenticated_loopback {
+            AdminAccess::OpenOnLoopback
+        } else {
+            AdminAccess::Closed
+        })
     }
 
     /// Points every Kafka client at other bootstrap servers (a tool's `--brokers`).
@@ -664,9 +710,26 @@ impl Settings {
             )
         })?;
         check(
-            addr.ip().is_loopback() || !self.admin.token.is_empty(),
+            !self.admin.allow_unauthenticated_loopback || addr.ip().is_loopback(),
+            "admin.allow_unauthenticated_loopback",
+            format!("applies to a loopback admin.bind only (got {addr}); set admin.token"),
+        )?;
+        check(
+            !self.admin.allow_unauthenticated_loopback || self.admin.token.is_empty() && self.admin.token_file.is_empty(),
+            "admin.allow_unauthenticated_loopback",
+            "cannot be combined with a token (admin.token or admin.token_file): pick one",
+        )?;
+        check(
+            self.admin.token.is_empty() || self.admin.token_file.is_empty(),
+            "admin.token_file",
+            "cannot be combined with admin.token: pick one",
+        )?;
+        check(
+            addr.ip().is_loopback()
+                || !self.admin.token.is_empty()
+                || !self.admin.token_file.is_empty(),
             "admin.token",
-            "is required when admin.bind is not a loopback address",
+            "is required when admin.bind is not a loopback address (or admin.token_file)",
         )?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level)
             .map_err(|e| anyhow::anyhow!("config key log.level: {e}"))?;
@@ -747,6 +810,33 @@ mod tests {
     }
 
     #[test]
+    fn secrets_come_from_files_and_the_environment_and_never_show_in_debug() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("password");
+        std::fs::write(&secret, "from-the-file\n").unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(
+            &f,
+            format!(
+                "[kafka.secret_files]\n\"sasl.password\" = \"{}\"\n",
+                secret.display()
+            ),
+        )
+        .unwrap();
+        std::env::set_var("EMOSTREAM_KAFKA_SECRET_SSL_KEY_PASSWORD", "from-the-env");
+        let s = Settings::load(Some(&f));
+        std::env::remove_var("EMOSTREAM_KAFKA_SECRET_SSL_KEY_PASSWORD");
+        let s = s.unwrap();
+        let got: BTreeMap<_, _> = s.kafka.secrets.iter().collect();
+        assert_eq!(got[&"sasl.password".to_string()], "from-the-file");
+        assert_eq!(got[&"ssl.key.password".to_string()], "from-the-env");
+        let shown = format!("{s:?}");
+        assert!(!s.secrets().appear_in(&shown), "{shown}");
+        assert!(shown.contains("sasl.password"));
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let _g = ENV_LOCK.lock().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -784,6 +874,19 @@ mod tests {
             (
                 "[kafka.properties]\n\"group.id\" = \"x\"\n",
                 "kafka.properties.group.id",
+            ),
+            (
+                "[admin]\nbind = \"0.0.0.0:9464\"\ntoken = \"x\"\nallow_unauthenticated_loopback = true\n",
+                "admin.allow_unauthenticated_loopback",
+            ),
+            (
+                "[kafka.secret_files]\n\"sasl.password\" = \"/nonexistent/emostream-secret\"\n",
+                "kafka.secret_files.sasl.password",
+            ),
+            ("[kafka]\ndelivery = \"at_most_once\"\n", "delivery"),
+            (
+                "[kafka]\ndelivery = \"exactly_once\"\ntransaction_timeout_ms = 5000\n",
+                "kafka.produce_timeout_ms",
             ),
         ] {
             let f = dir.path().join("c.toml");

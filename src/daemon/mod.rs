@@ -268,7 +268,7 @@ pub async fn run(s: Settings) -> Result<()> {
         AdminState {
             prometheus,
             health: health.clone(),
-            token: s.admin.token.clone(),
+            access: s.admin_access()?,
             model: Some(ModelAdmin {
                 active: active_rx.clone(),
                 registry: registry.clone(),
