@@ -1,12 +1,16 @@
 //! Hot swap against the real local Apache Kafka broker and real ONNX Runtime: three swaps under
 //! continuous load (one of them a corrupt model) lose no message and only move each partition's
-//! model version forward; one control-topic message moves two replicas of a group; rollback
-//! works; the admin API refuses path traversal and requests without the bearer token; shadow
-//! mode compares the candidate on live traffic before promoting it.
+//! model version forward; one signed control-topic message moves two replicas of a group, while
+//! unsigned, forged, tampered and replayed ones are refused with the reason; rollback works; the
+//! admin API refuses path traversal, requests without the bearer token and a version whose
+//! tokenizer.json changed after publishing; shadow mode compares the candidate on live traffic
+//! before promoting it.
 
 mod common;
 
 use common::kafka::*;
+use emostream::daemon::kafka::control;
+use emostream::daemon::kafka::signing::ControlKey;
 use emostream::model::registry::Registry;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -30,11 +34,23 @@ fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
     let onnx = dir.join("model.onnx");
     let bytes = std::fs::read(&onnx).unwrap();
     std::fs::write(&onnx, &bytes[..bytes.len() / 2]).unwrap();
-    let card_path = dir.join("model.json");
-    let mut card: Value = serde_json::from_slice(&std::fs::read(&card_path).unwrap()).unwrap();
-    card["model_sha256"] =
-        Value::String(emostream::model::eval::dataset::sha256_file(&onnx).unwrap());
-    std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
+    // Re-sealed over the damaged file, as a publisher with a broken exporter would.
+    let mut card = emostream::model::dir::ModelDir::load(&dir, false)
+        .unwrap()
+        .card;
+    card.model_sha256 = emostream::model::eval::dataset::sha256_file(&onnx).unwrap();
+    card.write(&dir).unwrap();
+}
+
+/// The active version, asked with the admin token.
+fn active_version_with(port: u16, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET /admin/model HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).unwrap();
+    let body: Value = serde_json::from_str(buf.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    body["active"]["version"].as_str().unwrap().to_string()
 }
 
 fn event(r: &Record) -> Value {
@@ -262,6 +278,15 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
     create_topic(&output, 2, &[]);
     create_topic(&dlq, 1, &[]);
     create_topic(&control, 1, &[]);
+    // The control key, as a mounted secret file.
+    let key_file = tmp.path().join("control.key");
+    std::fs::write(
+        &key_file,
+        "7f3a9c0e5b1d2468ace013579bdf2468ace013579bdf0246\n",
+    )
+    .unwrap();
+    let key = ControlKey::from_file(&key_file).unwrap();
+    let key_path = key_file.display().to_string();
     let token = "s3cret-token";
     let ports = [free_port(), free_port()];
     let mut daemons: Vec<_> = ports
@@ -275,6 +300,9 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
                 port,
                 &[
                     ("EMOSTREAM__REGISTRY__CONTROL_TOPIC", control.as_str()),
+                    ("EMOSTREAM__REGISTRY__CONTROL_KEY_FILE", key_path.as_str()),
+                    // Five candidate loads a minute (this test makes five on replica-1).
+                    ("EMOSTREAM__REGISTRY__MAX_SWAPS_PER_MINUTE", "5"),
                     ("EMOSTREAM__REGISTRY__REPLICA_ID", replica.as_str()),
                     // Only the control message may move them (no pointer trigger).
                     ("EMOSTREAM__REGISTRY__WATCH", "false"),
@@ -313,8 +341,6 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         assert!(t.elapsed() < Duration::from_secs(90), "replicas not ready");
         std::thread::sleep(Duration::from_millis(200));
     }
-    let msg = emostream::daemon::kafka::control::activate_message("2.0.0", "req-1");
-    produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
     let results = |rid: &str, want: usize| -> Vec<Value> {
         let rid = rid.to_string();
         read_until(&control, Duration::from_secs(90), |r| {
@@ -328,6 +354,40 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         .filter(|v| v["type"] == "result" && v["request_id"] == rid.as_str())
         .collect()
     };
+    // Unsigned, signed with another key, or tampered after signing: refused, with the reason.
+    let unsigned = control::activate_message("2.0.0", "req-0");
+    produce(&control, &[(None, unsigned.to_string().into_bytes(), None)]);
+    for r in results("req-0", 2) {
+        assert_eq!(r["result"], "refused", "{r}");
+        assert!(r["reason"].as_str().unwrap().contains("unsigned"), "{r}");
+    }
+    let forger = {
+        let f = tmp.path().join("other.key");
+        std::fs::write(&f, "0000000000000000000000000000000000000000000000000").unwrap();
+        ControlKey::from_file(&f).unwrap()
+    };
+    let (body, headers) =
+        control::signed_record(&forger, &control::activate_message("2.0.0", "req-0b"));
+    produce(&control, &[(None, body.into_bytes(), Some(headers))]);
+    let (body, headers) = control::signed_record(&key, &control::rollback_message("req-0c"));
+    let tampered = body.replace("rollback", "activate\",\"version\":\"2.0.0");
+    produce(&control, &[(None, tampered.into_bytes(), Some(headers))]);
+    for rid in ["req-0b", "req-0c"] {
+        for r in results(rid, 2) {
+            assert_eq!(r["result"], "refused", "{r}");
+            assert!(
+                r["reason"].as_str().unwrap().contains("bad signature"),
+                "{r}"
+            );
+        }
+    }
+    for &p in &ports {
+        assert_eq!(active_version_with(p, token), "1.0.0", "nothing moved");
+    }
+    let (body, headers) =
+        control::signed_record(&key, &control::activate_message("2.0.0", "req-1"));
+    let signed = (None, body.into_bytes(), Some(headers));
+    produce(&control, std::slice::from_ref(&signed));
     let replies = results("req-1", 2);
     let replicas: HashSet<&str> = replies
         .iter()
@@ -359,9 +419,21 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         assert_eq!(event(r)["model"]["version"], "2.0.0");
     }
 
+    // The same signed message again is a replay: refused (results now count 2 per replica).
+    produce(&control, std::slice::from_ref(&signed));
+    let replayed: Vec<Value> = results("req-1", 4)
+        .into_iter()
+        .filter(|r| r["result"] == "refused")
+        .collect();
+    assert_eq!(replayed.len(), 2, "{replayed:?}");
+    for r in &replayed {
+        assert!(r["reason"].as_str().unwrap().contains("replayed"), "{r}");
+        assert_eq!(r["active"], Value::Null);
+    }
+
     // Rollback on the control topic: both go back to 1.0.0.
-    let msg = emostream::daemon::kafka::control::rollback_message("req-2");
-    produce(&control, &[(None, msg.to_string().into_bytes(), None)]);
+    let (body, headers) = control::signed_record(&key, &control::rollback_message("req-2"));
+    produce(&control, &[(None, body.into_bytes(), Some(headers))]);
     for r in results("req-2", 2) {
         assert_eq!(r["result"], "swapped", "{r}");
         assert_eq!(r["active"], "1.0.0", "{r}");
@@ -393,6 +465,32 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
     .unwrap();
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("not in the registry"), "{body}");
+    // A version whose tokenizer.json was changed after publishing is refused on swap.
+    let reg = Registry::open(&root).unwrap();
+    let (_, dir) = reg.publish(&model, Some("3.0.0")).unwrap();
+    let tok = dir.join("tokenizer.json");
+    let mut bytes = std::fs::read(&tok).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&tok, bytes).unwrap();
+    let (code, body) = http_post(
+        ports[1],
+        "/admin/model",
+        r#"{"version":"3.0.0"}"#,
+        Some(token),
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("tokenizer.json"), "{body}");
+    // That was replica-1's fifth load this minute: a sixth is refused before loading.
+    let (code, body) = http_post(
+        ports[1],
+        "/admin/model",
+        r#"{"version":"2.0.0"}"#,
+        Some(token),
+    )
+    .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert!(body.contains("rate limited"), "{body}");
 
     let metrics = http_get(ports[1], "/metrics").unwrap().1;
     assert!(

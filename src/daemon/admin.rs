@@ -216,9 +216,15 @@ pub(crate) async fn serve(
         .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
     let address = listener.local_addr()?;
     match &state.access {
-        AdminAccess::Token(_) => tracing::info!(%address, "admin HTTP listening; /admin/* needs the bearer token"),
-        AdminAccess::OpenOnLoopback => tracing::warn!(%address, "admin HTTP listening; /admin/* is open to anyone on this host without a token (admin.allow_unauthenticated_loopback)"),
-        AdminAccess::Closed => tracing::info!(%address, "admin HTTP listening; /admin/* is disabled: no admin.token set (admin.allow_unauthenticated_loopback is false)"),
+        AdminAccess::Token(_) => {
+            tracing::info!(%address, "admin HTTP listening; /admin/* needs the bearer token")
+        }
+        AdminAccess::OpenOnLoopback => {
+            tracing::warn!(%address, "admin HTTP listening; /admin/* is open to anyone on this host without a token (admin.allow_unauthenticated_loopback)")
+        }
+        AdminAccess::Closed => {
+            tracing::info!(%address, "admin HTTP listening; /admin/* is disabled: no admin.token set (admin.allow_unauthenticated_loopback is false)")
+        }
     }
     let app = router(state);
     Ok(tokio::spawn(async move {
@@ -258,7 +264,8 @@ mod tests {
     async fn ask(access: AdminAccess, request: &str) -> (u16, String) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let server = tokio::spawn(async move { axum::serve(listener, router(state(access))).await });
+        let server =
+            tokio::spawn(async move { axum::serve(listener, router(state(access))).await });
         let request = request.to_string();
         let reply = tokio::task::spawn_blocking(move || {
             let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -271,7 +278,10 @@ mod tests {
         .unwrap();
         server.abort();
         let code = reply.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (code, reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
+        (
+            code,
+            reply.split("\r\n\r\n").nth(1).unwrap_or("").to_string(),
+        )
     }
 
     const ROLLBACK: &str = "POST /admin/model/rollback HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n";
@@ -281,7 +291,10 @@ mod tests {
     ) {
         let (code, body) = ask(AdminAccess::Closed, &format!("{ROLLBACK}\r\n")).await;
         assert_eq!(code, 401);
-        assert!(body.contains("admin.allow_unauthenticated_loopback"), "{body}");
+        assert!(
+            body.contains("admin.allow_unauthenticated_loopback"),
+            "{body}"
+        );
         // Past the gate: this process has no model API.
         let (code, _) = ask(AdminAccess::OpenOnLoopback, &format!("{ROLLBACK}\r\n")).await;
         assert_eq!(code, 404);

@@ -194,6 +194,12 @@ pub(crate) struct RegistrySettings {
     pub(crate) watch: bool,
     pub(crate) poll_interval_ms: u64,
     pub(crate) control_topic: String,
+    /// The HMAC key every control message must be signed with (a secret file).
+    pub(crate) control_key_file: String,
+    /// Control messages issued longer ago (or ahead) than this are refused.
+    pub(crate) control_max_age_ms: u64,
+    /// Candidate loads allowed per minute, all triggers together.
+    pub(crate) max_swaps_per_minute: usize,
     pub(crate) replica_id: String,
     #[serde(default)]
     pub(crate) label_map: BTreeMap<String, String>,
@@ -663,6 +669,21 @@ impl Settings {
             "needs registry.root (control messages name versions in the registry)",
         )?;
         check(
+            g.control_topic.is_empty() || !g.control_key_file.is_empty(),
+            "registry.control_key_file",
+            "is required with registry.control_topic: control messages must be signed",
+        )?;
+        check(
+            g.control_max_age_ms >= 1000,
+            "registry.control_max_age_ms",
+            "must be at least 1000",
+        )?;
+        check(
+            g.max_swaps_per_minute >= 1,
+            "registry.max_swaps_per_minute",
+            "must be at least 1",
+        )?;
+        check(
             g.replica_id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)),
@@ -715,7 +736,8 @@ impl Settings {
             format!("applies to a loopback admin.bind only (got {addr}); set admin.token"),
         )?;
         check(
-            !self.admin.allow_unauthenticated_loopback || self.admin.token.is_empty() && self.admin.token_file.is_empty(),
+            !self.admin.allow_unauthenticated_loopback
+                || self.admin.token.is_empty() && self.admin.token_file.is_empty(),
             "admin.allow_unauthenticated_loopback",
             "cannot be combined with a token (admin.token or admin.token_file): pick one",
         )?;

@@ -104,6 +104,7 @@ fn start_swapping(
         settings: s.registry.clone(),
         shadow,
         history: Vec::new(),
+        loads: Default::default(),
     };
     let mut tasks = vec![tokio::spawn(controller.run(rx))];
     if let (Some(reg), true) = (registry, s.registry.watch) {

@@ -83,6 +83,13 @@ pub struct ModelCard {
     /// fp32 | int8
     pub precision: String,
     pub model_sha256: String,
+    /// sha256 of tokenizer.json (cards written before this field have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tokenizer_sha256: Option<String>,
+    /// sha256 over everything the daemon loads: model.onnx's and tokenizer.json's sha256, the
+    /// labels, thresholds and max length ([`ModelCard::content_digest`]); verified on load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
     #[serde(default)]
     pub(crate) training: serde_json::Value,
     /// File name → sha256 of the data the model was trained and evaluated on.
@@ -124,10 +131,47 @@ impl ModelCard {
         Ok(())
     }
 
-    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+    /// The digest of what the daemon loads, as this card describes it.
+    pub(crate) fn content_digest(&self) -> Result<String> {
+        use sha2::{Digest, Sha256};
+        let text = format!(
+            "emostream-model-digest/1\nmodel.onnx {}\ntokenizer.json {}\nlabels {}\nthresholds {}\nmax_sequence_length {}\n",
+            self.model_sha256,
+            self.tokenizer_sha256.as_deref().unwrap_or(""),
+            serde_json::to_string(&self.labels)?,
+            serde_json::to_string(&self.thresholds)?,
+            self.max_sequence_length
+        );
+        Ok(hex::encode(Sha256::digest(text.as_bytes())))
+    }
+
+    /// Checks the card's digest (when it has one) against the files in `dir`.
+    fn verify_digest(&self, dir: &Path) -> Result<()> {
+        let Some(digest) = &self.digest else {
+            return Ok(());
+        };
+        let Some(tok) = &self.tokenizer_sha256 else {
+            bail!("model.json has a digest but no tokenizer_sha256");
+        };
+        let got = sha256_file(&dir.join(TOKENIZER_FILE))?;
+        if &got != tok {
+            bail!("tokenizer.json sha256 {got} does not match model.json ({tok}): the file was changed");
+        }
+        if &self.content_digest()? != digest {
+            bail!("model.json digest does not match its labels, thresholds and files: the card was changed");
+        }
+        Ok(())
+    }
+
+    /// Writes the card, sealed: tokenizer.json's sha256 and the digest are computed from the
+    /// directory as it is now (model.onnx's sha256 is the card's own, checked on load).
+    pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CARD_FILE);
         let tmp = dir.join(".model.json.tmp");
-        let mut bytes = serde_json::to_vec_pretty(self)?;
+        let mut sealed = self.clone();
+        sealed.tokenizer_sha256 = Some(sha256_file(&dir.join(TOKENIZER_FILE))?);
+        sealed.digest = Some(sealed.content_digest()?);
+        let mut bytes = serde_json::to_vec_pretty(&sealed)?;
         bytes.push(b'\n');
         std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
         std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
@@ -188,6 +232,7 @@ impl ModelDir {
                         card.model_sha256
                     );
                 }
+                card.verify_digest(dir).with_context(ctx)?;
             }
             card
         } else if dir.join("config.json").is_file() {
@@ -248,6 +293,8 @@ impl ModelDir {
             max_sequence_length: max_len,
             precision: "fp32".into(),
             model_sha256: sha256_file(&dir.join(ONNX_FILE))?,
+            tokenizer_sha256: None,
+            digest: None,
             training: serde_json::Value::Null,
             data: BTreeMap::new(),
             metrics: BTreeMap::new(),

@@ -69,6 +69,31 @@ impl Registry {
         if !real.starts_with(&versions) || !real.is_dir() {
             bail!("model version {version:?} resolves outside the registry");
         }
+        // So could one inside the version: every file loaded must be the registry's own.
+        for entry in fs::read_dir(&real)? {
+            let entry = entry?;
+            if entry.file_type()?.is_symlink() {
+                let target = entry.path().canonicalize().ok();
+                if !target.is_some_and(|t| t.starts_with(&versions)) {
+                    bail!(
+                        "model version {version:?} holds a symlink {:?} that leaves the registry",
+                        entry.file_name()
+                    );
+                }
+            }
+        }
+        let card = real.join(CARD_FILE);
+        if !card.exists() {
+            bail!("model version {version:?} has no {CARD_FILE} card (publish it with `train publish`)");
+        }
+        let text =
+            fs::read_to_string(&card).with_context(|| format!("reading {}", card.display()))?;
+        let has_digest = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .is_some_and(|v| v.get("digest").is_some_and(|d| d.is_string()));
+        if !has_digest {
+            bail!("model version {version:?}: its card has no digest (publish it again with `train publish`, which seals it)");
+        }
         Ok(real)
     }
 
@@ -154,13 +179,13 @@ impl Registry {
                 .with_context(|| format!("copying {}", entry.path().display()))?;
             fs::File::open(&to)?.sync_all()?;
         }
-        if version != md.card.version {
-            // The card names the version events will carry: keep it equal to the registry's.
-            let mut card = md.card.clone();
-            card.version = version.clone();
-            card.write(&tmp)?;
-            fs::File::open(tmp.join(CARD_FILE))?.sync_all()?;
-        }
+        // The card names the version events will carry (kept equal to the registry's), and is
+        // sealed: its digest covers the copied model.onnx, tokenizer.json, labels and
+        // thresholds, and every load verifies it.
+        let mut card = md.card.clone();
+        card.version = version.clone();
+        card.write(&tmp)?;
+        fs::File::open(tmp.join(CARD_FILE))?.sync_all()?;
         fsync_dir(&tmp)?;
         fs::rename(&tmp, &dest)
             .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
@@ -189,8 +214,27 @@ mod tests {
     fn resolve_stays_inside_and_pointer_round_trips() {
         let d = tempfile::tempdir().unwrap();
         let r = Registry::open(d.path()).unwrap();
-        fs::create_dir_all(r.root().join("versions/1.0.0")).unwrap();
+        let v = r.root().join("versions/1.0.0");
+        fs::create_dir_all(&v).unwrap();
+        let e = format!("{:#}", r.resolve("1.0.0").unwrap_err());
+        assert!(e.contains("no model.json"), "{e}");
+        // (The digest itself is checked when the model loads; resolve wants a sealed card.)
+        fs::write(v.join(CARD_FILE), r#"{"digest": "00"}"#).unwrap();
         assert!(r.resolve("1.0.0").is_ok());
+        // A file inside the version that links out of the registry is refused.
+        std::os::unix::fs::symlink("/etc/hostname", v.join("tokenizer.json")).unwrap();
+        let e = format!("{:#}", r.resolve("1.0.0").unwrap_err());
+        assert!(
+            e.contains("symlink") && e.contains("leaves the registry"),
+            "{e}"
+        );
+        fs::remove_file(v.join("tokenizer.json")).unwrap();
+        fs::write(v.join("model.onnx"), b"x").unwrap();
+        std::os::unix::fs::symlink(v.join("model.onnx"), v.join("tokenizer.json")).unwrap();
+        assert!(
+            r.resolve("1.0.0").is_ok(),
+            "a link within the registry is fine"
+        );
         assert!(r.resolve("../versions").is_err());
         assert!(r.resolve("2.0.0").is_err());
         // A symlink that escapes the root is refused.

@@ -106,10 +106,13 @@ pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
         max_sequence_length: req.max_len,
         precision: req.variant.precision().into(),
         model_sha256: sha256_file(&onnx_path)?,
+        tokenizer_sha256: None,
+        digest: None,
         training,
         data,
         metrics: BTreeMap::new(),
     };
     card.write(req.out)?;
-    Ok(card)
+    // As written: sealed with tokenizer.json's sha256 and the digest.
+    Ok(crate::model::dir::ModelDir::load(req.out, false)?.card)
 }

@@ -2,16 +2,21 @@
 //! uses its own consumer group and starts at the topic's end as of start-up, so one message
 //! moves the whole fleet) and answers on the same topic with the result of its swap.
 //!
-//! Messages (JSON): `{"type":"activate","version":"1.2.0","request_id":"..."}`,
-//! `{"type":"rollback","request_id":"..."}`; replies: `{"type":"result","replica":...,
-//! "request_id":...,"result":"swapped|unchanged|rejected","active":...,"reason":...}`.
+//! Messages (JSON): `{"type":"activate","version":"1.2.0","request_id":"...","issued_at_ms":...}`,
+//! `{"type":"rollback","request_id":"...","issued_at_ms":...}`, each signed (signing.rs: HMAC
+//! in the `emostream.signature` header); replies, signed too: `{"type":"result","replica":...,
+//! "request_id":...,"result":"swapped|unchanged|rejected|refused","active":...,"reason":...}`
+//! (`refused`: the message failed the signature, freshness or replay check).
 
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::client_config;
 use crate::daemon::kafka::client::KafkaProducer;
+use crate::daemon::kafka::signing::{now_ms, ControlKey, Verifier, SIGNATURE_HEADER};
+use crate::daemon::pipeline::headers;
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -20,13 +25,45 @@ use tokio::sync::mpsc;
 
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A control request as it travels on the topic.
+/// A control request as it travels on the topic (issued now).
 pub fn activate_message(version: &str, request_id: &str) -> Value {
-    json!({"type": "activate", "version": version, "request_id": request_id})
+    json!({"type": "activate", "version": version, "request_id": request_id, "issued_at_ms": now_ms()})
 }
 
 pub fn rollback_message(request_id: &str) -> Value {
-    json!({"type": "rollback", "request_id": request_id})
+    json!({"type": "rollback", "request_id": request_id, "issued_at_ms": now_ms()})
+}
+
+/// The body and headers of a signed control record.
+pub fn signed_record(key: &ControlKey, message: &Value) -> (String, OwnedHeaders) {
+    let body = message.to_string();
+    let sig = key.sign(body.as_bytes());
+    let h = OwnedHeaders::new().insert(Header {
+        key: SIGNATURE_HEADER,
+        value: Some(&sig),
+    });
+    (body, h)
+}
+
+/// The control key named by `registry.control_key_file`.
+pub fn control_key(s: &Settings) -> Result<ControlKey> {
+    if s.registry.control_key_file.is_empty() {
+        bail!("config key registry.control_key_file: not set; control messages must be signed");
+    }
+    ControlKey::from_file(std::path::Path::new(&s.registry.control_key_file))
+}
+
+/// The signature header's value, read without assuming UTF-8 keys.
+fn signature(msg: &rdkafka::message::BorrowedMessage<'_>) -> Option<Vec<u8>> {
+    let mut found = None;
+    if let Some(h) = msg.headers() {
+        headers::for_each(h, |k, v| {
+            if k == SIGNATURE_HEADER.as_bytes() {
+                found = v.map(<[u8]>::to_vec);
+            }
+        });
+    }
+    found
 }
 
 /// What a control message asks for; `None` for replies and other messages to skip.
@@ -100,6 +137,8 @@ pub(crate) fn spawn(
 ) -> Result<tokio::task::JoinHandle<()>> {
     let replica = s.registry.replica();
     let topic = s.registry.control_topic.clone();
+    let key = control_key(s)?;
+    let mut verifier = Verifier::new(key.clone(), s.registry.control_max_age_ms);
     let consumer = consumer_at_end(s, &replica)?;
     tracing::info!(topic = %topic, replica = %replica, "reading the control topic");
     Ok(tokio::spawn(async move {
@@ -112,27 +151,46 @@ pub(crate) fn spawn(
                     continue;
                 }
             };
-            let parsed = parse(msg.payload().unwrap_or_default());
-            let (target, rid) = match parsed {
-                Ok(Some(x)) => x,
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "ignoring a bad control message");
-                    continue;
+            let payload = msg.payload().unwrap_or_default();
+            let parsed = parse(payload);
+            if let Ok(None) = parsed {
+                continue; // a reply
+            }
+            let rid = serde_json::from_slice::<Value>(payload)
+                .ok()
+                .and_then(|v| v.get("request_id")?.as_str().map(str::to_string));
+            // Nothing unsigned, forged, stale or replayed gets near the swap controller.
+            let checked = verifier.check(payload, signature(&msg).as_deref(), now_ms());
+            let reply = match (checked, parsed) {
+                (Err(refusal), _) => {
+                    metrics::counter!("emostream_control_refused_total").increment(1);
+                    tracing::warn!(reason = %refusal, partition = msg.partition(), offset = msg.offset(), "refusing a control message");
+                    json!({"result": "refused", "reason": refusal.to_string()})
+                }
+                (Ok(()), Err(e)) => {
+                    tracing::warn!(error = %format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "refusing a bad control message");
+                    json!({"result": "refused", "reason": format!("{e:#}")})
+                }
+                (Ok(()), Ok(None)) => continue,
+                (Ok(()), Ok(Some((target, _)))) => {
+                    match swap::request(&requests, target, Trigger::Control).await {
+                        Ok(r) => serde_json::to_value(&r).unwrap_or_default(),
+                        Err(_) => return,
+                    }
                 }
             };
-            let report = match swap::request(&requests, target, Trigger::Control).await {
-                Ok(r) => r,
-                Err(_) => return,
-            };
-            let mut reply = serde_json::to_value(&report).unwrap_or_default();
+            let mut reply = reply;
             if let Some(o) = reply.as_object_mut() {
                 o.insert("type".into(), json!("result"));
                 o.insert("replica".into(), json!(replica));
                 o.insert("request_id".into(), json!(rid));
+                o.insert("issued_at_ms".into(), json!(now_ms()));
             }
-            let body = reply.to_string();
-            let rec = FutureRecord::to(&topic).key(&replica).payload(&body);
+            let (body, headers) = signed_record(&key, &reply);
+            let rec = FutureRecord::to(&topic)
+                .key(&replica)
+                .payload(&body)
+                .headers(headers);
             if let Err((e, _)) = producer.send(rec, KAFKA_TIMEOUT).await {
                 tracing::warn!(error = %e, "could not reply on the control topic");
             }
@@ -147,10 +205,12 @@ pub async fn announce(s: &Settings, topic: &str, message: &Value) -> Result<()> 
         .set("acks", "all")
         .create()
         .context("creating a Kafka producer")?;
-    let body = message.to_string();
+    let (body, headers) = signed_record(&control_key(s)?, message);
     producer
         .send(
-            FutureRecord::<(), _>::to(topic).payload(&body),
+            FutureRecord::<(), _>::to(topic)
+                .payload(&body)
+                .headers(headers),
             KAFKA_TIMEOUT,
         )
         .await

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod control;
+pub mod signing;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod transaction;

@@ -106,6 +106,8 @@ pub(crate) struct Controller {
     pub(crate) shadow: Arc<Shadow>,
     /// Versions served before the active one (newest last), for rollback.
     pub(crate) history: Vec<(String, PathBuf)>,
+    /// When recent candidate loads started (registry.max_swaps_per_minute).
+    pub(crate) loads: std::collections::VecDeque<Instant>,
 }
 
 /// Publishes the active model's info gauge (1 for the active version, 0 for the one replaced).
@@ -165,7 +167,26 @@ impl Controller {
         if self.active.borrow().dir == dir && *target != Target::Rollback {
             return self.report(SwapResult::Unchanged, Some(version));
         }
+        // Each load costs a model's memory and a core for seconds: a flood of requests (or a
+        // pointer flapping) must not starve the stream.
         let started = Instant::now();
+        while self
+            .loads
+            .front()
+            .is_some_and(|t| started.duration_since(*t) > Duration::from_secs(60))
+        {
+            self.loads.pop_front();
+        }
+        if self.loads.len() >= self.settings.max_swaps_per_minute {
+            return self.rejected(
+                Some(version),
+                format!(
+                    "rate limited: {} swaps in the last minute (registry.max_swaps_per_minute)",
+                    self.loads.len()
+                ),
+            );
+        }
+        self.loads.push_back(started);
         let candidate = match self.load(&dir).await {
             Ok(m) => m,
             Err(reason) => return self.rejected(Some(version), reason),
