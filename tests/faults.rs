@@ -499,6 +499,12 @@ fn an_onnx_runtime_failure_on_one_comment_dead_letters_that_comment_only() {
     let mut tok = tokenizers::Tokenizer::from_file(&tok_path).unwrap();
     tok.add_tokens(&[tokenizers::AddedToken::from("qqfaultqq", false)]);
     tok.save(&tok_path, false).unwrap();
+    // Sealed again, as a (faulty) exporter would have written it: the card's digest covers
+    // tokenizer.json, and a changed one is refused at load.
+    let card = emostream::model::dir::ModelDir::load(&model, false)
+        .unwrap()
+        .card;
+    card.write(&model).unwrap();
     let good: Vec<String> = common::texts("test", 40);
     let mut lines = good.clone();
     lines.insert(17, "well qqfaultqq then".to_string());

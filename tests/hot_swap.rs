@@ -492,6 +492,61 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
     assert_eq!(code, 422, "{body}");
     assert!(body.contains("rate limited"), "{body}");
 
+    // `train publish --control-topic --config` signs with the config's key and reaches the fleet
+    // through the daemons' own Kafka client settings. Replica-0 swaps; replica-1 has used its
+    // five loads this minute and says so.
+    let publisher = tmp.path().join("publisher.toml");
+    std::fs::write(
+        &publisher,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\n[registry]\ncontrol_key_file = \"{key_path}\"\n",
+            brokers()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+        .arg("publish")
+        .arg("--model")
+        .arg(&model)
+        .arg("--registry")
+        .arg(&root)
+        .args([
+            "--version",
+            "2.5.0",
+            "--control-topic",
+            control.as_str(),
+            "--config",
+        ])
+        .arg(&publisher)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rid = stdout
+        .split("request_id ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("no request id in {stdout}"))
+        .to_string();
+    let replies: HashMap<String, Value> = results(&rid, 2)
+        .into_iter()
+        .map(|r| (r["replica"].as_str().unwrap().to_string(), r))
+        .collect();
+    assert_eq!(replies["replica-0"]["result"], "swapped", "{replies:?}");
+    assert_eq!(replies["replica-0"]["active"], "2.5.0", "{replies:?}");
+    assert_eq!(replies["replica-1"]["result"], "rejected", "{replies:?}");
+    assert!(
+        replies["replica-1"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rate limited"),
+        "{replies:?}"
+    );
+
     let metrics = http_get(ports[1], "/metrics").unwrap().1;
     assert!(
         metrics.contains("emostream_model_swaps_total{result=\"swapped\",trigger=\"admin\"}")
