@@ -92,13 +92,64 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
         .collect();
     produce(&input, &records);
 
-    let mut daemon = spawn_daemon(&daemon_env(&group, &input, &output, &dlq, &model));
+    let port = free_port();
+    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    let mut daemon = spawn_daemon(&env);
     let got = read_until(&output, Duration::from_secs(300), |r| {
         r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
     });
     let ids: HashSet<String> = got.iter().map(event_id).collect();
     assert_eq!(ids.len(), n, "distinct ids out");
     assert!(got.iter().all(|r| ids.contains(&event_id(r))));
+
+    // What a dashboard reads: per-label counts equal the labels of the delivered events, an
+    // end-to-end histogram, the build and the execution provider, lag per assigned partition.
+    let mut fired: HashMap<String, f64> = HashMap::new();
+    for r in &got {
+        let v: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        for l in v["labels"].as_array().unwrap() {
+            *fired
+                .entry(l["label"].as_str().unwrap().to_string())
+                .or_default() += 1.0;
+        }
+    }
+    let page = http_get(port, "/metrics").unwrap().1;
+    let series = |prefix: &str| -> HashMap<String, f64> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|rest| {
+                let (labels, value) = rest.rsplit_once(' ')?;
+                Some((labels.to_string(), value.parse().ok()?))
+            })
+            .collect()
+    };
+    let counted: HashMap<String, f64> = series("emostream_labels_total{label=\"")
+        .into_iter()
+        .map(|(k, v)| (k.trim_end_matches("\"}").to_string(), v))
+        .collect();
+    assert_eq!(
+        counted, fired,
+        "emostream_labels_total matches the delivered events"
+    );
+    assert!(fired.len() > 10, "many emotions fired: {fired:?}");
+    let e2e = series("emostream_end_to_end_seconds_count");
+    assert_eq!(e2e.values().sum::<f64>(), n as f64, "{page}");
+    assert!(
+        page.contains("emostream_execution_provider{provider=\"cpu\"} 1"),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(
+            "emostream_build_info{{version=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{page}"
+    );
+    let lag = series(&format!(
+        "emostream_consumer_lag{{topic=\"{input}\",partition=\""
+    ));
+    assert_eq!(lag.len(), 3, "lag of the three partitions it holds: {page}");
 
     // Every event is valid against the published schema; key and trace header carried over.
     let schema: serde_json::Value = serde_json::from_slice(
@@ -546,6 +597,29 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
         mid.len() >= 6000,
         "only {} events before the first replica leaves",
         mid.len()
+    );
+    // Lag series follow the assignment: after the join no partition is reported by both
+    // replicas (the revoked ones left the first replica's /metrics). Statistics come every 2 s.
+    std::thread::sleep(Duration::from_millis(2500));
+    let lag_partitions = |port: u16| -> HashSet<String> {
+        http_get(port, "/metrics")
+            .unwrap()
+            .1
+            .lines()
+            .filter(|l| l.starts_with("emostream_consumer_lag{"))
+            .filter_map(|l| {
+                l.split("partition=\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect()
+    };
+    let (lag_a, lag_b) = (lag_partitions(port_a), lag_partitions(port_b));
+    assert!(
+        lag_a.is_disjoint(&lag_b) && !lag_a.is_empty() && lag_a.len() < 4,
+        "lag series of revoked partitions are removed: a {lag_a:?}, b {lag_b:?}"
     );
     let revoked_in_flight = metric(
         &http_get(port_a, "/metrics").unwrap().1,

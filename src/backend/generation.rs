@@ -50,6 +50,13 @@ pub(crate) struct Generation {
 }
 
 impl Generation {
+    /// The execution provider its sessions run on (cpu after a GPU fallback).
+    pub(crate) fn provider(&self) -> &'static str {
+        self.sessions.first().map_or("cpu", |s| {
+            s.lock().unwrap_or_else(|p| p.into_inner()).provider
+        })
+    }
+
     /// Loads `dir` with `workers` sessions and validates it: sha256 of model.onnx against the
     /// card, ONNX inputs/outputs, labels against `expect`, finite scores on the canaries from
     /// every session (which also warms each one up).

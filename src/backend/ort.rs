@@ -111,9 +111,13 @@ pub(crate) fn environment(library: Option<&Path>) -> Result<ort::environment::En
 
 /// Registers the GPU execution provider `opts` asks for; CPU needs nothing. With
 /// `fallback_to_cpu`, a provider that cannot register leaves the session on CPU.
-fn register_provider(b: SessionBuilder, opts: &RuntimeOptions) -> Result<SessionBuilder> {
+/// Returns the builder and the provider the session will run on.
+fn register_provider(
+    b: SessionBuilder,
+    opts: &RuntimeOptions,
+) -> Result<(SessionBuilder, &'static str)> {
     let ep = match &opts.provider {
-        Provider::Cpu => return Ok(b),
+        Provider::Cpu => return Ok((b, "cpu")),
         Provider::Cuda { device } => ort::ep::CUDA::default()
             .with_device_id(*device)
             .build()
@@ -126,11 +130,16 @@ fn register_provider(b: SessionBuilder, opts: &RuntimeOptions) -> Result<Session
     match b.with_execution_providers([ep]) {
         Ok(b) => {
             tracing::info!(provider = ?opts.provider, "execution provider registered");
-            Ok(b)
+            let name = match opts.provider {
+                Provider::Cuda { .. } => "cuda",
+                Provider::Tensorrt { .. } => "tensorrt",
+                Provider::Cpu => "cpu",
+            };
+            Ok((b, name))
         }
         Err(err) if opts.fallback_to_cpu => {
             tracing::warn!(error = %err, "GPU execution provider unavailable; falling back to CPU");
-            Ok(err.recover())
+            Ok((err.recover(), "cpu"))
         }
         Err(err) => bail!(
             "execution provider {:?} could not register: {err} (set runtime.fallback_to_cpu = true to run on CPU)",
@@ -142,6 +151,8 @@ fn register_provider(b: SessionBuilder, opts: &RuntimeOptions) -> Result<Session
 /// One loaded ONNX model that maps `[batch, seq]` token ids to `[batch, labels]` logits.
 pub struct OrtSession {
     session: Session,
+    /// The execution provider it runs on: cpu, cuda or tensorrt.
+    pub(crate) provider: &'static str,
     token_types: bool,
     num_labels: usize,
 }
@@ -168,7 +179,7 @@ impl OrtSession {
         if let Some(p) = &opts.optimized_model_path {
             b = b.with_optimized_model_path(p).map_err(e)?;
         }
-        b = register_provider(b, opts)?;
+        let (mut b, provider) = register_provider(b, opts)?;
         let session = b
             .commit_from_file(path)
             .map_err(|err| anyhow!("{err}"))
@@ -202,6 +213,7 @@ impl OrtSession {
         }
         Ok(OrtSession {
             session,
+            provider,
             token_types,
             num_labels: num_labels as usize,
         })

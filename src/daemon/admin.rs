@@ -57,12 +57,14 @@ pub(crate) struct AdminState {
     pub(crate) health: Arc<Health>,
     pub(crate) access: AdminAccess,
     pub(crate) model: Option<ModelAdmin>,
+    /// Series rendered outside the recorder (the consumer lag of the partitions held now).
+    pub(crate) extra_metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
-        s.prometheus.render(),
+        s.prometheus.render() + &(s.extra_metrics)(),
     )
 }
 
@@ -257,6 +259,7 @@ mod tests {
             }),
             access,
             model: None,
+            extra_metrics: Arc::new(String::new),
         }
     }
 

@@ -275,6 +275,10 @@ pub async fn run(s: Settings) -> Result<()> {
                 registry: registry.clone(),
                 swaps: swapping.requests.clone(),
             }),
+            extra_metrics: {
+                let c = consumer.clone();
+                Arc::new(move || c.context().lag_metrics())
+            },
         },
     )
     .await?;
@@ -439,7 +443,7 @@ pub async fn classify(s: Settings) -> Result<()> {
     let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
     while let Some(o) = outcome_rx.recv().await {
         match o {
-            Outcome::Labelled { event, origin } => {
+            Outcome::Labelled { event, origin, .. } => {
                 out.write_all(&event).await?;
                 out.write_all(b"\n").await?;
                 origin.ack.delivered();

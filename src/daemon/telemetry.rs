@@ -30,6 +30,7 @@ pub(crate) fn init_metrics() -> anyhow::Result<PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Full("emostream_batch_tokens".into()), &tokens)?
         .install_recorder()?;
     describe();
+    metrics::gauge!("emostream_build_info", "version" => env!("CARGO_PKG_VERSION"), "git" => option_env!("EMOSTREAM_GIT_SHA").unwrap_or("unknown")).set(1.0);
     Ok(handle)
 }
 
@@ -56,7 +57,7 @@ fn describe() {
     describe_histogram!("emostream_inference_seconds", "ONNX Runtime time per batch");
     describe_histogram!(
         "emostream_end_to_end_seconds",
-        "Kafka timestamp of the input to produce acknowledgement"
+        "End-to-end latency: Kafka timestamp of the input to the event's acknowledgement by the output topic"
     );
     describe_gauge!(
         "emostream_in_flight_messages",
@@ -79,12 +80,20 @@ fn describe() {
         "Times the input partitions were paused at the in-flight limits"
     );
     describe_gauge!(
-        "emostream_consumer_lag",
-        "Consumer lag per partition (librdkafka statistics)"
-    );
-    describe_gauge!(
         "emostream_model_info",
         "The active model (labels name, version)"
+    );
+    describe_counter!(
+        "emostream_labels_total",
+        "Delivered label events carrying each label (emotions over time)"
+    );
+    describe_gauge!(
+        "emostream_build_info",
+        "The running build: crate version and git commit (1)"
+    );
+    describe_gauge!(
+        "emostream_execution_provider",
+        "The ONNX Runtime execution provider the active model runs on (1)"
     );
     describe_gauge!(
         "emostream_stalled_partitions",

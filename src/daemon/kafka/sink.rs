@@ -152,7 +152,11 @@ impl Sink {
                 continue;
             }
             match o {
-                Outcome::Labelled { event, origin, .. } => {
+                Outcome::Labelled {
+                    event,
+                    origin,
+                    fired,
+                } => {
                     let first = sink
                         .enqueue(
                             &sink.output_topic,
@@ -161,7 +165,9 @@ impl Sink {
                             origin.headers.clone(),
                         )
                         .await;
-                    tasks.spawn(async move { sink.deliver_event(event, origin, first).await });
+                    tasks.spawn(
+                        async move { sink.deliver_event(event, origin, fired, first).await },
+                    );
                 }
                 Outcome::Rejected(r) => {
                     tasks
@@ -227,13 +233,17 @@ impl Sink {
         tasks: &mut JoinSet<()>,
     ) {
         let (mut reason, mut detail, origin, event) = match o {
-            Outcome::Labelled { event, origin } => (None, String::new(), origin, Some(event)),
+            Outcome::Labelled {
+                event,
+                origin,
+                fired,
+            } => (None, String::new(), origin, Some((event, fired))),
             Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
         };
         let mut shape = Shape::Full;
         let sent = loop {
             let sent = match (&event, reason) {
-                (Some(event), None) => {
+                (Some((event, _)), None) => {
                     self.send_in_transaction(
                         txn,
                         &self.output_topic,
@@ -277,7 +287,14 @@ impl Sink {
         match sent {
             Sent::Queued(delivery, generation) => {
                 let counter = match reason {
-                    None => metrics::counter!("emostream_labelled_total"),
+                    None => {
+                        // Counted in the open transaction: an abort re-labels and counts again.
+                        event
+                            .iter()
+                            .flat_map(|(_, f)| f)
+                            .for_each(|c| c.increment(1));
+                        metrics::counter!("emostream_labelled_total")
+                    }
                     Some(r) => {
                         metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())
                     }
@@ -362,6 +379,7 @@ impl Sink {
         &self,
         event: Vec<u8>,
         origin: Origin,
+        fired: Vec<metrics::Counter>,
         first: Result<rdkafka::producer::DeliveryFuture, KafkaError>,
     ) {
         let mut enqueued = first;
@@ -370,6 +388,7 @@ impl Sink {
             match self.settle(enqueued).await {
                 Ok(()) => {
                     metrics::counter!("emostream_labelled_total").increment(1);
+                    fired.iter().for_each(|c| c.increment(1));
                     drop(retry);
                     delivered(origin);
                     return;

@@ -33,18 +33,46 @@ pub(crate) struct SourceContext {
     pub(crate) abandoning: AtomicBool,
     /// Exactly-once mode: offsets commit inside the producer's transactions.
     pub(crate) txn: Option<Arc<Transactions>>,
+    /// Consumer lag of the partitions this member holds, from the last statistics; revoked
+    /// partitions leave it at once (a stale series would page someone about a partition that
+    /// another replica is reading). Rendered on /metrics as `emostream_consumer_lag`.
+    pub(crate) lag: std::sync::Mutex<std::collections::BTreeMap<(String, i32), i64>>,
+    /// The partitions assigned now (statistics keep reporting revoked ones for a while).
+    held: std::sync::Mutex<std::collections::HashSet<(String, i32)>>,
+}
+
+impl SourceContext {
+    /// The lag gauge lines for /metrics (Prometheus text format).
+    pub(crate) fn lag_metrics(&self) -> String {
+        use std::fmt::Write;
+        let lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = String::from("# HELP emostream_consumer_lag Consumer lag per assigned partition (librdkafka statistics)\n# TYPE emostream_consumer_lag gauge\n");
+        for ((topic, p), l) in lag.iter() {
+            let _ = writeln!(
+                out,
+                "emostream_consumer_lag{{topic=\"{topic}\",partition=\"{p}\"}} {l}"
+            );
+        }
+        out
+    }
 }
 
 impl ClientContext for SourceContext {
     fn stats(&self, stats: Statistics) {
         self.hooks.on_stats(&stats);
-        for (topic, t) in &stats.topics {
-            for (p, part) in &t.partitions {
-                if *p >= 0 && part.consumer_lag >= 0 {
-                    metrics::gauge!("emostream_consumer_lag", "topic" => topic.clone(), "partition" => p.to_string()).set(part.consumer_lag as f64);
+        let mut lag = std::collections::BTreeMap::new();
+        {
+            let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+            for (topic, t) in &stats.topics {
+                for (p, part) in &t.partitions {
+                    let tp = (topic.clone(), *p);
+                    if part.consumer_lag >= 0 && held.contains(&tp) {
+                        lag.insert(tp, part.consumer_lag);
+                    }
                 }
             }
         }
+        *self.lag.lock().unwrap_or_else(|p| p.into_inner()) = lag;
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
@@ -119,6 +147,12 @@ impl ConsumerContext for SourceContext {
                 .collect();
             let in_flight = self.ledger.in_flight_on(&revoked);
             tracing::info!(partitions = revoked.len(), in_flight, "partitions revoked");
+            {
+                let mut lag = self.lag.lock().unwrap_or_else(|p| p.into_inner());
+                for tp in &revoked {
+                    lag.remove(tp);
+                }
+            }
             if in_flight > 0
                 && self.ledger.in_flight() > 0
                 && !self.abandoning.load(Ordering::SeqCst)
@@ -185,8 +219,21 @@ impl ConsumerContext for SourceContext {
             self.hooks.cluster.seen_up();
         }
         // Cooperative rebalances add and remove partitions a few at a time: ask what is held.
-        let held = consumer.assignment().map_or(0, |a| a.count());
-        self.assigned.store(held > 0, Ordering::SeqCst);
+        let held: std::collections::HashSet<(String, i32)> = consumer
+            .assignment()
+            .map(|a| {
+                a.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.assigned.store(!held.is_empty(), Ordering::SeqCst);
+        self.lag
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|tp, _| held.contains(tp));
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = held;
     }
 
     fn commit_callback(
@@ -227,6 +274,8 @@ pub(crate) fn consumer(
         assigned: AtomicBool::new(false),
         abandoning: AtomicBool::new(false),
         txn,
+        lag: Default::default(),
+        held: Default::default(),
     };
     let consumer: KafkaConsumer = c
         .create_with_context(ctx)

@@ -110,8 +110,13 @@ impl Batch {
 /// What became of a message.
 #[derive(Debug)]
 pub(crate) enum Outcome {
-    /// Labelled: the serialised label event.
-    Labelled { event: Vec<u8>, origin: Origin },
+    /// Labelled: the serialised label event, and the counters of its labels (incremented once
+    /// the event is delivered: `emostream_labels_total{label}`).
+    Labelled {
+        event: Vec<u8>,
+        origin: Origin,
+        fired: Vec<metrics::Counter>,
+    },
     /// Goes to the dead-letter topic.
     Rejected(Rejection),
 }

@@ -139,10 +139,18 @@ fn label_items(
                 &item.origin.source,
                 item.truncated,
             );
+            let fired = ev
+                .labels
+                .iter()
+                .map(
+                    |l| metrics::counter!("emostream_labels_total", "label" => l.label.to_string()),
+                )
+                .collect();
             match serde_json::to_vec(&ev) {
                 Ok(event) => Outcome::Labelled {
                     event,
                     origin: item.origin,
+                    fired,
                 },
                 Err(e) => reject(item.origin, format!("serialising event: {e}")),
             }

@@ -112,8 +112,12 @@ pub(crate) struct Controller {
 
 /// Publishes the active model's info gauge (1 for the active version, 0 for the one replaced).
 pub(crate) fn set_model_info(m: &Generation, on: bool) {
+    let v = if on { 1.0 } else { 0.0 };
     metrics::gauge!("emostream_model_info", "name" => m.model_ref.name.clone(), "version" => m.model_ref.version.clone(), "sha256" => m.model_ref.sha256.clone())
-        .set(if on { 1.0 } else { 0.0 });
+        .set(v);
+    if on {
+        metrics::gauge!("emostream_execution_provider", "provider" => m.provider()).set(1.0);
+    }
 }
 
 impl Controller {
@@ -315,6 +319,9 @@ impl Controller {
         let old = self.active.send_replace(candidate);
         if old.dir != dir {
             set_model_info(&old, false);
+        }
+        if old.provider() != self.active.borrow().provider() {
+            metrics::gauge!("emostream_execution_provider", "provider" => old.provider()).set(0.0);
         }
         let previous = old.version().to_string();
         match target {
