@@ -31,4 +31,8 @@ export EMOSTREAM_TEST_BROKERS=${EMOSTREAM_TEST_BROKERS:-127.0.0.1:19092}
 [ $# -gt 0 ] || set -- --no-fail-fast
 # fault-injection compiles in the hooks the supervision tests trigger (a worker that panics on
 # cue); release builds without it carry no hook.
-cargo test --release --features fault-injection "$@"
+status=0
+cargo test --release --features fault-injection "$@" || status=$?
+# The Helm chart: lint, render, strict schema validation, the daemon accepts its config.
+EMOSTREAM_BIN=target/release/emostream scripts/helm-check.sh || status=1
+exit $status

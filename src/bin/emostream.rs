@@ -1,5 +1,5 @@
-//! `emostream`: the Kafka labelling daemon (`run`), the broker-less `classify`, and
-//! `check-model`.
+//! `emostream`: the Kafka labelling daemon (`run`), the broker-less `classify`,
+//! `check-model` and `check-config`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -35,6 +35,8 @@ enum Cmd {
     },
     /// Load and validate a model directory, run a smoke batch, print labels and timings.
     CheckModel { dir: PathBuf },
+    /// Validate the configuration (file and environment) as `run` would at start-up, and exit.
+    CheckConfig,
 }
 
 fn main() {
@@ -68,6 +70,11 @@ fn real_main() -> Result<()> {
             rt.block_on(emostream::daemon::classify(s))
         }
         Cmd::CheckModel { dir } => check_model(&s, dir),
+        // Settings::load above validated every key; secrets were read (and are not shown).
+        Cmd::CheckConfig => {
+            println!("configuration is valid");
+            Ok(())
+        }
     }
 }
 
