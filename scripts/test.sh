@@ -35,4 +35,6 @@ status=0
 cargo test --release --features fault-injection "$@" || status=$?
 # The Helm chart: lint, render, strict schema validation, the daemon accepts its config.
 EMOSTREAM_BIN=target/release/emostream scripts/helm-check.sh || status=1
+# The container image: built with podman from Debian packages, run against the broker.
+scripts/container-check.sh || status=1
 exit $status
