@@ -9,7 +9,9 @@
 #  - a render with a misspelt field in each kind must fail that validation (the check can fail),
 #  - bad values (grace period not above the shutdown timeout, more replicas than partitions)
 #    must refuse to render,
-#  - the daemon accepts the configuration the chart renders (`emostream check-config`).
+#  - the daemon accepts the configuration the chart renders (`emostream check-config`),
+#  - every PromQL expression — the alerts and the dashboard's panels — parses and passes
+#    `promtool check rules` (promtool built once from the Go module proxy, cached).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,6 +20,17 @@ helm=.cache/bin/helm
 if [ ! -x "$helm" ]; then
   echo "building helm v3.22.0 from the Go module proxy (once, ~2 min)" >&2
   GOBIN="$root/.cache/bin" go install helm.sh/helm/v3/cmd/helm@v3.22.0
+fi
+promtool=.cache/bin/promtool
+if [ ! -x "$promtool" ]; then
+  # prometheus's go.mod has exclude directives, which `go install pkg@version` refuses: build it
+  # as a dependency of a throw-away module instead.
+  echo "building promtool (prometheus v0.316.0) from the Go module proxy (once, ~3 min)" >&2
+  tmpmod=$(mktemp -d)
+  (cd "$tmpmod" && go mod init promtoolbuild >/dev/null 2>&1 \
+    && go get github.com/prometheus/prometheus/cmd/promtool@v0.316.0 >/dev/null 2>&1 \
+    && go build -o "$root/$promtool" github.com/prometheus/prometheus/cmd/promtool)
+  rm -rf "$tmpmod"
 fi
 venv=.cache/venv-k8s
 if [ ! -x "$venv/bin/kubernetes-validate" ]; then
@@ -52,6 +65,25 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 PY
   EMOSTREAM__ADMIN__TOKEN=from-the-secret "$emostream" --config "$out/$values.toml" check-config
 done
+
+# The alerts and the dashboard's queries, as rule files for promtool (the dashboard's Grafana
+# variables replaced by plain values).
+"$venv/bin/python" - "$out/production.yaml" "$chart/dashboards/emostream.json" "$out" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+yaml.safe_dump({"groups": rule["spec"]["groups"]}, open(f"{sys.argv[3]}/alerts.yaml", "w"))
+dash = json.load(open(sys.argv[2]))
+exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+subst = {"$__rate_interval": "5m", "$namespace": "ns", "$service": "svc"}
+rules = []
+for i, e in enumerate(exprs):
+    for k, v in subst.items():
+        e = e.replace(k, v)
+    rules.append({"record": f"dashboard:panel_{i}", "expr": e})
+yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, open(f"{sys.argv[3]}/dashboard.yaml", "w"))
+PY
+"$promtool" check rules "$out/alerts.yaml" "$out/dashboard.yaml"
 
 # The validation must catch a misspelt field in a built-in kind and in each custom resource.
 "$venv/bin/python" - "$out/production.yaml" "$out/broken.yaml" <<'PY'
