@@ -129,7 +129,22 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
                 return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             }
         }
-        AdminAccess::OpenOnLoopback => {}
+        // No token: only a local program may ask. A browser page on this host could otherwise
+        // post a form here (it sends an Origin) or reach it by DNS rebinding (another Host).
+        AdminAccess::OpenOnLoopback => {
+            let h = req.headers();
+            let host = h
+                .get("host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+            if h.contains_key("origin") || !["127.0.0.1", "localhost", "[::1]"].contains(&name) {
+                return error(
+                    StatusCode::FORBIDDEN,
+                    "without a token the admin API answers local programs only (no Origin header, Host 127.0.0.1/localhost)",
+                );
+            }
+        }
         AdminAccess::Closed => {
             return error(
                 StatusCode::UNAUTHORIZED,
@@ -287,7 +302,7 @@ mod tests {
         )
     }
 
-    const ROLLBACK: &str = "POST /admin/model/rollback HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n";
+    const ROLLBACK: &str = "POST /admin/model/rollback HTTP/1.1\r\nHost: 127.0.0.1:9464\r\nConnection: close\r\nContent-Length: 0\r\n";
 
     #[tokio::test]
     async fn without_a_token_the_admin_api_is_closed_unless_opened_on_loopback_and_probes_stay_open(
@@ -301,6 +316,16 @@ mod tests {
         // Past the gate: this process has no model API.
         let (code, _) = ask(AdminAccess::OpenOnLoopback, &format!("{ROLLBACK}\r\n")).await;
         assert_eq!(code, 404);
+        // ... but not for a browser page (an Origin) or a rebound name (another Host).
+        let from_page = format!("{ROLLBACK}Origin: http://evil.example\r\n\r\n");
+        assert_eq!(ask(AdminAccess::OpenOnLoopback, &from_page).await.0, 403);
+        let rebound = ROLLBACK.replace("Host: 127.0.0.1", "Host: evil.example");
+        assert_eq!(
+            ask(AdminAccess::OpenOnLoopback, &format!("{rebound}\r\n"))
+                .await
+                .0,
+            403
+        );
         let token = || AdminAccess::Token("t0ken".into());
         assert_eq!(ask(token(), &format!("{ROLLBACK}\r\n")).await.0, 401);
         let wrong = format!("{ROLLBACK}Authorization: Bearer t0kem\r\n\r\n");

@@ -244,7 +244,7 @@ pub(crate) enum ProviderKind {
     Tensorrt,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AdminSettings {
     pub(crate) bind: String,
@@ -253,6 +253,27 @@ pub(crate) struct AdminSettings {
     pub(crate) token_file: String,
     /// With no token, let anyone who can reach a loopback bind use the admin API.
     pub(crate) allow_unauthenticated_loopback: bool,
+}
+
+impl std::fmt::Debug for AdminSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminSettings")
+            .field("bind", &self.bind)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("token_file", &self.token_file)
+            .field(
+                "allow_unauthenticated_loopback",
+                &self.allow_unauthenticated_loopback,
+            )
+            .finish()
+    }
 }
 
 /// Who may use the admin API's model endpoints.
@@ -516,6 +537,15 @@ impl Settings {
             "kafka.transactional_id",
             "use letters, digits and . _ -",
         )?;
+        // librdkafka's own error for a property it refuses quotes the value: try each secret
+        // alone first, so a misspelt secret key is named without its value.
+        for (key, value) in k.secrets.iter() {
+            let mut c = rdkafka::config::ClientConfig::new();
+            c.set(key, value);
+            if c.create_native_config().is_err() {
+                bail!("config key kafka.secret_files.{key} (or {SECRET_ENV_PREFIX}{}): librdkafka does not accept this property (the value is not shown)", key.to_ascii_uppercase().replace('.', "_"));
+            }
+        }
         let (key, limit) = self.producer_message_max_bytes()?;
         let need = self.dead_letter_record_bytes();
         check(
@@ -674,9 +704,9 @@ impl Settings {
             "is required with registry.control_topic: control messages must be signed",
         )?;
         check(
-            g.control_max_age_ms >= 1000,
+            (1000..=3_600_000).contains(&g.control_max_age_ms),
             "registry.control_max_age_ms",
-            "must be at least 1000",
+            "must be between 1000 and 3600000 (an hour): a longer window is a longer replay window",
         )?;
         check(
             g.max_swaps_per_minute >= 1,
@@ -853,9 +883,21 @@ mod tests {
         let got: BTreeMap<_, _> = s.kafka.secrets.iter().collect();
         assert_eq!(got[&"sasl.password".to_string()], "from-the-file");
         assert_eq!(got[&"ssl.key.password".to_string()], "from-the-env");
+        let mut s = s;
+        s.admin.token = "admin-secret-token".into();
         let shown = format!("{s:?}");
         assert!(!s.secrets().appear_in(&shown), "{shown}");
+        assert!(!shown.contains("admin-secret-token"), "{shown}");
         assert!(shown.contains("sasl.password"));
+        // A misspelt secret property is refused naming the key, never the value.
+        std::env::set_var("EMOSTREAM_KAFKA_SECRET_SASL_PASSWROD", "hunter2-value");
+        let e = Settings::load(None);
+        std::env::remove_var("EMOSTREAM_KAFKA_SECRET_SASL_PASSWROD");
+        let e = format!("{:#}", e.unwrap_err());
+        assert!(
+            e.contains("sasl.passwrod") && !e.contains("hunter2-value"),
+            "{e}"
+        );
     }
 
     #[test]

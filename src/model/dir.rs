@@ -135,7 +135,9 @@ impl ModelCard {
     pub(crate) fn content_digest(&self) -> Result<String> {
         use sha2::{Digest, Sha256};
         let text = format!(
-            "emostream-model-digest/1\nmodel.onnx {}\ntokenizer.json {}\nlabels {}\nthresholds {}\nmax_sequence_length {}\n",
+            "emostream-model-digest/1\nname {}\nversion {}\nmodel.onnx {}\ntokenizer.json {}\nlabels {}\nthresholds {}\nmax_sequence_length {}\n",
+            self.name,
+            self.version,
             self.model_sha256,
             self.tokenizer_sha256.as_deref().unwrap_or(""),
             serde_json::to_string(&self.labels)?,
@@ -145,17 +147,22 @@ impl ModelCard {
         Ok(hex::encode(Sha256::digest(text.as_bytes())))
     }
 
-    /// Checks the card's digest (when it has one) against the files in `dir`.
+    /// Checks tokenizer.json's sha256 and the card's digest (when the card has them) against
+    /// the files in `dir`. The digest catches a changed file or a hand-edited card; it is not
+    /// a signature (whoever can write the registry can seal a card again), so the registry
+    /// must be writable by its publisher only.
     fn verify_digest(&self, dir: &Path) -> Result<()> {
+        if let Some(tok) = &self.tokenizer_sha256 {
+            let got = sha256_file(&dir.join(TOKENIZER_FILE))?;
+            if &got != tok {
+                bail!("tokenizer.json sha256 {got} does not match model.json ({tok}): the file was changed");
+            }
+        }
         let Some(digest) = &self.digest else {
             return Ok(());
         };
-        let Some(tok) = &self.tokenizer_sha256 else {
+        if self.tokenizer_sha256.is_none() {
             bail!("model.json has a digest but no tokenizer_sha256");
-        };
-        let got = sha256_file(&dir.join(TOKENIZER_FILE))?;
-        if &got != tok {
-            bail!("tokenizer.json sha256 {got} does not match model.json ({tok}): the file was changed");
         }
         if &self.content_digest()? != digest {
             bail!("model.json digest does not match its labels, thresholds and files: the card was changed");

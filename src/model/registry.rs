@@ -65,8 +65,8 @@ impl Registry {
         let real = dir
             .canonicalize()
             .with_context(|| format!("model version {version:?} is not in the registry"))?;
-        // A symlink inside versions/ could still point outside the root.
-        if !real.starts_with(&versions) || !real.is_dir() {
+        // A symlink inside versions/ could still point outside the root (or at versions/ itself).
+        if real.parent() != Some(versions.as_path()) || !real.is_dir() {
             bail!("model version {version:?} resolves outside the registry");
         }
         // So could one inside the version: every file loaded must be the registry's own.
@@ -88,11 +88,18 @@ impl Registry {
         }
         let text =
             fs::read_to_string(&card).with_context(|| format!("reading {}", card.display()))?;
-        let has_digest = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .is_some_and(|v| v.get("digest").is_some_and(|d| d.is_string()));
-        if !has_digest {
+        let card: serde_json::Value = serde_json::from_str(&text)
+            .with_context(|| format!("model version {version:?}: parsing {CARD_FILE}"))?;
+        if !card.get("digest").is_some_and(|d| d.is_string()) {
             bail!("model version {version:?}: its card has no digest (publish it again with `train publish`, which seals it)");
+        }
+        // Events name the card's version: it must be the registry's name for it (the digest
+        // covers the card's version, so it cannot be edited afterwards).
+        if card.get("version").and_then(|v| v.as_str()) != Some(version) {
+            bail!(
+                "model version {version:?}: its card names version {:?}",
+                card.get("version")
+            );
         }
         Ok(real)
     }
@@ -171,7 +178,8 @@ impl Registry {
         fs::create_dir_all(&tmp)?;
         for entry in fs::read_dir(src)? {
             let entry = entry?;
-            if !entry.file_type()?.is_file() {
+            // A symlinked file in the source is copied as the file it names.
+            if !entry.path().metadata()?.is_file() {
                 continue;
             }
             let to = tmp.join(entry.file_name());
@@ -186,6 +194,9 @@ impl Registry {
         card.version = version.clone();
         card.write(&tmp)?;
         fs::File::open(tmp.join(CARD_FILE))?.sync_all()?;
+        // What was copied is what was validated (a source changed meanwhile is caught here).
+        ModelDir::load(&tmp, true)
+            .with_context(|| format!("checking the copy of {} before publishing", src.display()))?;
         fsync_dir(&tmp)?;
         fs::rename(&tmp, &dest)
             .with_context(|| format!("renaming {} to {}", tmp.display(), dest.display()))?;
@@ -219,7 +230,7 @@ mod tests {
         let e = format!("{:#}", r.resolve("1.0.0").unwrap_err());
         assert!(e.contains("no model.json"), "{e}");
         // (The digest itself is checked when the model loads; resolve wants a sealed card.)
-        fs::write(v.join(CARD_FILE), r#"{"digest": "00"}"#).unwrap();
+        fs::write(v.join(CARD_FILE), r#"{"digest": "00", "version": "1.0.0"}"#).unwrap();
         assert!(r.resolve("1.0.0").is_ok());
         // A file inside the version that links out of the registry is refused.
         std::os::unix::fs::symlink("/etc/hostname", v.join("tokenizer.json")).unwrap();

@@ -138,7 +138,7 @@ pub(crate) fn spawn(
     let replica = s.registry.replica();
     let topic = s.registry.control_topic.clone();
     let key = control_key(s)?;
-    let mut verifier = Verifier::new(key.clone(), s.registry.control_max_age_ms);
+    let mut verifier = Verifier::new(key.clone(), s.registry.control_max_age_ms, now_ms());
     let consumer = consumer_at_end(s, &replica)?;
     tracing::info!(topic = %topic, replica = %replica, "reading the control topic");
     Ok(tokio::spawn(async move {
@@ -161,13 +161,18 @@ pub(crate) fn spawn(
                 .and_then(|v| v.get("request_id")?.as_str().map(str::to_string));
             // Nothing unsigned, forged, stale or replayed gets near the swap controller.
             let checked = verifier.check(payload, signature(&msg).as_deref(), now_ms());
+            // Only answers to accepted requests are signed: a signed "refused" for a forged
+            // message would hand its sender a signed record naming any request id it chose.
+            let mut sign = true;
             let reply = match (checked, parsed) {
                 (Err(refusal), _) => {
+                    sign = false;
                     metrics::counter!("emostream_control_refused_total").increment(1);
                     tracing::warn!(reason = %refusal, partition = msg.partition(), offset = msg.offset(), "refusing a control message");
                     json!({"result": "refused", "reason": refusal.to_string()})
                 }
                 (Ok(()), Err(e)) => {
+                    sign = false;
                     tracing::warn!(error = %format!("{e:#}"), partition = msg.partition(), offset = msg.offset(), "refusing a bad control message");
                     json!({"result": "refused", "reason": format!("{e:#}")})
                 }
@@ -187,10 +192,10 @@ pub(crate) fn spawn(
                 o.insert("issued_at_ms".into(), json!(now_ms()));
             }
             let (body, headers) = signed_record(&key, &reply);
-            let rec = FutureRecord::to(&topic)
-                .key(&replica)
-                .payload(&body)
-                .headers(headers);
+            let mut rec = FutureRecord::to(&topic).key(&replica).payload(&body);
+            if sign {
+                rec = rec.headers(headers);
+            }
             if let Err((e, _)) = producer.send(rec, KAFKA_TIMEOUT).await {
                 tracing::warn!(error = %e, "could not reply on the control topic");
             }

@@ -83,30 +83,42 @@ impl std::fmt::Display for Refusal {
             Refusal::Unsigned => write!(f, "unsigned: no {SIGNATURE_HEADER} header"),
             Refusal::BadSignature => write!(f, "bad signature"),
             Refusal::Incomplete => write!(f, "signed body lacks request_id or issued_at_ms"),
+            Refusal::Expired { age_ms } if *age_ms >= 0 => write!(
+                f,
+                "expired: issued {} s ago, outside registry.control_max_age_ms (or before this replica started)",
+                age_ms / 1000
+            ),
             Refusal::Expired { age_ms } => write!(
                 f,
-                "expired: issued {} s from now (registry.control_max_age_ms)",
-                -age_ms / 1000
+                "expired: issued {} s in the future, outside registry.control_max_age_ms (clock skew?)",
+                age_ms.unsigned_abs() / 1000
             ),
             Refusal::Replayed => write!(f, "replayed: this request_id was seen already"),
         }
     }
 }
 
+/// Clock skew allowed between a publisher and a replica that has just started.
+const START_SKEW_MS: i64 = 5_000;
+
 /// Checks signatures, freshness and request ids of incoming control messages.
 pub(crate) struct Verifier {
     key: ControlKey,
     max_age_ms: i64,
+    /// Messages issued before this (start-up, less a little clock skew) are refused: the seen
+    /// ids of an earlier run are gone, so an old message replayed now would pass them.
+    not_before_ms: i64,
     /// Request id → when it was issued; forgotten once older than `max_age_ms` (by then the
     /// freshness check refuses it anyway).
     seen: HashMap<String, i64>,
 }
 
 impl Verifier {
-    pub(crate) fn new(key: ControlKey, max_age_ms: u64) -> Verifier {
+    pub(crate) fn new(key: ControlKey, max_age_ms: u64, started_ms: i64) -> Verifier {
         Verifier {
             key,
             max_age_ms: max_age_ms as i64,
+            not_before_ms: started_ms - START_SKEW_MS,
             seen: HashMap::new(),
         }
     }
@@ -129,8 +141,8 @@ impl Verifier {
         ) else {
             return Err(Refusal::Incomplete);
         };
-        let age_ms = now_ms - issued;
-        if age_ms.abs() > self.max_age_ms {
+        let age_ms = now_ms.saturating_sub(issued);
+        if age_ms.saturating_abs() > self.max_age_ms || issued < self.not_before_ms {
             return Err(Refusal::Expired { age_ms });
         }
         self.seen.retain(|_, t| now_ms - *t <= self.max_age_ms);
@@ -157,8 +169,8 @@ mod tests {
 
     #[test]
     fn signed_fresh_messages_pass_once_and_everything_else_is_refused_with_its_reason() {
-        let mut v = Verifier::new(key(), 60_000);
         let now = 1_000_000_000;
+        let mut v = Verifier::new(key(), 60_000, now - 100_000);
         let body = format!(r#"{{"type":"rollback","request_id":"r1","issued_at_ms":{now}}}"#);
         let sig = key().sign(body.as_bytes());
         assert_eq!(v.check(body.as_bytes(), None, now), Err(Refusal::Unsigned));
@@ -189,6 +201,11 @@ mod tests {
             v.check(body.as_bytes(), Some(sig.as_bytes()), now + 61_000),
             Err(Refusal::Expired { .. })
         ));
+        // Issued before this replica started (less the skew): its seen ids are gone, refused.
+        let mut fresh = Verifier::new(key(), 60_000, now + 30_000);
+        let e = fresh.check(body.as_bytes(), Some(sig.as_bytes()), now + 31_000);
+        assert!(matches!(e, Err(Refusal::Expired { .. })), "{e:?}");
+        assert!(e.unwrap_err().to_string().contains("31 s ago"));
         let bare = br#"{"type":"rollback"}"#;
         let s = key().sign(bare);
         assert_eq!(
