@@ -342,7 +342,10 @@ impl Sink {
         loop {
             // The gate is held only for the hand-over, never across an await.
             let back = {
-                let (_gate, generation) = txn.sending();
+                let Some((_gate, generation)) = txn.try_sending() else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
                 if !origin.ack.is_current() {
                     return Sent::Stale;
                 }

@@ -96,7 +96,10 @@ impl SourceContext {
     /// consumed message is acknowledged, else aborted (the source then rewinds) — and opens
     /// the next. A fenced or broken producer is a fatal fault.
     fn settle_transaction<C: Consumer<SourceContext>>(&self, consumer: &C, txn: &Transactions) {
-        let drained = self.ledger.in_flight() == 0 && self.ledger.unacknowledged() == 0;
+        // Every current message stays unacknowledged until its record is in the transaction;
+        // tokens of partitions an abort forgot may still be in the pipeline (they are dropped
+        // before the producer) and do not count.
+        let drained = self.ledger.unacknowledged() == 0;
         let offsets = || {
             let mut tpl = TopicPartitionList::new();
             for ((topic, p), o) in self.ledger.commit_points() {
@@ -266,6 +269,11 @@ pub(crate) fn consumer(
         .set("statistics.interval.ms", "2000");
     for (k, v) in &s.kafka.consumer_properties {
         c.set(k, v);
+    }
+    if txn.is_some() {
+        // Exactly-once needs read_committed: it also makes a new owner's offset fetch wait for
+        // a transaction still committing offsets (no pre-commit offsets, no duplicates).
+        c.set("isolation.level", "read_committed");
     }
     let ctx = SourceContext {
         ledger,
@@ -530,6 +538,11 @@ impl SourceStage {
                 .context("reading committed offsets")?;
             let mut seek = TopicPartitionList::new();
             for e in committed.elements() {
+                // A partition whose committed offset could not be read is not "no offset":
+                // retry rather than read it from the beginning.
+                e.error().with_context(|| {
+                    format!("committed offset of {}/{}", e.topic(), e.partition())
+                })?;
                 let to = match e.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
                     _ => Offset::Beginning,
@@ -538,9 +551,15 @@ impl SourceStage {
             }
             let n = seek.count();
             if n > 0 {
-                consumer
+                let done = consumer
                     .seek_partitions(seek, Duration::from_secs(10))
                     .context("seeking to the committed offsets")?;
+                // A partition whose seek failed would keep its position and skip the span
+                // the abort threw away.
+                for e in done.elements() {
+                    e.error()
+                        .with_context(|| format!("seeking {}/{}", e.topic(), e.partition()))?;
+                }
             }
             Ok(n)
         });
@@ -569,7 +588,7 @@ impl SourceStage {
             // Nothing new is read meanwhile: wait until everything consumed is in the
             // transaction (bounded; a stage that stopped answering makes it abort).
             let limit = Duration::from_millis(self.settings.health.stall_timeout_ms);
-            self.wait_in_flight(tokio::time::Instant::now() + limit)
+            self.wait_acknowledged(tokio::time::Instant::now() + limit)
                 .await;
             let consumer = &*self.consumer;
             blocking(|| consumer.context().settle_transaction(consumer, txn));
@@ -590,6 +609,20 @@ impl SourceStage {
                 offset = o,
                 "oldest in-flight message is over 60 s old"
             );
+        }
+    }
+
+    /// Exactly-once: waits until every current message is acknowledged (its record in the
+    /// transaction), or nothing is in flight any more (what is left was dropped: the commit
+    /// aborts), or `deadline`.
+    async fn wait_acknowledged(&self, deadline: tokio::time::Instant) {
+        let ledger = self.ledger();
+        while ledger.unacknowledged() > 0 && ledger.in_flight() > 0 {
+            tokio::select! {
+                _ = ledger.released() => {}
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
         }
     }
 

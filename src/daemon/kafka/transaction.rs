@@ -83,10 +83,16 @@ impl Transactions {
     }
 
     /// Held while a record is handed to the producer: no transaction boundary meanwhile.
-    /// Returns the open transaction's generation.
-    pub(crate) fn sending(&self) -> (RwLockReadGuard<'_, ()>, u64) {
-        let g = self.gate.read().unwrap_or_else(|p| p.into_inner());
-        (g, self.generation.load(Ordering::SeqCst))
+    /// Returns the open transaction's generation; `None` while a boundary holds the gate (the
+    /// caller waits asynchronously: a commit retrying through an outage must not pin a
+    /// runtime thread).
+    pub(crate) fn try_sending(&self) -> Option<(RwLockReadGuard<'_, ()>, u64)> {
+        let g = match self.gate.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some((g, self.generation.load(Ordering::SeqCst)))
     }
 
     /// A record was handed to the producer in the open transaction (call under `sending`).
@@ -96,10 +102,12 @@ impl Transactions {
 
     /// A record of transaction `generation` failed: that transaction must abort.
     pub(crate) fn fail(&self, generation: u64, reason: String) {
+        // Compared under the lock `begin` bumps the generation under: a failure of the
+        // transaction just aborted cannot mark the next one.
+        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if generation != self.generation.load(Ordering::SeqCst) {
             return; // purged by an abort already
         }
-        let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
         if f.is_none() {
             tracing::warn!(reason = %reason, "a record of the open transaction failed; it will abort");
             *f = Some(reason);
@@ -155,6 +163,7 @@ impl Transactions {
                 // Every consumed message sends a record before it is acknowledged: none sent,
                 // no offset moved.
                 if self.sent.load(Ordering::Relaxed) == 0 {
+                    self.consecutive_aborts.store(0, Ordering::SeqCst);
                     return Ok(Settled::Committed);
                 }
                 self.commit(&offsets(), &group)?
@@ -205,6 +214,12 @@ impl Transactions {
                     tracing::warn!(error = %e, attempt, "transaction commit: retrying");
                     std::thread::sleep(backoff(attempt));
                 }
+                // rust-rdkafka flushes before committing; a flush that timed out has not
+                // touched the transaction, so the commit is simply tried again.
+                Err(KafkaError::Flush(e)) => {
+                    tracing::warn!(error = %e, attempt, "transaction commit: flush timed out; retrying");
+                    std::thread::sleep(backoff(attempt));
+                }
                 Err(e) => {
                     return Err(e).context("committing the transaction (fenced or fatal: another process may own this transactional.id, or the group moved on)")
                 }
@@ -234,9 +249,12 @@ impl Transactions {
     }
 
     fn begin(&self) -> Result<()> {
-        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        {
+            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+            *f = None;
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
         self.sent.store(0, Ordering::Relaxed);
-        self.generation.fetch_add(1, Ordering::SeqCst);
         self.producer
             .begin_transaction()
             .context("beginning a transaction")
@@ -245,7 +263,22 @@ impl Transactions {
     /// Leaving after a fatal fault: abort what is open (best effort), so `read_committed`
     /// readers need not wait for the transaction timeout.
     pub(crate) fn abandon(&self) {
-        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        // A commit may be retrying through an outage with the gate held: give up after a while
+        // rather than hold the exit (the broker aborts the transaction on its timeout).
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let _gate = loop {
+            match self.gate.try_write() {
+                Ok(g) => break g,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if std::time::Instant::now() >= deadline {
+                        tracing::warn!("a transaction boundary is still in progress; leaving its transaction to the broker's timeout");
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        };
         if let Err(e) = self.producer.abort_transaction(Duration::from_secs(5)) {
             tracing::warn!(error = %e, "aborting the open transaction on exit failed");
         }
