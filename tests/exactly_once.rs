@@ -256,3 +256,73 @@ fn exactly_once_sees_every_id_once_through_kill_restart_and_rebalance_where_at_l
         "the same script repeats outcomes at-least-once (else it does not test what exactly-once removes)"
     );
 }
+
+/// Aborts mid-stream (every third transaction that holds records, a test-build fault hook)
+/// throw their records away and rewind every partition to its committed offset: the stream is
+/// labelled again from there, and a read_committed reader still sees each id exactly once.
+#[test]
+fn aborted_transactions_rewind_and_relabel_so_each_id_is_seen_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
+    create_topic(&input, 3, &[]);
+    create_topic(&output, 3, &[]);
+    create_topic(&dlq, 1, &[]);
+    let n = 3000;
+    let port = free_port();
+    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    env.extend([
+        ("EMOSTREAM__KAFKA__DELIVERY".into(), "exactly_once".into()),
+        (
+            "EMOSTREAM__KAFKA__TRANSACTIONAL_ID".into(),
+            format!("{group}-a"),
+        ),
+        // Small transactions, so a 3,000-comment stream has many.
+        (
+            "EMOSTREAM__KAFKA__TRANSACTION_MAX_MESSAGES".into(),
+            "200".into(),
+        ),
+        ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
+        ("EMOSTREAM_FAULT_ABORT_EVERY".into(), "3".into()),
+    ]);
+    let mut d = spawn_daemon(&env);
+    let loader = producer();
+    for chunk in comments(0..n).chunks(250) {
+        send_all(&loader, &input, chunk);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let end = Instant::now() + Duration::from_secs(180);
+    while committed(&group, &input, 3) != end_offsets(&input, 3) {
+        assert!(Instant::now() < end, "the group did not commit everything");
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let aborted = metric(port, "emostream_transactions_total{result=\"aborted\"}");
+    let rewinds = metric(port, "emostream_transaction_rewinds_total");
+    sigterm(&d);
+    assert!(wait_exit(&mut d, Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    let all = read_settled(&output, "read_committed");
+    let uncommitted = read_settled(&output, "read_uncommitted");
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &all {
+        *counts.entry(event_id(r)).or_insert(0) += 1;
+    }
+    eprintln!(
+        "{aborted} aborted transactions, {rewinds} rewinds; {} records written, {} committed",
+        uncommitted.len(),
+        all.len()
+    );
+    assert!(
+        aborted >= 2.0 && rewinds >= 2.0,
+        "aborts happened ({aborted}, {rewinds} rewinds)"
+    );
+    assert!(
+        uncommitted.len() > all.len(),
+        "aborted records were written, then thrown away"
+    );
+    assert_eq!(counts.len(), n, "every id once");
+    assert!(counts.values().all(|c| *c == 1), "no id twice");
+    assert_eq!(all.len(), n);
+}

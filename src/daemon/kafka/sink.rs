@@ -303,8 +303,13 @@ impl Sink {
                 delivered(origin);
                 let (sink, txn) = (self.clone(), txn.clone());
                 tasks.spawn(async move {
-                    if let Err(e) = sink.settle(Ok(delivery)).await {
-                        txn.fail(generation, format!("a record was not delivered: {e}"));
+                    match sink.settle(Ok(delivery)).await {
+                        // Purged by an abort already under way: nothing more to report.
+                        Err(KafkaError::MessageProduction(
+                            RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                        )) => {}
+                        Err(e) => txn.fail(generation, format!("a record was not delivered: {e}")),
+                        Ok(()) => {}
                     }
                 });
             }

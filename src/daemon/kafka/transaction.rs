@@ -26,6 +26,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
 use std::time::Duration;
 
+/// Test builds only (`--features fault-injection`): `EMOSTREAM_FAULT_ABORT_EVERY=N` aborts
+/// every Nth transaction that holds records, so the tests see aborts and rewinds happen.
+#[cfg(feature = "fault-injection")]
+fn injected_abort() -> bool {
+    static SETTLED: AtomicU64 = AtomicU64::new(0);
+    let every = std::env::var("EMOSTREAM_FAULT_ABORT_EVERY")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|n| *n > 0);
+    every.is_some_and(|n| (SETTLED.fetch_add(1, Ordering::SeqCst) + 1) % n == 0)
+}
+
 /// 200 ms doubling to 5 s.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis((200u64 << attempt.min(5)).min(5000))
@@ -148,11 +160,15 @@ impl Transactions {
         forget: impl FnOnce(),
     ) -> Result<Settled> {
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let failed = self
+        let mut failed = self
             .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        #[cfg(feature = "fault-injection")]
+        if failed.is_none() && self.sent.load(Ordering::Relaxed) > 0 && injected_abort() {
+            failed = Some("injected abort (EMOSTREAM_FAULT_ABORT_EVERY)".into());
+        }
         let outcome = match (failed, drained, group) {
             (Some(reason), _, _) => Settled::Aborted(reason),
             (None, false, _) => Settled::Aborted(
