@@ -251,6 +251,13 @@ impl Transactions {
         );
         metrics::counter!("emostream_transactions_total", "result" => "aborted").increment(1);
         self.consecutive_aborts.fetch_add(1, Ordering::SeqCst);
+        // Let what was sent reach the broker first (or fail): an abort that catches the
+        // producer still registering the transaction's partitions (retrying while the previous
+        // abort's markers are written) was answered INVALID_TXN_STATE, a fatal error, when
+        // transactions aborted back to back. The flushed records are aborted with the rest.
+        if let Err(e) = self.producer.flush(self.timeout) {
+            tracing::warn!(error = %e, "flush before the abort did not finish; aborting anyway");
+        }
         for attempt in 1u32.. {
             match self.producer.abort_transaction(self.timeout) {
                 Ok(()) => return Ok(()),
