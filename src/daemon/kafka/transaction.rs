@@ -35,7 +35,7 @@ fn injected_abort() -> bool {
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| *n > 0);
-    every.is_some_and(|n| (SETTLED.fetch_add(1, Ordering::SeqCst) + 1) % n == 0)
+    every.is_some_and(|n| (SETTLED.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n))
 }
 
 /// 200 ms doubling to 5 s.
@@ -160,15 +160,16 @@ impl Transactions {
         forget: impl FnOnce(),
     ) -> Result<Settled> {
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
-        let mut failed = self
+        let failed = self
             .failed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         #[cfg(feature = "fault-injection")]
-        if failed.is_none() && self.sent.load(Ordering::Relaxed) > 0 && injected_abort() {
-            failed = Some("injected abort (EMOSTREAM_FAULT_ABORT_EVERY)".into());
-        }
+        let failed = failed.or_else(|| {
+            (self.sent.load(Ordering::Relaxed) > 0 && injected_abort())
+                .then(|| "injected abort (EMOSTREAM_FAULT_ABORT_EVERY)".to_string())
+        });
         let outcome = match (failed, drained, group) {
             (Some(reason), _, _) => Settled::Aborted(reason),
             (None, false, _) => Settled::Aborted(
