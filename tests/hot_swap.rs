@@ -44,13 +44,9 @@ fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
 
 /// The active version, asked with the admin token.
 fn active_version_with(port: u16, token: &str) -> String {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET /admin/model HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer {token}\r\n\r\n").unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).unwrap();
-    let body: Value = serde_json::from_str(buf.split("\r\n\r\n").nth(1).unwrap()).unwrap();
-    body["active"]["version"].as_str().unwrap().to_string()
+    let (_, body) = http_get_with(port, "/admin/model", Some(token)).expect("GET /admin/model");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    v["active"]["version"].as_str().unwrap().to_string()
 }
 
 fn event(r: &Record) -> Value {

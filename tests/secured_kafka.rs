@@ -49,22 +49,6 @@ fn env_for(
         .collect()
 }
 
-fn spawn_logged_with(env: &[(String, String)], config: &Path, log: &Path) -> Daemon {
-    let file = std::fs::File::create(log).unwrap();
-    Daemon(
-        Command::new(env!("CARGO_BIN_EXE_emostream"))
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(std::process::Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// Labels 200 comments through the listener of `mode`; returns the daemon's log.
 fn labels_a_stream(mode: &str, tmp: &Path, extra_env: &[(&str, &str)]) -> String {
     let model = common::tiny_model_dir(&tmp.join(mode));
@@ -93,7 +77,7 @@ fn labels_a_stream(mode: &str, tmp: &Path, extra_env: &[(&str, &str)]) -> String
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let mut d = spawn_logged_with(&env, &cfg, &log);
+    let mut d = spawn_daemon_logged_with(&env, Some(&cfg), &log);
     let events = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
@@ -122,7 +106,7 @@ fn refused(name: &str, toml: &str, tmp: &Path, extra_env: &[(&str, &str)], cause
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let started = Instant::now();
-    let mut d = spawn_logged_with(&env, &cfg, &log);
+    let mut d = spawn_daemon_logged_with(&env, Some(&cfg), &log);
     let status = wait_exit(&mut d, Duration::from_secs(30));
     let text = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|| panic!("{name}: still running after 30 s; log:\n{text}"));

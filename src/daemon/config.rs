@@ -59,6 +59,12 @@ pub(crate) struct KafkaSettings {
     pub(crate) secrets: Secrets,
 }
 
+/// A mounted secret's value: the file's text without its trailing line break.
+fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    let raw = std::fs::read_to_string(path)?;
+    Ok(raw.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// The environment form of a secret librdkafka property: `EMOSTREAM_KAFKA_SECRET_SASL_PASSWORD`
 /// sets `sasl.password` (librdkafka's names have dots where the variable has underscores).
 pub(crate) const SECRET_ENV_PREFIX: &str = "EMOSTREAM_KAFKA_SECRET_";
@@ -85,15 +91,13 @@ impl Secrets {
     ) -> Result<Secrets> {
         let mut out = BTreeMap::new();
         for (key, path) in files {
-            let raw = std::fs::read_to_string(path).map_err(|e| {
+            let value = read_secret_file(path).map_err(|e| {
                 anyhow::anyhow!(
                     "config key kafka.secret_files.{key}: reading {}: {e}",
                     path.display()
                 )
             })?;
-            let value = raw.strip_suffix('\n').unwrap_or(&raw);
-            let value = value.strip_suffix('\r').unwrap_or(value);
-            out.insert(key.clone(), value.to_string());
+            out.insert(key.clone(), value);
         }
         for (name, value) in env {
             if let Some(rest) = name.strip_prefix(SECRET_ENV_PREFIX) {
@@ -373,10 +377,9 @@ impl Settings {
         let token = if a.token_file.is_empty() {
             a.token.clone()
         } else {
-            let raw = std::fs::read_to_string(&a.token_file).map_err(|e| {
+            read_secret_file(Path::new(&a.token_file)).map_err(|e| {
                 anyhow::anyhow!("config key admin.token_file: reading {}: {e}", a.token_file)
-            })?;
-            raw.trim_end_matches(['\n', '\r']).to_string()
+            })?
         };
         Ok(if !token.is_empty() {
             AdminAccess::Token(token)

@@ -440,10 +440,22 @@ pub fn spawn_daemon_with(env: &[(String, String)], config: Option<&Path>) -> Dae
 
 /// `emostream run` with its log (stderr and stdout) written to `log`.
 pub fn spawn_daemon_logged(env: &[(String, String)], log: &Path) -> Daemon {
+    spawn_daemon_logged_with(env, None, log)
+}
+
+/// `emostream [--config FILE] run`, its log (stderr and stdout) written to `log`.
+pub fn spawn_daemon_logged_with(
+    env: &[(String, String)],
+    config: Option<&Path>,
+    log: &Path,
+) -> Daemon {
     let file = std::fs::File::create(log).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
     Daemon(
-        Command::new(env!("CARGO_BIN_EXE_emostream"))
-            .arg("run")
+        cmd.arg("run")
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
@@ -509,7 +521,13 @@ fn http(port: u16, request: &str, timeout: Duration) -> Option<(u16, String)> {
 
 /// Plain HTTP GET against localhost; returns (status code, body).
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    http_get_with(port, path, None)
+}
+
+/// HTTP GET against localhost with an optional bearer token; returns (status code, body).
+pub fn http_get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
     http(port, &req, Duration::from_secs(5))
 }
 

@@ -199,16 +199,7 @@ impl Sink {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<rdkafka::producer::DeliveryFuture, KafkaError> {
-        let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
-        if let Some(p) = payload {
-            rec = rec.payload(p);
-        }
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        if let Some(h) = headers {
-            rec = rec.headers(h);
-        }
+        let mut rec = record(topic, key, payload, headers);
         loop {
             // A full queue hands the record back: retry with it, no copy of its headers.
             match self.producer.send_result(rec) {
@@ -334,16 +325,7 @@ impl Sink {
         headers: Option<OwnedHeaders>,
         origin: &Origin,
     ) -> Sent {
-        let mut rec = FutureRecord::<[u8], [u8]>::to(topic);
-        if let Some(p) = payload {
-            rec = rec.payload(p);
-        }
-        if let Some(k) = key {
-            rec = rec.key(k);
-        }
-        if let Some(h) = headers {
-            rec = rec.headers(h);
-        }
+        let mut rec = record(topic, key, payload, headers);
         loop {
             // The gate is held only for the hand-over, never across an await.
             let back = {
@@ -611,6 +593,20 @@ impl Drop for Retry<'_> {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// A record for the producer from its optional parts.
+fn record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut rec = FutureRecord::to(topic);
+    rec.payload = payload;
+    rec.key = key;
+    rec.headers = headers;
+    rec
 }
 
 /// At most `max` bytes of `s`, cut at a character boundary.

@@ -80,6 +80,13 @@ impl ClientContext for SourceContext {
     }
 }
 
+/// The (topic, partition) pairs of a list.
+fn partitions(tpl: &TopicPartitionList) -> impl Iterator<Item = (String, i32)> + '_ {
+    tpl.elements()
+        .into_iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+}
+
 /// Runs a blocking wait from inside a librdkafka callback: on the multi-threaded runtime the
 /// worker's other tasks (the sink delivering the messages waited for) move to another thread.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -143,11 +150,7 @@ impl ConsumerContext for SourceContext {
             // so the new owner does not label them again; then commit what was acknowledged
             // and forget the partitions: late acknowledgements are ignored and the new owner
             // re-reads the rest.
-            let revoked: Vec<(String, i32)> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_string(), e.partition()))
-                .collect();
+            let revoked: Vec<(String, i32)> = partitions(tpl).collect();
             let in_flight = self.ledger.in_flight_on(&revoked);
             tracing::info!(partitions = revoked.len(), in_flight, "partitions revoked");
             {
@@ -175,27 +178,15 @@ impl ConsumerContext for SourceContext {
             if let Some(txn) = &self.txn {
                 // The transaction holds records of every partition: it commits (or aborts) as
                 // a whole before the revoked ones go. The wait above covered only those; the
-                // rest must be in the transaction too (bounded the same way).
-                if self.abandoning.load(Ordering::SeqCst) {
-                    // Leaving: settled at shutdown already, or abandoned after a fault.
-                    for tp in &revoked {
-                        self.ledger.revoke(tp);
-                    }
-                    return;
-                }
-                {
+                // rest must be in the transaction too (bounded the same way). When leaving, it
+                // was settled at shutdown already, or abandoned after a fault.
+                if !self.abandoning.load(Ordering::SeqCst) {
                     let all: Vec<(String, i32)> = consumer
                         .assignment()
-                        .map(|a| {
-                            a.elements()
-                                .iter()
-                                .map(|e| (e.topic().to_string(), e.partition()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
+                        .map_or_else(|_| Vec::new(), |a| partitions(&a).collect());
                     blocking(|| self.drain(&all));
+                    blocking(|| self.settle_transaction(consumer, txn));
                 }
-                blocking(|| self.settle_transaction(consumer, txn));
                 for tp in &revoked {
                     self.ledger.revoke(tp);
                 }
@@ -224,13 +215,7 @@ impl ConsumerContext for SourceContext {
         // Cooperative rebalances add and remove partitions a few at a time: ask what is held.
         let held: std::collections::HashSet<(String, i32)> = consumer
             .assignment()
-            .map(|a| {
-                a.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_string(), e.partition()))
-                    .collect()
-            })
-            .unwrap_or_default();
+            .map_or_else(|_| Default::default(), |a| partitions(&a).collect());
         self.assigned.store(!held.is_empty(), Ordering::SeqCst);
         self.lag
             .lock()

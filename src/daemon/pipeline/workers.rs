@@ -117,6 +117,8 @@ fn label_items(
         }
         Scored::Isolated(results) => results,
     };
+    // One registry lookup per label that fires in the batch, not one per event and label.
+    let mut counters: std::collections::HashMap<String, metrics::Counter> = Default::default();
     items
         .into_iter()
         .zip(scored)
@@ -142,9 +144,14 @@ fn label_items(
             let fired = ev
                 .labels
                 .iter()
-                .map(
-                    |l| metrics::counter!("emostream_labels_total", "label" => l.label.to_string()),
-                )
+                .map(|l| match counters.get(l.label) {
+                    Some(c) => c.clone(),
+                    None => {
+                        let c = metrics::counter!("emostream_labels_total", "label" => l.label.to_string());
+                        counters.insert(l.label.to_string(), c.clone());
+                        c
+                    }
+                })
                 .collect();
             match serde_json::to_vec(&ev) {
                 Ok(event) => Outcome::Labelled {
