@@ -5,20 +5,28 @@
 //!   cargo bench --bench inference                       # the shipped model
 //!   EMOSTREAM_BENCH_MODELS=dirA,dirB cargo bench --bench inference
 //!   EMOSTREAM_BENCH_THREADS=2 (ORT intra-op threads, default 2)
+//!   EMOSTREAM_BENCH_CALL_ROWS=32 EMOSTREAM_BENCH_CALL_TOKENS=8192 (the planner's limits: set
+//!   them to the daemon's batching.max_batch_size and max_batch_tokens)
+//!
+//! With more than one thread it also runs the daemon's shape of the same budget: that many
+//! sessions of one intra-op thread each, in parallel, taking the calls in turn, since one
+//! session with N threads and N sessions with one thread each do not run at the same speed:
+//! the sorted batches of 32 ("ORT batch 32, N sessions x 1 thread"), and the calls the
+//! daemon's planner cuts from the whole sorted split with its default limits ("ORT planned
+//! calls ..."), the best shapes the daemon could form from a backlog of these comments.
 
+use emostream::backend::batching::{plan_calls, CallLimits};
 use emostream::backend::classifier::Classifier;
 use emostream::backend::ort::RuntimeOptions;
 use emostream::model::eval::dataset::{goemotions_dir, Split};
+use std::ops::Range;
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
     let models = std::env::var("EMOSTREAM_BENCH_MODELS").unwrap_or_else(|_| {
         concat!(env!("CARGO_MANIFEST_DIR"), "/models/goemotions-minilm-l6").to_string()
     });
-    let threads: usize = std::env::var("EMOSTREAM_BENCH_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
+    let threads = env_or("EMOSTREAM_BENCH_THREADS", 2);
     let test = Split::read(&goemotions_dir().join("test.tsv"), 28)?;
     let texts = test.texts();
     println!(
@@ -81,6 +89,89 @@ fn main() -> anyhow::Result<()> {
                 lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
             );
         }
+        if threads > 1 {
+            let fixed: Vec<Range<usize>> = (0..order.len())
+                .step_by(32)
+                .map(|a| a..(a + 32).min(order.len()))
+                .collect();
+            let rate = parallel_sessions(std::path::Path::new(dir), threads, &enc, &order, &fixed)?;
+            println!("ORT batch 32, {threads} sessions x 1 thread: {rate:>6.0} comments/s");
+            let limits = CallLimits {
+                max_rows: env_or("EMOSTREAM_BENCH_CALL_ROWS", 32),
+                max_tokens: env_or("EMOSTREAM_BENCH_CALL_TOKENS", 8192),
+            };
+            let lens: Vec<usize> = order.iter().map(|&i| enc[i].len()).collect();
+            let planned = plan_calls(&lens, limits);
+            let rate =
+                parallel_sessions(std::path::Path::new(dir), threads, &enc, &order, &planned)?;
+            println!(
+                "ORT planned calls (<= {} rows, <= {} tokens; {} calls), {threads} sessions x 1 thread: {rate:>6.0} comments/s",
+                limits.max_rows,
+                limits.max_tokens,
+                planned.len()
+            );
+        }
     }
     Ok(())
+}
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `sessions` sessions of one intra-op thread each score the `calls` (ranges of `order`), each
+/// taking the next call when it is free; comments per second over all of them.
+fn parallel_sessions(
+    dir: &std::path::Path,
+    sessions: usize,
+    enc: &[Vec<u32>],
+    order: &[usize],
+    calls: &[Range<usize>],
+) -> anyhow::Result<f64> {
+    let runtime = RuntimeOptions {
+        intra_threads: 1,
+        ..Default::default()
+    };
+    let mut loaded = (0..sessions)
+        .map(|_| Classifier::load(dir, &runtime, false))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let chunks: Vec<Vec<&[u32]>> = calls
+        .iter()
+        .map(|r| {
+            order[r.clone()]
+                .iter()
+                .map(|&i| enc[i].as_slice())
+                .collect()
+        })
+        .collect();
+    for c in &mut loaded {
+        c.score_rows(&chunks[0])?;
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let handles: Vec<_> = loaded
+            .iter_mut()
+            .map(|c| {
+                let (next, chunks) = (&next, &chunks);
+                scope.spawn(move || -> anyhow::Result<()> {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(rows) = chunks.get(i) else {
+                            return Ok(());
+                        };
+                        c.score_rows(rows)?;
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("bench thread panicked")?;
+        }
+        Ok(())
+    })?;
+    Ok(order.len() as f64 / t.elapsed().as_secs_f64())
 }

@@ -110,9 +110,24 @@ fn script(delivery: &str) -> Seen {
         spawn_daemon_with(&env, Some(&cfg))
     };
 
-    // 1. Mid-stream kill -9.
+    // 1. Mid-stream kill -9, once 800 outcomes are on the topic (committed or not) and at
+    // least 50 of them are beyond the group's committed offsets (one outcome per input before
+    // the kill), so the kill lands with work in flight however the batches happen to fall.
     let mut a = replica("a", free_port());
-    let early = read_until(&output, Duration::from_secs(120), |r| r.len() >= 800);
+    let early = read_until_with(
+        &output,
+        Duration::from_secs(120),
+        &[("isolation.level", "read_uncommitted")],
+        |r| {
+            r.len() >= 800 && {
+                let done: i64 = committed(&group, &input, PARTITIONS)
+                    .iter()
+                    .map(|o| (*o).max(0))
+                    .sum();
+                r.len() as i64 >= done + 50
+            }
+        },
+    );
     assert!(
         early.len() >= 800,
         "{delivery}: only {} events before the kill",

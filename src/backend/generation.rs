@@ -4,7 +4,7 @@
 //! and in-flight batches finish on the model they started with; the sessions are freed when the
 //! last batch holding the old generation is done.
 
-use crate::backend::batching::{in_length_order, Cut};
+use crate::backend::batching::{in_length_order, CallLimits, Cut};
 use crate::backend::ort::{OrtSession, RuntimeOptions};
 use crate::model::dir::ModelDir;
 use crate::model::dir::ModelRef;
@@ -27,6 +27,12 @@ pub const CANARIES: [&str; 8] = [
     "This is the best news I've heard all year!!! 🎉🎉",
     "ugh. whatever. I don't care anymore, do what you want",
 ];
+
+/// The canaries run as one call.
+const CANARY_CALLS: CallLimits = CallLimits {
+    max_rows: CANARIES.len(),
+    max_tokens: usize::MAX,
+};
 
 /// What a candidate must agree with to replace the running model.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +129,7 @@ impl Generation {
         let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
         for w in 0..self.sessions.len() {
             let scores = self
-                .score(w, &refs)
+                .score(w, &refs, CANARY_CALLS)
                 .with_context(|| format!("canary batch on session {w}"))?;
             for (t, s) in CANARIES.iter().zip(&scores) {
                 if s.len() != self.labels.len() || s.iter().any(|x| !x.is_finite()) {
@@ -142,14 +148,19 @@ impl Generation {
         self.sessions.len()
     }
 
-    /// Sigmoid scores (running label order) for rows, in length-sorted sub-batches on the
-    /// session of `worker`; returned in input order.
-    pub(crate) fn score(&self, worker: usize, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    /// Sigmoid scores (running label order) for rows, in length-sorted calls within `limits`
+    /// on the session of `worker`; returned in input order.
+    pub(crate) fn score(
+        &self,
+        worker: usize,
+        rows: &[&[u32]],
+        limits: CallLimits,
+    ) -> Result<Vec<Vec<f32>>> {
         let mut session = self.sessions[worker % self.sessions.len()]
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let l = self.perm.len();
-        in_length_order(rows, Cut::AtPadding, |part| {
+        in_length_order(rows, Cut::Planned(limits), |part| {
             let logits = session.logits(&PaddedBatch::new(part, self.text.pad_id()))?;
             Ok(logits
                 .chunks(l)

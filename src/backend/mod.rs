@@ -2,7 +2,7 @@
 //! knows nothing of Kafka, batching policy or training; callers hand it token rows and get
 //! sigmoid scores back.
 
-pub(crate) mod batching;
+pub mod batching;
 pub mod classifier;
 pub mod generation;
 pub mod ort;

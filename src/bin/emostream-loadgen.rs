@@ -51,6 +51,10 @@ struct Args {
     /// Print this many sample events at the end.
     #[arg(long, default_value_t = 3)]
     samples: usize,
+    /// Write one line per event read back: seconds since start and end-to-end latency in
+    /// seconds (to see when slow events happen).
+    #[arg(long)]
+    latency_file: Option<std::path::PathBuf>,
     /// The shared Kafka client settings, from `config` and `brokers`.
     #[arg(skip)]
     kafka: ClientConfig,
@@ -163,6 +167,8 @@ struct Tally {
     top: BTreeMap<String, usize>,
     samples: Vec<serde_json::Value>,
     arrivals: Vec<(f64, String)>,
+    /// (seconds since start, latency) of each event, in arrival order.
+    timeline: Vec<(f64, f64)>,
 }
 
 impl Tally {
@@ -190,6 +196,10 @@ impl Tally {
             .map_or(0, |d| d.as_millis() as i64);
         if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
             self.latency.push((now_ms - ts) as f64 / 1000.0);
+            self.timeline.push((
+                started.elapsed().as_secs_f64(),
+                (now_ms - ts) as f64 / 1000.0,
+            ));
         }
         for l in v["labels"].as_array().into_iter().flatten() {
             *self
@@ -304,6 +314,14 @@ async fn main() -> Result<()> {
     }
     let produced_in = produce.await?;
     tally.print_summary(n, produced_in, started.elapsed().as_secs_f64());
+    if let Some(path) = &a.latency_file {
+        let lines: String = tally
+            .timeline
+            .iter()
+            .map(|(t, l)| format!("{t:.4} {l:.4}\n"))
+            .collect();
+        std::fs::write(path, lines).with_context(|| format!("writing {}", path.display()))?;
+    }
     if tally.seen.len() < n {
         anyhow::bail!("only {} of {n} events arrived", tally.seen.len());
     }

@@ -2,6 +2,7 @@
 //! `EMOSTREAM__SECTION__KEY` environment variables. Unknown keys and bad values are start-up
 //! errors that name the key.
 
+use crate::backend::batching::CallLimits;
 use crate::backend::ort::OptLevel;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -175,7 +176,18 @@ pub(crate) struct BatchingSettings {
     pub(crate) max_batch_size: usize,
     pub(crate) max_wait_ms: u64,
     pub(crate) max_batch_tokens: usize,
+    pub(crate) backlog_window: usize,
     pub(crate) inference_workers: usize,
+}
+
+impl BatchingSettings {
+    /// The largest ONNX Runtime call.
+    pub(crate) fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            max_rows: self.max_batch_size,
+            max_tokens: self.max_batch_tokens,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -650,6 +662,14 @@ impl Settings {
             b.max_batch_tokens >= 16,
             "batching.max_batch_tokens",
             format!("must be at least 16 (got {})", b.max_batch_tokens),
+        )?;
+        check(
+            (b.max_batch_size..=65_536).contains(&b.backlog_window),
+            "batching.backlog_window",
+            format!(
+                "must be between batching.max_batch_size ({}) and 65536 (got {})",
+                b.max_batch_size, b.backlog_window
+            ),
         )?;
         check(
             (1..=64).contains(&b.inference_workers),

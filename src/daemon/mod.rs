@@ -139,25 +139,27 @@ fn start_pipeline(
     shadow: Arc<Shadow>,
     faults: Arc<Faults>,
 ) -> Result<Pipeline> {
-    let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.max_batch_size * 4);
+    let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.backlog_window);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(s.batching.inference_workers);
     let (outcome_tx, outcome_rx) = mpsc::channel::<Outcome>(4096);
     let (workers, busy) = workers::spawn(
         s.batching.inference_workers,
         batch_rx,
         outcome_tx,
+        s.batching.call_limits(),
         s.output.clone(),
         Some(shadow),
         faults,
     )?;
     let stop = Arc::new(Notify::new());
     Ok(Pipeline {
-        busy,
+        busy: busy.clone(),
         sink: tokio::spawn(sink.run(outcome_rx)),
         batcher: tokio::spawn(batcher::run(
             pending_rx,
             batch_tx,
             active,
+            busy,
             s.batching.clone(),
         )),
         source: tokio::spawn(
@@ -394,14 +396,15 @@ pub async fn classify(s: Settings) -> Result<()> {
     // One worker keeps output in input order.
     let model = load_first(&s, &dir, 1)?;
     let (_active, active_rx) = watch::channel(Arc::new(model));
-    let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.max_batch_size * 4);
+    let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.backlog_window);
     let (batch_tx, batch_rx) = mpsc::channel::<Batch>(1);
     let (outcome_tx, mut outcome_rx) = mpsc::channel::<Outcome>(4096);
     let faults = Arc::new(Faults::default());
-    let (handles, _) = workers::spawn(
+    let (handles, busy) = workers::spawn(
         1,
         batch_rx,
         outcome_tx,
+        s.batching.call_limits(),
         s.output.clone(),
         None,
         faults.clone(),
@@ -410,6 +413,7 @@ pub async fn classify(s: Settings) -> Result<()> {
         pending_rx,
         batch_tx,
         active_rx,
+        busy,
         s.batching.clone(),
     ));
     let input = s.input.clone();

@@ -1,13 +1,19 @@
-//! Micro-batching: tokenizes comments as they arrive and closes a batch at `max_batch_size`
-//! messages, `max_batch_tokens` tokens or `max_wait_ms` after its first message, whichever
-//! comes first. Runs on the async runtime while inference of the previous batch runs on the
-//! worker threads, so tokenizing batch n+1 overlaps inference of batch n.
-//! Each batch is tokenized by the active model generation at its start; a swap closes the open
-//! batch at once, so the swap waits for no more than the batch being filled.
+//! Micro-batching: tokenizes comments as they arrive and hands the inference workers batches.
+//! A batch closes as soon as a worker is free to run it and nothing else is waiting (a light
+//! stream is not held back), once it holds `max_batch_size` comments (or `max_batch_tokens`
+//! tokens) and nothing else is waiting, or `max_wait_ms` after its first message. When
+//! comments are already waiting (a backlog), the batch takes them at once, up to
+//! `backlog_window`, so the worker can sort a large window by length into well-filled calls
+//! (backend/batching.rs); outcomes still leave in input order.
+//! Runs on the async runtime while inference of the previous batch runs on the worker threads,
+//! so tokenizing batch n+1 overlaps inference of batch n. Each batch is tokenized by the active
+//! model generation at its start; a swap closes the open batch at once, so the swap waits for
+//! no more than the batch being filled.
 
 use crate::backend::generation::Generation;
 use crate::daemon::config::BatchingSettings;
 use crate::daemon::pipeline::decode::Reason;
+use crate::daemon::pipeline::workers::Busy;
 use crate::daemon::pipeline::{Admitted, Batch, Entry, Item, Rejection};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +52,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Admitted>,
     tx: mpsc::Sender<Batch>,
     mut active: watch::Receiver<Arc<Generation>>,
+    workers: Arc<Busy>,
     cfg: BatchingSettings,
 ) {
     let wait = Duration::from_millis(cfg.max_wait_ms);
@@ -57,13 +64,33 @@ pub(crate) async fn run(
         let deadline = Instant::now() + wait;
         let mut closed = false;
         // Comments fill a batch; rejects ride along in their place without counting.
-        while batch.comments < cfg.max_batch_size && batch.tokens < cfg.max_batch_tokens {
+        loop {
+            // What is already waiting joins at once, up to the window.
+            while batch.comments < cfg.backlog_window {
+                match rx.try_recv() {
+                    Ok(p) => add(&mut batch, p),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            let full = batch.comments >= cfg.max_batch_size || batch.tokens >= cfg.max_batch_tokens;
+            // A worker with nothing queued for it would start on this batch now.
+            let queued = tx.max_capacity() - tx.capacity();
+            let worker_free = workers.idle() > queued;
+            if closed || full || worker_free || batch.comments >= cfg.backlog_window {
+                break;
+            }
             tokio::select! {
                 next = rx.recv() => match next {
                     Some(p) => add(&mut batch, p),
                     None => { closed = true; break; }
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
+                // Check again: the batch may go now.
+                _ = workers.freed() => {}
                 // A new generation: this batch closes on the old one; the next starts on the new.
                 changed = active.changed(), if watching => match changed {
                     Ok(()) => break,
@@ -77,5 +104,193 @@ pub(crate) async fn run(
         if tx.send(batch).await.is_err() || closed {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::generation::Expectations;
+    use crate::backend::ort::RuntimeOptions;
+    use crate::daemon::ack::Ledger;
+    use crate::daemon::pipeline::event::Source;
+    use crate::daemon::pipeline::{Origin, Pending};
+    use std::sync::OnceLock;
+
+    /// The shipped model, loaded once for these tests (real tokenizer and ONNX Runtime).
+    fn model() -> Arc<Generation> {
+        static M: OnceLock<Arc<Generation>> = OnceLock::new();
+        M.get_or_init(|| {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models/goemotions-minilm-l6");
+            let runtime = RuntimeOptions {
+                intra_threads: 1,
+                ..Default::default()
+            };
+            Arc::new(Generation::load(&dir, &runtime, 1, &Expectations::default()).unwrap())
+        })
+        .clone()
+    }
+
+    fn comment(ledger: &Arc<Ledger>, n: i64) -> Admitted {
+        let tp = ("t".to_string(), 0);
+        Ok(Pending {
+            id: format!("c{n}"),
+            text: format!("comment number {n}, and I love it"),
+            origin: Origin {
+                source: Source {
+                    topic: tp.0.clone(),
+                    partition: 0,
+                    offset: n,
+                    timestamp_ms: None,
+                },
+                key: None,
+                headers: None,
+                header_summary: Default::default(),
+                payload: None,
+                ack: ledger.issue(tp, n, 10),
+            },
+        })
+    }
+
+    struct Running {
+        input: mpsc::Sender<Admitted>,
+        batches: mpsc::Receiver<Batch>,
+        workers: Arc<Busy>,
+        ledger: Arc<Ledger>,
+        _active: watch::Sender<Arc<Generation>>,
+    }
+
+    /// A batcher over one worker (busy or not) with `max_wait_ms` and `window`, started with
+    /// comments 0..`waiting` already queued.
+    fn start(max_wait_ms: u64, window: usize, busy: bool, waiting: i64) -> Running {
+        let (input, rx) = mpsc::channel(window);
+        let ledger = Arc::default();
+        for n in 0..waiting {
+            input.try_send(comment(&ledger, n)).unwrap();
+        }
+        let (tx, batches) = mpsc::channel(1);
+        let (active, active_rx) = watch::channel(model());
+        let workers = Arc::new(Busy::new(1));
+        workers.set(0, busy);
+        let cfg = BatchingSettings {
+            max_batch_size: 32,
+            max_wait_ms,
+            max_batch_tokens: 8192,
+            backlog_window: window,
+            inference_workers: 1,
+        };
+        tokio::spawn(run(rx, tx, active_rx, workers.clone(), cfg));
+        Running {
+            input,
+            batches,
+            workers,
+            ledger,
+            _active: active,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_backlog_is_taken_as_one_window_in_input_order() {
+        let mut b = start(10_000, 512, true, 300);
+        // All 300 were waiting when the first arrived: one batch, not ten of 32.
+        let batch = b.batches.recv().await.unwrap();
+        assert_eq!(batch.comments, 300);
+        let offsets: Vec<i64> = batch
+            .entries
+            .iter()
+            .map(|e| match e {
+                Entry::Comment(i) => i.origin.source.offset,
+                Entry::Rejected(r) => r.origin.source.offset,
+            })
+            .collect();
+        assert_eq!(offsets, (0..300).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_window_never_exceeds_backlog_window() {
+        let mut b = start(300, 64, true, 64);
+        let feeder = {
+            let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
+            tokio::spawn(async move {
+                for n in 64..200 {
+                    input.send(comment(&ledger, n)).await.unwrap();
+                }
+            })
+        };
+        let mut sizes = Vec::new();
+        while sizes.iter().sum::<usize>() < 200 {
+            sizes.push(b.batches.recv().await.unwrap().comments);
+        }
+        feeder.await.unwrap();
+        assert!(sizes.iter().all(|&s| s <= 64), "{sizes:?}");
+        assert_eq!(sizes[0], 64, "{sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_light_stream_waits_at_most_max_wait_ms_while_workers_are_busy() {
+        let mut b = start(150, 512, true, 0);
+        let t = Instant::now();
+        b.input.send(comment(&b.ledger, 0)).await.unwrap();
+        let batch = b.batches.recv().await.unwrap();
+        let waited = t.elapsed();
+        assert_eq!(batch.comments, 1);
+        assert!(
+            waited >= Duration::from_millis(150),
+            "closed after {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_millis(1_500),
+            "closed after {waited:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_free_worker_gets_a_comment_at_once() {
+        let mut b = start(60_000, 512, false, 0);
+        b.input.send(comment(&b.ledger, 0)).await.unwrap();
+        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
+            .await
+            .expect("a free worker should not wait for max_wait_ms")
+            .unwrap();
+        assert_eq!(batch.comments, 1);
+    }
+
+    #[tokio::test]
+    async fn a_worker_freed_while_a_batch_waits_takes_it_at_once() {
+        let mut b = start(60_000, 512, true, 0);
+        b.input.send(comment(&b.ledger, 0)).await.unwrap();
+        b.input.send(comment(&b.ledger, 1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            b.batches.try_recv().is_err(),
+            "closed while the worker was busy"
+        );
+        b.workers.set(0, false);
+        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
+            .await
+            .expect("the freed worker should get the batch")
+            .unwrap();
+        assert_eq!(batch.comments, 2);
+    }
+
+    #[tokio::test]
+    async fn a_full_batch_closes_when_nothing_else_waits() {
+        let mut b = start(60_000, 512, true, 0);
+        let feeder = {
+            let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
+            tokio::spawn(async move {
+                for n in 0..32 {
+                    input.send(comment(&ledger, n)).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
+            .await
+            .expect("32 comments should close the batch")
+            .unwrap();
+        feeder.await.unwrap();
+        assert_eq!(batch.comments, 32);
     }
 }

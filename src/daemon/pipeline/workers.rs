@@ -4,6 +4,7 @@
 //! inference. Outcomes leave in batch order however many workers there are. A shadow
 //! candidate, when one is under evaluation, sees a sample of the batches.
 
+use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
 use crate::daemon::config::OutputSettings;
 use crate::daemon::pipeline::decode::Reason;
@@ -16,12 +17,13 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::{mpsc, Mutex, Notify};
 
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
 fn label_batch(
     worker: usize,
     batch: Batch,
+    calls: CallLimits,
     out: &OutputSettings,
     shadow: Option<&Shadow>,
 ) -> Vec<Outcome> {
@@ -38,7 +40,7 @@ fn label_batch(
         }
     }
     if !items.is_empty() {
-        let labelled = label_items(worker, &batch.model, items, out, shadow);
+        let labelled = label_items(worker, &batch.model, items, calls, out, shadow);
         for (i, o) in at.into_iter().zip(labelled) {
             slots[i] = Some(o);
         }
@@ -54,15 +56,20 @@ enum Scored {
 
 /// Scores rows; when ONNX Runtime fails, tries once more (a transient failure, e.g. memory),
 /// then bisects so that only the rows that fail on their own get an error.
-fn score_isolating(worker: usize, model: &Generation, rows: &[&[u32]]) -> Scored {
-    match model.score(worker, rows) {
+fn score_isolating(
+    worker: usize,
+    model: &Generation,
+    rows: &[&[u32]],
+    calls: CallLimits,
+) -> Scored {
+    match model.score(worker, rows, calls) {
         Ok(scores) => Scored::Whole(scores),
         Err(first) => {
             metrics::counter!("emostream_inference_errors_total").increment(1);
             tracing::warn!(error = %format!("{first:#}"), size = rows.len(), "inference failed; retrying once, then isolating the failing comments");
-            match model.score(worker, rows) {
+            match model.score(worker, rows, calls) {
                 Ok(scores) => Scored::Whole(scores),
-                Err(_) => Scored::Isolated(bisect(worker, model, rows, first)),
+                Err(_) => Scored::Isolated(bisect(worker, model, rows, calls, first)),
             }
         }
     }
@@ -73,6 +80,7 @@ fn bisect(
     worker: usize,
     model: &Generation,
     rows: &[&[u32]],
+    calls: CallLimits,
     error: anyhow::Error,
 ) -> Vec<Result<Vec<f32>, String>> {
     if rows.len() == 1 {
@@ -81,9 +89,9 @@ fn bisect(
     let (left, right) = rows.split_at(rows.len() / 2);
     let mut out = Vec::with_capacity(rows.len());
     for half in [left, right] {
-        match model.score(worker, half) {
+        match model.score(worker, half, calls) {
             Ok(scores) => out.extend(scores.into_iter().map(Ok)),
-            Err(e) => out.extend(bisect(worker, model, half, e)),
+            Err(e) => out.extend(bisect(worker, model, half, calls, e)),
         }
     }
     out
@@ -94,12 +102,13 @@ fn label_items(
     worker: usize,
     model: &Generation,
     items: Vec<Item>,
+    calls: CallLimits,
     out: &OutputSettings,
     shadow: Option<&Shadow>,
 ) -> Vec<Outcome> {
     let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
-    let scored = score_isolating(worker, model, &rows);
+    let scored = score_isolating(worker, model, &rows, calls);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
     let reject = |origin, detail: String| {
         Outcome::Rejected(Rejection {
@@ -111,7 +120,7 @@ fn label_items(
     let scored: Vec<Result<Vec<f32>, String>> = match scored {
         Scored::Whole(scores) => {
             if let Some(sh) = shadow {
-                sh.observe(worker, model, &items, &scores);
+                sh.observe(worker, model, &items, &scores, calls);
             }
             scores.into_iter().map(Ok).collect()
         }
@@ -174,23 +183,30 @@ struct InOrder {
 }
 
 /// When each worker took the batch it is running (milliseconds since `started`; 0: idle), so
-/// health can tell a worker stuck inside ONNX Runtime from one waiting for work.
+/// health can tell a worker stuck inside ONNX Runtime from one waiting for work, and the
+/// batcher can hand a batch over at once when a worker has nothing to do.
 pub(crate) struct Busy {
     started: Instant,
     since: Vec<AtomicU64>,
+    /// Signalled each time a worker finishes a batch.
+    freed: Notify,
 }
 
 impl Busy {
-    fn new(n: usize) -> Busy {
+    pub(crate) fn new(n: usize) -> Busy {
         Busy {
             started: Instant::now(),
             since: (0..n).map(|_| AtomicU64::new(0)).collect(),
+            freed: Notify::new(),
         }
     }
 
-    fn set(&self, w: usize, busy: bool) {
+    pub(crate) fn set(&self, w: usize, busy: bool) {
         let now = (self.started.elapsed().as_millis() as u64).max(1);
         self.since[w].store(if busy { now } else { 0 }, Ordering::Relaxed);
+        if !busy {
+            self.freed.notify_one();
+        }
     }
 
     /// The longest time any worker has been on its current batch.
@@ -203,6 +219,19 @@ impl Busy {
             .filter(|&t| t > 0)
             .min();
         Duration::from_millis(oldest.map_or(0, |t| now.saturating_sub(t)))
+    }
+
+    /// Workers not running a batch now.
+    pub(crate) fn idle(&self) -> usize {
+        self.since
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed) == 0)
+            .count()
+    }
+
+    /// Resolves when a worker next finishes a batch (at once if one did since the last call).
+    pub(crate) async fn freed(&self) {
+        self.freed.notified().await
     }
 }
 
@@ -229,6 +258,7 @@ pub(crate) fn spawn(
     n: usize,
     batches: mpsc::Receiver<Batch>,
     outcomes: mpsc::Sender<Outcome>,
+    calls: CallLimits,
     out: OutputSettings,
     shadow: Option<Arc<Shadow>>,
     faults: Arc<Faults>,
@@ -263,7 +293,7 @@ pub(crate) fn spawn(
             busy.set(w, true);
             #[cfg(feature = "fault-injection")]
             injected_fault(seq);
-            let labelled = label_batch(w, batch, &out, shadow.as_deref());
+            let labelled = label_batch(w, batch, calls, &out, shadow.as_deref());
             busy.set(w, false);
             let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
             o.held.insert(seq, labelled);

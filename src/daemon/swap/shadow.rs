@@ -2,6 +2,7 @@
 //! of live batches (one in `every`), and the agreement of the two label sets is measured before
 //! the candidate is promoted. Its events go nowhere; the active model's are the only output.
 
+use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
 use crate::daemon::pipeline::Item;
 use serde::Serialize;
@@ -98,6 +99,7 @@ impl Shadow {
         active: &Generation,
         items: &[Item],
         active_scores: &[Vec<f32>],
+        calls: CallLimits,
     ) {
         let candidate = {
             let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
@@ -115,7 +117,7 @@ impl Shadow {
             .collect();
         let scored = rows.and_then(|rows| {
             let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-            candidate.score(worker, &refs)
+            candidate.score(worker, &refs, calls)
         });
         let cand_scores = match scored {
             Ok(s) => s,
