@@ -5,6 +5,7 @@
 //!   cargo bench --bench inference                       # the shipped model
 //!   EMOSTREAM_BENCH_MODELS=dirA,dirB cargo bench --bench inference
 //!   EMOSTREAM_BENCH_THREADS=2 (ORT intra-op threads, default 2)
+//!   EMOSTREAM_BENCH_BATCHES=1,8,32,64 (the single-session batch sizes to run)
 //!   EMOSTREAM_BENCH_CALL_ROWS=32 EMOSTREAM_BENCH_CALL_TOKENS=8192 (the planner's limits: set
 //!   them to the daemon's batching.max_batch_size and max_batch_tokens)
 //!
@@ -13,7 +14,9 @@
 //! session with N threads and N sessions with one thread each do not run at the same speed:
 //! the sorted batches of 32 ("ORT batch 32, N sessions x 1 thread"), and the calls the
 //! daemon's planner cuts from the whole sorted split with its default limits ("ORT planned
-//! calls ..."), the best shapes the daemon could form from a backlog of these comments.
+//! calls ..."), the best shapes the daemon could form from a backlog of these comments, and
+//! the calls it does form from a backlog in stream order: windows of EMOSTREAM_BENCH_WINDOW
+//! (batching.backlog_window, default 512) comments, each sorted and planned on its own.
 
 use emostream::backend::batching::{plan_calls, CallLimits};
 use emostream::backend::classifier::Classifier;
@@ -58,7 +61,11 @@ fn main() -> anyhow::Result<()> {
         );
         let mut order: Vec<usize> = (0..enc.len()).collect();
         order.sort_by_key(|&i| enc[i].len());
-        for batch in [1usize, 8, 32, 64] {
+        let sizes = std::env::var("EMOSTREAM_BENCH_BATCHES").unwrap_or_else(|_| "1,8,32,64".into());
+        for batch in sizes
+            .split(',')
+            .filter_map(|b| b.trim().parse::<usize>().ok())
+        {
             // Batch 1 runs a 1,000-comment sample spread over all lengths to keep the run short.
             let sample: Vec<usize> = if batch == 1 {
                 order.iter().copied().step_by(order.len() / 1000).collect()
@@ -109,6 +116,28 @@ fn main() -> anyhow::Result<()> {
                 limits.max_rows,
                 limits.max_tokens,
                 planned.len()
+            );
+            // What the daemon can form from a backlog in stream order: windows of
+            // batching.backlog_window comments, each sorted and planned on its own.
+            let window = env_or("EMOSTREAM_BENCH_WINDOW", 512).max(1);
+            let (mut windowed, mut calls) = (Vec::new(), Vec::new());
+            for chunk in (0..enc.len()).collect::<Vec<_>>().chunks(window) {
+                let mut w = chunk.to_vec();
+                w.sort_by_key(|&i| enc[i].len());
+                let lens: Vec<usize> = w.iter().map(|&i| enc[i].len()).collect();
+                let at = windowed.len();
+                calls.extend(
+                    plan_calls(&lens, limits)
+                        .into_iter()
+                        .map(|r| r.start + at..r.end + at),
+                );
+                windowed.extend(w);
+            }
+            let rate =
+                parallel_sessions(std::path::Path::new(dir), threads, &enc, &windowed, &calls)?;
+            println!(
+                "ORT planned calls in stream-order windows of {window} ({} calls), {threads} sessions x 1 thread: {rate:>6.0} comments/s",
+                calls.len()
             );
         }
     }

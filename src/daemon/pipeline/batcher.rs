@@ -4,7 +4,8 @@
 //! tokens) and nothing else is waiting, or `max_wait_ms` after its first message. When
 //! comments are already waiting (a backlog), the batch takes them at once, up to
 //! `backlog_window`, so the worker can sort a large window by length into well-filled calls
-//! (backend/batching.rs); outcomes still leave in input order.
+//! (backend/batching.rs); outcomes still leave in input order. A burst that arrives while
+//! several workers are free is shared out among them instead.
 //! Runs on the async runtime while inference of the previous batch runs on the worker threads,
 //! so tokenizing batch n+1 overlaps inference of batch n. Each batch is tokenized by the active
 //! model generation at its start; a swap closes the open batch at once, so the swap waits for
@@ -65,8 +66,20 @@ pub(crate) async fn run(
         let mut closed = false;
         // Comments fill a batch; rejects ride along in their place without counting.
         loop {
-            // What is already waiting joins at once, up to the window.
-            while batch.comments < cfg.backlog_window {
+            // Workers with nothing queued for them: this batch would start at once.
+            let free = workers
+                .idle()
+                .saturating_sub(tx.max_capacity() - tx.capacity());
+            // What is already waiting joins at once, up to the window; with several workers
+            // free, a burst is shared out among them rather than run on one.
+            let limit = if free > 1 {
+                (batch.comments + rx.len())
+                    .div_ceil(free)
+                    .clamp(1, cfg.backlog_window)
+            } else {
+                cfg.backlog_window
+            };
+            while batch.comments < limit {
                 match rx.try_recv() {
                     Ok(p) => add(&mut batch, p),
                     Err(mpsc::error::TryRecvError::Empty) => break,
@@ -77,10 +90,7 @@ pub(crate) async fn run(
                 }
             }
             let full = batch.comments >= cfg.max_batch_size || batch.tokens >= cfg.max_batch_tokens;
-            // A worker with nothing queued for it would start on this batch now.
-            let queued = tx.max_capacity() - tx.capacity();
-            let worker_free = workers.idle() > queued;
-            if closed || full || worker_free || batch.comments >= cfg.backlog_window {
+            if closed || full || free > 0 || batch.comments >= limit {
                 break;
             }
             tokio::select! {
@@ -161,9 +171,9 @@ mod tests {
         _active: watch::Sender<Arc<Generation>>,
     }
 
-    /// A batcher over one worker (busy or not) with `max_wait_ms` and `window`, started with
-    /// comments 0..`waiting` already queued.
-    fn start(max_wait_ms: u64, window: usize, busy: bool, waiting: i64) -> Running {
+    /// A batcher over workers (`busy[w]`: whether worker w is running a batch) with
+    /// `max_wait_ms` and `window`, started with comments 0..`waiting` already queued.
+    fn start(max_wait_ms: u64, window: usize, busy: &[bool], waiting: i64) -> Running {
         let (input, rx) = mpsc::channel(window);
         let ledger = Arc::default();
         for n in 0..waiting {
@@ -171,14 +181,16 @@ mod tests {
         }
         let (tx, batches) = mpsc::channel(1);
         let (active, active_rx) = watch::channel(model());
-        let workers = Arc::new(Busy::new(1));
-        workers.set(0, busy);
+        let workers = Arc::new(Busy::new(busy.len()));
+        for (w, &b) in busy.iter().enumerate() {
+            workers.set(w, b);
+        }
         let cfg = BatchingSettings {
             max_batch_size: 32,
             max_wait_ms,
             max_batch_tokens: 8192,
             backlog_window: window,
-            inference_workers: 1,
+            inference_workers: busy.len(),
         };
         tokio::spawn(run(rx, tx, active_rx, workers.clone(), cfg));
         Running {
@@ -192,7 +204,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_backlog_is_taken_as_one_window_in_input_order() {
-        let mut b = start(10_000, 512, true, 300);
+        let mut b = start(10_000, 512, &[true], 300);
         // All 300 were waiting when the first arrived: one batch, not ten of 32.
         let batch = b.batches.recv().await.unwrap();
         assert_eq!(batch.comments, 300);
@@ -209,7 +221,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_window_never_exceeds_backlog_window() {
-        let mut b = start(300, 64, true, 64);
+        let mut b = start(300, 64, &[true], 64);
         let feeder = {
             let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
             tokio::spawn(async move {
@@ -229,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_light_stream_waits_at_most_max_wait_ms_while_workers_are_busy() {
-        let mut b = start(150, 512, true, 0);
+        let mut b = start(150, 512, &[true], 0);
         let t = Instant::now();
         b.input.send(comment(&b.ledger, 0)).await.unwrap();
         let batch = b.batches.recv().await.unwrap();
@@ -247,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_free_worker_gets_a_comment_at_once() {
-        let mut b = start(60_000, 512, false, 0);
+        let mut b = start(60_000, 512, &[false], 0);
         b.input.send(comment(&b.ledger, 0)).await.unwrap();
         let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
             .await
@@ -258,7 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_worker_freed_while_a_batch_waits_takes_it_at_once() {
-        let mut b = start(60_000, 512, true, 0);
+        let mut b = start(60_000, 512, &[true], 0);
         b.input.send(comment(&b.ledger, 0)).await.unwrap();
         b.input.send(comment(&b.ledger, 1)).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -276,7 +288,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_batch_closes_when_nothing_else_waits() {
-        let mut b = start(60_000, 512, true, 0);
+        let mut b = start(60_000, 512, &[true], 0);
         let feeder = {
             let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
             tokio::spawn(async move {
@@ -292,5 +304,13 @@ mod tests {
             .unwrap();
         feeder.await.unwrap();
         assert_eq!(batch.comments, 32);
+    }
+
+    #[tokio::test]
+    async fn a_burst_while_two_workers_are_free_is_shared_between_them() {
+        let mut b = start(60_000, 512, &[false, false], 100);
+        let first = b.batches.recv().await.unwrap();
+        let second = b.batches.recv().await.unwrap();
+        assert_eq!((first.comments, second.comments), (50, 50));
     }
 }
