@@ -6,6 +6,8 @@
 //!   EMOSTREAM_BENCH_MODELS=dirA,dirB cargo bench --bench inference
 //!   EMOSTREAM_BENCH_THREADS=2 (ORT intra-op threads, default 2)
 //!   EMOSTREAM_BENCH_BATCHES=1,8,32,64 (the single-session batch sizes to run)
+//!   EMOSTREAM_BENCH_CALL_COST=1 (also: microseconds per token of one call on one thread, by
+//!   rows and padded length: what the daemon's call planner assumes is flat)
 //!   EMOSTREAM_BENCH_CALL_ROWS=32 EMOSTREAM_BENCH_CALL_TOKENS=8192 (the planner's limits: set
 //!   them to the daemon's batching.max_batch_size and max_batch_tokens)
 //!
@@ -96,6 +98,9 @@ fn main() -> anyhow::Result<()> {
                 lat[(lat.len() * 99 / 100).min(lat.len() - 1)]
             );
         }
+        if std::env::var("EMOSTREAM_BENCH_CALL_COST").is_ok_and(|v| v == "1") {
+            call_cost(std::path::Path::new(dir))?;
+        }
         if threads > 1 {
             let fixed: Vec<Range<usize>> = (0..order.len())
                 .step_by(32)
@@ -140,6 +145,33 @@ fn main() -> anyhow::Result<()> {
                 calls.len()
             );
         }
+    }
+    Ok(())
+}
+
+/// Microseconds per token of one call on one intra-op thread, for a grid of rows × length.
+fn call_cost(dir: &std::path::Path) -> anyhow::Result<()> {
+    let runtime = RuntimeOptions {
+        intra_threads: 1,
+        ..Default::default()
+    };
+    let mut c = Classifier::load(dir, &runtime, false)?;
+    println!("call cost, 1 thread, microseconds per padded token (rows x length):");
+    for len in [8usize, 16, 32, 64, 128] {
+        let mut line = format!("  length {len:>3}:");
+        for rows in [1usize, 2, 4, 8, 16, 32, 64] {
+            let row: Vec<u32> = (0..len as u32).map(|i| 1000 + i).collect();
+            let refs: Vec<&[u32]> = (0..rows).map(|_| row.as_slice()).collect();
+            c.score_rows(&refs)?;
+            let n = (4000 / (rows * len)).max(3);
+            let t = Instant::now();
+            for _ in 0..n {
+                c.score_rows(&refs)?;
+            }
+            let per = t.elapsed().as_secs_f64() / n as f64;
+            line += &format!(" {rows}x:{:>5.1}", per * 1e6 / (rows * len) as f64);
+        }
+        println!("{line}");
     }
     Ok(())
 }

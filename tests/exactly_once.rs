@@ -112,8 +112,10 @@ fn script(delivery: &str) -> Seen {
 
     // 1. Mid-stream kill -9, once 800 outcomes are on the topic (committed or not) and at
     // least 50 of them are beyond the group's committed offsets (one outcome per input before
-    // the kill), so the kill lands with work in flight however the batches happen to fall.
+    // the kill). The kill is sent from the check itself: a commit a moment later would settle
+    // them, and outcomes come in bursts of a batch.
     let mut a = replica("a", free_port());
+    let pid = a.id().to_string();
     let early = read_until_with(
         &output,
         Duration::from_secs(120),
@@ -125,6 +127,10 @@ fn script(delivery: &str) -> Seen {
                     .map(|o| (*o).max(0))
                     .sum();
                 r.len() as i64 >= done + 50
+                    && std::process::Command::new("kill")
+                        .args(["-KILL", &pid])
+                        .status()
+                        .is_ok_and(|s| s.success())
             }
         },
     );
@@ -160,7 +166,7 @@ fn script(delivery: &str) -> Seen {
             let p = producer_with(&[("batch.num.messages", "25")]);
             for chunk in comments(N / 2..N).chunks(50) {
                 send_all(&p, &input, chunk);
-                std::thread::sleep(Duration::from_millis(150));
+                std::thread::sleep(Duration::from_millis(50));
             }
         })
     };

@@ -474,13 +474,23 @@ impl SourceStage {
                     // A stop while the pipeline is full must still reach finish(): the message
                     // in hand is then dropped unacknowledged and read again after a restart.
                     let admitted = admit(origin, &self.settings.input);
-                    let sent = tokio::select! {
-                        r = self.pending_tx.send(admitted) => r.is_ok(),
-                        _ = self.stop.notified() => false,
+                    // Wait for room downstream. At-least-once keeps committing on the tick
+                    // meanwhile: on a backlog the pipeline is full most of the time, and commits
+                    // would otherwise wait for the next batch to leave. (Exactly-once cannot: a
+                    // commit waits for everything consumed, this message included.)
+                    let at_least_once = self.consumer.context().txn.is_none();
+                    let room = loop {
+                        tokio::select! {
+                            p = self.pending_tx.reserve() => break p.ok(),
+                            _ = tick.tick(), if at_least_once => {
+                                self.periodic_commit().await;
+                                since_commit = 0;
+                            }
+                            _ = self.stop.notified() => break None,
+                        }
                     };
-                    if !sent {
-                        break;
-                    }
+                    let Some(room) = room else { break };
+                    room.send(admitted);
                     if self
                         .ledger()
                         .over(bp.max_in_flight_messages, bp.max_in_flight_bytes)
