@@ -126,8 +126,8 @@ fn main() -> anyhow::Result<()> {
             // batching.backlog_window comments, each sorted and planned on its own.
             let window = env_or("EMOSTREAM_BENCH_WINDOW", 512).max(1);
             let (mut windowed, mut calls) = (Vec::new(), Vec::new());
-            for chunk in (0..enc.len()).collect::<Vec<_>>().chunks(window) {
-                let mut w = chunk.to_vec();
+            for start in (0..enc.len()).step_by(window) {
+                let mut w: Vec<usize> = (start..(start + window).min(enc.len())).collect();
                 w.sort_by_key(|&i| enc[i].len());
                 let lens: Vec<usize> = w.iter().map(|&i| enc[i].len()).collect();
                 let at = windowed.len();

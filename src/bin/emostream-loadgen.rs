@@ -163,7 +163,6 @@ fn spawn_producer(
 struct Tally {
     seen: HashSet<String>,
     dup: usize,
-    latency: Vec<f64>,
     top: BTreeMap<String, usize>,
     samples: Vec<serde_json::Value>,
     arrivals: Vec<(f64, String)>,
@@ -195,7 +194,6 @@ impl Tally {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         if let Some(ts) = v["source"]["timestamp_ms"].as_i64() {
-            self.latency.push((now_ms - ts) as f64 / 1000.0);
             self.timeline.push((
                 started.elapsed().as_secs_f64(),
                 (now_ms - ts) as f64 / 1000.0,
@@ -224,7 +222,8 @@ impl Tally {
     }
 
     fn print_summary(&mut self, n: usize, produced_in: Duration, total: f64) {
-        self.latency.sort_by(f64::total_cmp);
+        let mut latency: Vec<f64> = self.timeline.iter().map(|&(_, l)| l).collect();
+        latency.sort_by(f64::total_cmp);
         println!("\nproduced {n} comments in {:.1} s; received {} distinct events ({} duplicates) in {total:.1} s", produced_in.as_secs_f64(), self.seen.len(), self.dup);
         println!(
             "end-to-end throughput: {:.0} comments/s",
@@ -232,9 +231,9 @@ impl Tally {
         );
         println!(
             "latency (input timestamp -> event read): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-            pct(&self.latency, 0.5),
-            pct(&self.latency, 0.99),
-            pct(&self.latency, 1.0)
+            pct(&latency, 0.5),
+            pct(&latency, 0.99),
+            pct(&latency, 1.0)
         );
         println!("top emotions: {}", self.top(8));
         for s in &self.samples {

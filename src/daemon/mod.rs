@@ -24,7 +24,6 @@ use kafka::control;
 use kafka::sink::Sink;
 use kafka::source::{self, SourceStage};
 use kafka::transaction::Transactions;
-use pipeline::event::Source;
 use pipeline::{admit, batcher, workers, Admitted, Batch, Origin, Outcome};
 use rdkafka::consumer::Consumer;
 use rdkafka::producer::Producer;
@@ -423,20 +422,7 @@ pub async fn classify(s: Settings) -> Result<()> {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         let mut n: i64 = 0;
         while let Ok(Some(line)) = lines.next_line().await {
-            let tp = ("stdin".to_string(), 0);
-            let origin = Origin {
-                source: Source {
-                    topic: tp.0.clone(),
-                    partition: 0,
-                    offset: n,
-                    timestamp_ms: None,
-                },
-                key: None,
-                headers: None,
-                header_summary: Default::default(),
-                ack: ledger.issue(tp, n, line.len()),
-                payload: Some(line.into_bytes()),
-            };
+            let origin = Origin::unkeyed(&ledger, "stdin", n, Some(line.into_bytes()));
             n += 1;
             if pending_tx.send(admit(origin, &input)).await.is_err() {
                 break;

@@ -456,6 +456,7 @@ impl SourceStage {
         let mut paused = false;
         let mut since_commit: u64 = 0;
         let txn_max = self.settings.kafka.transaction_max_messages;
+        let at_least_once = self.consumer.context().txn.is_none();
         loop {
             if !self.rewound().await {
                 continue;
@@ -478,7 +479,6 @@ impl SourceStage {
                     // meanwhile: on a backlog the pipeline is full most of the time, and commits
                     // would otherwise wait for the next batch to leave. (Exactly-once cannot: a
                     // commit waits for everything consumed, this message included.)
-                    let at_least_once = self.consumer.context().txn.is_none();
                     let room = loop {
                         tokio::select! {
                             p = self.pending_tx.reserve() => break p.ok(),

@@ -123,7 +123,6 @@ mod tests {
     use crate::backend::generation::Expectations;
     use crate::backend::ort::RuntimeOptions;
     use crate::daemon::ack::Ledger;
-    use crate::daemon::pipeline::event::Source;
     use crate::daemon::pipeline::{Origin, Pending};
     use std::sync::OnceLock;
 
@@ -143,23 +142,33 @@ mod tests {
     }
 
     fn comment(ledger: &Arc<Ledger>, n: i64) -> Admitted {
-        let tp = ("t".to_string(), 0);
         Ok(Pending {
             id: format!("c{n}"),
             text: format!("comment number {n}, and I love it"),
-            origin: Origin {
-                source: Source {
-                    topic: tp.0.clone(),
-                    partition: 0,
-                    offset: n,
-                    timestamp_ms: None,
-                },
-                key: None,
-                headers: None,
-                header_summary: Default::default(),
-                payload: None,
-                ack: ledger.issue(tp, n, 10),
-            },
+            origin: Origin::unkeyed(ledger, "t", n, None),
+        })
+    }
+
+    /// The next batch, which must come within 5 s.
+    async fn next_batch(b: &mut Running, why: &str) -> Batch {
+        tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
+            .await
+            .expect(why)
+            .unwrap()
+    }
+
+    /// Sends comments `range` from a task of their own, `pause` apart.
+    fn feed(
+        b: &Running,
+        range: std::ops::Range<i64>,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let (input, ledger) = (b.input.clone(), b.ledger.clone());
+        tokio::spawn(async move {
+            for n in range {
+                input.send(comment(&ledger, n)).await.unwrap();
+                tokio::time::sleep(pause).await;
+            }
         })
     }
 
@@ -222,14 +231,7 @@ mod tests {
     #[tokio::test]
     async fn a_window_never_exceeds_backlog_window() {
         let mut b = start(300, 64, &[true], 64);
-        let feeder = {
-            let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
-            tokio::spawn(async move {
-                for n in 64..200 {
-                    input.send(comment(&ledger, n)).await.unwrap();
-                }
-            })
-        };
+        let feeder = feed(&b, 64..200, Duration::ZERO);
         let mut sizes = Vec::new();
         while sizes.iter().sum::<usize>() < 200 {
             sizes.push(b.batches.recv().await.unwrap().comments);
@@ -261,10 +263,7 @@ mod tests {
     async fn a_free_worker_gets_a_comment_at_once() {
         let mut b = start(60_000, 512, &[false], 0);
         b.input.send(comment(&b.ledger, 0)).await.unwrap();
-        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
-            .await
-            .expect("a free worker should not wait for max_wait_ms")
-            .unwrap();
+        let batch = next_batch(&mut b, "a free worker should not wait for max_wait_ms").await;
         assert_eq!(batch.comments, 1);
     }
 
@@ -279,29 +278,15 @@ mod tests {
             "closed while the worker was busy"
         );
         b.workers.set(0, false);
-        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
-            .await
-            .expect("the freed worker should get the batch")
-            .unwrap();
+        let batch = next_batch(&mut b, "the freed worker should get the batch").await;
         assert_eq!(batch.comments, 2);
     }
 
     #[tokio::test]
     async fn a_full_batch_closes_when_nothing_else_waits() {
         let mut b = start(60_000, 512, &[true], 0);
-        let feeder = {
-            let (input, ledger) = (b.input.clone(), Arc::new(Ledger::default()));
-            tokio::spawn(async move {
-                for n in 0..32 {
-                    input.send(comment(&ledger, n)).await.unwrap();
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
-        let batch = tokio::time::timeout(Duration::from_secs(5), b.batches.recv())
-            .await
-            .expect("32 comments should close the batch")
-            .unwrap();
+        let feeder = feed(&b, 0..32, Duration::from_millis(2));
+        let batch = next_batch(&mut b, "32 comments should close the batch").await;
         feeder.await.unwrap();
         assert_eq!(batch.comments, 32);
     }

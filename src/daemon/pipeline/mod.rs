@@ -13,7 +13,7 @@ pub(crate) mod workers;
 mod admit_fuzz;
 
 use crate::backend::generation::Generation;
-use crate::daemon::ack::Ack;
+use crate::daemon::ack::{Ack, Ledger};
 use crate::daemon::config::InputSettings;
 use decode::{decode, Reason};
 use event::Source;
@@ -35,6 +35,30 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
+    /// A message that did not come from Kafka (a stdin line, a test): no key or headers, at
+    /// `topic`/0/`offset`, tracked by `ledger` (which gives it the token every message carries).
+    pub(crate) fn unkeyed(
+        ledger: &Arc<Ledger>,
+        topic: &str,
+        offset: i64,
+        payload: Option<Vec<u8>>,
+    ) -> Origin {
+        let bytes = payload.as_ref().map_or(0, Vec::len);
+        Origin {
+            source: Source {
+                topic: topic.to_string(),
+                partition: 0,
+                offset,
+                timestamp_ms: None,
+            },
+            key: None,
+            headers: None,
+            header_summary: Default::default(),
+            ack: ledger.issue((topic.to_string(), 0), offset, bytes),
+            payload,
+        }
+    }
+
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
     pub(crate) fn coordinates(&self) -> String {
         format!(
