@@ -35,25 +35,42 @@ impl Classifier {
         self.text.encode(text)
     }
 
-    /// Sigmoid scores for one batch of token id rows (padded to the longest row).
-    pub fn score_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+    /// Logits for one batch of token id rows (padded to the longest row).
+    fn logit_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
         let batch = PaddedBatch::new(rows, self.text.pad_id());
         let logits = self.model.logits(&batch)?;
-        let l = self.model.num_labels();
         Ok(logits
-            .chunks(l)
-            .map(|r| r.iter().map(|&x| sigmoid(x)).collect())
+            .chunks(self.model.num_labels())
+            .map(<[f32]>::to_vec)
             .collect())
     }
 
-    /// Scores for many texts, in length-sorted batches of `batch_size`; output in input order.
-    pub fn score_texts(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+    /// Sigmoid scores for one batch of token id rows (padded to the longest row).
+    pub fn score_rows(&mut self, rows: &[&[u32]]) -> Result<Vec<Vec<f32>>> {
+        Ok(sigmoid_rows(self.logit_rows(rows)?))
+    }
+
+    /// Logits for many texts, in length-sorted batches of `batch_size`; output in input order.
+    /// (Calibration is fitted to these: sigmoid scores lose the digits near 0 and 1.)
+    pub fn logits_texts(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
         let enc: Vec<Encoded> = texts
             .iter()
             .map(|t| self.encode(t))
             .collect::<Result<_>>()
             .context("tokenizing")?;
         let rows: Vec<&[u32]> = enc.iter().map(|e| e.ids.as_slice()).collect();
-        in_length_order(&rows, Cut::Every(batch_size), |part| self.score_rows(part))
+        in_length_order(&rows, Cut::Every(batch_size), |part| self.logit_rows(part))
     }
+
+    /// Scores for many texts, in length-sorted batches of `batch_size`; output in input order.
+    pub fn score_texts(&mut self, texts: &[&str], batch_size: usize) -> Result<Vec<Vec<f32>>> {
+        Ok(sigmoid_rows(self.logits_texts(texts, batch_size)?))
+    }
+}
+
+fn sigmoid_rows(logits: Vec<Vec<f32>>) -> Vec<Vec<f32>> {
+    logits
+        .into_iter()
+        .map(|r| r.into_iter().map(sigmoid).collect())
+        .collect()
 }

@@ -10,6 +10,7 @@ use candle_core::Device;
 use clap::{Parser, Subcommand};
 use emostream::backend::ort::RuntimeOptions;
 use emostream::model::eval::dataset::{goemotions_dir, Split};
+use emostream::model::eval::thresholds::ThresholdRule;
 use emostream::model::labels::LabelSet;
 use emostream::train::encoder::Pooling;
 use emostream::train::onnx::Variant;
@@ -105,12 +106,31 @@ enum Cmd {
     Export(ExportArgs),
     /// Export with int8 dynamic quantisation (same as `export --precision int8`).
     Quantize(ExportArgs),
-    /// Choose thresholds on dev and store them (and dev metrics) in model.json.
+    /// Fit per-label Platt calibration on dev and fold it into model.onnx (scores become
+    /// calibrated probabilities; thresholds are mapped so decisions stay the same).
+    Calibrate {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The calibrated model's version (model.onnx changes, so it is a new version).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Choose thresholds on dev and store them (and dev metrics) in model.json: each label's
+    /// best threshold shrunk toward the global one by its dev support (the shrinkage chosen by
+    /// cross-validation on dev), then raised until its dev precision reaches --min-precision.
     TuneThresholds {
         #[arg(long)]
         model: PathBuf,
         #[arg(long)]
         data: Option<PathBuf>,
+        /// No label may fire with a lower precision on dev where a higher threshold avoids it.
+        #[arg(long, default_value_t = 0.2)]
+        min_precision: f64,
+        /// Each label's own best threshold, no shrinkage and no floor (how 1.0.0 was tuned).
+        #[arg(long, conflicts_with = "min_precision")]
+        per_label_only: bool,
     },
     /// Evaluate a model directory on a TSV split through ONNX Runtime.
     Evaluate {
@@ -135,6 +155,10 @@ enum Cmd {
         /// then compares its test metrics with this (int8) model's.
         #[arg(long)]
         compare: Option<PathBuf>,
+        /// The previous version's model directory: the report puts its test figures (per
+        /// label: precision, recall, F1, firings per 1,000 comments) beside this one's.
+        #[arg(long)]
+        before: Option<PathBuf>,
     },
     /// Copy a model directory into a model registry atomically (temporary name, fsync, rename);
     /// optionally point ACTIVE at it and/or announce it on the daemons' Kafka control topic.
@@ -312,10 +336,65 @@ fn fit(a: FitArgs, progress: bool) -> Result<()> {
     t.run(a.stop_at_step, progress)
 }
 
-/// `train tune-thresholds`: per-label and global thresholds chosen on dev, into the card.
-fn tune_thresholds(model: &std::path::Path, data: Option<PathBuf>) -> Result<()> {
+/// `train calibrate`: Platt scaling fitted on dev, folded into model.onnx.
+fn calibrate(
+    model: &std::path::Path,
+    data: Option<PathBuf>,
+    version: Option<String>,
+) -> Result<()> {
     let data = data.unwrap_or_else(goemotions_dir);
-    let card = evaluate::tune_thresholds(model, &data.join("dev.tsv"), &RuntimeOptions::default())?;
+    let card = emostream::train::calibrate::calibrate(
+        model,
+        &data.join("dev.tsv"),
+        &RuntimeOptions::default(),
+        version.as_deref(),
+    )?;
+    let cal = card.calibration.as_ref().expect("calibrated");
+    for (j, name) in card.labels.names().iter().enumerate() {
+        println!(
+            "{name:<15} logit x {:.3} {:+.3}",
+            cal.scale[j], cal.shift[j]
+        );
+    }
+    println!(
+        "model.onnx now {} (was {}); next: train tune-thresholds, train evaluate --write",
+        card.model_sha256, cal.uncalibrated_sha256
+    );
+    Ok(())
+}
+
+/// `train tune-thresholds`: per-label and global thresholds chosen on dev, into the card.
+fn tune_thresholds(
+    model: &std::path::Path,
+    data: Option<PathBuf>,
+    min_precision: f64,
+    per_label_only: bool,
+) -> Result<()> {
+    if !(0.0..1.0).contains(&min_precision) {
+        bail!("--min-precision {min_precision} must be in [0, 1)");
+    }
+    let data = data.unwrap_or_else(goemotions_dir);
+    let rule = if per_label_only {
+        evaluate::RuleChoice::Fixed(ThresholdRule::PER_LABEL)
+    } else {
+        evaluate::RuleChoice::CrossValidated { min_precision }
+    };
+    let card = evaluate::tune_thresholds(
+        model,
+        &data.join("dev.tsv"),
+        &RuntimeOptions::default(),
+        rule,
+    )?;
+    if let Some(sel) = &card.thresholds.selection {
+        for cv in &sel.cross_validation {
+            println!(
+                "shrinkage {:<28} out-of-fold dev macro-F1 {:.4}",
+                cv.shrinkage.to_string(),
+                cv.macro_f1
+            );
+        }
+        println!("chosen: {}", sel.rule.shrinkage);
+    }
     let dev = &card.metrics["dev"];
     println!(
         "thresholds: default {:.2}, per label {:?}",
@@ -411,7 +490,17 @@ fn main() -> Result<()> {
         Cmd::Fit(a) => fit(a, progress),
         Cmd::Export(a) => export(a, false),
         Cmd::Quantize(a) => export(a, true),
-        Cmd::TuneThresholds { model, data } => tune_thresholds(&model, data),
+        Cmd::Calibrate {
+            model,
+            data,
+            version,
+        } => calibrate(&model, data, version),
+        Cmd::TuneThresholds {
+            model,
+            data,
+            min_precision,
+            per_label_only,
+        } => tune_thresholds(&model, data, min_precision, per_label_only),
         Cmd::Evaluate {
             model,
             split,
@@ -438,8 +527,26 @@ fn main() -> Result<()> {
             model,
             run,
             compare,
+            before,
         } => {
-            emostream::train::report::write_report(&model, run.as_deref(), compare.as_deref())?;
+            emostream::train::report::write_report(
+                &model,
+                run.as_deref(),
+                compare.as_deref(),
+                before.as_deref(),
+            )?;
+            if let Some(b) = &before {
+                let new = emostream::model::dir::ModelDir::load(&model, false)?.card;
+                let old = emostream::model::dir::ModelDir::load(b, false)?.card;
+                for c in emostream::train::report::ship_criteria(&new, &old) {
+                    println!(
+                        "{} {}: {}",
+                        if c.met { "met    " } else { "NOT MET" },
+                        c.name,
+                        c.detail
+                    );
+                }
+            }
             println!("wrote {}/report.md", model.display());
             Ok(())
         }

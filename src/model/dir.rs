@@ -9,8 +9,10 @@
 //! id2label) is accepted too; its card is derived (thresholds 0.5, sha256 computed).
 
 use crate::model::cpu::MeasuredOn;
+use crate::model::eval::calibration::ReliabilityBin;
 use crate::model::eval::dataset::sha256_file;
 use crate::model::eval::scores::Metrics;
+use crate::model::eval::thresholds::{Shrinkage, ThresholdRule};
 use crate::model::labels::LabelSet;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,65 @@ pub struct Thresholds {
     /// How the thresholds were chosen (e.g. "per-label F1 on dev").
     #[serde(default)]
     pub(crate) chosen_by: String,
+    /// The rule that made `per_label`, what it started from and how it was chosen
+    /// (cards tuned before rules were recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<ThresholdSelection>,
+}
+
+/// How per-label thresholds were chosen on dev: the rule, each label's own best threshold before
+/// the rule, and the cross-validation that picked the rule's shrinkage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ThresholdSelection {
+    pub rule: ThresholdRule,
+    /// Each label's best-F1 threshold on dev (the rule shrinks these toward `default`).
+    pub own: Vec<f32>,
+    /// Out-of-fold macro-F1 on dev of each shrinkage candidate (with the same precision floor).
+    pub cross_validation: Vec<CrossValidated>,
+    pub folds: usize,
+    pub repeats: usize,
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CrossValidated {
+    pub shrinkage: Shrinkage,
+    pub macro_f1: f64,
+}
+
+/// Per-label Platt scaling folded into model.onnx (`logits = scale * logits + shift` before the
+/// output), fitted on dev: the scores events carry are calibrated with no serving change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Calibration {
+    pub method: CalibrationMethod,
+    /// sha256 of the split it was fitted on.
+    pub fitted_on: String,
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
+    /// The model.onnx it was fitted to (before folding).
+    pub uncalibrated_sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CalibrationMethod {
+    /// A scale and a shift of each label's logit, by maximum likelihood.
+    Platt,
+}
+
+/// How well scores match the rates they claim on an evaluation's split: every (comment, label)
+/// pair in 15 equal-width bins.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Reliability {
+    /// Expected calibration error over all pairs.
+    pub ece: f64,
+    /// Mean over labels of each label's ECE.
+    pub classwise_ece: f64,
+    pub bins: Vec<ReliabilityBin>,
 }
 
 impl Thresholds {
@@ -42,6 +103,7 @@ impl Thresholds {
             default: 0.5,
             per_label: None,
             chosen_by: why.into(),
+            selection: None,
         }
     }
 
@@ -66,6 +128,12 @@ pub struct Evaluation {
     pub measured_on: Option<MeasuredOn>,
     #[serde(flatten)]
     pub metrics: Metrics,
+    /// Calibration of the scores on this split; with a calibrated model, also of the scores
+    /// before its calibration (the previous model's, when only calibration changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability: Option<Reliability>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reliability_uncalibrated: Option<Reliability>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,6 +163,9 @@ pub struct ModelCard {
     /// File name → sha256 of the data the model was trained and evaluated on.
     #[serde(default)]
     pub data: BTreeMap<String, String>,
+    /// Present when model.onnx has calibration folded in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<Calibration>,
     /// Keyed by evaluation: "dev", "test", "test_global_0.15", "test_global_dev_best".
     #[serde(default)]
     pub metrics: BTreeMap<String, Evaluation>,
@@ -118,8 +189,9 @@ impl ModelCard {
             }
         }
         for t in self.thresholds.resolved(n) {
-            if !(t > 0.0 && t < 1.0) {
-                bail!("model.json threshold {t} is outside (0, 1)");
+            // 1.0 turns a label off (see thresholds::OFF).
+            if !(t > 0.0 && t <= 1.0) {
+                bail!("model.json threshold {t} is outside (0, 1]");
             }
         }
         if self.max_sequence_length < 2 {
@@ -304,6 +376,7 @@ impl ModelDir {
             digest: None,
             training: serde_json::Value::Null,
             data: BTreeMap::new(),
+            calibration: None,
             metrics: BTreeMap::new(),
         };
         card.validate()?;

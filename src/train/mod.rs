@@ -1,6 +1,8 @@
 //! Fine-tuning: loss, optimiser, batching plans, the training loop with checkpoints, inference.
 
 pub(crate) mod batches;
+pub(crate) mod bootstrap;
+pub mod calibrate;
 pub mod encoder;
 pub mod evaluate;
 pub mod loss;

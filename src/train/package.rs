@@ -110,6 +110,7 @@ pub fn export_model_dir(req: &ExportRequest) -> Result<ModelCard> {
         digest: None,
         training,
         data,
+        calibration: None,
         metrics: BTreeMap::new(),
     };
     card.write(req.out)?;

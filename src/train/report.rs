@@ -1,7 +1,10 @@
-//! `report.md` and `curves.png` for a model directory: metric tables from the card, and the
-//! training-loss and dev macro-F1 curves from the run's checkpoint state.
+//! `report.md`, `curves.png` and `reliability.png` for a model directory: metric tables from
+//! the card (with bootstrap intervals, the threshold rule's cross-validation, calibration error
+//! and, given the previous version, a before/after table), the training-loss and dev macro-F1
+//! curves from the run's checkpoint state, and the reliability diagram from the card.
 
-use crate::model::dir::{Evaluation, ModelDir};
+use crate::model::dir::{Evaluation, ModelCard, ModelDir, Reliability};
+use crate::model::eval::scores::LabelMetrics;
 use crate::train::trainer::TrainState;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -125,12 +128,359 @@ fn plot_curves(state: &TrainState, path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Reliability diagram: positive rate against mean score per bin, before and after
+/// calibration, with the diagonal a calibrated model follows; beside it, how many pairs each
+/// bin holds (log scale).
+fn plot_reliability(after: &Reliability, before: Option<&Reliability>, path: &Path) -> Result<()> {
+    register_font()?;
+    let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let mut series: Vec<(&Reliability, RGBColor, String)> =
+        vec![(after, RED, format!("after (ECE {:.4})", after.ece))];
+    if let Some(b) = before {
+        series.insert(0, (b, BLUE, format!("before (ECE {:.4})", b.ece)));
+    }
+    let (left, right) = root.split_horizontally(600);
+    let mut c = ChartBuilder::on(&left)
+        .caption(
+            "reliability on test (all comment x label pairs)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..1f64, 0f64..1f64)
+        .map_err(|e| anyhow!("{e}"))?;
+    c.configure_mesh()
+        .x_desc("mean score in bin")
+        .y_desc("share labelled so")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    c.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.4)))
+        .map_err(|e| anyhow!("{e}"))?
+        .label("calibrated")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    for (r, colour, name) in &series {
+        let points: Vec<(f64, f64)> = r
+            .bins
+            .iter()
+            .filter(|b| b.count > 0)
+            .map(|b| (b.mean_score, b.positive_rate))
+            .collect();
+        c.draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(|e| anyhow!("{e}"))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], *colour));
+        c.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    let max = after
+        .bins
+        .iter()
+        .chain(before.map_or(&[][..], |b| &b.bins[..]))
+        .map(|b| b.count)
+        .max()
+        .unwrap_or(1)
+        .max(1) as f64;
+    let mut c = ChartBuilder::on(&right)
+        .caption("pairs per score bin", ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0f64..1f64, (1f64..max * 2.0).log_scale())
+        .map_err(|e| anyhow!("{e}"))?;
+    c.configure_mesh()
+        .x_desc("score")
+        .y_desc("pairs")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    for (r, colour, name) in &series {
+        c.draw_series(LineSeries::new(
+            r.bins
+                .iter()
+                .map(|b| ((b.lo + b.hi) / 2.0, (b.count as f64).max(1.0))),
+            colour.stroke_width(2),
+        ))
+        .map_err(|e| anyhow!("{e}"))?
+        .label(name.as_str())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], *colour));
+    }
+    c.configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+/// A threshold as the tables show it: "off" for a label turned off.
+fn threshold(t: f32) -> String {
+    if t >= crate::model::eval::thresholds::OFF {
+        "off".into()
+    } else {
+        format!("{t:.2}")
+    }
+}
+
+fn ci(v: Option<[f64; 2]>) -> String {
+    v.map_or(String::new(), |[lo, hi]| format!("{lo:.3}–{hi:.3}"))
+}
+
+/// Firings (predicted on) per 1,000 comments, from a card's confusion counts.
+fn per_thousand(l: &LabelMetrics, examples: usize) -> String {
+    match (l.tp, l.fp) {
+        (Some(tp), Some(fp)) if examples > 0 => {
+            format!("{:.1}", 1000.0 * (tp + fp) as f64 / examples as f64)
+        }
+        _ => "?".into(),
+    }
+}
+
+/// The threshold rule, its cross-validation and the calibration section.
+fn thresholds_and_calibration(out: &mut String, card: &ModelCard, before: Option<&ModelCard>) {
+    if let Some(sel) = &card.thresholds.selection {
+        let _ = writeln!(
+            out,
+            "## Thresholds\n\n{}.\n\nEach label's own best threshold on dev is shrunk toward the global one (`t = w·t_label + (1−w)·t_global`, `w = n/(n+k)`, n = the label's dev positives), so a label seen a dozen times on dev does not keep a threshold fitted to its noise; k is chosen by {}× repeated {}-fold cross-validation on dev (thresholds tuned on four folds decide the fifth; the decisions of all folds are pooled before F1). Out-of-fold dev macro-F1 of each candidate:\n\n| shrinkage | out-of-fold dev macro-F1 |\n|---|---:|",
+            card.thresholds.chosen_by, sel.repeats, sel.folds
+        );
+        for cv in &sel.cross_validation {
+            let mark = if cv.shrinkage == sel.rule.shrinkage {
+                " **(chosen)**"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "| {}{mark} | {:.4} |", cv.shrinkage, cv.macro_f1);
+        }
+        let _ = writeln!(out);
+    }
+    if let Some(cal) = &card.calibration {
+        let _ = writeln!(
+            out,
+            "## Calibration\n\nPer-label Platt scaling (`score = sigmoid(a·logit + b)`, a > 0) fitted on dev (sha256 `{}`) and folded into model.onnx, so the scores in label events are calibrated with no change to serving; it keeps each label's order of scores, so thresholds map through it. Expected calibration error (15 equal-width bins over all comment × label pairs; classwise = the mean of each label's own):\n\n| split | ECE before | ECE after | classwise ECE before | classwise ECE after |\n|---|---:|---:|---:|---:|",
+            cal.fitted_on
+        );
+        for key in ["test", "dev"] {
+            if let Some(e) = card.metrics.get(key) {
+                if let (Some(a), Some(b)) = (&e.reliability, &e.reliability_uncalibrated) {
+                    let _ = writeln!(
+                        out,
+                        "| {key} | {:.4} | {:.4} | {:.4} | {:.4} |",
+                        b.ece, a.ece, b.classwise_ece, a.classwise_ece
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n\"Before\" is the uncalibrated model (model.onnx sha256 `{}`{}).\n\n![reliability diagram on test, before and after calibration](reliability.png)\n",
+            cal.uncalibrated_sha256,
+            before
+                .filter(|b| b.model_sha256 == cal.uncalibrated_sha256)
+                .map_or(String::new(), |b| format!(", i.e. {} {}", b.name, b.version))
+        );
+        let _ = writeln!(out, "| label | a | b |\n|---|---:|---:|");
+        for (j, name) in card.labels.names().iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {name} | {:.3} | {:+.3} |",
+                cal.scale[j], cal.shift[j]
+            );
+        }
+        let _ = writeln!(out);
+    }
+}
+
+/// Per label on test: this version's figures with intervals, beside the previous version's.
+fn per_label_table(out: &mut String, test: &Evaluation, before: Option<&ModelCard>) {
+    let prev = before.and_then(|b| b.metrics.get("test").map(|e| (b, e)));
+    let m = &test.metrics;
+    match prev {
+        Some((b, pe)) => {
+            let _ = writeln!(
+                out,
+                "## Per label on test: {v0} → this version\n\nThresholds from dev only. Firings = comments the label is predicted on, per 1,000 test comments. Intervals: bootstrap 95% (1,000 resamples of the test comments) — a label with a handful of test examples has an F1 that is mostly noise.\n\n| label | support | threshold {v0} | P {v0} | R {v0} | F1 {v0} | firings/1k {v0} | threshold | P | R | F1 | F1 95% CI | firings/1k |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+                v0 = b.version
+            );
+            for (l, p) in m.per_label.iter().zip(&pe.metrics.per_label) {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                    l.label,
+                    l.support,
+                    threshold(p.threshold),
+                    p.precision,
+                    p.recall,
+                    p.f1,
+                    per_thousand(p, pe.metrics.examples),
+                    threshold(l.threshold),
+                    l.precision,
+                    l.recall,
+                    l.f1,
+                    ci(l.f1_ci95),
+                    per_thousand(l, m.examples)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "| **macro** | | | {:.3} | {:.3} | **{:.4}** | | | {:.3} | {:.3} | **{:.4}** | {} | |\n",
+                pe.metrics.macro_precision,
+                pe.metrics.macro_recall,
+                pe.metrics.macro_f1,
+                m.macro_precision,
+                m.macro_recall,
+                m.macro_f1,
+                ci(m.macro_f1_ci95)
+            );
+        }
+        None => {
+            let _ = writeln!(out, "## Per label (test, per-label thresholds from dev)\n\n| label | threshold | precision | recall | F1 | F1 95% CI | support | firings/1k |\n|---|---:|---:|---:|---:|---|---:|---:|");
+            for l in &m.per_label {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+                    l.label,
+                    threshold(l.threshold),
+                    l.precision,
+                    l.recall,
+                    l.f1,
+                    ci(l.f1_ci95),
+                    l.support,
+                    per_thousand(l, m.examples)
+                );
+            }
+            let _ = writeln!(out);
+        }
+    }
+}
+
+/// Largest drop of test macro-F1 from the previous version a new default may have.
+const MAX_MACRO_F1_DROP: f64 = 0.005;
+/// Lowest test precision a label may fire with where it has at least `MIN_SUPPORT` examples.
+const MIN_FIRING_PRECISION: f64 = 0.2;
+const MIN_SUPPORT: usize = 5;
+
+/// One condition for replacing the previous version as the default, and how this one fares.
+pub struct Criterion {
+    pub name: String,
+    pub met: bool,
+    pub detail: String,
+}
+
+/// The conditions for `card` to replace `before` as the shipped default: test macro-F1 no more
+/// than 0.005 below; no label with 5+ test examples firing with precision under 0.2; test ECE
+/// lower. Empty when either card lacks a test evaluation.
+pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
+    let (Some(new), Some(old)) = (card.metrics.get("test"), before.metrics.get("test")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let (a, b) = (new.metrics.macro_f1, old.metrics.macro_f1);
+    out.push(Criterion {
+        name: format!(
+            "test macro-F1 at most {MAX_MACRO_F1_DROP} below {}",
+            before.version
+        ),
+        met: a >= b - MAX_MACRO_F1_DROP,
+        detail: format!("{a:.4} vs {b:.4} ({:+.4})", a - b),
+    });
+    let low: Vec<String> = new
+        .metrics
+        .per_label
+        .iter()
+        .filter(|l| {
+            l.support >= MIN_SUPPORT
+                && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
+                && l.precision < MIN_FIRING_PRECISION
+        })
+        .map(|l| format!("{} {:.3}", l.label, l.precision))
+        .collect();
+    out.push(Criterion {
+        name: format!(
+            "no label with {MIN_SUPPORT}+ test examples fires with precision below {MIN_FIRING_PRECISION}"
+        ),
+        met: low.is_empty(),
+        detail: if low.is_empty() {
+            "none".into()
+        } else {
+            low.join(", ")
+        },
+    });
+    // The previous version's ECE: its own card's, or (when this model is it, calibrated) the
+    // uncalibrated scores' here.
+    let old_ece = old.reliability.as_ref().map(|r| r.ece).or_else(|| {
+        card.calibration
+            .as_ref()
+            .filter(|c| c.uncalibrated_sha256 == before.model_sha256)
+            .and(new.reliability_uncalibrated.as_ref())
+            .map(|r| r.ece)
+    });
+    let new_ece = new.reliability.as_ref().map(|r| r.ece);
+    out.push(Criterion {
+        name: format!("test ECE lower than {}", before.version),
+        met: matches!((new_ece, old_ece), (Some(x), Some(y)) if x < y),
+        detail: format!(
+            "{} vs {}",
+            new_ece.map_or("?".into(), |x| format!("{x:.4}")),
+            old_ece.map_or("?".into(), |x| format!("{x:.4}"))
+        ),
+    });
+    out
+}
+
+fn ship_section(out: &mut String, card: &ModelCard, before: &ModelCard) {
+    let criteria = ship_criteria(card, before);
+    if criteria.is_empty() {
+        return;
+    }
+    let all = criteria.iter().all(|c| c.met);
+    let _ = writeln!(
+        out,
+        "## Replacing {} {}
+
+{}
+
+| condition | met | figures |
+|---|---|---|",
+        before.name,
+        before.version,
+        if all {
+            format!(
+                "{} meets every condition to replace {} as the default.",
+                card.version, before.version
+            )
+        } else {
+            format!("**{} does not meet every condition to replace {} as the default**, so {} stays the default.", card.version, before.version, before.version)
+        }
+    );
+    for c in &criteria {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            c.name,
+            if c.met { "yes" } else { "**no**" },
+            c.detail
+        );
+    }
+    let _ = writeln!(out);
+}
+
 fn row(out: &mut String, key: &str, e: &Evaluation) {
     let _ = writeln!(
         out,
-        "| {key} | {} | {:.4} | {:.4} | {:.4} | {:.4} |",
+        "| {key} | {} | {:.4} | {} | {:.4} | {:.4} | {:.4} |",
         e.thresholds,
         e.metrics.macro_f1,
+        ci(e.metrics.macro_f1_ci95),
         e.metrics.micro_f1,
         e.metrics.macro_precision,
         e.metrics.macro_recall
@@ -140,8 +490,17 @@ fn row(out: &mut String, key: &str, e: &Evaluation) {
 /// Writes report.md (and curves.png when the run directory is given) into the model directory.
 /// With `compare` (another export of the same checkpoint, e.g. fp32 beside this int8 model),
 /// adds a table of both models' test macro-F1 under each threshold choice.
-pub fn write_report(model_dir: &Path, run: Option<&Path>, compare: Option<&Path>) -> Result<()> {
+/// With `before` (the previous version's directory), the per-label table shows both versions.
+pub fn write_report(
+    model_dir: &Path,
+    run: Option<&Path>,
+    compare: Option<&Path>,
+    before: Option<&Path>,
+) -> Result<()> {
     let m = ModelDir::load(model_dir, true)?;
+    let before = before
+        .map(|b| ModelDir::load(b, false).map(|d| d.card))
+        .transpose()?;
     let card = &m.card;
     let size = std::fs::metadata(m.onnx_path())?.len();
     let mut out = String::new();
@@ -151,7 +510,7 @@ pub fn write_report(model_dir: &Path, run: Option<&Path>, compare: Option<&Path>
         out,
         "## Metrics\n\nThresholds are chosen on dev only; test is never used for any choice.\n"
     );
-    let _ = writeln!(out, "| evaluation | thresholds | macro-F1 | micro-F1 | macro-P | macro-R |\n|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "| evaluation | thresholds | macro-F1 | macro-F1 95% CI | micro-F1 | macro-P | macro-R |\n|---|---|---:|---|---:|---:|---:|");
     for key in [
         "test",
         "test_global_dev_best",
@@ -185,14 +544,18 @@ pub fn write_report(model_dir: &Path, run: Option<&Path>, compare: Option<&Path>
         }
         let _ = writeln!(out);
     }
+    if let Some(b) = &before {
+        ship_section(&mut out, card, b);
+    }
+    thresholds_and_calibration(&mut out, card, before.as_ref());
     if let Some(t) = card.metrics.get("test") {
-        let _ = writeln!(out, "## Per label (test, per-label thresholds from dev)\n\n| label | threshold | precision | recall | F1 | support |\n|---|---:|---:|---:|---:|---:|");
-        for l in &t.metrics.per_label {
-            let _ = writeln!(
-                out,
-                "| {} | {:.2} | {:.3} | {:.3} | {:.3} | {} |",
-                l.label, l.threshold, l.precision, l.recall, l.f1, l.support
-            );
+        per_label_table(&mut out, t, before.as_ref());
+        if let Some(r) = &t.reliability {
+            plot_reliability(
+                r,
+                t.reliability_uncalibrated.as_ref(),
+                &model_dir.join("reliability.png"),
+            )?;
         }
     }
     let _ = writeln!(
@@ -217,6 +580,11 @@ pub fn write_report(model_dir: &Path, run: Option<&Path>, compare: Option<&Path>
             out,
             "\nTraining time: {:.0} s of optimiser steps ({} steps).",
             state.train_seconds, state.step
+        );
+    } else if model_dir.join("curves.png").exists() {
+        let _ = writeln!(
+            out,
+            "![training loss and dev macro-F1](curves.png)\n\n(Drawn from the training run when these weights were exported; the run's per-step table is in the report of the version that first shipped them.)"
         );
     }
     std::fs::write(model_dir.join("report.md"), out)

@@ -18,6 +18,9 @@ pub struct LabelMetrics {
     pub tp: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fp: Option<usize>,
+    /// Bootstrap 95% interval of `f1` (test evaluations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1_ci95: Option<[f64; 2]>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -27,6 +30,9 @@ pub struct Metrics {
     pub(crate) macro_precision: f64,
     pub(crate) macro_recall: f64,
     pub examples: usize,
+    /// Bootstrap 95% interval of `macro_f1` (test evaluations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1_ci95: Option<[f64; 2]>,
     pub per_label: Vec<LabelMetrics>,
 }
 
@@ -112,6 +118,7 @@ pub fn evaluate(
             threshold: thresholds[j],
             tp: Some(c.tp),
             fp: Some(c.fp),
+            f1_ci95: None,
         });
     }
     let mean = |f: &dyn Fn(&LabelMetrics) -> f64| per_label.iter().map(f).sum::<f64>() / l as f64;
@@ -121,6 +128,7 @@ pub fn evaluate(
         macro_recall: mean(&|m| m.recall),
         micro_f1: total.f1(),
         examples: scores.len(),
+        macro_f1_ci95: None,
         per_label,
     }
 }
