@@ -32,7 +32,11 @@ out=$(target/release/emostream-loadgen --brokers "$brokers" --input-topic "$run-
   --count 500 --rate 0 --samples 0 --idle-timeout 60)
 echo "$out" | grep -E "received|throughput"
 echo "$out" | grep -q "received 500 distinct events" || { podman logs "$name" >&2; echo "not every comment came out labelled" >&2; exit 1; }
-curl -fs "localhost:$port/metrics" | grep -q 'emostream_execution_provider{provider="cpu"} 1'
+# Read whole, then searched: `curl | grep -q` under pipefail fails when grep stops reading
+# before curl has written everything (curl exits 23 on the closed pipe).
+metrics=$(curl -fs "localhost:$port/metrics")
+grep -q 'emostream_execution_provider{provider="cpu"} 1' <<<"$metrics" \
+  || { echo "$metrics" | grep emostream_execution_provider >&2; echo "not on the CPU provider" >&2; exit 1; }
 podman stop -t 40 "$name" >/dev/null
 code=$(podman inspect -f '{{.State.ExitCode}}' "$name")
 [ "$code" = 0 ] || { podman logs "$name" | tail -20 >&2; echo "exit code $code after SIGTERM" >&2; exit 1; }

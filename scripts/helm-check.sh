@@ -65,6 +65,12 @@ for d in yaml.safe_load_all(open(sys.argv[1])):
 PY
   EMOSTREAM__ADMIN__TOKEN=from-the-secret "$emostream" --config "$out/$values.toml" check-config
 done
+# The try-it page and live view are on with the default values, off in production.
+python3 - "$out/default.toml" "$out/production.toml" <<'PY'
+import sys, tomllib
+ui = [tomllib.load(open(f, "rb"))["ui"]["enabled"] for f in sys.argv[1:]]
+assert ui == [True, False], f"ui.enabled default/production: {ui}"
+PY
 
 # The alerts and the dashboard's queries, as rule files for promtool (the dashboard's Grafana
 # variables replaced by plain values).

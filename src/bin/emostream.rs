@@ -24,6 +24,12 @@ struct Cli {
 enum Cmd {
     /// Run the daemon: consume, label, produce, commit.
     Run,
+    /// Serve the classify API, the try-it page and the live view on admin.bind, without Kafka.
+    Serve {
+        /// Model directory (default: model.dir, or the registry's active version)
+        #[arg(long)]
+        model: Option<PathBuf>,
+    },
     /// Label JSON or text lines from stdin; write label events to stdout.
     Classify {
         /// How to read each line (default: input.format)
@@ -57,6 +63,14 @@ fn real_main() -> Result<()> {
         Cmd::Run => {
             let r = rt.block_on(emostream::daemon::run(s));
             // After a fatal fault, threads still blocked (a wedged worker) must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(2));
+            r
+        }
+        Cmd::Serve { model } => {
+            if let Some(m) = model {
+                s.model.dir = m;
+            }
+            let r = rt.block_on(emostream::daemon::serve::run(s));
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             r
         }

@@ -6,9 +6,13 @@
 //! `POST /admin/model/rollback`. `/admin/*` needs `Authorization: Bearer <token>` whenever a
 //! token is set; with none it refuses everyone, unless the operator opened it on a loopback
 //! bind (`admin.allow_unauthenticated_loopback`; config validation demands a token off
-//! loopback).
+//! loopback). The same rules guard `/v1/*` (classify API, live view: daemon/api); the pages at
+//! `/` and `/live` hold no data and are served to anyone who can reach the bind.
 
 use crate::backend::generation::Generation;
+use crate::daemon::api::classify::{self, ClassifyApi};
+use crate::daemon::api::live::{self, LiveView};
+use crate::daemon::api::{error, pages};
 use crate::daemon::config::AdminAccess;
 use crate::daemon::swap::{self, SwapRequest, SwapResult, Target, Trigger};
 use crate::model::registry::{check_version_name, Registry};
@@ -59,6 +63,12 @@ pub(crate) struct AdminState {
     pub(crate) model: Option<ModelAdmin>,
     /// Series rendered outside the recorder (the consumer lag of the partitions held now).
     pub(crate) extra_metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// `POST /v1/classify` and `GET /v1/model` (api.enabled).
+    pub(crate) classify: Option<Arc<ClassifyApi>>,
+    /// `GET /v1/live` (ui.enabled).
+    pub(crate) live: Option<Arc<LiveView>>,
+    /// Serve the pages at `/` and `/live` (ui.enabled).
+    pub(crate) pages: bool,
 }
 
 async fn metrics(State(s): State<AdminState>) -> impl IntoResponse {
@@ -108,10 +118,6 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     )
 }
 
-fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
-    (status, Json(json!({"error": msg.to_string()}))).into_response()
-}
-
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
 fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -138,10 +144,14 @@ async fn require_token(State(s): State<AdminState>, req: Request, next: Next) ->
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
-            if h.contains_key("origin") || !["127.0.0.1", "localhost", "[::1]"].contains(&name) {
+            // A page may ask only when it was served from here (the try-it and live pages).
+            let foreign = h
+                .get("origin")
+                .is_some_and(|o| o.to_str().ok() != Some(format!("http://{host}").as_str()));
+            if foreign || !["127.0.0.1", "localhost", "[::1]"].contains(&name) {
                 return error(
                     StatusCode::FORBIDDEN,
-                    "without a token the admin API answers local programs only (no Origin header, Host 127.0.0.1/localhost)",
+                    "without a token the admin API answers local programs and its own pages only (no Origin header or this origin, Host 127.0.0.1/localhost)",
                 );
             }
         }
@@ -209,19 +219,38 @@ async fn post_rollback(State(s): State<AdminState>) -> Response {
 }
 
 fn router(state: AdminState) -> Router {
-    let admin = Router::new()
+    let mut guarded = Router::new()
         .route("/admin/model", get(get_model).post(post_model))
-        .route("/admin/model/rollback", post(post_rollback))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            require_token,
-        ));
-    Router::new()
+        .route("/admin/model/rollback", post(post_rollback));
+    if let Some(api) = &state.classify {
+        guarded = guarded.merge(
+            Router::new()
+                .route("/v1/classify", post(classify::post_classify))
+                .route("/v1/model", get(classify::get_model_info))
+                .with_state(api.clone()),
+        );
+    }
+    if let Some(view) = &state.live {
+        guarded = guarded.merge(
+            Router::new()
+                .route("/v1/live", get(live::get_live))
+                .with_state(view.clone()),
+        );
+    }
+    let guarded = guarded.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        require_token,
+    ));
+    let mut open = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .merge(admin)
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    if state.pages {
+        open = open
+            .route("/", get(pages::try_it))
+            .route("/live", get(pages::live));
+    }
+    open.merge(guarded).with_state(state)
 }
 
 pub(crate) async fn serve(
@@ -275,6 +304,9 @@ mod tests {
             access,
             model: None,
             extra_metrics: Arc::new(String::new),
+            classify: None,
+            live: None,
+            pages: false,
         }
     }
 
@@ -319,6 +351,12 @@ mod tests {
         // ... but not for a browser page (an Origin) or a rebound name (another Host).
         let from_page = format!("{ROLLBACK}Origin: http://evil.example\r\n\r\n");
         assert_eq!(ask(AdminAccess::OpenOnLoopback, &from_page).await.0, 403);
+        // A page this server served itself (same origin) may ask: the try-it and live pages.
+        let own_page = format!("{ROLLBACK}Origin: http://127.0.0.1:9464\r\n\r\n");
+        assert_eq!(ask(AdminAccess::OpenOnLoopback, &own_page).await.0, 404);
+        let rebound_page = ROLLBACK.replace("Host: 127.0.0.1", "Host: evil.example")
+            + "Origin: http://evil.example:9464\r\n\r\n";
+        assert_eq!(ask(AdminAccess::OpenOnLoopback, &rebound_page).await.0, 403);
         let rebound = ROLLBACK.replace("Host: 127.0.0.1", "Host: evil.example");
         assert_eq!(
             ask(AdminAccess::OpenOnLoopback, &format!("{rebound}\r\n"))

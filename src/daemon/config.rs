@@ -27,6 +27,29 @@ pub struct Settings {
     pub log: LogSettings,
     pub(crate) shutdown: ShutdownSettings,
     pub(crate) health: HealthSettings,
+    pub(crate) api: ApiSettings,
+    pub(crate) ui: UiSettings,
+}
+
+/// `[api]`: `POST /v1/classify` on the admin server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiSettings {
+    pub(crate) enabled: bool,
+    pub(crate) max_texts: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) max_concurrent: usize,
+    pub(crate) timeout_ms: u64,
+}
+
+/// `[ui]`: the try-it page, the live view and what it keeps.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UiSettings {
+    pub(crate) enabled: bool,
+    pub(crate) live_size: usize,
+    pub(crate) live_minutes: usize,
+    pub(crate) show_text: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -418,6 +441,7 @@ impl Settings {
         self.validate_input_output()?;
         self.validate_batching()?;
         self.validate_registry()?;
+        self.validate_api_ui()?;
         self.validate_runtime_admin_log()
     }
 
@@ -760,6 +784,46 @@ impl Settings {
                 "label names must not be empty",
             )?;
         }
+        Ok(())
+    }
+
+    /// `api.*` and `ui.*`.
+    fn validate_api_ui(&self) -> Result<()> {
+        let a = &self.api;
+        check(
+            (1..=4096).contains(&a.max_texts),
+            "api.max_texts",
+            format!("must be between 1 and 4096 (got {})", a.max_texts),
+        )?;
+        check(
+            (1024..=64 * 1024 * 1024).contains(&a.max_request_bytes),
+            "api.max_request_bytes",
+            format!(
+                "must be between 1024 and 67108864 (got {})",
+                a.max_request_bytes
+            ),
+        )?;
+        check(
+            (1..=1024).contains(&a.max_concurrent),
+            "api.max_concurrent",
+            format!("must be between 1 and 1024 (got {})", a.max_concurrent),
+        )?;
+        check(
+            a.timeout_ms >= 100,
+            "api.timeout_ms",
+            format!("must be at least 100 (got {})", a.timeout_ms),
+        )?;
+        let u = &self.ui;
+        check(
+            (1..=10_000).contains(&u.live_size),
+            "ui.live_size",
+            format!("must be between 1 and 10000 (got {})", u.live_size),
+        )?;
+        check(
+            (1..=1440).contains(&u.live_minutes),
+            "ui.live_minutes",
+            format!("must be between 1 and 1440 (got {})", u.live_minutes),
+        )?;
         Ok(())
     }
 

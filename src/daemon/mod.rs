@@ -4,9 +4,11 @@
 
 pub(crate) mod ack;
 pub(crate) mod admin;
+pub(crate) mod api;
 pub mod config;
 pub mod kafka;
 pub(crate) mod pipeline;
+pub mod serve;
 pub(crate) mod supervise;
 pub(crate) mod swap;
 pub mod telemetry;
@@ -92,7 +94,7 @@ fn start_swapping(
     pointer: Option<String>,
     active: Arc<crate::backend::generation::Active>,
     shadow: Arc<Shadow>,
-    producer: &KafkaProducer,
+    producer: Option<&KafkaProducer>,
 ) -> Result<Swapping> {
     let (requests, rx) = mpsc::channel::<SwapRequest>(16);
     let controller = Controller {
@@ -114,7 +116,7 @@ fn start_swapping(
             pointer,
         ));
     }
-    if !s.registry.control_topic.is_empty() {
+    if let (false, Some(producer)) = (s.registry.control_topic.is_empty(), producer) {
         tasks.push(control::spawn(s, producer.clone(), requests.clone())?);
     }
     Ok(Swapping { requests, tasks })
@@ -128,6 +130,8 @@ struct Pipeline {
     workers: Vec<std::thread::JoinHandle<()>>,
     busy: Arc<workers::Busy>,
     stop: Arc<Notify>,
+    /// Into the batcher beside the source, for the classify API (weak: see ClassifyApi).
+    pending: mpsc::WeakSender<Admitted>,
 }
 
 fn start_pipeline(
@@ -135,7 +139,7 @@ fn start_pipeline(
     consumer: Arc<source::KafkaConsumer>,
     sink: Arc<Sink>,
     active: watch::Receiver<Arc<Generation>>,
-    shadow: Arc<Shadow>,
+    watch: workers::Observers,
     faults: Arc<Faults>,
 ) -> Result<Pipeline> {
     let (pending_tx, pending_rx) = mpsc::channel::<Admitted>(s.batching.backlog_window);
@@ -147,11 +151,12 @@ fn start_pipeline(
         outcome_tx,
         s.batching.call_limits(),
         s.output.clone(),
-        Some(shadow),
+        watch,
         faults,
     )?;
     let stop = Arc::new(Notify::new());
     Ok(Pipeline {
+        pending: pending_tx.downgrade(),
         busy: busy.clone(),
         sink: tokio::spawn(sink.run(outcome_rx)),
         batcher: tokio::spawn(batcher::run(
@@ -213,7 +218,7 @@ pub async fn run(s: Settings) -> Result<()> {
         pointer,
         Arc::new(active_tx),
         shadow.clone(),
-        &producer,
+        Some(&producer),
     )?;
     let ledger = Arc::new(Ledger::default());
     let consumer = source::consumer(&s, ledger.clone(), hooks("consumer"), txn.clone())?;
@@ -225,12 +230,22 @@ pub async fn run(s: Settings) -> Result<()> {
         faults.clone(),
         txn.clone(),
     ));
+    let live = s.ui.enabled.then(|| {
+        Arc::new(api::live::LiveView::new(
+            s.ui.live_size,
+            s.ui.live_minutes,
+            s.ui.show_text,
+        ))
+    });
     let pipeline = start_pipeline(
         &s,
         consumer.clone(),
         sink.clone(),
         active_rx.clone(),
-        shadow,
+        workers::Observers {
+            shadow: Some(shadow),
+            live: live.clone(),
+        },
         faults.clone(),
     )?;
     let health = Arc::new(Health {
@@ -280,6 +295,16 @@ pub async fn run(s: Settings) -> Result<()> {
                 let c = consumer.clone();
                 Arc::new(move || c.context().lag_metrics())
             },
+            classify: s.api.enabled.then(|| {
+                Arc::new(api::classify::ClassifyApi::new(
+                    pipeline.pending.clone(),
+                    &s.input,
+                    &s.api,
+                    active_rx.clone(),
+                ))
+            }),
+            live,
+            pages: s.ui.enabled,
         },
     )
     .await?;
@@ -405,7 +430,7 @@ pub async fn classify(s: Settings) -> Result<()> {
         outcome_tx,
         s.batching.call_limits(),
         s.output.clone(),
-        None,
+        workers::Observers::default(),
         faults.clone(),
     )?;
     let batcher_task = tokio::spawn(batcher::run(

@@ -364,6 +364,7 @@ impl SourceStage {
             header_summary,
             payload,
             ack,
+            reply: None,
         }
     }
 

@@ -142,6 +142,7 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
             headers: hdrs,
             ack: ledger.issue(("fuzz".into(), 0), n, 0),
             payload: payload.clone(),
+            reply: None,
         };
         match admit(origin, &input) {
             Ok(p) => {

@@ -1,7 +1,9 @@
 //! The stages a message walks through and the types that flow between them: source → batcher
 //! → inference workers → sink. Every consumed message — comment or reject — takes the same
 //! path and yields exactly one [`Outcome`], in input order per key; its [`Ack`] rides along in
-//! its [`Origin`]. The `classify` command runs the same stages with stdin/stdout at the ends.
+//! its [`Origin`]. The `classify` command runs the same stages with stdin/stdout at the ends;
+//! a comment posted to the HTTP API (daemon/api) rides the same stages with a [`Reply`] in its
+//! origin, and its outcome goes back to the request instead of the sink.
 
 pub(crate) mod batcher;
 pub(crate) mod decode;
@@ -32,7 +34,12 @@ pub(crate) struct Origin {
     pub(crate) payload: Option<Vec<u8>>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
     pub(crate) ack: Ack,
+    /// Set for a comment posted to the HTTP API: its outcome answers the request.
+    pub(crate) reply: Option<Reply>,
 }
+
+/// Where the outcome of a comment posted to the HTTP API goes.
+pub(crate) type Reply = tokio::sync::oneshot::Sender<Outcome>;
 
 impl Origin {
     /// A message that did not come from Kafka (a stdin line, a test): no key or headers, at
@@ -56,6 +63,7 @@ impl Origin {
             header_summary: Default::default(),
             ack: ledger.issue((topic.to_string(), 0), offset, bytes),
             payload,
+            reply: None,
         }
     }
 
@@ -128,6 +136,25 @@ impl Batch {
 
     pub(crate) fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+impl Outcome {
+    /// The request waiting for this outcome, taken out (the outcome then goes there, not to
+    /// the sink).
+    pub(crate) fn take_reply(&mut self) -> Option<Reply> {
+        match self {
+            Outcome::Labelled { origin, .. } => origin.reply.take(),
+            Outcome::Rejected(r) => r.origin.reply.take(),
+        }
+    }
+
+    /// Resolves the message's acknowledgement: its outcome went where it had to.
+    pub(crate) fn done(self) {
+        match self {
+            Outcome::Labelled { origin, .. } => origin.ack.delivered(),
+            Outcome::Rejected(r) => r.origin.ack.delivered(),
+        }
     }
 }
 

@@ -1,12 +1,15 @@
 //! Inference workers: dedicated threads that take batches, run each on the model generation
 //! that tokenized it (length-sorted sub-batches padded to their own longest row), and turn
 //! scores into label events. Off the async runtime, so polling and producing continue during
-//! inference. Outcomes leave in batch order however many workers there are. A shadow
-//! candidate, when one is under evaluation, sees a sample of the batches.
+//! inference. Outcomes leave in batch order however many workers there are; the outcome of a
+//! comment posted to the HTTP API goes back to its request. A shadow candidate, when one is
+//! under evaluation, sees a sample of the batches; the moderators' live view sees every
+//! labelled comment.
 
 use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
-use crate::daemon::config::OutputSettings;
+use crate::daemon::api::live::LiveView;
+use crate::daemon::config::{OutputSettings, ScoreMode};
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
 use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
@@ -19,13 +22,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
 
+/// What watches labelled comments besides the sink.
+#[derive(Clone, Default)]
+pub(crate) struct Observers {
+    /// A candidate model under evaluation, scoring a sample of the batches.
+    pub(crate) shadow: Option<Arc<Shadow>>,
+    /// The last labelled comments and the counts of each emotion, for `/live`.
+    pub(crate) live: Option<Arc<LiveView>>,
+}
+
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
 fn label_batch(
     worker: usize,
     batch: Batch,
     calls: CallLimits,
     out: &OutputSettings,
-    shadow: Option<&Shadow>,
+    watch: &Observers,
 ) -> Vec<Outcome> {
     let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let (mut items, mut at) = (Vec::new(), Vec::new());
@@ -40,7 +52,7 @@ fn label_batch(
         }
     }
     if !items.is_empty() {
-        let labelled = label_items(worker, &batch.model, items, calls, out, shadow);
+        let labelled = label_items(worker, &batch.model, items, calls, out, watch);
         for (i, o) in at.into_iter().zip(labelled) {
             slots[i] = Some(o);
         }
@@ -104,7 +116,7 @@ fn label_items(
     items: Vec<Item>,
     calls: CallLimits,
     out: &OutputSettings,
-    shadow: Option<&Shadow>,
+    watch: &Observers,
 ) -> Vec<Outcome> {
     let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
     let started = Instant::now();
@@ -119,7 +131,7 @@ fn label_items(
     };
     let scored: Vec<Result<Vec<f32>, String>> = match scored {
         Scored::Whole(scores) => {
-            if let Some(sh) = shadow {
+            if let Some(sh) = &watch.shadow {
                 sh.observe(worker, model, &items, &scores, calls);
             }
             scores.into_iter().map(Ok).collect()
@@ -139,17 +151,23 @@ fn label_items(
             if s.iter().any(|x| !x.is_finite()) {
                 return reject(item.origin, "model produced a non-finite score".into());
             }
+            // An API answer carries every label's score (the try-it page draws them all);
+            // output.scores shapes the stream's events.
+            let api = item.origin.reply.is_some();
             let ev = event::build(
                 &item.id,
                 &s,
                 &model.labels,
                 &model.thresholds,
-                out.scores,
+                if api { ScoreMode::All } else { out.scores },
                 out.top_k,
                 &model.model_ref,
                 &item.origin.source,
                 item.truncated,
             );
+            if let Some(live) = &watch.live {
+                live.record(&item, &ev, api);
+            }
             let fired = ev
                 .labels
                 .iter()
@@ -260,7 +278,7 @@ pub(crate) fn spawn(
     outcomes: mpsc::Sender<Outcome>,
     calls: CallLimits,
     out: OutputSettings,
-    shadow: Option<Arc<Shadow>>,
+    watch: Observers,
     faults: Arc<Faults>,
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<Busy>)> {
     let batches = Arc::new(Mutex::new(batches));
@@ -272,7 +290,7 @@ pub(crate) fn spawn(
     let busy = Arc::new(Busy::new(n));
     let mut handles = Vec::new();
     for w in 0..n {
-        let shadow = shadow.clone();
+        let watch = watch.clone();
         let batches = batches.clone();
         let order = order.clone();
         let outcomes = outcomes.clone();
@@ -293,7 +311,7 @@ pub(crate) fn spawn(
             busy.set(w, true);
             #[cfg(feature = "fault-injection")]
             injected_fault(seq);
-            let labelled = label_batch(w, batch, calls, &out, shadow.as_deref());
+            let labelled = label_batch(w, batch, calls, &out, &watch);
             busy.set(w, false);
             let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
             o.held.insert(seq, labelled);
@@ -303,8 +321,14 @@ pub(crate) fn spawn(
                     break;
                 };
                 o.next += 1;
-                for x in ready {
-                    if outcomes.blocking_send(x).is_err() {
+                for mut x in ready {
+                    if let Some(reply) = x.take_reply() {
+                        // The request may have given up (timeout, client gone): then nobody
+                        // waits for it, and it is done.
+                        if let Err(unanswered) = reply.send(x) {
+                            unanswered.done();
+                        }
+                    } else if outcomes.blocking_send(x).is_err() {
                         return;
                     }
                 }

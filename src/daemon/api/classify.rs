@@ -1,0 +1,213 @@
+//! `POST /v1/classify` and `GET /v1/model`: comments posted over HTTP go through the stream's
+//! batcher and active model generation (so a hot swap applies to both) and come back as the
+//! stream's label events (schema v1) without the Kafka `source`, with every label's score.
+//! Limits: `api.max_texts` and `api.max_request_bytes` per request (413), `api.max_concurrent`
+//! requests at once (429), `api.timeout_ms` (504); bad JSON is a 400 naming the problem.
+
+use crate::backend::generation::Generation;
+use crate::daemon::ack::Ledger;
+use crate::daemon::api::error;
+use crate::daemon::config::{ApiSettings, InputFormat, InputSettings};
+use crate::daemon::pipeline::{admit, Admitted, Origin, Outcome};
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+pub(crate) struct ClassifyApi {
+    /// Into the batcher, beside the Kafka source. Weak: the pipeline still drains and stops
+    /// when its source does; a request holds a strong sender only while it sends.
+    pending: mpsc::WeakSender<Admitted>,
+    /// Tracks posted comments (their outcomes resolve it; nothing commits from it).
+    ledger: Arc<Ledger>,
+    next: AtomicI64,
+    /// The stream's content rules (size, empty text) for a JSON body of `{"id", "text"}`.
+    input: InputSettings,
+    limits: ApiSettings,
+    permits: Arc<Semaphore>,
+    active: watch::Receiver<Arc<Generation>>,
+}
+
+impl ClassifyApi {
+    pub(crate) fn new(
+        pending: mpsc::WeakSender<Admitted>,
+        input: &InputSettings,
+        limits: &ApiSettings,
+        active: watch::Receiver<Arc<Generation>>,
+    ) -> ClassifyApi {
+        ClassifyApi {
+            pending,
+            ledger: Arc::new(Ledger::default()),
+            next: AtomicI64::new(0),
+            input: InputSettings {
+                format: InputFormat::Json,
+                text_pointer: "/text".into(),
+                id_pointer: "/id".into(),
+                ..input.clone()
+            },
+            permits: Arc::new(Semaphore::new(limits.max_concurrent)),
+            limits: limits.clone(),
+            active,
+        }
+    }
+}
+
+/// `{"text": "..."}` or `{"texts": ["...", ...]}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassifyRequest {
+    text: Option<String>,
+    texts: Option<Vec<String>>,
+}
+
+fn counted(status: StatusCode, response: Response) -> Response {
+    metrics::counter!("emostream_api_requests_total", "status" => status.as_u16().to_string())
+        .increment(1);
+    response
+}
+
+fn refuse(status: StatusCode, msg: impl std::fmt::Display) -> Response {
+    counted(status, error(status, msg))
+}
+
+/// The label event of a posted comment: the stream's, without the Kafka source.
+fn answer(outcome: Outcome, index: usize) -> Value {
+    let v = match &outcome {
+        Outcome::Labelled { event, .. } => match serde_json::from_slice::<Value>(event) {
+            Ok(Value::Object(mut m)) => {
+                m.remove("source");
+                Value::Object(m)
+            }
+            _ => json!({"error": {"reason": "internal", "detail": "unreadable event"}}),
+        },
+        Outcome::Rejected(r) => json!({
+            "id": index.to_string(),
+            "error": {"reason": r.reason.as_str(), "detail": r.detail},
+        }),
+    };
+    outcome.done();
+    v
+}
+
+pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Request) -> Response {
+    let started = Instant::now();
+    let Ok(_permit) = api.permits.clone().try_acquire_owned() else {
+        return refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "{} requests are being answered already (api.max_concurrent); retry shortly",
+                api.limits.max_concurrent
+            ),
+        );
+    };
+    let Ok(body) = axum::body::to_bytes(req.into_body(), api.limits.max_request_bytes).await else {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the request body is over api.max_request_bytes ({} bytes)",
+                api.limits.max_request_bytes
+            ),
+        );
+    };
+    let parsed: ClassifyRequest =
+        match serde_json::from_slice(&body) {
+            Ok(p) => p,
+            Err(e) => return refuse(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "bad JSON: {e} (expected {{\"text\": \"...\"}} or {{\"texts\": [\"...\"]}})"
+                ),
+            ),
+        };
+    let texts = match (parsed.text, parsed.texts) {
+        (Some(t), None) => vec![t],
+        (None, Some(v)) if !v.is_empty() => v,
+        (None, Some(_)) => return refuse(StatusCode::BAD_REQUEST, "\"texts\" is empty"),
+        _ => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                "give exactly one of \"text\" (a string) or \"texts\" (an array of strings)",
+            )
+        }
+    };
+    if texts.len() > api.limits.max_texts {
+        return refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} texts; at most {} per request (api.max_texts)",
+                texts.len(),
+                api.limits.max_texts
+            ),
+        );
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(api.limits.timeout_ms);
+    let Some(pending) = api.pending.upgrade() else {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    };
+    let mut waiting = Vec::with_capacity(texts.len());
+    for (i, text) in texts.into_iter().enumerate() {
+        let payload = serde_json::to_vec(&json!({"id": i.to_string(), "text": text}))
+            .expect("a JSON object of strings serialises");
+        let offset = api.next.fetch_add(1, Ordering::Relaxed);
+        let mut origin = Origin::unkeyed(&api.ledger, "api", offset, Some(payload));
+        let (tx, rx) = oneshot::channel();
+        origin.reply = Some(tx);
+        let sent = tokio::time::timeout_at(deadline, pending.send(admit(origin, &api.input)));
+        match sent.await {
+            Ok(Ok(())) => waiting.push(rx),
+            Ok(Err(_)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            Err(_) => {
+                return refuse(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the stream's queue stayed full past api.timeout_ms",
+                )
+            }
+        }
+    }
+    drop(pending);
+    let mut events = Vec::with_capacity(waiting.len());
+    for (i, rx) in waiting.into_iter().enumerate() {
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => events.push(answer(outcome, i)),
+            Ok(Err(_)) => {
+                return refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the pipeline stopped before answering",
+                )
+            }
+            Err(_) => {
+                return refuse(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "not labelled within api.timeout_ms ({} ms)",
+                        api.limits.timeout_ms
+                    ),
+                )
+            }
+        }
+    }
+    let took = started.elapsed().as_secs_f64();
+    counted(
+        StatusCode::OK,
+        Json(json!({"events": events, "took_seconds": took})).into_response(),
+    )
+}
+
+/// `GET /v1/model`: the active model, its labels and thresholds (the try-it page marks them).
+pub(crate) async fn get_model_info(State(api): State<Arc<ClassifyApi>>) -> Response {
+    let m = api.active.borrow().clone();
+    Json(json!({
+        "name": m.model_ref.name,
+        "version": m.model_ref.version,
+        "sha256": m.model_ref.sha256,
+        "labels": m.labels,
+        "thresholds": m.thresholds,
+    }))
+    .into_response()
+}
