@@ -115,16 +115,17 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
             ),
         );
     };
-    let parsed: ClassifyRequest =
-        match serde_json::from_slice(&body) {
-            Ok(p) => p,
-            Err(e) => return refuse(
+    let parsed: ClassifyRequest = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => {
+            return refuse(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "bad JSON: {e} (expected {{\"text\": \"...\"}} or {{\"texts\": [\"...\"]}})"
                 ),
-            ),
-        };
+            )
+        }
+    };
     let texts = match (parsed.text, parsed.texts) {
         (Some(t), None) => vec![t],
         (None, Some(v)) if !v.is_empty() => v,
