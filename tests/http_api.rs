@@ -161,6 +161,7 @@ fn over_limit_requests_get_413_or_429_and_bad_json_400_each_with_a_json_error() 
         ("EMOSTREAM__API__MAX_TEXTS", "4".into()),
         ("EMOSTREAM__API__MAX_REQUEST_BYTES", "2048".into()),
         ("EMOSTREAM__API__MAX_CONCURRENT", "1".into()),
+        ("EMOSTREAM__API__TIMEOUT_MS", "2000".into()),
     ]);
     let error = |code: u16, body: Value, want: u16, says: &str| {
         assert_eq!(code, want, "{body}");
@@ -183,12 +184,17 @@ fn over_limit_requests_get_413_or_429_and_bad_json_400_each_with_a_json_error() 
     error(c, serde_json::from_str(&t).unwrap(), 400, "bad JSON");
 
     // One request in progress takes the only slot: the next is told to come back.
-    let held = hold_a_request_open(port);
+    let mut held = hold_a_request_open(port);
     std::thread::sleep(Duration::from_millis(300));
     let (c, b) = classify(port, &json!({"text": "hello"}));
     error(c, b, 429, "api.max_concurrent");
-    drop(held);
-    std::thread::sleep(Duration::from_millis(300));
+    // A body that never arrives is given up after api.timeout_ms (2 s here), freeing the slot.
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = String::new();
+    let _ = held.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(answer.contains("api.timeout_ms"), "{answer:?}");
     let (c, b) = classify(port, &json!({"text": "hello"}));
     assert_eq!(c, 200, "the slot is free again: {b}");
 }

@@ -2,7 +2,8 @@
 //! batcher and active model generation (so a hot swap applies to both) and come back as the
 //! stream's label events (schema v1) without the Kafka `source`, with every label's score.
 //! Limits: `api.max_texts` and `api.max_request_bytes` per request (413), `api.max_concurrent`
-//! requests at once (429), `api.timeout_ms` (504); bad JSON is a 400 naming the problem.
+//! requests at once (429), `api.timeout_ms` for the whole request (408 while its body has not
+//! arrived, 504 while it waits to be labelled); bad JSON is a 400 naming the problem.
 
 use crate::backend::generation::Generation;
 use crate::daemon::ack::Ledger;
@@ -106,14 +107,30 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
             ),
         );
     };
-    let Ok(body) = axum::body::to_bytes(req.into_body(), api.limits.max_request_bytes).await else {
-        return refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                "the request body is over api.max_request_bytes ({} bytes)",
-                api.limits.max_request_bytes
-            ),
-        );
+    // The whole request, body included, within api.timeout_ms: a client that never finishes
+    // its body gives its slot back.
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(api.limits.timeout_ms);
+    let read = axum::body::to_bytes(req.into_body(), api.limits.max_request_bytes);
+    let body = match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the request body is over api.max_request_bytes ({} bytes)",
+                    api.limits.max_request_bytes
+                ),
+            )
+        }
+        Err(_) => {
+            return refuse(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within api.timeout_ms ({} ms)",
+                    api.limits.timeout_ms
+                ),
+            )
+        }
     };
     let parsed: ClassifyRequest = match serde_json::from_slice(&body) {
         Ok(p) => p,
@@ -147,7 +164,6 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
             ),
         );
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(api.limits.timeout_ms);
     let Some(pending) = api.pending.upgrade() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
