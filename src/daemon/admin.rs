@@ -245,10 +245,12 @@ fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    // The try-it page needs the classify API; the live view only its own data.
+    if state.pages && state.classify.is_some() {
+        open = open.route("/", get(pages::try_it));
+    }
     if state.pages {
-        open = open
-            .route("/", get(pages::try_it))
-            .route("/live", get(pages::live));
+        open = open.route("/live", get(pages::live));
     }
     open.merge(guarded).with_state(state)
 }

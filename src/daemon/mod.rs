@@ -244,10 +244,18 @@ pub async fn run(s: Settings) -> Result<()> {
         active_rx.clone(),
         workers::Observers {
             shadow: Some(shadow),
-            live: live.clone(),
+            live: live.clone().map(|l| l as Arc<dyn workers::Watcher>),
         },
         faults.clone(),
     )?;
+    let classify_api = s.api.enabled.then(|| {
+        Arc::new(api::classify::ClassifyApi::new(
+            pipeline.pending.clone(),
+            &s.input,
+            &s.api,
+            active_rx.clone(),
+        ))
+    });
     let health = Arc::new(Health {
         model_loaded: AtomicBool::new(true),
         assigned: {
@@ -295,14 +303,7 @@ pub async fn run(s: Settings) -> Result<()> {
                 let c = consumer.clone();
                 Arc::new(move || c.context().lag_metrics())
             },
-            classify: s.api.enabled.then(|| {
-                Arc::new(api::classify::ClassifyApi::new(
-                    pipeline.pending.clone(),
-                    &s.input,
-                    &s.api,
-                    active_rx.clone(),
-                ))
-            }),
+            classify: classify_api.clone(),
             live,
             pages: s.ui.enabled,
         },

@@ -2,13 +2,13 @@
 //! without Kafka. The same batcher, inference workers and hot swap as `run` (admin API and
 //! registry pointer; the control topic needs Kafka, so `run`).
 
-use super::admin::{self, AdminState, Health, ModelAdmin};
-use super::api::{classify::ClassifyApi, live::LiveView};
-use super::config::Settings;
-use super::pipeline::{batcher, workers, Admitted, Batch, Outcome};
-use super::supervise::{self, Faults};
-use super::swap::{self, shadow::Shadow};
-use super::{initial_model, load_first, shutdown_signal, start_swapping, telemetry};
+use crate::daemon::admin::{self, AdminState, Health, ModelAdmin};
+use crate::daemon::api::{classify::ClassifyApi, live::LiveView};
+use crate::daemon::config::Settings;
+use crate::daemon::pipeline::{batcher, workers, Admitted, Batch, Outcome};
+use crate::daemon::supervise::{self, Faults};
+use crate::daemon::swap::{self, shadow::Shadow};
+use crate::daemon::{initial_model, load_first, shutdown_signal, start_swapping, telemetry};
 use anyhow::{bail, Result};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -53,7 +53,7 @@ pub async fn run(s: Settings) -> Result<()> {
         s.output.clone(),
         workers::Observers {
             shadow: Some(shadow),
-            live: live.clone(),
+            live: live.clone().map(|l| l as Arc<dyn workers::Watcher>),
         },
         faults.clone(),
     )?;
@@ -93,6 +93,12 @@ pub async fn run(s: Settings) -> Result<()> {
         },
         shutting_down: AtomicBool::new(false),
     });
+    let classify = Arc::new(ClassifyApi::new(
+        pending_tx.downgrade(),
+        &s.input,
+        &s.api,
+        active_rx.clone(),
+    ));
     let admin_task = admin::serve(
         &s.admin.bind,
         AdminState {
@@ -105,12 +111,7 @@ pub async fn run(s: Settings) -> Result<()> {
                 swaps: swapping.requests.clone(),
             }),
             extra_metrics: Arc::new(String::new),
-            classify: Some(Arc::new(ClassifyApi::new(
-                pending_tx.downgrade(),
-                &s.input,
-                &s.api,
-                active_rx,
-            ))),
+            classify: Some(classify.clone()),
             live,
             pages: s.ui.enabled,
         },
@@ -123,6 +124,7 @@ pub async fn run(s: Settings) -> Result<()> {
         r = &mut batcher => Some(supervise::stage_ended("batcher", r)),
     };
     health.shutting_down.store(true, Ordering::SeqCst);
+    classify.close();
     admin_task.abort();
     for t in swapping.tasks {
         t.abort();
@@ -130,15 +132,21 @@ pub async fn run(s: Settings) -> Result<()> {
     if let Some(cause) = fault {
         bail!("{cause}; exiting for a restart");
     }
-    // No more requests: the batcher and the workers finish what they hold and end.
+    // No more requests: the batcher and the workers finish what they hold and end (a request
+    // still sending lets go within api.timeout_ms).
     drop(pending_tx);
-    let _ = tokio::time::timeout(Duration::from_millis(s.shutdown.timeout_ms), async {
+    let drained = tokio::time::timeout(Duration::from_millis(s.shutdown.timeout_ms), async {
         let _ = batcher.await;
         let _ = strays.await;
     })
-    .await;
-    for h in handles {
-        let _ = h.join();
+    .await
+    .is_ok();
+    if drained {
+        for h in handles {
+            let _ = h.join();
+        }
+    } else {
+        tracing::warn!("the pipeline did not drain within shutdown.timeout_ms");
     }
     tracing::info!("stopped");
     Ok(())

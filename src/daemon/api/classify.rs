@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
@@ -28,11 +28,15 @@ pub(crate) struct ClassifyApi {
     /// Tracks posted comments (their outcomes resolve it; nothing commits from it).
     ledger: Arc<Ledger>,
     next: AtomicI64,
-    /// The stream's content rules (size, empty text) for a JSON body of `{"id", "text"}`.
+    /// The stream's content rules (empty text) for a JSON body of `{"id", "text"}`.
     input: InputSettings,
+    /// input.max_message_bytes: a longer text is refused like on the stream (too_large).
+    max_text_bytes: usize,
     limits: ApiSettings,
     permits: Arc<Semaphore>,
     active: watch::Receiver<Arc<Generation>>,
+    /// Set when the process shuts down: new requests get 503.
+    closed: AtomicBool,
 }
 
 impl ClassifyApi {
@@ -50,12 +54,22 @@ impl ClassifyApi {
                 format: InputFormat::Json,
                 text_pointer: "/text".into(),
                 id_pointer: "/id".into(),
+                // The text's own size is checked against input.max_message_bytes below; the
+                // JSON wrapper (escapes included) must not make a text the stream takes too large.
+                max_message_bytes: input.max_message_bytes.saturating_mul(6).saturating_add(64),
                 ..input.clone()
             },
+            max_text_bytes: input.max_message_bytes,
             permits: Arc::new(Semaphore::new(limits.max_concurrent)),
             limits: limits.clone(),
             active,
+            closed: AtomicBool::new(false),
         }
+    }
+
+    /// Refuses new requests from now on (shutdown).
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
     }
 }
 
@@ -98,6 +112,9 @@ fn answer(outcome: Outcome, index: usize) -> Value {
 
 pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Request) -> Response {
     let started = Instant::now();
+    if api.closed.load(Ordering::SeqCst) {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+    }
     let Ok(_permit) = api.permits.clone().try_acquire_owned() else {
         return refuse(
             StatusCode::TOO_MANY_REQUESTS,
@@ -113,13 +130,20 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
     let read = axum::body::to_bytes(req.into_body(), api.limits.max_request_bytes);
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(body)) => body,
-        Ok(Err(_)) => {
+        // to_bytes fails for the length limit, or for a broken body (reset, bad chunking).
+        Ok(Err(e)) if format!("{e:#}").contains("length limit") => {
             return refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the request body is over api.max_request_bytes ({} bytes)",
                     api.limits.max_request_bytes
                 ),
+            )
+        }
+        Ok(Err(e)) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("reading the request body: {e}"),
             )
         }
         Err(_) => {
@@ -167,17 +191,21 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
     let Some(pending) = api.pending.upgrade() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    let mut waiting = Vec::with_capacity(texts.len());
+    // Each text's place: waiting for its outcome, or refused here for its size.
+    let mut waiting: Vec<Result<oneshot::Receiver<Outcome>, Value>> =
+        Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
-        let payload = serde_json::to_vec(&json!({"id": i.to_string(), "text": text}))
-            .expect("a JSON object of strings serialises");
-        let offset = api.next.fetch_add(1, Ordering::Relaxed);
-        let mut origin = Origin::unkeyed(&api.ledger, "api", offset, Some(payload));
-        let (tx, rx) = oneshot::channel();
-        origin.reply = Some(tx);
-        let sent = tokio::time::timeout_at(deadline, pending.send(admit(origin, &api.input)));
-        match sent.await {
-            Ok(Ok(())) => waiting.push(rx),
+        if text.len() > api.max_text_bytes {
+            waiting.push(Err(json!({"id": i.to_string(), "error": {
+                "reason": "too_large",
+                "detail": format!("text is {} bytes > input.max_message_bytes {}", text.len(), api.max_text_bytes),
+            }})));
+            continue;
+        }
+        // A slot first, then the message: a request that gives up never drops a message
+        // whose acknowledgement is still open.
+        let permit = match tokio::time::timeout_at(deadline, pending.reserve()).await {
+            Ok(Ok(p)) => p,
             Ok(Err(_)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
             Err(_) => {
                 return refuse(
@@ -185,11 +213,26 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
                     "the stream's queue stayed full past api.timeout_ms",
                 )
             }
-        }
+        };
+        let payload = serde_json::to_vec(&json!({"id": i.to_string(), "text": text}))
+            .expect("a JSON object of strings serialises");
+        let offset = api.next.fetch_add(1, Ordering::Relaxed);
+        let mut origin = Origin::unkeyed(&api.ledger, "api", offset, Some(payload));
+        let (tx, rx) = oneshot::channel();
+        origin.reply = Some(tx);
+        permit.send(admit(origin, &api.input));
+        waiting.push(Ok(rx));
     }
     drop(pending);
     let mut events = Vec::with_capacity(waiting.len());
-    for (i, rx) in waiting.into_iter().enumerate() {
+    for (i, place) in waiting.into_iter().enumerate() {
+        let rx = match place {
+            Ok(rx) => rx,
+            Err(refused) => {
+                events.push(refused);
+                continue;
+            }
+        };
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(outcome)) => events.push(answer(outcome, i)),
             Ok(Err(_)) => {

@@ -3,6 +3,7 @@
 //! `ui.live_minutes` minutes, kept in memory only and served as JSON at `/v1/live`.
 
 use crate::daemon::pipeline::event::LabelEvent;
+use crate::daemon::pipeline::workers::Watcher;
 use crate::daemon::pipeline::Item;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -16,6 +17,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 const MIN_SCORE_KEPT: f32 = 0.05;
 /// Characters of a comment's text kept when text is shown.
 const TEXT_CHARS: usize = 280;
+/// Characters of a comment's id kept (an id may be as long as a message).
+const ID_CHARS: usize = 128;
 
 #[derive(Debug, Clone, Serialize)]
 struct Entry {
@@ -37,8 +40,9 @@ struct Entry {
 #[derive(Debug, Default)]
 struct Recent {
     entries: VecDeque<Entry>,
-    /// (minute since the epoch, label → firings), oldest first.
-    minutes: VecDeque<(u64, BTreeMap<String, u64>)>,
+    /// Minute since the epoch → label → firings (two workers may record across a minute's
+    /// edge in either order, so keyed, not appended).
+    minutes: BTreeMap<u64, BTreeMap<String, u64>>,
     seq: u64,
 }
 
@@ -65,29 +69,28 @@ impl LiveView {
         }
     }
 
-    /// Records a labelled comment (called by the inference workers).
-    pub(crate) fn record(&self, item: &Item, ev: &LabelEvent<'_>, api: bool) {
-        let at_ms = now_ms();
+    /// Records a labelled comment.
+    fn record(&self, item: &Item, ev: &LabelEvent<'_>, api: bool) {
         let labels: Vec<String> = ev.labels.iter().map(|l| l.label.to_string()).collect();
-        let kept = ev
+        // The event's map may hold only some labels (output.scores); the fired ones always.
+        let mut scores: BTreeMap<String, f32> = ev
             .scores
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
-            .filter(|(_, v)| *v >= MIN_SCORE_KEPT);
-        // The event's map may hold only some labels (output.scores); the fired ones always.
-        let mut map: BTreeMap<String, f32> = kept.collect();
+            .filter(|(_, v)| *v >= MIN_SCORE_KEPT)
+            .collect();
         for l in &ev.labels {
-            map.insert(l.label.to_string(), l.score);
+            scores.insert(l.label.to_string(), l.score);
         }
-        let entry = Entry {
+        let mut entry = Entry {
             seq: 0,
-            at_ms,
-            id: item.id.clone(),
+            at_ms: 0,
+            id: item.id.chars().take(ID_CHARS).collect(),
             text: self
                 .show_text
                 .then(|| item.text.chars().take(TEXT_CHARS).collect()),
-            labels: labels.clone(),
-            scores: map,
+            labels,
+            scores,
             model_version: ev.model.version.clone(),
             source: if api {
                 "api".into()
@@ -95,47 +98,39 @@ impl LiveView {
                 item.origin.coordinates()
             },
         };
-        let minute = at_ms / 60_000;
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock, so entries are in time order and minutes close in order.
+        entry.at_ms = now_ms();
+        let minute = entry.at_ms / 60_000;
         s.seq += 1;
-        let seq = s.seq;
-        s.entries.push_front(Entry { seq, ..entry });
+        entry.seq = s.seq;
+        let counts = s.minutes.entry(minute).or_default();
+        for l in &entry.labels {
+            *counts.entry(l.clone()).or_default() += 1;
+        }
+        s.entries.push_front(entry);
         s.entries.truncate(self.size);
-        if s.minutes.back().map(|(m, _)| *m) != Some(minute) {
-            s.minutes.push_back((minute, BTreeMap::new()));
-        }
-        let counts = &mut s.minutes.back_mut().expect("pushed above").1;
-        for l in labels {
-            *counts.entry(l).or_default() += 1;
-        }
-        while s
-            .minutes
-            .front()
-            .is_some_and(|(m, _)| *m + (self.minutes as u64) <= minute)
-        {
-            s.minutes.pop_front();
-        }
+        let keep_from = (minute + 1).saturating_sub(self.minutes as u64);
+        s.minutes = s.minutes.split_off(&keep_from);
     }
 
-    /// What `/v1/live` answers: the entries (newest first), the per-minute counts of the last
-    /// minutes and their totals.
+    /// What `/v1/live` answers: the entries (newest first), the counts of each of the last
+    /// `live_minutes` minutes (quiet ones as empty) and their totals.
     pub(crate) fn snapshot(&self) -> serde_json::Value {
-        let now_minute = now_ms() / 60_000;
         let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let minutes: Vec<serde_json::Value> = s
-            .minutes
-            .iter()
-            .filter(|(m, _)| *m + (self.minutes as u64) > now_minute)
-            .map(|(m, c)| serde_json::json!({"minute_start_ms": m * 60_000, "counts": c}))
-            .collect();
+        let now = now_ms() / 60_000;
+        let empty = BTreeMap::new();
+        let window = (now + 1).saturating_sub(self.minutes as u64)..=now;
         let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-        for (m, c) in &s.minutes {
-            if *m + (self.minutes as u64) > now_minute {
+        let minutes: Vec<serde_json::Value> = window
+            .map(|m| {
+                let c = s.minutes.get(&m).unwrap_or(&empty);
                 for (k, v) in c {
                     *totals.entry(k).or_default() += v;
                 }
-            }
-        }
+                serde_json::json!({"minute_start_ms": m * 60_000, "counts": c})
+            })
+            .collect();
         serde_json::json!({
             "size": self.size,
             "show_text": self.show_text,
@@ -144,6 +139,12 @@ impl LiveView {
             "minutes": minutes,
             "totals": totals,
         })
+    }
+}
+
+impl Watcher for LiveView {
+    fn labelled(&self, item: &Item, event: &LabelEvent<'_>, api: bool) {
+        self.record(item, event, api);
     }
 }
 

@@ -8,7 +8,6 @@
 
 use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
-use crate::daemon::api::live::LiveView;
 use crate::daemon::config::{OutputSettings, ScoreMode};
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
@@ -22,13 +21,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Mutex, Notify};
 
+/// Something shown each labelled comment as it is labelled (the moderators' live view).
+pub(crate) trait Watcher: Send + Sync {
+    /// `api`: the comment was posted to the HTTP API rather than consumed from Kafka.
+    fn labelled(&self, item: &Item, event: &event::LabelEvent<'_>, api: bool);
+}
+
 /// What watches labelled comments besides the sink.
 #[derive(Clone, Default)]
 pub(crate) struct Observers {
     /// A candidate model under evaluation, scoring a sample of the batches.
     pub(crate) shadow: Option<Arc<Shadow>>,
     /// The last labelled comments and the counts of each emotion, for `/live`.
-    pub(crate) live: Option<Arc<LiveView>>,
+    pub(crate) live: Option<Arc<dyn Watcher>>,
 }
 
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
@@ -166,7 +171,7 @@ fn label_items(
                 item.truncated,
             );
             if let Some(live) = &watch.live {
-                live.record(&item, &ev, api);
+                live.labelled(&item, &ev, api);
             }
             let fired = ev
                 .labels
