@@ -5,7 +5,8 @@
 //! ```text
 //!   daemon/   the Kafka labeller: config, pipeline (decode → batcher → workers → events),
 //!             kafka (client, source, sink, control topic), ack (offsets + in-flight budget),
-//!             swap (controller, shadow, pointer watch), admin HTTP, telemetry
+//!             swap (controller, shadow, pointer watch), admin HTTP, api (classify over HTTP,
+//!             live view, pages), serve (the API without Kafka), telemetry
 //!   train/    fine-tuning with candle: encoder/, loss, optimiser, trainer, onnx/ export,
 //!             export/evaluation of model directories, reports
 //!        ↓ both use
@@ -14,7 +15,8 @@
 //!             length-sorted sub-batching
 //!        ↓
 //!   model/    the model directory format (card, labels, thresholds), the registry of versions,
-//!             tokenizer wrapper, evaluation (dataset splits, F1 scores, threshold tuning)
+//!             tokenizer wrapper, evaluation (dataset splits, F1 scores, threshold rules,
+//!             calibration)
 //! ```
 //!
 //! The daemon never touches candle (`train`), and `train` never touches Kafka (`daemon`).
