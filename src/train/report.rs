@@ -590,3 +590,59 @@ pub fn write_report(
     std::fs::write(model_dir.join("report.md"), out)
         .with_context(|| format!("writing {}/report.md", model_dir.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn card(path: &str) -> ModelCard {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn ship_criteria_refuse_the_measured_candidate_and_accept_one_that_meets_them() {
+        // The real cards: the shipped 1.0.0 and the calibrated 1.1.0 candidate (docs/candidates).
+        let old = card("models/goemotions-minilm-l6/model.json");
+        let mut new = card("docs/candidates/goemotions-minilm-l6-1.1.0/model.json");
+        let met: Vec<bool> = ship_criteria(&new, &old).iter().map(|c| c.met).collect();
+        assert_eq!(
+            met,
+            [false, true, true],
+            "macro-F1 too low; precision and ECE met"
+        );
+        // 1.0.0's ECE comes from the candidate's uncalibrated scores (1.0.0's card has none).
+        assert!(ship_criteria(&new, &old)[2].detail.contains(" vs 0.0042"));
+
+        // Within 0.005 of the old macro-F1, every condition holds.
+        let t = new.metrics.get_mut("test").unwrap();
+        t.metrics.macro_f1 = old.metrics["test"].metrics.macro_f1 - 0.004;
+        assert!(ship_criteria(&new, &old).iter().all(|c| c.met));
+        // A label with 5+ test examples firing at precision 0.15 breaks it; at 4 examples not.
+        let t = new.metrics.get_mut("test").unwrap();
+        let l = t
+            .metrics
+            .per_label
+            .iter_mut()
+            .find(|l| l.label == "relief")
+            .unwrap();
+        (l.precision, l.support) = (0.15, 5);
+        let c = ship_criteria(&new, &old);
+        assert!(
+            !c[1].met && c[1].detail.contains("relief 0.150"),
+            "{}",
+            c[1].detail
+        );
+        let t = new.metrics.get_mut("test").unwrap();
+        t.metrics
+            .per_label
+            .iter_mut()
+            .find(|l| l.label == "relief")
+            .unwrap()
+            .support = 4;
+        assert!(ship_criteria(&new, &old)[1].met);
+        // Without calibration data there is no ECE to compare: not met.
+        new.metrics.get_mut("test").unwrap().reliability = None;
+        assert!(!ship_criteria(&new, &old)[2].met);
+    }
+}
