@@ -15,21 +15,14 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[lo] + (sorted[hi] - sorted[lo]) * (at - lo as f64)
 }
 
-/// Fills `metrics`' intervals (percentile bootstrap, `RESAMPLES` resamples, fixed seed so a
-/// card is reproducible) for `scores` against `targets` at `metrics`' own thresholds.
-pub(crate) fn add_intervals(metrics: &mut Metrics, scores: &[Vec<f32>], targets: &[Vec<bool>]) {
-    let labels = metrics.per_label.len();
-    let n = scores.len();
-    if n == 0 {
-        return;
-    }
-    // Each comment's outcome per label: 0 nothing, 1 tp, 2 fp, 3 fn.
-    let outcome: Vec<Vec<u8>> = scores
+/// Each comment's outcome per label at `thresholds`: 0 nothing, 1 tp, 2 fp, 3 fn.
+fn outcomes(scores: &[Vec<f32>], thresholds: &[f32], targets: &[Vec<bool>]) -> Vec<Vec<u8>> {
+    scores
         .iter()
         .zip(targets)
         .map(|(s, t)| {
-            (0..labels)
-                .map(|j| match (s[j] >= metrics.per_label[j].threshold, t[j]) {
+            (0..thresholds.len())
+                .map(|j| match (s[j] >= thresholds[j], t[j]) {
                     (true, true) => 1,
                     (true, false) => 2,
                     (false, true) => 3,
@@ -37,32 +30,80 @@ pub(crate) fn add_intervals(metrics: &mut Metrics, scores: &[Vec<f32>], targets:
                 })
                 .collect()
         })
-        .collect();
-    let mut rng = SplitMix64::new(SEED);
-    let mut per_label: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); labels];
-    let mut macro_f1 = Vec::with_capacity(RESAMPLES);
-    for _ in 0..RESAMPLES {
-        let mut c = vec![Counts::default(); labels];
-        for _ in 0..n {
-            for (j, &o) in outcome[rng.below(n)].iter().enumerate() {
-                match o {
-                    1 => c[j].tp += 1,
-                    2 => c[j].fp += 1,
-                    3 => c[j].fn_ += 1,
-                    _ => {}
-                }
+        .collect()
+}
+
+/// Per-label F1 of the comments `picks` (with repeats) given their outcomes.
+fn f1_of(outcome: &[Vec<u8>], picks: &[usize]) -> Vec<f64> {
+    let labels = outcome.first().map_or(0, Vec::len);
+    let mut c = vec![Counts::default(); labels];
+    for &i in picks {
+        for (j, &o) in outcome[i].iter().enumerate() {
+            match o {
+                1 => c[j].tp += 1,
+                2 => c[j].fp += 1,
+                3 => c[j].fn_ += 1,
+                _ => {}
             }
         }
-        let f1: Vec<f64> = c.iter().map(Counts::f1).collect();
-        macro_f1.push(f1.iter().sum::<f64>() / labels as f64);
+    }
+    c.iter().map(Counts::f1).collect()
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+/// `RESAMPLES` draws of `n` comment indices with replacement, from the fixed seed.
+fn resamples(n: usize) -> impl Iterator<Item = Vec<usize>> {
+    let mut rng = SplitMix64::new(SEED);
+    (0..RESAMPLES).map(move |_| (0..n).map(|_| rng.below(n)).collect())
+}
+
+/// The 2.5th and 97.5th percentiles.
+fn interval(mut v: Vec<f64>) -> [f64; 2] {
+    v.sort_by(f64::total_cmp);
+    [quantile(&v, 0.025), quantile(&v, 0.975)]
+}
+
+/// Test macro-F1 of a new model minus an old one, with a paired bootstrap 95% interval: both
+/// models' decisions on the same resampled comments, so the comments both get right or wrong
+/// cancel out (two unpaired intervals overlap far more than the difference is uncertain).
+pub(crate) fn paired_macro_f1_difference(
+    new: (&[Vec<f32>], &[f32]),
+    old: (&[Vec<f32>], &[f32]),
+    targets: &[Vec<bool>],
+) -> (f64, [f64; 2]) {
+    let (a, b) = (
+        outcomes(new.0, new.1, targets),
+        outcomes(old.0, old.1, targets),
+    );
+    let all: Vec<usize> = (0..targets.len()).collect();
+    let diff = mean(&f1_of(&a, &all)) - mean(&f1_of(&b, &all));
+    let draws = resamples(targets.len())
+        .map(|p| mean(&f1_of(&a, &p)) - mean(&f1_of(&b, &p)))
+        .collect();
+    (diff, interval(draws))
+}
+
+/// Fills `metrics`' intervals (percentile bootstrap, `RESAMPLES` resamples, fixed seed so a
+/// card is reproducible) for `scores` against `targets` at `metrics`' own thresholds.
+pub(crate) fn add_intervals(metrics: &mut Metrics, scores: &[Vec<f32>], targets: &[Vec<bool>]) {
+    let labels = metrics.per_label.len();
+    if scores.is_empty() {
+        return;
+    }
+    let thresholds: Vec<f32> = metrics.per_label.iter().map(|l| l.threshold).collect();
+    let outcome = outcomes(scores, &thresholds, targets);
+    let mut per_label: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); labels];
+    let mut macro_f1 = Vec::with_capacity(RESAMPLES);
+    for picks in resamples(scores.len()) {
+        let f1 = f1_of(&outcome, &picks);
+        macro_f1.push(mean(&f1));
         for (v, f) in per_label.iter_mut().zip(f1) {
             v.push(f);
         }
     }
-    let interval = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        [quantile(&v, 0.025), quantile(&v, 0.975)]
-    };
     metrics.macro_f1_ci95 = Some(interval(macro_f1));
     for (m, v) in metrics.per_label.iter_mut().zip(per_label) {
         m.f1_ci95 = Some(interval(v));
@@ -111,5 +152,22 @@ mod tests {
         let mut again = evaluate(&scores, &targets, &[0.5, 0.5], &names);
         add_intervals(&mut again, &scores, &targets);
         assert_eq!(again.macro_f1_ci95, m.macro_f1_ci95);
+
+        // Paired: a model that also catches the rare label's 3 missed comments is better on
+        // every resample that holds one of them, and equal otherwise.
+        let mut better = scores.clone();
+        for s in better.iter_mut().take(6) {
+            s[1] = 0.9;
+        }
+        let th = [0.5f32, 0.5];
+        let (d, [lo, hi]) = paired_macro_f1_difference((&better, &th), (&scores, &th), &targets);
+        eprintln!("paired difference {d:.4} [{lo:.4}, {hi:.4}]");
+        assert!(d > 0.0 && lo >= 0.0 && hi >= d, "{d} [{lo}, {hi}]");
+        let (same, ci) = paired_macro_f1_difference((&scores, &th), (&scores, &th), &targets);
+        assert_eq!(
+            (same, ci),
+            (0.0, [0.0, 0.0]),
+            "a model against itself differs by nothing"
+        );
     }
 }

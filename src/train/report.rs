@@ -437,41 +437,78 @@ pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
     out
 }
 
-fn ship_section(out: &mut String, card: &ModelCard, before: &ModelCard) {
+fn ship_section(
+    out: &mut String,
+    card: &ModelCard,
+    before: &ModelCard,
+    paired: Option<(f64, [f64; 2])>,
+) {
     let criteria = ship_criteria(card, before);
     if criteria.is_empty() {
         return;
     }
-    let all = criteria.iter().all(|c| c.met);
+    let verdict = if criteria.iter().all(|c| c.met) {
+        format!(
+            "{} meets every condition to replace {} as the default.",
+            card.version, before.version
+        )
+    } else {
+        format!(
+            "**{} does not meet every condition to replace {} as the default**, so {} stays the default.",
+            card.version, before.version, before.version
+        )
+    };
     let _ = writeln!(
         out,
-        "## Replacing {} {}
-
-{}
-
-| condition | met | figures |
-|---|---|---|",
-        before.name,
-        before.version,
-        if all {
-            format!(
-                "{} meets every condition to replace {} as the default.",
-                card.version, before.version
-            )
-        } else {
-            format!("**{} does not meet every condition to replace {} as the default**, so {} stays the default.", card.version, before.version, before.version)
-        }
+        "## Replacing {} {}\n\n{verdict}\n\n| condition | met | figures |\n|---|---|---|",
+        before.name, before.version
     );
     for c in &criteria {
+        let met = if c.met { "yes" } else { "**no**" };
+        let _ = writeln!(out, "| {} | {met} | {} |", c.name, c.detail);
+    }
+    if let Some((d, [lo, hi])) = paired {
         let _ = writeln!(
             out,
-            "| {} | {} | {} |",
-            c.name,
-            if c.met { "yes" } else { "**no**" },
-            c.detail
+            "\nPaired bootstrap of the test macro-F1 difference ({} − {}; both models' decisions on the same 1,000 resamples of the test comments): {d:+.4}, 95% interval {lo:+.4} to {hi:+.4}.",
+            card.version, before.version
         );
     }
     let _ = writeln!(out);
+}
+
+/// Both models scored on test.tsv (the one their cards were measured on): the paired bootstrap
+/// of their macro-F1 difference at each card's thresholds.
+fn paired_on_test(
+    model_dir: &Path,
+    before_dir: &Path,
+    card: &ModelCard,
+) -> Result<(f64, [f64; 2])> {
+    let test = crate::model::eval::dataset::goemotions_dir().join("test.tsv");
+    let runtime = crate::backend::ort::RuntimeOptions::default();
+    let (_, split, new) = crate::train::evaluate::score_split(model_dir, &test, &runtime)?;
+    let (old_c, _, old) = crate::train::evaluate::score_split(before_dir, &test, &runtime)?;
+    if card
+        .metrics
+        .get("test")
+        .is_some_and(|e| e.split_sha256 != split.sha256)
+    {
+        anyhow::bail!(
+            "{} is not the test.tsv the card was measured on",
+            test.display()
+        );
+    }
+    let n = card.labels.len();
+    let targets = split.targets(n);
+    let (a, b) = (
+        card.thresholds.resolved(n),
+        old_c.dir.card.thresholds.resolved(n),
+    );
+    Ok(crate::train::bootstrap::paired_macro_f1_difference(
+        (&new, &a),
+        (&old, &b),
+        &targets,
+    ))
 }
 
 fn row(out: &mut String, key: &str, e: &Evaluation) {
@@ -498,6 +535,7 @@ pub fn write_report(
     before: Option<&Path>,
 ) -> Result<()> {
     let m = ModelDir::load(model_dir, true)?;
+    let before_dir = before;
     let before = before
         .map(|b| ModelDir::load(b, false).map(|d| d.card))
         .transpose()?;
@@ -544,8 +582,11 @@ pub fn write_report(
         }
         let _ = writeln!(out);
     }
-    if let Some(b) = &before {
-        ship_section(&mut out, card, b);
+    if let (Some(b), Some(dir)) = (&before, before_dir) {
+        let paired = paired_on_test(model_dir, dir, card)
+            .map_err(|e| tracing::warn!("no paired comparison on test: {e:#}"))
+            .ok();
+        ship_section(&mut out, card, b, paired);
     }
     thresholds_and_calibration(&mut out, card, before.as_ref());
     if let Some(t) = card.metrics.get("test") {
