@@ -15,19 +15,24 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tungstenite::{Message, WebSocket};
 
-/// Headless Chromium with its DevTools endpoint; killed when dropped.
-struct Browser {
-    child: Child,
-    _profile: tempfile::TempDir,
-    ws: WebSocket<TcpStream>,
-    next_id: u64,
+/// A child process killed when dropped, so a test that fails half-way (even before the
+/// browser is fully set up) leaves no Chromium behind.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Headless Chromium with its DevTools endpoint; killed when dropped.
+struct Browser {
+    // Dropped first (fields drop in order): the socket, then the process, then its profile.
+    ws: WebSocket<TcpStream>,
+    _child: KillOnDrop,
+    _profile: tempfile::TempDir,
+    next_id: u64,
 }
 
 fn chromium() -> PathBuf {
@@ -75,24 +80,26 @@ fn devtools_targets(port: u16) -> Value {
 impl Browser {
     fn launch() -> Browser {
         let profile = tempfile::tempdir().unwrap();
-        let child = Command::new(chromium())
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--hide-scrollbars",
-                "--window-size=1200,900",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromium");
+        let child = KillOnDrop(
+            Command::new(chromium())
+                .args([
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--hide-scrollbars",
+                    "--window-size=1200,900",
+                    "--remote-debugging-port=0",
+                ])
+                .arg(format!("--user-data-dir={}", profile.path().display()))
+                .arg("about:blank")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting chromium"),
+        );
         // Chromium writes the port it chose into the profile.
         let file = profile.path().join("DevToolsActivePort");
         let end = Instant::now() + Duration::from_secs(60);
@@ -124,9 +131,9 @@ impl Browser {
             .unwrap();
         let (ws, _) = tungstenite::client(url.as_str(), stream).expect("DevTools WebSocket");
         let mut b = Browser {
-            child,
-            _profile: profile,
             ws,
+            _child: child,
+            _profile: profile,
             next_id: 0,
         };
         b.call("Page.enable", json!({}));
