@@ -8,8 +8,6 @@ mod common;
 use common::kafka::*;
 use rdkafka::message::{Header, OwnedHeaders};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn event_id(r: &Record) -> String {
@@ -18,27 +16,9 @@ fn event_id(r: &Record) -> String {
 }
 
 fn classify(model: &std::path::Path, lines: &[String]) -> HashMap<String, serde_json::Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_emostream"))
-        .args(["classify", "--model"])
-        .arg(model)
-        .env("EMOSTREAM__LOG__LEVEL", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let input = lines.join("\n") + "\n";
-    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["id"].as_str().unwrap().to_string(), v)
-        })
+    common::classify_cli(model, &[], lines)
+        .into_iter()
+        .map(|v| (v["id"].as_str().unwrap().to_string(), v))
         .collect()
 }
 

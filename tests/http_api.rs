@@ -48,30 +48,6 @@ fn classify(port: u16, body: &Value) -> (u16, Value) {
     )
 }
 
-/// `emostream classify` of `texts` (one per line) with the same model: its events.
-fn classify_cli(texts: &[String]) -> Vec<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_emostream"))
-        .args(["classify", "--format", "text", "--model"])
-        .arg(common::shipped_model_dir())
-        .env("EMOSTREAM__LOG__LEVEL", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    for t in texts {
-        writeln!(stdin, "{t}").unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success());
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 #[test]
 fn batch_and_single_forms_answer_the_streams_events_with_the_scores_classify_gives() {
     let (_d, port) = serve(&[open_on_loopback()]);
@@ -84,7 +60,7 @@ fn batch_and_single_forms_answer_the_streams_events_with_the_scores_classify_giv
     let events = batch["events"].as_array().unwrap();
     assert_eq!(events.len(), texts.len());
     assert!(batch["took_seconds"].as_f64().unwrap() > 0.0);
-    let cli = classify_cli(&texts);
+    let cli = common::classify_cli(&common::shipped_model_dir(), &["--format", "text"], &texts);
     assert_eq!(cli.len(), texts.len());
     let schema: Value = serde_json::from_str(
         &std::fs::read_to_string(

@@ -361,11 +361,8 @@ fn stuck_check(
         {
             return Some(format!("{n} transactions aborted in a row"));
         }
-        let longest = busy.longest();
-        if longest > limit {
-            return Some(format!(
-                "an inference worker has been on one batch for {longest:?}"
-            ));
+        if let Some(why) = busy.stuck(limit) {
+            return Some(why);
         }
         if !cluster.reachable() || sink.retrying() > 0 {
             return None;

@@ -81,11 +81,7 @@ pub async fn run(s: Settings) -> Result<()> {
         undeliverable: Arc::new(|| 0),
         stuck: {
             let busy = busy.clone();
-            Arc::new(move || {
-                let longest = busy.longest();
-                (longest > stall)
-                    .then(|| format!("an inference worker has been on one batch for {longest:?}"))
-            })
+            Arc::new(move || busy.stuck(stall))
         },
         fault: {
             let f = faults.clone();

@@ -263,6 +263,34 @@ pub fn run_from_with(
 }
 
 /// The shipped default model, models/goemotions-minilm-l6 (int8 MiniLM-L6 fine-tuned here).
+/// `emostream classify --model MODEL ARGS` of `lines` (one message per line): its label events,
+/// in input order. The lines are written from a thread, so a long input cannot fill the pipe
+/// while the events wait to be read.
+pub fn classify_cli(model: &Path, args: &[&str], lines: &[String]) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_emostream"))
+        .args(["classify", "--model"])
+        .arg(model)
+        .args(args)
+        .env("EMOSTREAM__LOG__LEVEL", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let input = lines.join("\n") + "\n";
+    let writer = std::thread::spawn(move || stdin.write_all(input.as_bytes()).unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(out.status.success(), "emostream classify failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 pub fn shipped_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/goemotions-minilm-l6")
 }

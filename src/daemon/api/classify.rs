@@ -1,6 +1,7 @@
 //! `POST /v1/classify` and `GET /v1/model`: comments posted over HTTP go through the stream's
-//! batcher and active model generation (so a hot swap applies to both) and come back as the
-//! stream's label events (schema v1) without the Kafka `source`, with every label's score.
+//! batcher and active model generation (so a hot swap applies to both) as raw-text messages
+//! and come back as the stream's label events (schema v1) without the Kafka `source`, with
+//! every label's score.
 //! Limits: `api.max_texts` and `api.max_request_bytes` per request (413), `api.max_concurrent`
 //! requests at once (429), `api.timeout_ms` for the whole request (408 while its body has not
 //! arrived, 504 while it waits to be labelled); bad JSON is a 400 naming the problem.
@@ -15,7 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,10 +29,8 @@ pub(crate) struct ClassifyApi {
     /// Tracks posted comments (their outcomes resolve it; nothing commits from it).
     ledger: Arc<Ledger>,
     next: AtomicI64,
-    /// The stream's content rules (empty text) for a JSON body of `{"id", "text"}`.
+    /// The stream's content rules (size, empty text), a posted text read as a raw-text message.
     input: InputSettings,
-    /// input.max_message_bytes: a longer text is refused like on the stream (too_large).
-    max_text_bytes: usize,
     limits: ApiSettings,
     permits: Arc<Semaphore>,
     active: watch::Receiver<Arc<Generation>>,
@@ -51,15 +50,9 @@ impl ClassifyApi {
             ledger: Arc::new(Ledger::default()),
             next: AtomicI64::new(0),
             input: InputSettings {
-                format: InputFormat::Json,
-                text_pointer: "/text".into(),
-                id_pointer: "/id".into(),
-                // The text's own size is checked against input.max_message_bytes below; the
-                // JSON wrapper (escapes included) must not make a text the stream takes too large.
-                max_message_bytes: input.max_message_bytes.saturating_mul(6).saturating_add(64),
+                format: InputFormat::Text,
                 ..input.clone()
             },
-            max_text_bytes: input.max_message_bytes,
             permits: Arc::new(Semaphore::new(limits.max_concurrent)),
             limits: limits.clone(),
             active,
@@ -91,23 +84,23 @@ fn refuse(status: StatusCode, msg: impl std::fmt::Display) -> Response {
     counted(status, error(status, msg))
 }
 
-/// The label event of a posted comment: the stream's, without the Kafka source.
-fn answer(outcome: Outcome, index: usize) -> Value {
-    let v = match &outcome {
-        Outcome::Labelled { event, .. } => match serde_json::from_slice::<Value>(event) {
-            Ok(Value::Object(mut m)) => {
-                m.remove("source");
-                Value::Object(m)
-            }
-            _ => json!({"error": {"reason": "internal", "detail": "unreadable event"}}),
-        },
-        Outcome::Rejected(r) => json!({
-            "id": index.to_string(),
-            "error": {"reason": r.reason.as_str(), "detail": r.detail},
-        }),
-    };
-    outcome.done();
-    v
+/// The answer for one posted text: its label event as the workers serialised it (built
+/// without the Kafka source), or the reason the stream would have dead-lettered it.
+fn answer(outcome: Outcome, index: usize) -> Vec<u8> {
+    match outcome {
+        Outcome::Labelled { event, origin, .. } => {
+            origin.ack.delivered();
+            event
+        }
+        Outcome::Rejected(r) => {
+            let v = json!({
+                "id": index.to_string(),
+                "error": {"reason": r.reason.as_str(), "detail": r.detail},
+            });
+            r.origin.ack.delivered();
+            serde_json::to_vec(&v).expect("a JSON object of strings serialises")
+        }
+    }
 }
 
 pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Request) -> Response {
@@ -191,17 +184,8 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
     let Some(pending) = api.pending.upgrade() else {
         return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
     };
-    // Each text's place: waiting for its outcome, or refused here for its size.
-    let mut waiting: Vec<Result<oneshot::Receiver<Outcome>, Value>> =
-        Vec::with_capacity(texts.len());
+    let mut waiting = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
-        if text.len() > api.max_text_bytes {
-            waiting.push(Err(json!({"id": i.to_string(), "error": {
-                "reason": "too_large",
-                "detail": format!("text is {} bytes > input.max_message_bytes {}", text.len(), api.max_text_bytes),
-            }})));
-            continue;
-        }
         // A slot first, then the message: a request that gives up never drops a message
         // whose acknowledgement is still open.
         let permit = match tokio::time::timeout_at(deadline, pending.reserve()).await {
@@ -214,27 +198,29 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
                 )
             }
         };
-        let payload = serde_json::to_vec(&json!({"id": i.to_string(), "text": text}))
-            .expect("a JSON object of strings serialises");
         let offset = api.next.fetch_add(1, Ordering::Relaxed);
-        let mut origin = Origin::unkeyed(&api.ledger, "api", offset, Some(payload));
+        let mut origin = Origin::unkeyed(&api.ledger, "api", offset, Some(text.into_bytes()));
         let (tx, rx) = oneshot::channel();
         origin.reply = Some(tx);
-        permit.send(admit(origin, &api.input));
-        waiting.push(Ok(rx));
+        // A comment's id in the answer is its place in the request.
+        let admitted = admit(origin, &api.input).map(|mut p| {
+            p.id = i.to_string();
+            p
+        });
+        permit.send(admitted);
+        waiting.push(rx);
     }
     drop(pending);
-    let mut events = Vec::with_capacity(waiting.len());
-    for (i, place) in waiting.into_iter().enumerate() {
-        let rx = match place {
-            Ok(rx) => rx,
-            Err(refused) => {
-                events.push(refused);
-                continue;
-            }
-        };
+    // The events are written as the workers serialised them, not parsed and written again.
+    let mut body = b"{\"events\":[".to_vec();
+    for (i, rx) in waiting.into_iter().enumerate() {
         match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(outcome)) => events.push(answer(outcome, i)),
+            Ok(Ok(outcome)) => {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend(answer(outcome, i));
+            }
             Ok(Err(_)) => {
                 return refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -253,9 +239,10 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
         }
     }
     let took = started.elapsed().as_secs_f64();
+    body.extend(format!("],\"took_seconds\":{took}}}").into_bytes());
     counted(
         StatusCode::OK,
-        Json(json!({"events": events, "took_seconds": took})).into_response(),
+        ([("content-type", "application/json")], body).into_response(),
     )
 }
 

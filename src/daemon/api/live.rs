@@ -69,19 +69,44 @@ impl LiveView {
         }
     }
 
-    /// Records a labelled comment.
-    fn record(&self, item: &Item, ev: &LabelEvent<'_>, api: bool) {
-        let labels: Vec<String> = ev.labels.iter().map(|l| l.label.to_string()).collect();
-        // The event's map may hold only some labels (output.scores); the fired ones always.
-        let mut scores: BTreeMap<String, f32> = ev
-            .scores
-            .iter()
-            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()? as f32)))
-            .filter(|(_, v)| *v >= MIN_SCORE_KEPT)
+    /// What `/v1/live` answers: the entries (newest first), the counts of each of the last
+    /// `live_minutes` minutes (quiet ones as empty) and their totals.
+    pub(crate) fn snapshot(&self) -> serde_json::Value {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_ms() / 60_000;
+        let empty = BTreeMap::new();
+        let window = (now + 1).saturating_sub(self.minutes as u64)..=now;
+        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
+        let minutes: Vec<serde_json::Value> = window
+            .map(|m| {
+                let c = s.minutes.get(&m).unwrap_or(&empty);
+                for (k, v) in c {
+                    *totals.entry(k).or_default() += v;
+                }
+                serde_json::json!({"minute_start_ms": m * 60_000, "counts": c})
+            })
             .collect();
-        for l in &ev.labels {
-            scores.insert(l.label.to_string(), l.score);
-        }
+        serde_json::json!({
+            "size": self.size,
+            "show_text": self.show_text,
+            "window_minutes": self.minutes,
+            "entries": s.entries,
+            "minutes": minutes,
+            "totals": totals,
+        })
+    }
+}
+
+/// Records each labelled comment.
+impl Watcher for LiveView {
+    fn labelled(&self, item: &Item, names: &[String], all: &[f32], ev: &LabelEvent<'_>, api: bool) {
+        let labels: Vec<String> = ev.labels.iter().map(|l| l.label.to_string()).collect();
+        let scores: BTreeMap<String, f32> = names
+            .iter()
+            .zip(all)
+            .filter(|(_, &v)| v >= MIN_SCORE_KEPT)
+            .map(|(k, &v)| (k.clone(), v))
+            .collect();
         let mut entry = Entry {
             seq: 0,
             at_ms: 0,
@@ -112,39 +137,6 @@ impl LiveView {
         s.entries.truncate(self.size);
         let keep_from = (minute + 1).saturating_sub(self.minutes as u64);
         s.minutes = s.minutes.split_off(&keep_from);
-    }
-
-    /// What `/v1/live` answers: the entries (newest first), the counts of each of the last
-    /// `live_minutes` minutes (quiet ones as empty) and their totals.
-    pub(crate) fn snapshot(&self) -> serde_json::Value {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = now_ms() / 60_000;
-        let empty = BTreeMap::new();
-        let window = (now + 1).saturating_sub(self.minutes as u64)..=now;
-        let mut totals: BTreeMap<&str, u64> = BTreeMap::new();
-        let minutes: Vec<serde_json::Value> = window
-            .map(|m| {
-                let c = s.minutes.get(&m).unwrap_or(&empty);
-                for (k, v) in c {
-                    *totals.entry(k).or_default() += v;
-                }
-                serde_json::json!({"minute_start_ms": m * 60_000, "counts": c})
-            })
-            .collect();
-        serde_json::json!({
-            "size": self.size,
-            "show_text": self.show_text,
-            "window_minutes": self.minutes,
-            "entries": s.entries,
-            "minutes": minutes,
-            "totals": totals,
-        })
-    }
-}
-
-impl Watcher for LiveView {
-    fn labelled(&self, item: &Item, event: &LabelEvent<'_>, api: bool) {
-        self.record(item, event, api);
     }
 }
 

@@ -33,7 +33,9 @@ pub(crate) struct LabelEvent<'a> {
     /// Label → score, for the labels selected by `output.scores`.
     pub(crate) scores: serde_json::Map<String, serde_json::Value>,
     pub(crate) model: &'a ModelRef,
-    pub(crate) source: &'a Source,
+    /// Where the comment came from; absent in an answer of the HTTP API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) source: Option<&'a Source>,
     /// RFC 3339 UTC time the event was built.
     pub(crate) processed_at: String,
     /// The text was longer than the model's max length and was cut before labelling.
@@ -50,7 +52,7 @@ pub(crate) fn build<'a>(
     mode: ScoreMode,
     top_k: usize,
     model: &'a ModelRef,
-    source: &'a Source,
+    source: Option<&'a Source>,
     truncated: bool,
 ) -> LabelEvent<'a> {
     let order = ranked(scores);
@@ -109,7 +111,7 @@ mod tests {
             ScoreMode::All,
             1,
             &m,
-            &s,
+            Some(&s),
             false,
         );
         assert_eq!(
@@ -125,7 +127,7 @@ mod tests {
             ScoreMode::TopK,
             1,
             &m,
-            &s,
+            Some(&s),
             false,
         );
         assert_eq!(e.scores.keys().collect::<Vec<_>>(), vec!["b"]);
@@ -137,7 +139,7 @@ mod tests {
             ScoreMode::OverThreshold,
             1,
             &m,
-            &s,
+            Some(&s),
             true,
         );
         assert_eq!(e.scores.len(), 2);

@@ -23,8 +23,16 @@ use tokio::sync::{mpsc, Mutex, Notify};
 
 /// Something shown each labelled comment as it is labelled (the moderators' live view).
 pub(crate) trait Watcher: Send + Sync {
-    /// `api`: the comment was posted to the HTTP API rather than consumed from Kafka.
-    fn labelled(&self, item: &Item, event: &event::LabelEvent<'_>, api: bool);
+    /// `scores` in the order of `names` (the model's labels); `api`: the comment was posted to
+    /// the HTTP API rather than consumed from Kafka.
+    fn labelled(
+        &self,
+        item: &Item,
+        names: &[String],
+        scores: &[f32],
+        event: &event::LabelEvent<'_>,
+        api: bool,
+    );
 }
 
 /// What watches labelled comments besides the sink.
@@ -156,8 +164,8 @@ fn label_items(
             if s.iter().any(|x| !x.is_finite()) {
                 return reject(item.origin, "model produced a non-finite score".into());
             }
-            // An API answer carries every label's score (the try-it page draws them all);
-            // output.scores shapes the stream's events.
+            // An API answer carries every label's score (the try-it page draws them all) and
+            // no Kafka source; output.scores shapes the stream's events.
             let api = item.origin.reply.is_some();
             let ev = event::build(
                 &item.id,
@@ -167,11 +175,11 @@ fn label_items(
                 if api { ScoreMode::All } else { out.scores },
                 out.top_k,
                 &model.model_ref,
-                &item.origin.source,
+                (!api).then_some(&item.origin.source),
                 item.truncated,
             );
             if let Some(live) = &watch.live {
-                live.labelled(&item, &ev, api);
+                live.labelled(&item, &model.labels, &s, &ev, api);
             }
             let fired = ev
                 .labels
@@ -233,7 +241,7 @@ impl Busy {
     }
 
     /// The longest time any worker has been on its current batch.
-    pub(crate) fn longest(&self) -> Duration {
+    fn longest(&self) -> Duration {
         let now = self.started.elapsed().as_millis() as u64;
         let oldest = self
             .since
@@ -242,6 +250,13 @@ impl Busy {
             .filter(|&t| t > 0)
             .min();
         Duration::from_millis(oldest.map_or(0, |t| now.saturating_sub(t)))
+    }
+
+    /// Why health should fail, when a worker has been on one batch longer than `limit`.
+    pub(crate) fn stuck(&self, limit: Duration) -> Option<String> {
+        let longest = self.longest();
+        (longest > limit)
+            .then(|| format!("an inference worker has been on one batch for {longest:?}"))
     }
 
     /// Workers not running a batch now.

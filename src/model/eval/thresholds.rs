@@ -172,6 +172,23 @@ pub(crate) fn supports(targets: &[Vec<bool>], num_labels: usize) -> Vec<usize> {
         .collect()
 }
 
+/// `rule` applied to the bests tuned on (scores, targets): each label's `own` threshold shrunk
+/// toward `global` by its support, then raised where needed to the precision floor.
+fn apply_rule(
+    scores: &[Vec<f32>],
+    targets: &[Vec<bool>],
+    global: f32,
+    own: &[f32],
+    rule: &ThresholdRule,
+) -> Vec<f32> {
+    let shrunk = blend(global, own, &supports(targets, own.len()), rule.shrinkage);
+    shrunk
+        .iter()
+        .enumerate()
+        .map(|(j, &t)| raise_to_precision(scores, targets, j, t, rule.min_precision))
+        .collect()
+}
+
 /// Thresholds by `rule` tuned on (scores, targets): the global best, each label's best, the
 /// shrunk blend of the two, raised where needed to the precision floor.
 pub(crate) fn by_rule(
@@ -182,12 +199,7 @@ pub(crate) fn by_rule(
 ) -> Tuned {
     let (global, _) = best_global(scores, targets, num_labels);
     let own = best_per_label(scores, targets, num_labels, global);
-    let shrunk = blend(global, &own, &supports(targets, num_labels), rule.shrinkage);
-    let per_label = shrunk
-        .iter()
-        .enumerate()
-        .map(|(j, &t)| raise_to_precision(scores, targets, j, t, rule.min_precision))
-        .collect();
+    let per_label = apply_rule(scores, targets, global, &own, rule);
     Tuned {
         global,
         own,
@@ -195,19 +207,20 @@ pub(crate) fn by_rule(
     }
 }
 
-/// Out-of-fold macro-F1 of `rule`: for each fold, thresholds tuned on the other folds decide
-/// the held-out comments; the decisions of all folds are pooled before F1 is taken (a fold of
-/// dev holds only two or three examples of the rarest labels, too few for a per-fold F1).
+/// Out-of-fold macro-F1 of each of `rules`: for each fold, thresholds tuned on the other folds
+/// decide the held-out comments; the decisions of all folds are pooled before F1 is taken (a
+/// fold of dev holds only two or three examples of the rarest labels, too few for a per-fold
+/// F1). The global and per-label bests are tuned once per fold; only the rules differ.
 /// `folds[i]` is comment i's fold, `0..n_folds`.
-pub(crate) fn cross_validated_macro_f1(
+fn cross_validated(
     scores: &[Vec<f32>],
     targets: &[Vec<bool>],
     num_labels: usize,
-    rule: &ThresholdRule,
+    rules: &[ThresholdRule],
     folds: &[usize],
     n_folds: usize,
-) -> f64 {
-    let mut pooled = vec![Counts::default(); num_labels];
+) -> Vec<f64> {
+    let mut pooled = vec![vec![Counts::default(); num_labels]; rules.len()];
     for f in 0..n_folds {
         let pick = |held: bool| -> (Vec<Vec<f32>>, Vec<Vec<bool>>) {
             folds
@@ -219,15 +232,22 @@ pub(crate) fn cross_validated_macro_f1(
         };
         let (fit_s, fit_t) = pick(false);
         let (held_s, held_t) = pick(true);
-        let th = by_rule(&fit_s, &fit_t, num_labels, rule).per_label;
-        for (j, c) in pooled.iter_mut().enumerate() {
-            let h = label_counts(&held_s, &held_t, j, th[j]);
-            c.tp += h.tp;
-            c.fp += h.fp;
-            c.fn_ += h.fn_;
+        let (global, _) = best_global(&fit_s, &fit_t, num_labels);
+        let own = best_per_label(&fit_s, &fit_t, num_labels, global);
+        for (rule, counts) in rules.iter().zip(&mut pooled) {
+            let th = apply_rule(&fit_s, &fit_t, global, &own, rule);
+            for (j, c) in counts.iter_mut().enumerate() {
+                let h = label_counts(&held_s, &held_t, j, th[j]);
+                c.tp += h.tp;
+                c.fp += h.fp;
+                c.fn_ += h.fn_;
+            }
         }
     }
-    pooled.iter().map(Counts::f1).sum::<f64>() / num_labels as f64
+    pooled
+        .iter()
+        .map(|c| c.iter().map(Counts::f1).sum::<f64>() / num_labels as f64)
+        .collect()
 }
 
 /// The shrinkage with the best out-of-fold macro-F1, averaged over several fold assignments
@@ -241,20 +261,22 @@ pub(crate) fn choose_rule(
     folds: &[Vec<usize>],
     n_folds: usize,
 ) -> (ThresholdRule, Vec<(Shrinkage, f64)>) {
-    let cv: Vec<(Shrinkage, f64)> = Shrinkage::CANDIDATES
+    let rules: Vec<ThresholdRule> = Shrinkage::CANDIDATES
         .iter()
-        .map(|&shrinkage| {
-            let rule = ThresholdRule {
-                shrinkage,
-                min_precision,
-            };
-            let mean = folds
-                .iter()
-                .map(|f| cross_validated_macro_f1(scores, targets, num_labels, &rule, f, n_folds))
-                .sum::<f64>()
-                / folds.len() as f64;
-            (shrinkage, mean)
+        .map(|&shrinkage| ThresholdRule {
+            shrinkage,
+            min_precision,
         })
+        .collect();
+    let mut sum = vec![0.0; rules.len()];
+    for f in folds {
+        let got = cross_validated(scores, targets, num_labels, &rules, f, n_folds);
+        sum.iter_mut().zip(got).for_each(|(s, g)| *s += g);
+    }
+    let cv: Vec<(Shrinkage, f64)> = rules
+        .iter()
+        .zip(sum)
+        .map(|(r, s)| (r.shrinkage, s / folds.len() as f64))
         .collect();
     let best = cv
         .iter()
