@@ -21,7 +21,7 @@
 //! (batching.backlog_window, default 512) comments, each sorted and planned on its own.
 
 use emostream::backend::batching::{plan_calls, CallLimits};
-use emostream::backend::classifier::Classifier;
+use emostream::backend::offline::OfflineModel;
 use emostream::backend::ort::RuntimeOptions;
 use emostream::model::eval::dataset::{goemotions_dir, Split};
 use std::ops::Range;
@@ -43,7 +43,7 @@ fn main() -> anyhow::Result<()> {
             intra_threads: threads,
             ..Default::default()
         };
-        let mut c = Classifier::load(std::path::Path::new(dir), &runtime, true)?;
+        let mut c = OfflineModel::load(std::path::Path::new(dir), &runtime, true)?;
         println!(
             "\nmodel {dir} ({}, {})",
             c.dir.card.name, c.dir.card.precision
@@ -155,7 +155,7 @@ fn call_cost(dir: &std::path::Path) -> anyhow::Result<()> {
         intra_threads: 1,
         ..Default::default()
     };
-    let mut c = Classifier::load(dir, &runtime, false)?;
+    let mut c = OfflineModel::load(dir, &runtime, false)?;
     println!("call cost, 1 thread, microseconds per padded token (rows x length):");
     for len in [8usize, 16, 32, 64, 128] {
         let mut line = format!("  length {len:>3}:");
@@ -197,7 +197,7 @@ fn parallel_sessions(
         ..Default::default()
     };
     let mut loaded = (0..sessions)
-        .map(|_| Classifier::load(dir, &runtime, false))
+        .map(|_| OfflineModel::load(dir, &runtime, false))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let chunks: Vec<Vec<&[u32]>> = calls
         .iter()

@@ -11,7 +11,7 @@
 //!             export/evaluation of model directories, reports
 //!        ↓ both use
 //!   backend/  ONNX Runtime behind a transport-free surface: a session (ort), a served
-//!             generation (tokenizer + sessions + labels), a classifier for offline scoring,
+//!             generation (tokenizer + sessions + labels), an offline model for scoring text lists,
 //!             length-sorted sub-batching
 //!        ↓
 //!   model/    the model directory format (card, labels, thresholds), the registry of versions,

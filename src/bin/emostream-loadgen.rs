@@ -66,7 +66,9 @@ fn kafka_config(a: &Args) -> Result<ClientConfig> {
     if let Some(b) = &a.brokers {
         s.set_brokers(b);
     }
-    Ok(emostream::daemon::kafka::client::client_config(&s))
+    Ok(emostream::daemon::kafka::client::client_config(
+        &emostream::daemon::kafka::client::ClientSettings::from_settings(&s),
+    ))
 }
 
 async fn create_topics(a: &Args, dlq: &str) -> Result<()> {

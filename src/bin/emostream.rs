@@ -61,7 +61,7 @@ fn real_main() -> Result<()> {
         .build()?;
     match cli.cmd {
         Cmd::Run => {
-            let r = rt.block_on(emostream::daemon::run(s));
+            let r = rt.block_on(emostream::daemon::run::run(s));
             // After a fatal fault, threads still blocked (a wedged worker) must not hold the exit.
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
             r
@@ -81,7 +81,7 @@ fn real_main() -> Result<()> {
             if let Some(m) = model {
                 s.model.dir = m;
             }
-            rt.block_on(emostream::daemon::classify(s))
+            rt.block_on(emostream::daemon::stdin::run(s))
         }
         Cmd::CheckModel { dir } => check_model(&s, dir),
         // Settings::load above validated every key; secrets were read (and are not shown).
@@ -101,12 +101,12 @@ const SMOKE: [&str; 4] = [
 
 fn check_model(s: &Settings, dir: PathBuf) -> Result<()> {
     let t = std::time::Instant::now();
-    let mut c = emostream::backend::classifier::Classifier::load(&dir, &s.runtime_options(), true)?;
+    let mut c = emostream::backend::offline::OfflineModel::load(&dir, &s.runtime_options(), true)?;
     let load = t.elapsed();
     let card = c.dir.card.clone();
     println!(
         "this machine: {}; ONNX Runtime: {}",
-        emostream::model::cpu::this_machine(ort::info()),
+        emostream::model::kernels::this_machine(ort::info()),
         ort::info()
     );
     println!(

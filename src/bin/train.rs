@@ -469,7 +469,9 @@ fn publish_version(
             .enable_all()
             .build()?
             .block_on(emostream::daemon::kafka::control::announce(
-                &settings, &topic, &msg,
+                &emostream::daemon::kafka::control::ControlSettings::from_settings(&settings),
+                &topic,
+                &msg,
             ))?;
         println!("announced {v} on {topic} (request_id {rid})");
     }

@@ -8,7 +8,7 @@
 //! A Hugging Face / optimum export directory (model.onnx + tokenizer.json + config.json with
 //! id2label) is accepted too; its card is derived (thresholds 0.5, sha256 computed).
 
-use crate::model::cpu::MeasuredOn;
+use crate::model::kernels::MeasuredOn;
 use crate::model::eval::calibration::ReliabilityBin;
 use crate::model::eval::dataset::sha256_file;
 use crate::model::eval::scores::Metrics;

@@ -2,7 +2,7 @@
 //! versions, the tokenizer around it, and how a model is evaluated on GoEmotions. Shared by the
 //! daemon and `train`; imports from no other layer.
 
-pub mod cpu;
+pub mod kernels;
 pub mod dir;
 pub mod eval;
 pub mod labels;

@@ -2,7 +2,7 @@
 //! directory's model.onnx, so the scores events carry mean what they say. Thresholds are mapped
 //! through it (each label's decisions stay the same) until they are tuned again.
 
-use crate::backend::classifier::Classifier;
+use crate::backend::offline::OfflineModel;
 use crate::backend::ort::RuntimeOptions;
 use crate::model::dir::{Calibration, CalibrationMethod, ModelCard, Thresholds, ONNX_FILE};
 use crate::model::eval::calibration::{fit_platt, Platt};
@@ -19,7 +19,7 @@ pub fn calibrate(
     runtime: &RuntimeOptions,
     version: Option<&str>,
 ) -> Result<ModelCard> {
-    let mut c = Classifier::load(model_dir, runtime, true)?;
+    let mut c = OfflineModel::load(model_dir, runtime, true)?;
     let mut card = c.dir.card.clone();
     if card.calibration.is_some() {
         bail!(

@@ -2,9 +2,9 @@
 //! whose shrinkage is cross-validated on dev) and the test evaluations with bootstrap intervals
 //! and calibration error, recorded in its card with the CPU they were measured on.
 
-use crate::backend::classifier::Classifier;
+use crate::backend::offline::OfflineModel;
 use crate::backend::ort::RuntimeOptions;
-use crate::model::cpu;
+use crate::model::kernels;
 use crate::model::dir::{
     CrossValidated, Evaluation, ModelCard, Reliability, ThresholdSelection, Thresholds,
 };
@@ -31,8 +31,8 @@ fn eval_entry(split: &Split, desc: String, m: Metrics) -> Evaluation {
             .map_or("?".into(), |f| f.to_string_lossy().into_owned()),
         split_sha256: split.sha256.clone(),
         thresholds: desc,
-        // Called after a Classifier loaded ONNX Runtime, so its build string is there to read.
-        measured_on: Some(cpu::this_machine(ort::info())),
+        // Called after an OfflineModel loaded ONNX Runtime, so its build string is there to read.
+        measured_on: Some(kernels::this_machine(ort::info())),
         metrics: m,
         reliability: None,
         reliability_uncalibrated: None,
@@ -44,8 +44,8 @@ pub fn score_split(
     model_dir: &Path,
     split_path: &Path,
     runtime: &RuntimeOptions,
-) -> Result<(Classifier, Split, Vec<Vec<f32>>)> {
-    let mut c = Classifier::load(model_dir, runtime, true)?;
+) -> Result<(OfflineModel, Split, Vec<Vec<f32>>)> {
+    let mut c = OfflineModel::load(model_dir, runtime, true)?;
     let split = Split::read(split_path, c.dir.card.labels.len())?;
     let scores = c.score_texts(&split.texts(), 32)?;
     Ok((c, split, scores))

@@ -103,6 +103,8 @@ fn answer(outcome: Outcome, index: usize) -> Vec<u8> {
     }
 }
 
+/// `POST /v1/classify`: admission (open, a concurrency slot), the request read and checked,
+/// its texts handed to the stream's batcher, the answers gathered, all within api.timeout_ms.
 pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Request) -> Response {
     let started = Instant::now();
     if api.closed.load(Ordering::SeqCst) {
@@ -120,69 +122,105 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
     // The whole request, body included, within api.timeout_ms: a client that never finishes
     // its body gives its slot back.
     let deadline = tokio::time::Instant::now() + Duration::from_millis(api.limits.timeout_ms);
+    let texts = match read_texts(&api, req, deadline).await {
+        Ok(t) => t,
+        Err(refused) => return refused,
+    };
+    let waiting = match submit(&api, texts, deadline).await {
+        Ok(w) => w,
+        Err(refused) => return refused,
+    };
+    let mut body = match gather(&api, waiting, deadline).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let took = started.elapsed().as_secs_f64();
+    body.extend(format!("],\"took_seconds\":{took}}}").into_bytes());
+    counted(
+        StatusCode::OK,
+        ([("content-type", "application/json")], body).into_response(),
+    )
+}
+
+/// The request's texts, or the answer refusing it: a body over the size limit (413), broken
+/// or late (400, 408), not the JSON asked for (400), or with too many texts (413).
+async fn read_texts(
+    api: &ClassifyApi,
+    req: Request,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<String>, Response> {
     let read = axum::body::to_bytes(req.into_body(), api.limits.max_request_bytes);
     let body = match tokio::time::timeout_at(deadline, read).await {
         Ok(Ok(body)) => body,
         // to_bytes fails for the length limit, or for a broken body (reset, bad chunking).
         Ok(Err(e)) if format!("{e:#}").contains("length limit") => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "the request body is over api.max_request_bytes ({} bytes)",
                     api.limits.max_request_bytes
                 ),
-            )
+            ))
         }
         Ok(Err(e)) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 format!("reading the request body: {e}"),
-            )
+            ))
         }
         Err(_) => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::REQUEST_TIMEOUT,
                 format!(
                     "the request body did not arrive within api.timeout_ms ({} ms)",
                     api.limits.timeout_ms
                 ),
-            )
+            ))
         }
     };
-    let parsed: ClassifyRequest = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "bad JSON: {e} (expected {{\"text\": \"...\"}} or {{\"texts\": [\"...\"]}})"
-                ),
-            )
-        }
-    };
+    parse_texts(&body, api.limits.max_texts)
+}
+
+/// `{"text": ...}` or `{"texts": [...]}` with at most `max_texts` texts.
+fn parse_texts(body: &[u8], max_texts: usize) -> Result<Vec<String>, Response> {
+    let parsed: ClassifyRequest = serde_json::from_slice(body).map_err(|e| {
+        refuse(
+            StatusCode::BAD_REQUEST,
+            format!("bad JSON: {e} (expected {{\"text\": \"...\"}} or {{\"texts\": [\"...\"]}})"),
+        )
+    })?;
     let texts = match (parsed.text, parsed.texts) {
         (Some(t), None) => vec![t],
         (None, Some(v)) if !v.is_empty() => v,
-        (None, Some(_)) => return refuse(StatusCode::BAD_REQUEST, "\"texts\" is empty"),
+        (None, Some(_)) => return Err(refuse(StatusCode::BAD_REQUEST, "\"texts\" is empty")),
         _ => {
-            return refuse(
+            return Err(refuse(
                 StatusCode::BAD_REQUEST,
                 "give exactly one of \"text\" (a string) or \"texts\" (an array of strings)",
-            )
+            ))
         }
     };
-    if texts.len() > api.limits.max_texts {
-        return refuse(
+    if texts.len() > max_texts {
+        return Err(refuse(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "{} texts; at most {} per request (api.max_texts)",
-                texts.len(),
-                api.limits.max_texts
+                "{} texts; at most {max_texts} per request (api.max_texts)",
+                texts.len()
             ),
-        );
+        ));
     }
+    Ok(texts)
+}
+
+/// Hands each text to the stream's batcher as a raw-text message whose outcome answers this
+/// request; returns where each answer will arrive.
+async fn submit(
+    api: &ClassifyApi,
+    texts: Vec<String>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<oneshot::Receiver<Outcome>>, Response> {
     let Some(pending) = api.pending.upgrade() else {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down");
+        return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     };
     let mut waiting = Vec::with_capacity(texts.len());
     for (i, text) in texts.into_iter().enumerate() {
@@ -190,12 +228,12 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
         // whose acknowledgement is still open.
         let permit = match tokio::time::timeout_at(deadline, pending.reserve()).await {
             Ok(Ok(p)) => p,
-            Ok(Err(_)) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"),
+            Ok(Err(_)) => return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down")),
             Err(_) => {
-                return refuse(
+                return Err(refuse(
                     StatusCode::GATEWAY_TIMEOUT,
                     "the stream's queue stayed full past api.timeout_ms",
-                )
+                ))
             }
         };
         let offset = api.next.fetch_add(1, Ordering::Relaxed);
@@ -210,8 +248,16 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
         permit.send(admitted);
         waiting.push(rx);
     }
-    drop(pending);
-    // The events are written as the workers serialised them, not parsed and written again.
+    Ok(waiting)
+}
+
+/// The answer body up to the end of its events array: the events are written as the workers
+/// serialised them, not parsed and written again.
+async fn gather(
+    api: &ClassifyApi,
+    waiting: Vec<oneshot::Receiver<Outcome>>,
+    deadline: tokio::time::Instant,
+) -> Result<Vec<u8>, Response> {
     let mut body = b"{\"events\":[".to_vec();
     for (i, rx) in waiting.into_iter().enumerate() {
         match tokio::time::timeout_at(deadline, rx).await {
@@ -222,28 +268,23 @@ pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Requ
                 body.extend(answer(outcome, i));
             }
             Ok(Err(_)) => {
-                return refuse(
+                return Err(refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the pipeline stopped before answering",
-                )
+                ))
             }
             Err(_) => {
-                return refuse(
+                return Err(refuse(
                     StatusCode::GATEWAY_TIMEOUT,
                     format!(
                         "not labelled within api.timeout_ms ({} ms)",
                         api.limits.timeout_ms
                     ),
-                )
+                ))
             }
         }
     }
-    let took = started.elapsed().as_secs_f64();
-    body.extend(format!("],\"took_seconds\":{took}}}").into_bytes());
-    counted(
-        StatusCode::OK,
-        ([("content-type", "application/json")], body).into_response(),
-    )
+    Ok(body)
 }
 
 /// `GET /v1/model`: the active model, its labels and thresholds (the try-it page marks them).

@@ -120,7 +120,7 @@ impl Watcher for LiveView {
             source: if api {
                 "api".into()
             } else {
-                item.origin.coordinates()
+                item.origin.position_id()
             },
         };
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());

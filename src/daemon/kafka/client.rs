@@ -3,29 +3,50 @@
 //! and the callbacks they share: whether the cluster is reachable (readiness) and which
 //! librdkafka errors are fatal (supervision).
 
-use crate::daemon::config::Settings;
+use crate::daemon::config::{Secrets, Settings};
 use crate::daemon::supervise::Faults;
 use anyhow::{Context, Result};
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Statistics};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Brokers, `kafka.properties` and the secret properties (`kafka.secret_files`,
-/// `EMOSTREAM_KAFKA_SECRET_*`): how every client reaches the cluster — the daemon's, the load
-/// generator's and `train publish`'s. Callers add their own role's settings on top.
-pub fn client_config(s: &Settings) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", &s.kafka.brokers);
-    for (k, v) in &s.kafka.properties {
-        c.set(k, v);
+/// How every client reaches the cluster: `kafka.brokers`, `kafka.properties` and the secret
+/// properties (`kafka.secret_files`, `EMOSTREAM_KAFKA_SECRET_*`) — the daemon's clients, the
+/// load generator's and `train publish`'s.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub(crate) brokers: String,
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) secrets: Secrets,
+}
+
+impl ClientSettings {
+    pub fn from_settings(s: &Settings) -> ClientSettings {
+        ClientSettings {
+            brokers: s.kafka.brokers.clone(),
+            properties: s.kafka.properties.clone(),
+            secrets: s.kafka.secrets.clone(),
+        }
     }
-    for (k, v) in s.kafka.secrets.iter() {
-        c.set(k, v);
+}
+
+/// A client configuration with what [`ClientSettings`] holds; callers add their own role's
+/// settings on top.
+pub fn client_config(c: &ClientSettings) -> ClientConfig {
+    let mut out = ClientConfig::new();
+    out.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.properties {
+        out.set(k, v);
     }
-    c
+    for (k, v) in c.secrets.iter() {
+        out.set(k, v);
+    }
+    out
 }
 
 /// Whether any broker answers, as the clients last saw it.
@@ -125,30 +146,64 @@ pub(crate) enum ProducerRole {
     Transactional,
 }
 
+/// `kafka.transactional_id` as resolved and `kafka.transaction_timeout_ms`: exactly-once
+/// mode's producer identity and how long a transaction may stay open.
+#[derive(Debug, Clone)]
+pub(crate) struct TransactionSettings {
+    pub(crate) transactional_id: String,
+    pub(crate) timeout: Duration,
+}
+
+/// What the daemon's producers are made with.
+#[derive(Debug, Clone)]
+pub(crate) struct ProducerSettings {
+    pub(crate) client: ClientSettings,
+    /// `kafka.produce_timeout_ms`: one delivery attempt's limit.
+    pub(crate) produce_timeout: Duration,
+    /// Room for the largest dead-letter record (or the operator's `message.max.bytes`).
+    pub(crate) message_max_bytes: usize,
+    /// `kafka.producer_properties`.
+    pub(crate) properties: BTreeMap<String, String>,
+    pub(crate) transactions: TransactionSettings,
+}
+
+impl ProducerSettings {
+    pub(crate) fn from_settings(s: &Settings) -> Result<ProducerSettings> {
+        Ok(ProducerSettings {
+            client: ClientSettings::from_settings(s),
+            produce_timeout: Duration::from_millis(s.kafka.produce_timeout_ms),
+            message_max_bytes: s.producer_message_max_bytes()?.1,
+            properties: s.kafka.producer_properties.clone(),
+            transactions: TransactionSettings {
+                transactional_id: s.transactional_id(),
+                timeout: Duration::from_millis(s.kafka.transaction_timeout_ms),
+            },
+        })
+    }
+}
+
 /// The producer for events, dead letters and control replies: idempotent, every replica's
 /// acknowledgement awaited, room for the largest dead-letter record, `kafka.producer_properties`
 /// on top; transactional (with `kafka.transactional_id`) for exactly-once mode's sink.
 pub(crate) fn producer(
-    s: &Settings,
+    s: &ProducerSettings,
     hooks: ClientHooks,
     role: ProducerRole,
 ) -> Result<KafkaProducer> {
-    let mut c = client_config(s);
-    let (_, max_bytes) = s.producer_message_max_bytes()?;
+    let mut c = client_config(&s.client);
     c.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", s.kafka.produce_timeout_ms.to_string())
-        .set("message.max.bytes", max_bytes.to_string())
+        .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
+        .set("message.max.bytes", s.message_max_bytes.to_string())
         .set("statistics.interval.ms", "2000")
         .set("linger.ms", "5");
-    for (k, v) in &s.kafka.producer_properties {
+    for (k, v) in &s.properties {
         c.set(k, v);
     }
     if role == ProducerRole::Transactional {
-        c.set("transactional.id", s.transactional_id()).set(
-            "transaction.timeout.ms",
-            s.kafka.transaction_timeout_ms.to_string(),
-        );
+        let t = &s.transactions;
+        c.set("transactional.id", &t.transactional_id)
+            .set("transaction.timeout.ms", t.timeout.as_millis().to_string());
     }
     c.create_with_context(hooks)
         .context("creating Kafka producer")

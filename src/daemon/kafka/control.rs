@@ -9,10 +9,9 @@
 //! (`refused`: the message failed the signature, freshness or replay check).
 
 use crate::daemon::config::Settings;
-use crate::daemon::kafka::client::client_config;
-use crate::daemon::kafka::client::KafkaProducer;
+use crate::daemon::kafka::client::{client_config, ClientSettings, KafkaProducer};
 use crate::daemon::kafka::signing::{now_ms, ControlKey, Verifier, SIGNATURE_HEADER};
-use crate::daemon::pipeline::headers;
+use crate::daemon::kafka::headers;
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -20,6 +19,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -45,12 +45,45 @@ pub fn signed_record(key: &ControlKey, message: &Value) -> (String, OwnedHeaders
     (body, h)
 }
 
-/// The control key named by `registry.control_key_file`.
-pub fn control_key(s: &Settings) -> Result<ControlKey> {
-    if s.registry.control_key_file.is_empty() {
-        bail!("config key registry.control_key_file: not set; control messages must be signed");
+/// What the control-topic trigger (and `train publish`'s announcement) is built with.
+#[derive(Debug, Clone)]
+pub struct ControlSettings {
+    pub(crate) client: ClientSettings,
+    /// `registry.control_topic`.
+    pub(crate) topic: String,
+    /// This replica's consumer group on the control topic: `<kafka.group_id>.control.<replica>`.
+    pub(crate) group_id: String,
+    /// `kafka.consumer_properties`.
+    pub(crate) consumer_properties: BTreeMap<String, String>,
+    /// `registry.control_key_file`.
+    pub(crate) key_file: String,
+    /// `registry.control_max_age_ms`.
+    pub(crate) max_age_ms: u64,
+    /// This replica's name in replies.
+    pub(crate) replica: String,
+}
+
+impl ControlSettings {
+    pub fn from_settings(s: &Settings) -> ControlSettings {
+        let replica = s.registry.replica();
+        ControlSettings {
+            client: ClientSettings::from_settings(s),
+            topic: s.registry.control_topic.clone(),
+            group_id: format!("{}.control.{replica}", s.kafka.group_id),
+            consumer_properties: s.kafka.consumer_properties.clone(),
+            key_file: s.registry.control_key_file.clone(),
+            max_age_ms: s.registry.control_max_age_ms,
+            replica,
+        }
     }
-    ControlKey::from_file(std::path::Path::new(&s.registry.control_key_file))
+
+    /// The control key named by `registry.control_key_file`.
+    pub fn key(&self) -> Result<ControlKey> {
+        if self.key_file.is_empty() {
+            bail!("config key registry.control_key_file: not set; control messages must be signed");
+        }
+        ControlKey::from_file(std::path::Path::new(&self.key_file))
+    }
 }
 
 /// The signature header's value, read without assuming UTF-8 keys.
@@ -89,16 +122,13 @@ pub(crate) fn parse(payload: &[u8]) -> Result<Option<(Target, Option<String>)>> 
 
 /// Assigns every partition of the control topic at its current end, so this replica sees all
 /// control messages sent from now on.
-fn consumer_at_end(s: &Settings, replica: &str) -> Result<StreamConsumer> {
-    let topic = &s.registry.control_topic;
-    let mut c = client_config(s);
-    c.set(
-        "group.id",
-        format!("{}.control.{replica}", s.kafka.group_id),
-    )
-    .set("enable.auto.commit", "false")
-    .set("auto.offset.reset", "latest");
-    for (k, v) in &s.kafka.consumer_properties {
+fn consumer_at_end(s: &ControlSettings) -> Result<StreamConsumer> {
+    let topic = &s.topic;
+    let mut c = client_config(&s.client);
+    c.set("group.id", &s.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "latest");
+    for (k, v) in &s.consumer_properties {
         c.set(k, v);
     }
     let consumer: StreamConsumer = c.create().context("creating the control-topic consumer")?;
@@ -131,15 +161,15 @@ fn consumer_at_end(s: &Settings, replica: &str) -> Result<StreamConsumer> {
 
 /// Starts the control-topic trigger; returns once the consumer is assigned.
 pub(crate) fn spawn(
-    s: &Settings,
+    s: &ControlSettings,
     producer: KafkaProducer,
     requests: mpsc::Sender<SwapRequest>,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let replica = s.registry.replica();
-    let topic = s.registry.control_topic.clone();
-    let key = control_key(s)?;
-    let mut verifier = Verifier::new(key.clone(), s.registry.control_max_age_ms, now_ms());
-    let consumer = consumer_at_end(s, &replica)?;
+    let replica = s.replica.clone();
+    let topic = s.topic.clone();
+    let key = s.key()?;
+    let mut verifier = Verifier::new(key.clone(), s.max_age_ms, now_ms());
+    let consumer = consumer_at_end(s)?;
     tracing::info!(topic = %topic, replica = %replica, "reading the control topic");
     Ok(tokio::spawn(async move {
         loop {
@@ -204,13 +234,13 @@ pub(crate) fn spawn(
 }
 
 /// Produces one control message (`train publish --control-topic`), through the daemon's own
-/// client settings.
-pub async fn announce(s: &Settings, topic: &str, message: &Value) -> Result<()> {
-    let producer: FutureProducer = client_config(s)
+/// client settings and control key.
+pub async fn announce(s: &ControlSettings, topic: &str, message: &Value) -> Result<()> {
+    let producer: FutureProducer = client_config(&s.client)
         .set("acks", "all")
         .create()
         .context("creating a Kafka producer")?;
-    let (body, headers) = signed_record(&control_key(s)?, message);
+    let (body, headers) = signed_record(&s.key()?, message);
     producer
         .send(
             FutureRecord::<(), _>::to(topic)

@@ -3,7 +3,11 @@
 
 pub mod client;
 pub mod control;
+pub(crate) mod headers;
 pub mod signing;
 pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod transaction;
+
+#[cfg(test)]
+mod admission_tests;

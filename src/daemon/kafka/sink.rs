@@ -37,7 +37,7 @@ pub(crate) enum Fault {
 }
 
 /// Which side of the line a librdkafka produce error falls on (docs/delivery.md lists them).
-pub(crate) fn classify(e: &KafkaError) -> Fault {
+pub(crate) fn fault_of(e: &KafkaError) -> Fault {
     use RDKafkaErrorCode::*;
     match e.rdkafka_error_code() {
         Some(MessageSizeTooLarge | MessageBatchTooLarge | InvalidMessageSize) => Fault::TooLarge,
@@ -104,22 +104,51 @@ enum Sent {
     Refused(KafkaError, u64),
 }
 
-impl Sink {
-    pub(crate) fn new(
-        producer: KafkaProducer,
-        s: &Settings,
-        cluster: Arc<Cluster>,
-        faults: Arc<Faults>,
-        txn: Option<Arc<Transactions>>,
-    ) -> Sink {
-        Sink {
-            producer,
+/// Where the sink writes and how it retries.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkSettings {
+    /// `kafka.output_topic`.
+    pub(crate) output_topic: String,
+    /// `kafka.dead_letter_topic`.
+    pub(crate) dead_letter_topic: String,
+    /// `kafka.produce_backoff_ms` and `kafka.produce_backoff_max_ms`.
+    pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
+    /// `input.max_message_bytes` and `input.max_header_bytes`: a dead-letter record's payload
+    /// and input headers are cut to what admission allowed.
+    pub(crate) max_payload: usize,
+    pub(crate) max_headers: usize,
+}
+
+impl SinkSettings {
+    pub(crate) fn from_settings(s: &Settings) -> SinkSettings {
+        SinkSettings {
             output_topic: s.kafka.output_topic.clone(),
             dead_letter_topic: s.kafka.dead_letter_topic.clone(),
             backoff: Duration::from_millis(s.kafka.produce_backoff_ms),
             max_backoff: Duration::from_millis(s.kafka.produce_backoff_max_ms),
             max_payload: s.input.max_message_bytes,
             max_headers: s.input.max_header_bytes,
+        }
+    }
+}
+
+impl Sink {
+    pub(crate) fn new(
+        producer: KafkaProducer,
+        s: SinkSettings,
+        cluster: Arc<Cluster>,
+        faults: Arc<Faults>,
+        txn: Option<Arc<Transactions>>,
+    ) -> Sink {
+        Sink {
+            producer,
+            output_topic: s.output_topic,
+            dead_letter_topic: s.dead_letter_topic,
+            backoff: s.backoff,
+            max_backoff: s.max_backoff,
+            max_payload: s.max_payload,
+            max_headers: s.max_headers,
             cluster,
             retrying: AtomicUsize::new(0),
             undeliverable: AtomicUsize::new(0),
@@ -223,7 +252,7 @@ impl Sink {
         o: Outcome,
         tasks: &mut JoinSet<()>,
     ) {
-        let (mut reason, mut detail, origin, event) = match o {
+        let (reason, detail, origin, event) = match o {
             Outcome::Labelled {
                 event,
                 origin,
@@ -231,78 +260,28 @@ impl Sink {
             } => (None, String::new(), origin, Some((event, fired))),
             Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
         };
-        let mut shape = Shape::Full;
-        let sent = loop {
-            let sent = match (&event, reason) {
-                (Some((event, _)), None) => {
-                    self.send_in_transaction(
-                        txn,
-                        &self.output_topic,
-                        origin.key.as_deref(),
-                        Some(event),
-                        origin.headers.clone(),
-                        &origin,
-                    )
-                    .await
-                }
-                (_, reason) => {
-                    let reason = reason.unwrap_or(Reason::ProduceFailed);
-                    let (key, payload, headers) =
-                        self.dead_letter_record(reason, &detail, &origin, shape);
-                    self.send_in_transaction(
-                        txn,
-                        &self.dead_letter_topic,
-                        key,
-                        payload,
-                        Some(headers),
-                        &origin,
-                    )
-                    .await
-                }
-            };
-            match sent {
-                Sent::Refused(e, generation) if classify(&e) == Fault::TooLarge => {
-                    match (reason, shape) {
-                        (None, _) => {
-                            reason = Some(Reason::ProduceFailed);
-                            detail = format!("output topic {}: {e}", self.output_topic);
-                        }
-                        (Some(_), Shape::Full) => shape = Shape::Cut,
-                        (Some(_), Shape::Cut) => shape = Shape::Bare,
-                        (Some(_), Shape::Bare) => break Sent::Refused(e, generation),
-                    }
-                }
-                other => break other,
-            }
-        };
+        let event_bytes = event.as_ref().map(|(e, _)| e.as_slice());
+        let (sent, reason) = self
+            .send_fitting(txn, event_bytes, reason, detail, &origin)
+            .await;
         match sent {
             Sent::Queued(delivery, generation) => {
-                let counter = match reason {
+                match reason {
                     None => {
                         // Counted in the open transaction: an abort re-labels and counts again.
                         event
                             .iter()
                             .flat_map(|(_, f)| f)
                             .for_each(|c| c.increment(1));
-                        metrics::counter!("emostream_labelled_total")
+                        metrics::counter!("emostream_labelled_total").increment(1);
                     }
                     Some(r) => {
                         metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())
+                            .increment(1)
                     }
-                };
-                counter.increment(1);
+                }
                 delivered(origin);
-                let (sink, txn) = (self.clone(), txn.clone());
-                tasks.spawn(async move {
-                    match sink.settle(Ok(delivery)).await {
-                        // Purged by an abort already under way: nothing more to report.
-                        Err(KafkaError::MessageProduction(
-                            RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
-                        )) => {}
-                        Err(e) => txn.fail(generation, format!("a record was not delivered: {e}")),
-                        Ok(()) => {}
-                    }
-                });
+                self.watch_delivery(txn, delivery, generation, tasks);
             }
             // Its partition is read again (or by another member): nothing to answer for.
             Sent::Stale => drop(origin),
@@ -313,6 +292,72 @@ impl Sink {
                 drop(origin);
             }
         }
+    }
+
+    /// Hands the outcome's record to the open transaction: the event, or (`reason` set, or the
+    /// event too large for the producer) a dead letter, cut then bare while it is too large.
+    /// Returns what became of it and the dead-letter reason, if it is one.
+    async fn send_fitting(
+        &self,
+        txn: &Transactions,
+        event: Option<&[u8]>,
+        mut reason: Option<Reason>,
+        mut detail: String,
+        origin: &Origin,
+    ) -> (Sent, Option<Reason>) {
+        let mut shape = Shape::Full;
+        loop {
+            let sent = match (event, reason) {
+                (Some(event), None) => {
+                    let (key, headers) = (origin.key.as_deref(), origin.headers.clone());
+                    self.send_in_transaction(txn, &self.output_topic, key, Some(event), headers, origin)
+                        .await
+                }
+                (_, reason) => {
+                    let reason = reason.unwrap_or(Reason::ProduceFailed);
+                    let (key, payload, headers) =
+                        self.dead_letter_record(reason, &detail, origin, shape);
+                    let topic = &self.dead_letter_topic;
+                    self.send_in_transaction(txn, topic, key, payload, Some(headers), origin)
+                        .await
+                }
+            };
+            match sent {
+                Sent::Refused(e, generation) if fault_of(&e) == Fault::TooLarge => {
+                    match (reason, shape) {
+                        (None, _) => {
+                            reason = Some(Reason::ProduceFailed);
+                            detail = format!("output topic {}: {e}", self.output_topic);
+                        }
+                        (Some(_), Shape::Full) => shape = Shape::Cut,
+                        (Some(_), Shape::Cut) => shape = Shape::Bare,
+                        (Some(_), Shape::Bare) => return (Sent::Refused(e, generation), reason),
+                    }
+                }
+                other => return (other, reason),
+            }
+        }
+    }
+
+    /// Watches a record's delivery in the background: one that fails (not purged by an abort
+    /// already under way) marks its transaction for abort.
+    fn watch_delivery(
+        self: &Arc<Self>,
+        txn: &Arc<Transactions>,
+        delivery: rdkafka::producer::DeliveryFuture,
+        generation: u64,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let (sink, txn) = (self.clone(), txn.clone());
+        tasks.spawn(async move {
+            match sink.settle(Ok(delivery)).await {
+                Err(KafkaError::MessageProduction(
+                    RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
+                )) => {}
+                Err(e) => txn.fail(generation, format!("a record was not delivered: {e}")),
+                Ok(()) => {}
+            }
+        });
     }
 
     /// Hands one record to the transactional producer under the transaction gate.
@@ -383,10 +428,10 @@ impl Sink {
                     delivered(origin);
                     return;
                 }
-                Err(e) if classify(&e) == Fault::Transient => retry.wait(&e, &origin).await,
+                Err(e) if fault_of(&e) == Fault::Transient => retry.wait(&e, &origin).await,
                 Err(e) => {
                     metrics::counter!("emostream_produce_errors_total", "topic" => "output", "fault" => "permanent").increment(1);
-                    tracing::warn!(error = %e, offset = origin.source.offset, partition = origin.source.partition, "output topic refused the event for good; dead-lettering it");
+                    tracing::warn!(error = %e, offset = origin.position.offset, partition = origin.position.partition, "output topic refused the event for good; dead-lettering it");
                     drop(retry);
                     let detail = format!("output topic {}: {e}", self.output_topic);
                     return self
@@ -427,11 +472,11 @@ impl Sink {
                     delivered(origin);
                     return;
                 }
-                Err(e) => match (classify(&e), shape) {
+                Err(e) => match (fault_of(&e), shape) {
                     (Fault::Transient, _) => retry.wait(&e, &origin).await,
                     (Fault::TooLarge, Shape::Full | Shape::Cut) => {
                         retry.reset();
-                        tracing::warn!(error = %e, ?shape, offset = origin.source.offset, "dead-letter topic refused the record's size; cutting it");
+                        tracing::warn!(error = %e, ?shape, offset = origin.position.offset, "dead-letter topic refused the record's size; cutting it");
                         shape = if shape == Shape::Full {
                             Shape::Cut
                         } else {
@@ -450,7 +495,7 @@ impl Sink {
                             refused = true;
                             self.count_undeliverable(true);
                         }
-                        tracing::error!(error = %e, reason = reason.as_str(), topic = %origin.source.topic, partition = origin.source.partition, offset = origin.source.offset,
+                        tracing::error!(error = %e, reason = reason.as_str(), topic = %origin.position.topic, partition = origin.position.partition, offset = origin.position.offset,
                             "dead-letter topic refused message; its partition cannot commit past it until it is delivered");
                         tokio::time::sleep(self.max_backoff).await;
                     }
@@ -481,7 +526,7 @@ impl Sink {
             (Some(orig), true) => orig.clone(),
             _ => OwnedHeaders::new(),
         };
-        let source = &origin.source;
+        let position = &origin.position;
         let mut put = |k: &str, v: &str| {
             h = std::mem::take(&mut h).insert(Header {
                 key: k,
@@ -490,10 +535,10 @@ impl Sink {
         };
         put("emostream.reason", reason.as_str());
         put("emostream.detail", cut_str(detail, MAX_DETAIL_BYTES));
-        put("emostream.source.topic", &source.topic);
-        put("emostream.source.partition", &source.partition.to_string());
-        put("emostream.source.offset", &source.offset.to_string());
-        if let Some(ts) = source.timestamp_ms {
+        put("emostream.source.topic", &position.topic);
+        put("emostream.source.partition", &position.partition.to_string());
+        put("emostream.source.offset", &position.offset.to_string());
+        if let Some(ts) = position.timestamp_ms {
             put("emostream.source.timestamp_ms", &ts.to_string());
         }
         if let (Some(p), Some(k)) = (payload, kept) {
@@ -560,7 +605,7 @@ impl<'a> Retry<'a> {
         }
         self.attempts += 1;
         metrics::counter!("emostream_produce_errors_total", "topic" => self.topic, "fault" => "transient").increment(1);
-        tracing::debug!(error = %e, topic = self.topic, attempts = self.attempts, partition = origin.source.partition, offset = origin.source.offset, "retrying produce");
+        tracing::debug!(error = %e, topic = self.topic, attempts = self.attempts, partition = origin.position.partition, offset = origin.position.offset, "retrying produce");
         tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).min(self.sink.max_backoff);
     }
@@ -623,7 +668,7 @@ fn cut_str(s: &str, max: usize) -> &str {
 
 /// The message is on a topic: record its end-to-end time and resolve its acknowledgement.
 fn delivered(origin: Origin) {
-    if let Some(ts) = origin.source.timestamp_ms {
+    if let Some(ts) = origin.position.timestamp_ms {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -650,11 +695,11 @@ mod tests {
             RDKafkaErrorCode::RequestTimedOut,
             RDKafkaErrorCode::NotEnoughReplicas,
         ] {
-            assert_eq!(classify(&produce(c)), Fault::Transient, "{c:?}");
+            assert_eq!(fault_of(&produce(c)), Fault::Transient, "{c:?}");
         }
-        assert_eq!(classify(&KafkaError::Canceled), Fault::Transient);
+        assert_eq!(fault_of(&KafkaError::Canceled), Fault::Transient);
         assert_eq!(
-            classify(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
+            fault_of(&produce(RDKafkaErrorCode::MessageSizeTooLarge)),
             Fault::TooLarge
         );
         for c in [
@@ -662,7 +707,7 @@ mod tests {
             RDKafkaErrorCode::TopicAuthorizationFailed,
             RDKafkaErrorCode::PolicyViolation,
         ] {
-            assert_eq!(classify(&produce(c)), Fault::Permanent, "{c:?}");
+            assert_eq!(fault_of(&produce(c)), Fault::Permanent, "{c:?}");
         }
     }
 

@@ -4,11 +4,12 @@
 //! revoke and at shutdown (after waiting, bounded, for what is in flight).
 
 use crate::daemon::ack::Ledger;
-use crate::daemon::config::Settings;
-use crate::daemon::kafka::client::{client_config, ClientHooks};
+use crate::daemon::config::{BackpressureSettings, InputSettings, Settings};
+use crate::daemon::kafka::client::{client_config, ClientHooks, ClientSettings};
 use crate::daemon::kafka::transaction::{Settled, Transactions};
-use crate::daemon::pipeline::event::Source as SourceRef;
-use crate::daemon::pipeline::{admit, headers, Admitted, Origin};
+use crate::daemon::pipeline::event::Position;
+use crate::daemon::kafka::headers;
+use crate::daemon::pipeline::{admit, Admitted, Origin};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -16,6 +17,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientContext, Offset, Statistics, TopicPartitionList};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -237,15 +239,59 @@ impl ConsumerContext for SourceContext {
 
 pub(crate) type KafkaConsumer = StreamConsumer<SourceContext>;
 
+/// What the source stage is built with: the group, its topics and consumer properties, the
+/// commit and rebalance timings, the in-flight budget, the input rules admission applies, and
+/// the limits of its waits.
+#[derive(Debug, Clone)]
+pub(crate) struct SourceSettings {
+    pub(crate) client: ClientSettings,
+    /// `kafka.group_id`.
+    pub(crate) group_id: String,
+    /// `kafka.input_topics`.
+    pub(crate) topics: Vec<String>,
+    /// `kafka.consumer_properties`.
+    pub(crate) consumer_properties: BTreeMap<String, String>,
+    /// `kafka.revoke_wait_ms`.
+    pub(crate) revoke_wait: Duration,
+    /// `kafka.commit_interval_ms`.
+    pub(crate) commit_interval: Duration,
+    /// `kafka.transaction_max_messages`.
+    pub(crate) transaction_max_messages: u64,
+    pub(crate) backpressure: BackpressureSettings,
+    pub(crate) input: InputSettings,
+    /// `health.stall_timeout_ms`: how long a stalled partition goes unreported.
+    pub(crate) stall_timeout: Duration,
+    /// `shutdown.timeout_ms`: the wait for acknowledgements before the final commit.
+    pub(crate) shutdown_timeout: Duration,
+}
+
+impl SourceSettings {
+    pub(crate) fn from_settings(s: &Settings) -> SourceSettings {
+        SourceSettings {
+            client: ClientSettings::from_settings(s),
+            group_id: s.kafka.group_id.clone(),
+            topics: s.kafka.input_topics.clone(),
+            consumer_properties: s.kafka.consumer_properties.clone(),
+            revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
+            commit_interval: Duration::from_millis(s.kafka.commit_interval_ms),
+            transaction_max_messages: s.kafka.transaction_max_messages,
+            backpressure: s.backpressure.clone(),
+            input: s.input.clone(),
+            stall_timeout: Duration::from_millis(s.health.stall_timeout_ms),
+            shutdown_timeout: Duration::from_millis(s.shutdown.timeout_ms),
+        }
+    }
+}
+
 /// The group member, subscribed to the input topics; its acknowledgements go to `ledger`.
 pub(crate) fn consumer(
-    s: &Settings,
+    s: &SourceSettings,
     ledger: Arc<Ledger>,
     hooks: ClientHooks,
     txn: Option<Arc<Transactions>>,
 ) -> Result<Arc<KafkaConsumer>> {
-    let mut c = client_config(s);
-    c.set("group.id", &s.kafka.group_id)
+    let mut c = client_config(&s.client);
+    c.set("group.id", &s.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -256,7 +302,7 @@ pub(crate) fn consumer(
         // daemon already holds up to backpressure.max_in_flight_* itself, and a backlog
         // should wait in Kafka, not in memory (30 MiB less RSS on a 1M backlog, BENCHMARKS.md).
         .set("queued.max.messages.kbytes", "4096");
-    for (k, v) in &s.kafka.consumer_properties {
+    for (k, v) in &s.consumer_properties {
         c.set(k, v);
     }
     if txn.is_some() {
@@ -267,7 +313,7 @@ pub(crate) fn consumer(
     let ctx = SourceContext {
         ledger,
         hooks,
-        revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
+        revoke_wait: s.revoke_wait,
         assigned: AtomicBool::new(false),
         abandoning: AtomicBool::new(false),
         txn,
@@ -277,7 +323,7 @@ pub(crate) fn consumer(
     let consumer: KafkaConsumer = c
         .create_with_context(ctx)
         .context("creating Kafka consumer")?;
-    let topics: Vec<&str> = s.kafka.input_topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = s.topics.iter().map(String::as_str).collect();
     consumer
         .subscribe(&topics)
         .with_context(|| format!("subscribing to {topics:?}"))?;
@@ -320,7 +366,7 @@ pub(crate) async fn abandon(consumer: &KafkaConsumer) {
 
 pub(crate) struct SourceStage {
     pub(crate) consumer: Arc<KafkaConsumer>,
-    pub(crate) settings: Settings,
+    pub(crate) settings: SourceSettings,
     pub(crate) pending_tx: mpsc::Sender<Admitted>,
     pub(crate) stop: Arc<Notify>,
 }
@@ -353,7 +399,7 @@ impl SourceStage {
             .ledger()
             .issue((topic.clone(), msg.partition()), msg.offset(), bytes);
         Origin {
-            source: SourceRef {
+            position: Position {
                 topic,
                 partition: msg.partition(),
                 offset: msg.offset(),
@@ -449,14 +495,14 @@ impl SourceStage {
     /// (bounded by `shutdown.timeout_ms`) and makes the final commit.
     pub(crate) async fn run(self) {
         let bp = &self.settings.backpressure;
-        let every = Duration::from_millis(self.settings.kafka.commit_interval_ms);
+        let every = self.settings.commit_interval;
         let mut tick = tokio::time::interval(every);
         let mut recheck = tokio::time::interval(Duration::from_millis(200));
         // Not polled while unpaused: no burst of missed rechecks when a pause begins.
         recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut paused = false;
         let mut since_commit: u64 = 0;
-        let txn_max = self.settings.kafka.transaction_max_messages;
+        let txn_max = self.settings.transaction_max_messages;
         let at_least_once = self.consumer.context().txn.is_none();
         loop {
             if !self.rewound().await {
@@ -587,7 +633,7 @@ impl SourceStage {
         if let Some(txn) = &self.consumer.context().txn {
             // Nothing new is read meanwhile: wait until everything consumed is in the
             // transaction (bounded; a stage that stopped answering makes it abort).
-            let limit = Duration::from_millis(self.settings.health.stall_timeout_ms);
+            let limit = self.settings.stall_timeout;
             self.wait_acknowledged(tokio::time::Instant::now() + limit)
                 .await;
             let consumer = &*self.consumer;
@@ -647,7 +693,7 @@ impl SourceStage {
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.pending_tx, closed));
         let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.settings.shutdown.timeout_ms);
+            tokio::time::Instant::now() + self.settings.shutdown_timeout;
         self.wait_in_flight(deadline).await;
         let consumer = self.consumer.clone();
         let ledger = consumer.context().ledger.clone();

@@ -15,8 +15,7 @@
 //! transaction being committed or in the next one, and after an abort a message from before
 //! it (its token is stale) is dropped rather than sent into the next transaction.
 
-use crate::daemon::config::Settings;
-use crate::daemon::kafka::client::KafkaProducer;
+use crate::daemon::kafka::client::{KafkaProducer, TransactionSettings};
 use anyhow::{Context, Result};
 use rdkafka::consumer::ConsumerGroupMetadata;
 use rdkafka::error::KafkaError;
@@ -70,11 +69,11 @@ pub(crate) struct Transactions {
 impl Transactions {
     /// Fences any earlier producer with this transactional id (aborting its open transaction)
     /// and opens the first transaction.
-    pub(crate) fn start(producer: KafkaProducer, s: &Settings) -> Result<Transactions> {
-        let timeout = Duration::from_millis(s.kafka.transaction_timeout_ms);
+    pub(crate) fn start(producer: KafkaProducer, s: &TransactionSettings) -> Result<Transactions> {
+        let timeout = s.timeout;
         producer
             .init_transactions(timeout)
-            .with_context(|| format!("initialising transactions (transactional.id {:?}; kafka.delivery = \"exactly_once\")", s.transactional_id()))?;
+            .with_context(|| format!("initialising transactions (transactional.id {:?}; kafka.delivery = \"exactly_once\")", s.transactional_id))?;
         producer
             .begin_transaction()
             .context("beginning the first transaction")?;

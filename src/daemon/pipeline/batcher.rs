@@ -14,7 +14,7 @@
 use crate::backend::generation::Generation;
 use crate::daemon::config::BatchingSettings;
 use crate::daemon::pipeline::decode::Reason;
-use crate::daemon::pipeline::workers::Busy;
+use crate::daemon::pipeline::workers::WorkerClock;
 use crate::daemon::pipeline::{Admitted, Batch, Entry, Item, Rejection};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,7 +53,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Admitted>,
     tx: mpsc::Sender<Batch>,
     mut active: watch::Receiver<Arc<Generation>>,
-    workers: Arc<Busy>,
+    workers: Arc<WorkerClock>,
     cfg: BatchingSettings,
 ) {
     let wait = Duration::from_millis(cfg.max_wait_ms);
@@ -175,7 +175,7 @@ mod tests {
     struct Running {
         input: mpsc::Sender<Admitted>,
         batches: mpsc::Receiver<Batch>,
-        workers: Arc<Busy>,
+        workers: Arc<WorkerClock>,
         ledger: Arc<Ledger>,
         _active: watch::Sender<Arc<Generation>>,
     }
@@ -190,7 +190,7 @@ mod tests {
         }
         let (tx, batches) = mpsc::channel(1);
         let (active, active_rx) = watch::channel(model());
-        let workers = Arc::new(Busy::new(busy.len()));
+        let workers = Arc::new(WorkerClock::new(busy.len()));
         for (w, &b) in busy.iter().enumerate() {
             workers.set(w, b);
         }
@@ -221,8 +221,8 @@ mod tests {
             .entries
             .iter()
             .map(|e| match e {
-                Entry::Comment(i) => i.origin.source.offset,
-                Entry::Rejected(r) => r.origin.source.offset,
+                Entry::Comment(i) => i.origin.position.offset,
+                Entry::Rejected(r) => r.origin.position.offset,
             })
             .collect();
         assert_eq!(offsets, (0..300).collect::<Vec<_>>());

@@ -36,14 +36,15 @@ impl Reason {
     }
 }
 
+/// Why a payload is not a comment (the pipeline's `Rejection` adds the message it came with).
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Rejection {
+pub(crate) struct Undecodable {
     pub(crate) reason: Reason,
     pub(crate) detail: String,
 }
 
-fn reject(reason: Reason, detail: impl Into<String>) -> Rejection {
-    Rejection {
+fn reject(reason: Reason, detail: impl Into<String>) -> Undecodable {
+    Undecodable {
         reason,
         detail: detail.into(),
     }
@@ -57,7 +58,7 @@ pub(crate) struct Comment {
 }
 
 /// Decodes one payload (`None` is a Kafka tombstone).
-pub(crate) fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Rejection> {
+pub(crate) fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comment, Undecodable> {
     let Some(bytes) = payload else {
         return Err(reject(Reason::Tombstone, "null payload (a tombstone)"));
     };

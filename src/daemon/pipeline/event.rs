@@ -8,9 +8,10 @@ use serde::Serialize;
 
 const SCHEMA_VERSION: u32 = 1;
 
-/// Where the comment came from.
+/// Where a message was read: its Kafka topic, partition, offset and timestamp (an event's
+/// `source`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub(crate) struct Source {
+pub(crate) struct Position {
     pub(crate) topic: String,
     pub(crate) partition: i32,
     pub(crate) offset: i64,
@@ -35,7 +36,7 @@ pub(crate) struct LabelEvent<'a> {
     pub(crate) model: &'a ModelRef,
     /// Where the comment came from; absent in an answer of the HTTP API.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) source: Option<&'a Source>,
+    pub(crate) source: Option<&'a Position>,
     /// RFC 3339 UTC time the event was built.
     pub(crate) processed_at: String,
     /// The text was longer than the model's max length and was cut before labelling.
@@ -52,7 +53,7 @@ pub(crate) fn build<'a>(
     mode: ScoreMode,
     top_k: usize,
     model: &'a ModelRef,
-    source: Option<&'a Source>,
+    source: Option<&'a Position>,
     truncated: bool,
 ) -> LabelEvent<'a> {
     let order = ranked(scores);
@@ -97,7 +98,7 @@ mod tests {
             version: "1".into(),
             sha256: "x".into(),
         };
-        let s = Source {
+        let s = Position {
             topic: "t".into(),
             partition: 0,
             offset: 5,

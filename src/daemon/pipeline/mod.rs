@@ -6,36 +6,42 @@
 //! origin, and its outcome goes back to the request instead of the sink.
 
 pub(crate) mod batcher;
+pub(crate) mod core;
 pub(crate) mod decode;
 pub(crate) mod event;
-pub(crate) mod headers;
 pub(crate) mod workers;
-
-#[cfg(test)]
-mod admit_fuzz;
 
 use crate::backend::generation::Generation;
 use crate::daemon::ack::{Ack, Ledger};
 use crate::daemon::config::InputSettings;
 use decode::{decode, Reason};
-use event::Source;
+use event::Position;
 use rdkafka::message::OwnedHeaders;
 use std::sync::Arc;
 
 /// A consumed message and everything needed to answer for it.
 #[derive(Debug)]
 pub(crate) struct Origin {
-    pub(crate) source: Source,
+    pub(crate) position: Position,
     pub(crate) key: Option<Vec<u8>>,
     pub(crate) headers: Option<OwnedHeaders>,
     /// Size and key check of `headers`, read once where the message is consumed.
-    pub(crate) header_summary: headers::Summary,
+    pub(crate) header_summary: HeaderSummary,
     /// The original bytes, kept for the dead-letter topic (`None`: a tombstone).
     pub(crate) payload: Option<Vec<u8>>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
     pub(crate) ack: Ack,
     /// Set for a comment posted to the HTTP API: its outcome answers the request.
     pub(crate) reply: Option<Reply>,
+}
+
+/// What admission needs to know about a message's headers (kafka/headers.rs reads it).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderSummary {
+    /// Keys plus values, in bytes (what the headers cost in memory).
+    pub(crate) bytes: usize,
+    /// Index of the first header whose key is not UTF-8.
+    pub(crate) bad_key: Option<usize>,
 }
 
 /// Where the outcome of a comment posted to the HTTP API goes.
@@ -52,7 +58,7 @@ impl Origin {
     ) -> Origin {
         let bytes = payload.as_ref().map_or(0, Vec::len);
         Origin {
-            source: Source {
+            position: Position {
                 topic: topic.to_string(),
                 partition: 0,
                 offset,
@@ -68,10 +74,10 @@ impl Origin {
     }
 
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
-    pub(crate) fn coordinates(&self) -> String {
+    pub(crate) fn position_id(&self) -> String {
         format!(
             "{}/{}/{}",
-            self.source.topic, self.source.partition, self.source.offset
+            self.position.topic, self.position.partition, self.position.offset
         )
     }
 }
@@ -203,7 +209,7 @@ pub(crate) fn admit(origin: Origin, input: &InputSettings) -> Admitted {
     }
     match decode(origin.payload.as_deref(), input) {
         Ok(c) => Ok(Pending {
-            id: c.id.unwrap_or_else(|| origin.coordinates()),
+            id: c.id.unwrap_or_else(|| origin.position_id()),
             text: c.text,
             origin,
         }),

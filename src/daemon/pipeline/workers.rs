@@ -13,7 +13,6 @@ use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
 use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
 use crate::daemon::supervise::{panic_message, Faults};
-use crate::daemon::swap::shadow::Shadow;
 use anyhow::Result;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,11 +34,25 @@ pub(crate) trait Watcher: Send + Sync {
     );
 }
 
+/// Something shown each batch the active model scored whole (a swap candidate under shadow
+/// evaluation, swap/shadow.rs, scores a sample of them with its own model and compares).
+pub(crate) trait BatchWatcher: Send + Sync {
+    /// `texts` and `scores` row by row, as worker `worker` scored them on `active`.
+    fn scored(
+        &self,
+        worker: usize,
+        active: &Generation,
+        texts: &[&str],
+        scores: &[Vec<f32>],
+        calls: CallLimits,
+    );
+}
+
 /// What watches labelled comments besides the sink.
 #[derive(Clone, Default)]
 pub(crate) struct Observers {
     /// A candidate model under evaluation, scoring a sample of the batches.
-    pub(crate) shadow: Option<Arc<Shadow>>,
+    pub(crate) shadow: Option<Arc<dyn BatchWatcher>>,
     /// The last labelled comments and the counts of each emotion, for `/live`.
     pub(crate) live: Option<Arc<dyn Watcher>>,
 }
@@ -135,74 +148,90 @@ fn label_items(
     let started = Instant::now();
     let scored = score_isolating(worker, model, &rows, calls);
     metrics::histogram!("emostream_inference_seconds").record(started.elapsed().as_secs_f64());
-    let reject = |origin, detail: String| {
-        Outcome::Rejected(Rejection {
-            reason: Reason::InferenceError,
-            detail,
-            origin,
-        })
-    };
     let scored: Vec<Result<Vec<f32>, String>> = match scored {
         Scored::Whole(scores) => {
             if let Some(sh) = &watch.shadow {
-                sh.observe(worker, model, &items, &scores, calls);
+                let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+                sh.scored(worker, model, &texts, &scores, calls);
             }
             scores.into_iter().map(Ok).collect()
         }
         Scored::Isolated(results) => results,
     };
-    // One registry lookup per label that fires in the batch, not one per event and label.
-    let mut counters: std::collections::HashMap<String, metrics::Counter> = Default::default();
+    let mut counters = LabelCounters::default();
     items
         .into_iter()
         .zip(scored)
-        .map(|(item, s)| {
-            let s = match s {
-                Ok(s) => s,
-                Err(e) => return reject(item.origin, e),
-            };
-            if s.iter().any(|x| !x.is_finite()) {
-                return reject(item.origin, "model produced a non-finite score".into());
-            }
-            // An API answer carries every label's score (the try-it page draws them all) and
-            // no Kafka source; output.scores shapes the stream's events.
-            let api = item.origin.reply.is_some();
-            let ev = event::build(
-                &item.id,
-                &s,
-                &model.labels,
-                &model.thresholds,
-                if api { ScoreMode::All } else { out.scores },
-                out.top_k,
-                &model.model_ref,
-                (!api).then_some(&item.origin.source),
-                item.truncated,
-            );
-            if let Some(live) = &watch.live {
-                live.labelled(&item, &model.labels, &s, &ev, api);
-            }
-            let fired = ev
-                .labels
-                .iter()
-                .map(|l| match counters.get(l.label) {
-                    Some(c) => c.clone(),
-                    None => {
-                        let c = metrics::counter!("emostream_labels_total", "label" => l.label.to_string());
-                        counters.insert(l.label.to_string(), c.clone());
-                        c
-                    }
-                })
-                .collect();
-            match serde_json::to_vec(&ev) {
-                Ok(event) => Outcome::Labelled {
-                    event,
-                    origin: item.origin,
-                    fired,
-                },
-                Err(e) => reject(item.origin, format!("serialising event: {e}")),
-            }
+        .map(|(item, s)| match s {
+            Ok(s) => outcome(item, &s, model, out, watch, &mut counters),
+            Err(e) => inference_error(item.origin, e),
         })
         .collect()
+}
+
+fn inference_error(origin: crate::daemon::pipeline::Origin, detail: String) -> Outcome {
+    Outcome::Rejected(Rejection {
+        reason: Reason::InferenceError,
+        detail,
+        origin,
+    })
+}
+
+/// `emostream_labels_total{label}` counters, looked up once per label that fires in a batch
+/// rather than once per event and label.
+#[derive(Default)]
+struct LabelCounters(std::collections::HashMap<String, metrics::Counter>);
+
+impl LabelCounters {
+    fn get(&mut self, label: &str) -> metrics::Counter {
+        if let Some(c) = self.0.get(label) {
+            return c.clone();
+        }
+        let c = metrics::counter!("emostream_labels_total", "label" => label.to_string());
+        self.0.insert(label.to_string(), c.clone());
+        c
+    }
+}
+
+/// One scored comment's outcome: its label event, or a rejection when the scores are not
+/// finite or the event cannot be written.
+fn outcome(
+    item: Item,
+    s: &[f32],
+    model: &Generation,
+    out: &OutputSettings,
+    watch: &Observers,
+    counters: &mut LabelCounters,
+) -> Outcome {
+    if s.iter().any(|x| !x.is_finite()) {
+        return inference_error(item.origin, "model produced a non-finite score".into());
+    }
+    // An API answer carries every label's score (the try-it page draws them all) and
+    // no Kafka source; output.scores shapes the stream's events.
+    let api = item.origin.reply.is_some();
+    let ev = event::build(
+        &item.id,
+        s,
+        &model.labels,
+        &model.thresholds,
+        if api { ScoreMode::All } else { out.scores },
+        out.top_k,
+        &model.model_ref,
+        (!api).then_some(&item.origin.position),
+        item.truncated,
+    );
+    if let Some(live) = &watch.live {
+        live.labelled(&item, &model.labels, s, &ev, api);
+    }
+    let fired = ev.labels.iter().map(|l| counters.get(l.label)).collect();
+    match serde_json::to_vec(&ev) {
+        Ok(event) => Outcome::Labelled {
+            event,
+            origin: item.origin,
+            fired,
+        },
+        Err(e) => inference_error(item.origin, format!("serialising event: {e}")),
+    }
 }
 
 /// Batches taken from the queue are numbered in queue order; whichever worker finishes,
@@ -216,16 +245,16 @@ struct InOrder {
 /// When each worker took the batch it is running (milliseconds since `started`; 0: idle), so
 /// health can tell a worker stuck inside ONNX Runtime from one waiting for work, and the
 /// batcher can hand a batch over at once when a worker has nothing to do.
-pub(crate) struct Busy {
+pub(crate) struct WorkerClock {
     started: Instant,
     since: Vec<AtomicU64>,
     /// Signalled each time a worker finishes a batch.
     freed: Notify,
 }
 
-impl Busy {
-    pub(crate) fn new(n: usize) -> Busy {
-        Busy {
+impl WorkerClock {
+    pub(crate) fn new(n: usize) -> WorkerClock {
+        WorkerClock {
             started: Instant::now(),
             since: (0..n).map(|_| AtomicU64::new(0)).collect(),
             freed: Notify::new(),
@@ -300,14 +329,14 @@ pub(crate) fn spawn(
     out: OutputSettings,
     watch: Observers,
     faults: Arc<Faults>,
-) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<Busy>)> {
+) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<WorkerClock>)> {
     let batches = Arc::new(Mutex::new(batches));
     let order = Arc::new(std::sync::Mutex::new(InOrder {
         taken: 0,
         next: 0,
         held: BTreeMap::new(),
     }));
-    let busy = Arc::new(Busy::new(n));
+    let clock = Arc::new(WorkerClock::new(n));
     let mut handles = Vec::new();
     for w in 0..n {
         let watch = watch.clone();
@@ -316,7 +345,7 @@ pub(crate) fn spawn(
         let outcomes = outcomes.clone();
         let out = out.clone();
         let faults = faults.clone();
-        let busy = busy.clone();
+        let clock = clock.clone();
         let work = move || loop {
             let (seq, batch) = {
                 let mut queue = batches.blocking_lock();
@@ -328,11 +357,11 @@ pub(crate) fn spawn(
                 o.taken += 1;
                 (o.taken - 1, batch)
             };
-            busy.set(w, true);
+            clock.set(w, true);
             #[cfg(feature = "fault-injection")]
             injected_fault(seq);
             let labelled = label_batch(w, batch, calls, &out, &watch);
-            busy.set(w, false);
+            clock.set(w, false);
             let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
             o.held.insert(seq, labelled);
             loop {
@@ -367,5 +396,5 @@ pub(crate) fn spawn(
                 })?,
         );
     }
-    Ok((handles, busy))
+    Ok((handles, clock))
 }

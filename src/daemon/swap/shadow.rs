@@ -4,7 +4,7 @@
 
 use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
-use crate::daemon::pipeline::Item;
+use crate::daemon::pipeline::workers::BatchWatcher;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -92,12 +92,15 @@ impl Shadow {
             .map(|r| r.agreement())
     }
 
-    /// Called by worker `worker` after the active model scored `items`.
-    pub(crate) fn observe(
+}
+
+impl BatchWatcher for Shadow {
+    /// Called by worker `worker` after the active model scored `texts`.
+    fn scored(
         &self,
         worker: usize,
         active: &Generation,
-        items: &[Item],
+        texts: &[&str],
         active_scores: &[Vec<f32>],
         calls: CallLimits,
     ) {
@@ -111,9 +114,9 @@ impl Shadow {
             run.candidate.clone()
         };
         // Inference outside the lock: the other workers keep going.
-        let rows: Result<Vec<Vec<u32>>, _> = items
+        let rows: Result<Vec<Vec<u32>>, _> = texts
             .iter()
-            .map(|i| candidate.text.encode(&i.text).map(|e| e.ids))
+            .map(|t| candidate.text.encode(t).map(|e| e.ids))
             .collect();
         let scored = rows.and_then(|rows| {
             let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();

@@ -2,6 +2,7 @@
 //! and panics on any other key; a producer can send such a key, so the daemon reads and builds
 //! headers through librdkafka's own calls here and never through that iterator.
 
+use crate::daemon::pipeline::HeaderSummary;
 use rdkafka::bindings as rd;
 use rdkafka::message::{BorrowedHeaders, OwnedHeaders};
 use std::ffi::CStr;
@@ -29,17 +30,9 @@ pub(crate) fn for_each(h: &BorrowedHeaders, mut f: impl FnMut(&[u8], Option<&[u8
     }
 }
 
-/// What admission needs to know about a message's headers.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Summary {
-    /// Keys plus values, in bytes (what the headers cost in memory).
-    pub(crate) bytes: usize,
-    /// Index of the first header whose key is not UTF-8.
-    pub(crate) bad_key: Option<usize>,
-}
-
-pub(crate) fn summary(h: Option<&OwnedHeaders>) -> Summary {
-    let mut s = Summary::default();
+/// What admission needs to know about a message's headers, read once where it is consumed.
+pub(crate) fn summary(h: Option<&OwnedHeaders>) -> HeaderSummary {
+    let mut s = HeaderSummary::default();
     let Some(h) = h else { return s };
     let mut idx = 0;
     for_each(h.as_borrowed(), |k, v| {

@@ -2,12 +2,12 @@
 //! tokenizer never panic, and each message is either a comment or a rejection with a reason
 //! that matches what is wrong with it.
 
-use super::headers;
-use super::{admit, Origin};
+use crate::daemon::kafka::headers;
+use crate::daemon::pipeline::{admit, HeaderSummary, Origin};
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{InputFormat, InputSettings};
 use crate::daemon::pipeline::decode::Reason;
-use crate::daemon::pipeline::event::Source;
+use crate::daemon::pipeline::event::Position;
 use crate::model::tokenize::TextEncoder;
 use rdkafka::message::OwnedHeaders;
 use std::sync::Arc;
@@ -101,6 +101,38 @@ fn random_headers(rng: &mut Rng) -> Option<OwnedHeaders> {
     Some(h)
 }
 
+/// A tombstone, random bytes, or a mutated seed (half of those from the first four seeds,
+/// the well-formed comments).
+fn random_payload(rng: &mut Rng, seeds: &[Vec<u8>]) -> Option<Vec<u8>> {
+    match rng.below(20) {
+        0 => None,
+        1 => Some(rng.some_bytes(2000)),
+        _ => {
+            let pick = if rng.below(2) == 0 { 4 } else { seeds.len() };
+            let seed = seeds[rng.below(pick)].clone();
+            Some(mutate(rng, seed))
+        }
+    }
+}
+
+/// The reason a message must be rejected with, when its headers or a missing payload decide
+/// it before the payload is read (`None`: the payload's content decides).
+fn expected_reason(
+    summary: &HeaderSummary,
+    tombstone: bool,
+    input: &InputSettings,
+) -> Option<Reason> {
+    if summary.bad_key.is_some() {
+        Some(Reason::InvalidHeaders)
+    } else if summary.bytes > input.max_header_bytes {
+        Some(Reason::TooLarge)
+    } else if tombstone {
+        Some(Reason::Tombstone)
+    } else {
+        None
+    }
+}
+
 #[test]
 fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_their_reason() {
     let tokenizer = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -118,20 +150,11 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
     let mut rng = Rng(0x5eed_cafe_f00d_d00d);
     let (mut comments, mut rejected) = (0, 0);
     for n in 0..10_000i64 {
-        let payload = match rng.below(20) {
-            0 => None,
-            1 => Some(rng.some_bytes(2000)),
-            _ => {
-                // Half from the first four (well-formed comments), half from any.
-                let pick = if rng.below(2) == 0 { 4 } else { seeds.len() };
-                let seed = seeds[rng.below(pick)].clone();
-                Some(mutate(&mut rng, seed))
-            }
-        };
+        let payload = random_payload(&mut rng, &seeds);
         let hdrs = random_headers(&mut rng);
         let summary = headers::summary(hdrs.as_ref());
         let origin = Origin {
-            source: Source {
+            position: Position {
                 topic: "fuzz".into(),
                 partition: 0,
                 offset: n,
@@ -162,16 +185,7 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
                     !r.detail.is_empty(),
                     "message {n}: rejection without detail"
                 );
-                let expected = if summary.bad_key.is_some() {
-                    Some(Reason::InvalidHeaders)
-                } else if summary.bytes > input.max_header_bytes {
-                    Some(Reason::TooLarge)
-                } else if payload.is_none() {
-                    Some(Reason::Tombstone)
-                } else {
-                    None
-                };
-                if let Some(want) = expected {
+                if let Some(want) = expected_reason(&summary, payload.is_none(), &input) {
                     assert_eq!(r.reason, want, "message {n}: {}", r.detail);
                 }
                 r.origin.ack.delivered();

@@ -1,5 +1,6 @@
-//! A loaded model directory ready to score texts: tokenizer + ONNX Runtime session + card.
-//! Used by `train evaluate`, `emostream classify` and the daemon's inference workers.
+//! A loaded model directory scoring whole lists of texts on one session: tokenizer + ONNX
+//! Runtime session + card. For offline work (`train evaluate`/`calibrate`, `check-model`, the
+//! benches); the daemon serves through `generation` instead.
 
 use crate::backend::batching::{in_length_order, Cut};
 use crate::backend::ort::{OrtSession, RuntimeOptions};
@@ -9,14 +10,14 @@ use crate::model::tokenize::{Encoded, PaddedBatch, TextEncoder};
 use anyhow::{Context, Result};
 use std::path::Path;
 
-pub struct Classifier {
+pub struct OfflineModel {
     pub dir: ModelDir,
     pub text: TextEncoder,
     pub model: OrtSession,
 }
 
-impl Classifier {
-    pub fn load(dir: &Path, runtime: &RuntimeOptions, verify_sha256: bool) -> Result<Classifier> {
+impl OfflineModel {
+    pub fn load(dir: &Path, runtime: &RuntimeOptions, verify_sha256: bool) -> Result<OfflineModel> {
         let dir = ModelDir::load(dir, verify_sha256)?;
         let text = TextEncoder::from_file(&dir.tokenizer_path(), dir.card.max_sequence_length)?;
         let model = OrtSession::load(&dir.onnx_path(), runtime)?;
@@ -28,7 +29,7 @@ impl Classifier {
                 dir.card.labels.len()
             );
         }
-        Ok(Classifier { dir, text, model })
+        Ok(OfflineModel { dir, text, model })
     }
 
     pub fn encode(&self, text: &str) -> Result<Encoded> {

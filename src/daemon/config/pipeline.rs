@@ -1,0 +1,143 @@
+//! The pipeline's sections: `[input]` (what a message is), `[output]` (what an event carries),
+//! `[batching]` and `[backpressure]`.
+
+use super::check;
+use crate::backend::batching::CallLimits;
+use anyhow::Result;
+use serde::Deserialize;
+
+/// `input.format` (and `emostream classify --format`): a JSON object per message, or the
+/// whole message as the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum InputFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSettings {
+    pub format: InputFormat,
+    pub(crate) text_pointer: String,
+    pub(crate) id_pointer: String,
+    pub(crate) max_message_bytes: usize,
+    pub(crate) max_header_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ScoreMode {
+    All,
+    TopK,
+    OverThreshold,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct OutputSettings {
+    pub(crate) scores: ScoreMode,
+    pub(crate) top_k: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchingSettings {
+    pub(crate) max_batch_size: usize,
+    pub(crate) max_wait_ms: u64,
+    pub(crate) max_batch_tokens: usize,
+    pub(crate) backlog_window: usize,
+    pub(crate) inference_workers: usize,
+}
+
+impl BatchingSettings {
+    /// The largest ONNX Runtime call.
+    pub(crate) fn call_limits(&self) -> CallLimits {
+        CallLimits {
+            max_rows: self.max_batch_size,
+            max_tokens: self.max_batch_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BackpressureSettings {
+    pub(crate) max_in_flight_messages: usize,
+    pub(crate) max_in_flight_bytes: usize,
+}
+
+impl InputSettings {
+    /// Every `input.*` key on its own.
+    pub(super) fn validate(&self) -> Result<()> {
+        let i = self;
+        for (key, p) in [
+            ("input.text_pointer", &i.text_pointer),
+            ("input.id_pointer", &i.id_pointer),
+        ] {
+            check(
+                p.is_empty() || p.starts_with('/'),
+                key,
+                format!("{p:?} is not a JSON pointer (must start with '/')"),
+            )?;
+        }
+        check(
+            !i.text_pointer.is_empty(),
+            "input.text_pointer",
+            "must not be empty",
+        )?;
+        check(
+            i.max_message_bytes >= 16,
+            "input.max_message_bytes",
+            "must be at least 16",
+        )?;
+        Ok(())
+    }
+}
+
+impl OutputSettings {
+    pub(super) fn validate(&self) -> Result<()> {
+        check(
+            self.top_k >= 1 && self.top_k <= 1000,
+            "output.top_k",
+            format!("must be between 1 and 1000 (got {})", self.top_k),
+        )?;
+        Ok(())
+    }
+}
+
+impl BatchingSettings {
+    /// Every `batching.*` key on its own.
+    pub(super) fn validate(&self) -> Result<()> {
+        let b = self;
+        check(
+            (1..=4096).contains(&b.max_batch_size),
+            "batching.max_batch_size",
+            format!("must be between 1 and 4096 (got {})", b.max_batch_size),
+        )?;
+        check(
+            b.max_wait_ms <= 60_000,
+            "batching.max_wait_ms",
+            format!("must be at most 60000 (got {})", b.max_wait_ms),
+        )?;
+        check(
+            b.max_batch_tokens >= 16,
+            "batching.max_batch_tokens",
+            format!("must be at least 16 (got {})", b.max_batch_tokens),
+        )?;
+        check(
+            (b.max_batch_size..=65_536).contains(&b.backlog_window),
+            "batching.backlog_window",
+            format!(
+                "must be between batching.max_batch_size ({}) and 65536 (got {})",
+                b.max_batch_size, b.backlog_window
+            ),
+        )?;
+        check(
+            (1..=64).contains(&b.inference_workers),
+            "batching.inference_workers",
+            format!("must be between 1 and 64 (got {})", b.inference_workers),
+        )?;
+        Ok(())
+    }
+}

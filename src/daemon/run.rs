@@ -1,0 +1,336 @@
+//! `emostream run`: the Kafka daemon. Reads top to bottom as the data path is built: the model,
+//! the Kafka clients, the source → inference core → sink, the doors (classify API, admin
+//! server, probes), then the wait for a signal or a fault and the shutdown that drains it all:
+//! stop fetching, finish in-flight batches, let the source make its final commit, flush, exit.
+
+use crate::daemon::ack::Ledger;
+use crate::daemon::admin::{self, AdminState, Health, ModelAdmin};
+use crate::daemon::api::classify::ClassifyApi;
+use crate::daemon::api::live::LiveView;
+use crate::daemon::config::{Delivery, Settings};
+use crate::daemon::kafka::client::{
+    self, ClientHooks, Cluster, KafkaProducer, ProducerRole, ProducerSettings,
+};
+use crate::daemon::kafka::sink::{Sink, SinkSettings};
+use crate::daemon::kafka::source::{self, KafkaConsumer, SourceSettings, SourceStage};
+use crate::daemon::kafka::transaction::Transactions;
+use crate::daemon::pipeline::core::{join_workers, Core, CoreSettings};
+use crate::daemon::pipeline::workers::WorkerClock;
+use crate::daemon::start::{self, Swapping};
+use crate::daemon::supervise::{self, Faults};
+use crate::daemon::telemetry;
+use anyhow::{Context, Result};
+use rdkafka::consumer::Consumer;
+use rdkafka::producer::Producer;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+pub async fn run(s: Settings) -> Result<()> {
+    let prometheus = telemetry::init_metrics()?;
+    // 1. The model: the registry's ACTIVE version or model.dir, one session per worker.
+    let first = start::load_first_model(&s, s.batching.inference_workers)?;
+    let registry = first.registry;
+    let (active_tx, active) = start::serve_model(first.generation);
+    // 2. The Kafka clients: one plain producer (events, dead letters, control replies) and,
+    //    in exactly-once mode, the sink's own transactional producer.
+    let kafka = KafkaClients::connect(&s).await?;
+    // 3. Hot swap: controller, registry pointer, control topic (answered on the plain producer).
+    let swapping =
+        start::start_swapping(&s, &registry, first.pointer, active_tx, Some(&kafka.producer))?;
+    // 4. The data path: source → batcher → inference workers → sink, acknowledgements back.
+    let live = start::live_view(&s.ui);
+    let stream = Stream::start(&s, &kafka, active.clone(), &swapping, &live)?;
+    // 5. The doors: the classify API on the same core, the probes, the admin server.
+    let classify = s.api.enabled.then(|| {
+        Arc::new(ClassifyApi::new(
+            stream.api_pending.clone(),
+            &s.input,
+            &s.api,
+            active.clone(),
+        ))
+    });
+    let health = health(&s, &kafka, &stream);
+    let state = AdminState {
+        prometheus,
+        health: health.clone(),
+        access: s.admin_access()?,
+        model: Some(ModelAdmin {
+            active,
+            registry,
+            swaps: swapping.requests.clone(),
+        }),
+        extra_metrics: {
+            let c = stream.consumer.clone();
+            Arc::new(move || c.context().lag_metrics())
+        },
+        classify,
+        live,
+        pages: s.ui.enabled,
+    };
+    let admin_task = admin::serve(&s.admin.bind, state).await?;
+    tracing::info!(topics = ?s.kafka.input_topics, output = %s.kafka.output_topic, dead_letter = %s.kafka.dead_letter_topic, "emostream running");
+    // 6. Until a signal, a fault or a stage that ends on its own.
+    let mut stream = stream;
+    let fault = stream.wait(&kafka.faults).await;
+    health.shutting_down.store(true, Ordering::SeqCst);
+    if let Some(cause) = fault {
+        // Record it (a stage end was not reported through `faults`), commit what is safe
+        // (the acknowledged offsets: never past an unacknowledged message) and exit non-zero.
+        kafka.faults.fatal(cause.clone());
+        source::abandon(&stream.consumer).await;
+        admin_task.abort();
+        anyhow::bail!("{cause}; committed what was acknowledged, exiting for a restart");
+    }
+    // 7. Drain and stop.
+    stream.shut_down(&s).await;
+    swapping.stop();
+    kafka.flush();
+    admin_task.abort();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The Kafka clients every stage shares, with the callbacks that report the cluster's state
+/// (readiness) and fatal errors (supervision).
+struct KafkaClients {
+    producer: KafkaProducer,
+    /// Exactly-once mode: the transactions the sink writes into and the source commits.
+    txn: Option<Arc<Transactions>>,
+    cluster: Arc<Cluster>,
+    faults: Arc<Faults>,
+}
+
+impl KafkaClients {
+    async fn connect(s: &Settings) -> Result<KafkaClients> {
+        let faults = Arc::new(Faults::default());
+        let cluster = Arc::new(Cluster::default());
+        let settings = ProducerSettings::from_settings(s)?;
+        let hooks = ClientHooks {
+            role: "producer",
+            cluster: cluster.clone(),
+            faults: faults.clone(),
+        };
+        let producer = client::producer(&settings, hooks.clone(), ProducerRole::Plain)?;
+        let txn = match s.kafka.delivery {
+            Delivery::AtLeastOnce => None,
+            Delivery::ExactlyOnce => {
+                let p = client::producer(&settings, hooks, ProducerRole::Transactional)?;
+                let t = settings.transactions.clone();
+                let txn = tokio::task::spawn_blocking(move || Transactions::start(p, &t))
+                    .await
+                    .context("starting transactions")??;
+                tracing::info!(transactional_id = %settings.transactions.transactional_id, "exactly-once delivery: outcomes and offsets commit in transactions");
+                Some(Arc::new(txn))
+            }
+        };
+        Ok(KafkaClients {
+            producer,
+            txn,
+            cluster,
+            faults,
+        })
+    }
+
+    fn hooks(&self, role: &'static str) -> ClientHooks {
+        ClientHooks {
+            role,
+            cluster: self.cluster.clone(),
+            faults: self.faults.clone(),
+        }
+    }
+
+    /// The producer the sink writes with: the transactional one in exactly-once mode.
+    fn sink_producer(&self) -> KafkaProducer {
+        self.txn
+            .as_ref()
+            .map_or_else(|| self.producer.clone(), |t| t.producer().clone())
+    }
+
+    fn flush(&self) {
+        let _ = self.producer.flush(Duration::from_secs(5));
+        if let Some(t) = &self.txn {
+            let _ = t.producer().flush(Duration::from_secs(5));
+        }
+    }
+}
+
+/// The data path's running stages: the source task feeding the inference core, whose outcomes
+/// the sink task delivers; acknowledgements flow back to the source through the ledger.
+struct Stream {
+    consumer: Arc<KafkaConsumer>,
+    ledger: Arc<Ledger>,
+    sink: Arc<Sink>,
+    source_task: JoinHandle<()>,
+    sink_task: JoinHandle<()>,
+    batcher: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    clock: Arc<WorkerClock>,
+    /// Tells the source to stop fetching (shutdown).
+    stop: Arc<Notify>,
+    /// Into the core beside the source, for the classify API (weak: the source's sender is
+    /// what keeps the core open, so shutdown still drains).
+    api_pending: tokio::sync::mpsc::WeakSender<crate::daemon::pipeline::Admitted>,
+}
+
+impl Stream {
+    fn start(
+        s: &Settings,
+        kafka: &KafkaClients,
+        active: tokio::sync::watch::Receiver<Arc<crate::backend::generation::Generation>>,
+        swapping: &Swapping,
+        live: &Option<Arc<LiveView>>,
+    ) -> Result<Stream> {
+        let ledger = Arc::new(Ledger::default());
+        let settings = SourceSettings::from_settings(s);
+        let consumer =
+            source::consumer(&settings, ledger.clone(), kafka.hooks("consumer"), kafka.txn.clone())?;
+        let sink = Arc::new(Sink::new(
+            kafka.sink_producer(),
+            SinkSettings::from_settings(s),
+            kafka.cluster.clone(),
+            kafka.faults.clone(),
+            kafka.txn.clone(),
+        ));
+        let core = Core::start(
+            CoreSettings {
+                batching: s.batching.clone(),
+                output: s.output.clone(),
+                workers: s.batching.inference_workers,
+                outcome_buffer: 4096,
+            },
+            active,
+            start::observers(swapping, live),
+            kafka.faults.clone(),
+        )?;
+        let stop = Arc::new(Notify::new());
+        let api_pending = core.pending.downgrade();
+        let source = SourceStage {
+            consumer: consumer.clone(),
+            settings,
+            pending_tx: core.pending,
+            stop: stop.clone(),
+        };
+        Ok(Stream {
+            consumer,
+            ledger,
+            sink_task: tokio::spawn(sink.clone().run(core.outcomes)),
+            sink,
+            source_task: tokio::spawn(source.run()),
+            batcher: core.batcher,
+            workers: core.workers,
+            clock: core.clock,
+            stop,
+            api_pending,
+        })
+    }
+
+    /// Waits for a stop signal (`None`), a fault, or a stage that ends on its own (its cause).
+    async fn wait(&mut self, faults: &Faults) -> Option<String> {
+        tokio::select! {
+            _ = start::shutdown_signal() => None,
+            cause = faults.wait() => Some(cause),
+            r = &mut self.source_task => Some(supervise::stage_ended("source", r)),
+            r = &mut self.batcher => Some(supervise::stage_ended("batcher", r)),
+            r = &mut self.sink_task => Some(supervise::stage_ended("sink", r)),
+        }
+    }
+
+    /// Stops fetching; the closing channels then drain batcher → workers → sink in order while
+    /// the source waits (bounded by `shutdown.timeout_ms`) for the acknowledgements and commits.
+    async fn shut_down(self, s: &Settings) {
+        self.stop.notify_one();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(s.shutdown.timeout_ms);
+        // The source waits for acknowledgements until the same deadline, then commits: a few
+        // seconds more for that commit. The rest of the pipeline gets no longer than the
+        // deadline (a message no topic takes keeps the sink retrying for ever).
+        let committed = tokio::time::timeout_at(deadline + Duration::from_secs(5), self.source_task)
+            .await
+            .is_ok();
+        if !committed {
+            tracing::warn!("the source did not finish its final commit in time");
+        }
+        let drained = committed
+            && tokio::time::timeout_at(deadline, async {
+                let _ = self.batcher.await;
+                let _ = self.sink_task.await;
+            })
+            .await
+            .is_ok();
+        if drained {
+            join_workers(self.workers);
+        }
+    }
+}
+
+/// The probes' view of the running daemon.
+fn health(s: &Settings, kafka: &KafkaClients, stream: &Stream) -> Arc<Health> {
+    let (consumer, cluster, sink, faults) = (
+        stream.consumer.clone(),
+        kafka.cluster.clone(),
+        stream.sink.clone(),
+        kafka.faults.clone(),
+    );
+    Arc::new(Health {
+        model_loaded: AtomicBool::new(true),
+        assigned: Arc::new(move || consumer.context().assigned.load(Ordering::SeqCst)),
+        cluster_reachable: Arc::new(move || cluster.reachable()),
+        retrying: {
+            let sink = sink.clone();
+            Arc::new(move || sink.retrying())
+        },
+        undeliverable: {
+            let sink = sink.clone();
+            Arc::new(move || sink.undeliverable())
+        },
+        stuck: stuck_check(s, kafka, stream),
+        fault: Arc::new(move || faults.cause()),
+        shutting_down: AtomicBool::new(false),
+    })
+}
+
+/// `/healthz`'s progress check: messages are in flight and the oldest has waited longer than
+/// `health.stall_timeout_ms` (e.g. one that no topic takes) while the cluster was reachable and
+/// no produce was waiting out a transient fault (an outage is readiness's business, not the
+/// process's), or a worker has been on one batch that long.
+fn stuck_check(
+    s: &Settings,
+    kafka: &KafkaClients,
+    stream: &Stream,
+) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+    let limit = Duration::from_millis(s.health.stall_timeout_ms);
+    let (ledger, sink, cluster, clock, txn) = (
+        stream.ledger.clone(),
+        stream.sink.clone(),
+        kafka.cluster.clone(),
+        stream.clock.clone(),
+        kafka.txn.clone(),
+    );
+    Arc::new(move || {
+        // A record that aborts every transaction it joins (e.g. one the broker refuses after
+        // the producer took it) is read again and again: no progress, though nothing stalls.
+        if let Some(n) = txn
+            .as_ref()
+            .map(|t| t.consecutive_aborts())
+            .filter(|n| *n >= 10)
+        {
+            return Some(format!("{n} transactions aborted in a row"));
+        }
+        if let Some(why) = clock.stuck(limit) {
+            return Some(why);
+        }
+        if !cluster.reachable() || sink.retrying() > 0 {
+            return None;
+        }
+        let stalled = ledger.stalled(limit);
+        (!stalled.is_empty()).then(|| {
+            let ((topic, p), o) = &stalled[0];
+            format!(
+                "no progress: {topic}/{p} offset {o} has been in flight for over {limit:?} ({} partitions stalled)",
+                stalled.len()
+            )
+        })
+    })
+}

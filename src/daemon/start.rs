@@ -1,0 +1,159 @@
+//! What the entry points (run.rs, serve.rs, stdin.rs) start the same way: the first model (the
+//! registry's `ACTIVE` version or `model.dir`), the hot-swap controller and its triggers, the
+//! moderators' live view, and the wait for a stop signal.
+
+use crate::backend::generation::{Expectations, Generation};
+use crate::daemon::api::live::LiveView;
+use crate::daemon::config::{Settings, UiSettings};
+use crate::daemon::kafka::client::KafkaProducer;
+use crate::daemon::kafka::control::{self, ControlSettings};
+use crate::daemon::pipeline::workers::{BatchWatcher, Observers, Watcher};
+use crate::daemon::swap::shadow::Shadow;
+use crate::daemon::swap::{self, pointer_watch, Controller, SwapRequest};
+use crate::model::registry::Registry;
+use anyhow::{Context, Result};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+/// The model directory to serve at start-up: the registry's `ACTIVE` version when there is a
+/// registry with a pointer, else `model.dir`. Also returns the registry and the pointer read.
+fn initial_model_dir(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
+    if s.registry.root.is_empty() {
+        return Ok((None, None, s.model.dir.clone()));
+    }
+    let reg = Registry::open(Path::new(&s.registry.root))
+        .with_context(|| format!("config key registry.root = {}", s.registry.root))?;
+    match reg.active().context("config key registry.root")? {
+        Some(v) => {
+            let dir = reg
+                .resolve(&v)
+                .with_context(|| format!("registry pointer {}", reg.pointer_path().display()))?;
+            Ok((Some(reg), Some(v), dir))
+        }
+        None => {
+            tracing::info!(registry = %reg.root().display(), model = %s.model.dir.display(), "registry has no ACTIVE pointer yet; serving model.dir");
+            Ok((Some(reg), None, s.model.dir.clone()))
+        }
+    }
+}
+
+/// The model an entry point starts with, and the registry it came from.
+pub(crate) struct FirstModel {
+    pub(crate) registry: Option<Registry>,
+    /// The `ACTIVE` version read at start-up (the pointer watcher's starting point).
+    pub(crate) pointer: Option<String>,
+    pub(crate) generation: Generation,
+}
+
+/// Loads and validates the first model generation with `sessions` ONNX Runtime sessions.
+pub(crate) fn load_first_model(s: &Settings, sessions: usize) -> Result<FirstModel> {
+    let (registry, pointer, dir) = initial_model_dir(s)?;
+    let expect = Expectations {
+        labels: None,
+        label_map: BTreeMap::new(),
+    };
+    let generation = Generation::load(&dir, &s.runtime_options(), sessions, &expect)
+        .with_context(|| format!("loading model {}", dir.display()))?;
+    Ok(FirstModel {
+        registry,
+        pointer,
+        generation,
+    })
+}
+
+/// The served model: logged, on `/metrics`, and in the channel every batch reads it from.
+pub(crate) fn serve_model(
+    model: Generation,
+) -> (watch::Sender<Arc<Generation>>, watch::Receiver<Arc<Generation>>) {
+    tracing::info!(model = %model.model_ref.name, version = %model.model_ref.version, dir = %model.dir.display(), sessions = model.workers(), "model loaded");
+    swap::set_model_info(&model, true);
+    watch::channel(Arc::new(model))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+}
+
+/// The swap machinery of a running daemon: one controller and its triggers.
+pub(crate) struct Swapping {
+    /// The admin API's way in (the third trigger).
+    pub(crate) requests: mpsc::Sender<SwapRequest>,
+    pub(crate) shadow: Arc<Shadow>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Swapping {
+    pub(crate) fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the swap controller and its triggers: the registry pointer (when watched) and the
+/// control topic (when configured and there is a producer to answer on).
+pub(crate) fn start_swapping(
+    s: &Settings,
+    registry: &Option<Registry>,
+    pointer: Option<String>,
+    active: watch::Sender<Arc<Generation>>,
+    producer: Option<&KafkaProducer>,
+) -> Result<Swapping> {
+    let (requests, rx) = mpsc::channel::<SwapRequest>(16);
+    let shadow = Arc::new(Shadow::default());
+    let controller = Controller {
+        registry: registry.clone(),
+        active: Arc::new(active),
+        runtime: s.runtime_options(),
+        workers: s.batching.inference_workers,
+        settings: s.registry.clone(),
+        shadow: shadow.clone(),
+        history: Vec::new(),
+        loads: Default::default(),
+    };
+    let mut tasks = vec![tokio::spawn(controller.run(rx))];
+    if let (Some(reg), true) = (registry, s.registry.watch) {
+        tasks.push(pointer_watch::spawn(
+            reg.clone(),
+            Duration::from_millis(s.registry.poll_interval_ms),
+            requests.clone(),
+            pointer,
+        ));
+    }
+    if let (false, Some(producer)) = (s.registry.control_topic.is_empty(), producer) {
+        tasks.push(control::spawn(
+            &ControlSettings::from_settings(s),
+            producer.clone(),
+            requests.clone(),
+        )?);
+    }
+    Ok(Swapping {
+        requests,
+        shadow,
+        tasks,
+    })
+}
+
+/// The moderators' live view, when `ui.enabled`.
+pub(crate) fn live_view(ui: &UiSettings) -> Option<Arc<LiveView>> {
+    ui.enabled
+        .then(|| Arc::new(LiveView::new(ui.live_size, ui.live_minutes, ui.show_text)))
+}
+
+/// What watches the workers besides the outcome queue: the swap shadow and the live view.
+pub(crate) fn observers(swapping: &Swapping, live: &Option<Arc<LiveView>>) -> Observers {
+    Observers {
+        shadow: Some(swapping.shadow.clone() as Arc<dyn BatchWatcher>),
+        live: live.clone().map(|l| l as Arc<dyn Watcher>),
+    }
+}
