@@ -7,7 +7,9 @@
 mod common;
 
 use base64::Engine;
-use common::kafka::*;
+use common::daemon::{daemon_env, DaemonBuilder};
+use common::http::{free_port, http_post, wait_http};
+use common::kafka::{producer, send_all, Topics};
 use serde_json::{json, Value};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -220,12 +222,9 @@ impl Browser {
 fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::shipped_model_dir();
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 1, &[]);
-    create_topic(&output, 1, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(1);
     let port = free_port();
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
     env.extend([
         ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
@@ -235,7 +234,9 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
         ),
         ("EMOSTREAM__UI__SHOW_TEXT".into(), "true".into()),
     ]);
-    let _daemon = spawn_daemon_logged(&env, &tmp.path().join("daemon.log"));
+    let _daemon = DaemonBuilder::new(&env)
+        .log(&tmp.path().join("daemon.log"))
+        .spawn();
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
 
     let text = "I like you. I love you";
@@ -296,7 +297,7 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
 
     // The live view while a short stream flows: rows from the input topic appear.
     let feeder = {
-        let input = input.clone();
+        let input = topics.input.clone();
         std::thread::spawn(move || {
             let p = producer();
             for (i, t) in common::texts("test", 120).iter().enumerate() {
@@ -310,7 +311,7 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
     };
     b.open(&format!("http://127.0.0.1:{port}/live"));
     let rows = b.wait_for(
-        &format!("[...document.querySelectorAll('#rows tr')].filter(r => r.textContent.includes('{input}/0/')).length >= 20 && document.querySelectorAll('#rows tr').length"),
+        &format!("[...document.querySelectorAll('#rows tr')].filter(r => r.textContent.includes('{}/0/')).length >= 20 && document.querySelectorAll('#rows tr').length", topics.input),
         Duration::from_secs(60),
     );
     eprintln!("live view shows {rows} rows");

@@ -5,7 +5,12 @@
 
 mod common;
 
-use common::kafka::*;
+use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
+use common::http::{free_port, http_get, wait_http};
+use common::kafka::{
+    committed, create_topic, end_offsets, produce, producer_with, read_until, send_all, unique,
+    Rec, Record, Topics,
+};
 use rdkafka::message::{Header, OwnedHeaders};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -43,10 +48,7 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     // The shipped int8 model: its per-token activation quantisation keeps scores independent
     // of how the daemon happened to batch each comment, so they equal `classify`'s.
     let model = common::shipped_model_dir();
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 3, &[]);
-    create_topic(&output, 3, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(3);
 
     let texts = common::texts("test", 5427);
     let n = 5000;
@@ -70,13 +72,13 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
             )
         })
         .collect();
-    produce(&input, &records);
+    produce(&topics.input, &records);
 
     let port = free_port();
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
-    let mut daemon = spawn_daemon(&env);
-    let got = read_until(&output, Duration::from_secs(300), |r| {
+    let mut daemon = DaemonBuilder::new(&env).spawn();
+    let got = read_until(&topics.output, Duration::from_secs(300), |r| {
         r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
     });
     let ids: HashSet<String> = got.iter().map(event_id).collect();
@@ -134,7 +136,7 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     );
     // Lag comes from librdkafka's statistics (every 2 s), once a partition's committed offset
     // is known to them.
-    let lag_prefix = format!("emostream_consumer_lag{{topic=\"{input}\"");
+    let lag_prefix = format!("emostream_consumer_lag{{topic=\"{}\"", topics.input);
     let lag_series = || {
         http_get(port, "/metrics")
             .unwrap()
@@ -171,7 +173,7 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
             r.headers.get("trace-id").map(String::as_str),
             Some(format!("t{i}").as_str())
         );
-        assert_eq!(v["source"]["topic"], input.as_str());
+        assert_eq!(v["source"]["topic"], topics.input.as_str());
     }
 
     // Per-key order holds (two inference workers by default): for each key, the output
@@ -260,8 +262,11 @@ fn five_thousand_in_exactly_five_thousand_out_and_clean_sigterm() {
     let status =
         wait_exit(&mut daemon, Duration::from_secs(40)).expect("daemon did not exit after SIGTERM");
     assert!(status.success(), "exit status {status}");
-    assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
-    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    assert_eq!(
+        committed(&topics.group, &topics.input, 3),
+        end_offsets(&topics.input, 3)
+    );
+    assert!(read_until(&topics.dlq, Duration::from_secs(2), |_| false).is_empty());
 }
 
 #[test]
@@ -269,10 +274,7 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     let tmp = tempfile::tempdir().unwrap();
     // inference_error: the model itself fails (NaN scores) on texts with one word.
     let (model, poison) = common::poisoned_tiny_model_dir(tmp.path(), &["what a lovely day"]);
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 2, &[]);
-    create_topic(&output, 1, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::spec(2).output_partitions(1).create();
     let bad: Vec<(&str, Vec<u8>)> = vec![
         (
             "inference_error",
@@ -307,12 +309,14 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
             records.push((Some(format!("bad{i}")), bad[i].1.clone(), None));
         }
     }
-    produce(&input, &records);
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    produce(&topics.input, &records);
+    let mut env = daemon_env(&topics, &model);
     env.push(("EMOSTREAM__INPUT__MAX_MESSAGE_BYTES".into(), "300".into()));
-    let mut daemon = spawn_daemon(&env);
-    let dead = read_until(&dlq, Duration::from_secs(120), |r| r.len() >= bad.len());
-    let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 20);
+    let mut daemon = DaemonBuilder::new(&env).spawn();
+    let dead = read_until(&topics.dlq, Duration::from_secs(120), |r| {
+        r.len() >= bad.len()
+    });
+    let out = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 20);
     sigterm(&daemon);
     assert!(wait_exit(&mut daemon, Duration::from_secs(40))
         .expect("exit")
@@ -338,7 +342,7 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
         } else {
             assert_eq!(&r.payload, payload, "original bytes kept for {reason}");
         }
-        assert_eq!(r.headers["emostream.source.topic"], input);
+        assert_eq!(r.headers["emostream.source.topic"], topics.input);
         assert!(
             r.headers.contains_key("emostream.source.offset")
                 && r.headers.contains_key("emostream.detail")
@@ -347,8 +351,8 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
     let ids: HashSet<String> = out.iter().map(event_id).collect();
     assert_eq!(ids.len(), 20, "every good message labelled");
     assert_eq!(
-        committed(&group, &input, 2),
-        end_offsets(&input, 2),
+        committed(&topics.group, &topics.input, 2),
+        end_offsets(&topics.input, 2),
         "nothing left behind"
     );
 }
@@ -357,14 +361,11 @@ fn each_bad_input_class_lands_in_dead_letter_with_reason() {
 fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 3, &[]);
-    create_topic(&output, 3, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(3);
     let n = 3000;
     let records = comments(n, 50);
-    produce(&input, &records);
-    let env = daemon_env(&group, &input, &output, &dlq, &model);
+    produce(&topics.input, &records);
+    let env = daemon_env(&topics, &model);
     // The first daemon never reaches its periodic commit, so everything it did is in flight
     // (labelled, not committed) when it dies: the restart must take all of it up again.
     let mut first_env = env.clone();
@@ -380,8 +381,8 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
         "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
     )
     .unwrap();
-    let mut first = spawn_daemon_with(&first_env, Some(&cfg));
-    let partial = read_until(&output, Duration::from_secs(120), |r| r.len() >= 600);
+    let mut first = DaemonBuilder::new(&first_env).config(&cfg).spawn();
+    let partial = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 600);
     assert!(
         partial.len() >= 600,
         "daemon produced only {} events before the kill",
@@ -390,17 +391,17 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     first.kill().unwrap(); // SIGKILL: no flush, no final commit
     first.wait().unwrap();
     assert_eq!(
-        committed(&group, &input, 3),
+        committed(&topics.group, &topics.input, 3),
         vec![-1, -1, -1],
         "work was in flight at the kill"
     );
-    let mut second = spawn_daemon_with(&env, Some(&cfg));
+    let mut second = DaemonBuilder::new(&env).config(&cfg).spawn();
     // Every id out, the restarted daemon has re-labelled all that the first one had not
     // committed (all n: at least `partial` more events), and it has committed to the end.
-    let all = read_until(&output, Duration::from_secs(300), |r| {
+    let all = read_until(&topics.output, Duration::from_secs(300), |r| {
         r.len() >= n + partial.len()
             && r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
-            && committed(&group, &input, 3) == end_offsets(&input, 3)
+            && committed(&topics.group, &topics.input, 3) == end_offsets(&topics.input, 3)
     });
     let ids: HashSet<String> = all.iter().map(event_id).collect();
     for i in 0..n {
@@ -419,7 +420,10 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
     assert!(wait_exit(&mut second, Duration::from_secs(40))
         .expect("exit")
         .success());
-    assert_eq!(committed(&group, &input, 3), end_offsets(&input, 3));
+    assert_eq!(
+        committed(&topics.group, &topics.input, 3),
+        end_offsets(&topics.input, 3)
+    );
 }
 
 /// The output topic refuses events over 3,000 bytes (a permanent error: dead-letter, never
@@ -432,10 +436,10 @@ fn kill_dash_nine_mid_stream_then_restart_loses_nothing() {
 fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 1, &[]);
-    create_topic(&output, 1, &[("max.message.bytes", "3000")]);
-    create_topic(&dlq, 1, &[("cleanup.policy", "compact")]);
+    let topics = Topics::spec(1)
+        .output_config(&[("max.message.bytes", "3000")])
+        .dlq_config(&[("cleanup.policy", "compact")])
+        .create();
     let good = |i: usize| {
         (
             None,
@@ -463,7 +467,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
         None,
     )); // offset 21
     records.extend((20..30).map(good));
-    produce(&input, &records);
+    produce(&topics.input, &records);
 
     // One event per produce request, so a refused event fails alone.
     let cfg = tmp.path().join("producer.toml");
@@ -473,22 +477,22 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     )
     .unwrap();
     let port = free_port();
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
     env.push(("EMOSTREAM__KAFKA__PRODUCE_BACKOFF_MS".into(), "50".into()));
     env.push(("EMOSTREAM__SHUTDOWN__TIMEOUT_MS".into(), "3000".into()));
     env.push(("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS".into(), "5000".into()));
     env.push(("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()));
-    let mut daemon = spawn_daemon_with(&env, Some(&cfg));
+    let mut daemon = DaemonBuilder::new(&env).config(&cfg).spawn();
 
-    let out = read_until(&output, Duration::from_secs(120), |r| r.len() >= 30);
+    let out = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 30);
     let ids: HashSet<String> = out.iter().map(event_id).collect();
     assert_eq!(
         ids.len(),
         30,
         "all good messages, before and after the stuck one, are labelled"
     );
-    let dead = read_until(&dlq, Duration::from_secs(60), |r| !r.is_empty());
+    let dead = read_until(&topics.dlq, Duration::from_secs(60), |r| !r.is_empty());
     assert_eq!(
         dead.len(),
         1,
@@ -513,7 +517,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
         health.contains("no progress") && health.contains("offset 21"),
         "{health}"
     );
-    let c = committed(&group, &input, 1)[0];
+    let c = committed(&topics.group, &topics.input, 1)[0];
     assert!(
         c <= 21 && c >= 11,
         "committed offset {c} must not pass the undeliverable message at 21"
@@ -523,7 +527,7 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
     assert!(wait_exit(&mut daemon, Duration::from_secs(30))
         .expect("exit")
         .success());
-    let c = committed(&group, &input, 1)[0];
+    let c = committed(&topics.group, &topics.input, 1)[0];
     assert!(
         c <= 21,
         "after shutdown the committed offset {c} still must not pass offset 21"
@@ -543,18 +547,15 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
     // a tight in-flight limit, so it pauses and resumes its partitions throughout. Duplicates
     // are allowed; a lost id or an offset committed past an unlabelled message is not.
     let model = common::shipped_model_dir();
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 4, &[]);
-    create_topic(&output, 4, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(4);
     let n = 10000;
     let records = comments(n, 40);
     // Record batches of at most 25 messages (see the fetch size below).
     let loader = producer_with(&[("batch.num.messages", "25")]);
-    send_all(&loader, &input, &records[..n / 2]);
+    send_all(&loader, &topics.input, &records[..n / 2]);
 
     let replica = |port: u16, budget: &str| {
-        let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+        let mut env = daemon_env(&topics, &model);
         env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
         env.push((
             "EMOSTREAM__BACKPRESSURE__MAX_IN_FLIGHT_MESSAGES".into(),
@@ -578,17 +579,21 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
     )
     .unwrap();
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_daemon_with(&replica(port_a, "5000"), Some(&conf));
-    let early = read_until(&output, Duration::from_secs(120), |r| r.len() >= 300);
+    let mut a = DaemonBuilder::new(&replica(port_a, "5000"))
+        .config(&conf)
+        .spawn();
+    let early = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 300);
     assert!(
         early.len() >= 300,
         "first replica labelled only {}",
         early.len()
     );
     // The rest of the stream first, so the first replica has a backlog when the second joins.
-    send_all(&loader, &input, &records[n / 2..]);
-    let mut b = spawn_daemon_with(&replica(port_b, "256"), Some(&conf));
-    let mid = read_until(&output, Duration::from_secs(180), |r| {
+    send_all(&loader, &topics.input, &records[n / 2..]);
+    let mut b = DaemonBuilder::new(&replica(port_b, "256"))
+        .config(&conf)
+        .spawn();
+    let mid = read_until(&topics.output, Duration::from_secs(180), |r| {
         r.iter().map(event_id).collect::<HashSet<_>>().len() >= 6000
     });
     assert!(
@@ -640,7 +645,7 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
         .expect("first replica exits")
         .success());
 
-    let all = read_until(&output, Duration::from_secs(300), |r| {
+    let all = read_until(&topics.output, Duration::from_secs(300), |r| {
         r.iter().map(event_id).collect::<HashSet<_>>().len() >= n
     });
     let ids: HashSet<String> = all.iter().map(event_id).collect();
@@ -667,8 +672,11 @@ fn rebalances_under_load_with_backpressure_lose_nothing() {
     assert!(wait_exit(&mut b, Duration::from_secs(40))
         .expect("second replica exits")
         .success());
-    assert_eq!(committed(&group, &input, 4), end_offsets(&input, 4));
-    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    assert_eq!(
+        committed(&topics.group, &topics.input, 4),
+        end_offsets(&topics.input, 4)
+    );
+    assert!(read_until(&topics.dlq, Duration::from_secs(2), |_| false).is_empty());
 }
 
 #[test]
@@ -678,9 +686,9 @@ fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
     // Its own output is zstd here, through kafka.producer_properties.
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (output, dlq, group) = (unique("out"), unique("dlq"), unique("group"));
-    create_topic(&output, 1, &[]);
-    create_topic(&dlq, 1, &[]);
+    let mut topics = Topics::unique();
+    create_topic(&topics.output, 1, &[]);
+    create_topic(&topics.dlq, 1, &[]);
     let codecs = ["zstd", "lz4", "snappy", "gzip"];
     let mut inputs = Vec::new();
     for codec in codecs {
@@ -707,9 +715,10 @@ fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
     )
     .unwrap();
     // One daemon reads all four topics (EMOSTREAM__KAFKA__INPUT_TOPICS is comma-separated).
-    let env = daemon_env(&group, &inputs.join(","), &output, &dlq, &model);
-    let mut daemon = spawn_daemon_with(&env, Some(&conf));
-    let out = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
+    topics.input = inputs.join(",");
+    let env = daemon_env(&topics, &model);
+    let mut daemon = DaemonBuilder::new(&env).config(&conf).spawn();
+    let out = read_until(&topics.output, Duration::from_secs(90), |r| r.len() >= 200);
     let ids: HashSet<String> = out.iter().map(event_id).collect();
     for codec in codecs {
         for i in 0..50 {
@@ -719,7 +728,7 @@ fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
             );
         }
     }
-    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    assert!(read_until(&topics.dlq, Duration::from_secs(2), |_| false).is_empty());
     sigterm(&daemon);
     assert!(wait_exit(&mut daemon, Duration::from_secs(40))
         .expect("exit")

@@ -6,7 +6,12 @@
 
 mod common;
 
-use common::kafka::*;
+use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
+use common::http::{free_port, http_get};
+use common::kafka::{
+    brokers, committed, end_offsets, producer, producer_with, read_until, read_until_with,
+    send_all, use_brokers, Rec, Record, Topics,
+};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -75,14 +80,11 @@ const PARTITIONS: i32 = 6;
 
 fn script(delivery: &str) -> Seen {
     let model = common::shipped_model_dir();
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, PARTITIONS, &[]);
-    create_topic(&output, PARTITIONS, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(PARTITIONS);
     // Small record batches and small fetches (below) interleave the partitions in what a
     // replica has in flight, so whichever partitions a rebalance revokes have work in flight.
     let loader = producer_with(&[("batch.num.messages", "25")]);
-    send_all(&loader, &input, &comments(0..N / 2));
+    send_all(&loader, &topics.input, &comments(0..N / 2));
 
     let tmp = tempfile::tempdir().unwrap();
     // A short group session: the restarted replica need not wait 45 s for the coordinator to
@@ -94,7 +96,7 @@ fn script(delivery: &str) -> Seen {
     )
     .unwrap();
     let replica = |name: &str, port: u16| {
-        let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+        let mut env = daemon_env(&topics, &model);
         env.extend([
             ("EMOSTREAM__KAFKA__DELIVERY".into(), delivery.into()),
             // A transaction a second; at-least-once commits offsets every 5 s, so the kill
@@ -113,12 +115,12 @@ fn script(delivery: &str) -> Seen {
             // Stable per replica: the restart fences the killed run's open transaction.
             (
                 "EMOSTREAM__KAFKA__TRANSACTIONAL_ID".into(),
-                format!("{group}-{name}"),
+                format!("{}-{name}", topics.group),
             ),
             ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
             ("EMOSTREAM__BATCHING__INFERENCE_WORKERS".into(), "1".into()),
         ]);
-        spawn_daemon_with(&env, Some(&cfg))
+        DaemonBuilder::new(&env).config(&cfg).spawn()
     };
 
     // 1. Mid-stream kill -9, once 800 outcomes are on the topic (committed or not) and at
@@ -128,12 +130,12 @@ fn script(delivery: &str) -> Seen {
     let mut a = replica("a", free_port());
     let pid = a.id().to_string();
     let early = read_until_with(
-        &output,
+        &topics.output,
         Duration::from_secs(120),
         &[("isolation.level", "read_uncommitted")],
         |r| {
             r.len() >= 800 && {
-                let done: i64 = committed(&group, &input, PARTITIONS)
+                let done: i64 = committed(&topics.group, &topics.input, PARTITIONS)
                     .iter()
                     .map(|o| (*o).max(0))
                     .sum();
@@ -154,11 +156,11 @@ fn script(delivery: &str) -> Seen {
     a.wait().unwrap();
     // What was in flight at the kill: outcomes on the topic beyond what the group committed
     // (at-least-once), or in a transaction that never committed (exactly-once).
-    let committed_inputs: i64 = committed(&group, &input, PARTITIONS)
+    let committed_inputs: i64 = committed(&topics.group, &topics.input, PARTITIONS)
         .iter()
         .map(|o| (*o).max(0))
         .sum();
-    let visible = |isolation: &str| read_settled(&output, isolation).len();
+    let visible = |isolation: &str| read_settled(&topics.output, isolation).len();
     let uncommitted_at_kill = match delivery {
         "exactly_once" => visible("read_uncommitted") - visible("read_committed"),
         _ => visible("read_uncommitted") - committed_inputs as usize,
@@ -170,7 +172,7 @@ fn script(delivery: &str) -> Seen {
     let port_a = free_port();
     let a = replica("a", port_a);
     let feeder = {
-        let input = input.clone();
+        let input = topics.input.clone();
         let brokers = brokers();
         std::thread::spawn(move || {
             use_brokers(&brokers);
@@ -182,7 +184,7 @@ fn script(delivery: &str) -> Seen {
         })
     };
     let busy = read_until_with(
-        &output,
+        &topics.output,
         Duration::from_secs(120),
         &[("isolation.level", "read_uncommitted")],
         |r| r.len() >= before + 300,
@@ -191,8 +193,8 @@ fn script(delivery: &str) -> Seen {
         busy.len() >= before + 300,
         "{delivery}: the restarted replica labels again"
     );
-    let backlog: i64 = end_offsets(&input, PARTITIONS).iter().sum::<i64>()
-        - committed(&group, &input, PARTITIONS)
+    let backlog: i64 = end_offsets(&topics.input, PARTITIONS).iter().sum::<i64>()
+        - committed(&topics.group, &topics.input, PARTITIONS)
             .iter()
             .map(|o| (*o).max(0))
             .sum::<i64>();
@@ -207,7 +209,9 @@ fn script(delivery: &str) -> Seen {
 
     // 3. Everything labelled and committed.
     let end = Instant::now() + Duration::from_secs(400);
-    while committed(&group, &input, PARTITIONS) != end_offsets(&input, PARTITIONS) {
+    while committed(&topics.group, &topics.input, PARTITIONS)
+        != end_offsets(&topics.input, PARTITIONS)
+    {
         assert!(
             Instant::now() < end,
             "{delivery}: the group did not commit everything"
@@ -235,12 +239,12 @@ fn script(delivery: &str) -> Seen {
             .expect("replica exits")
             .success());
     }
-    let all = read_settled(&output, "read_committed");
+    let all = read_settled(&topics.output, "read_committed");
     let mut counts = HashMap::new();
     for r in &all {
         *counts.entry(event_id(r)).or_insert(0) += 1;
     }
-    assert!(read_until(&dlq, Duration::from_secs(2), |_| false).is_empty());
+    assert!(read_until(&topics.dlq, Duration::from_secs(2), |_| false).is_empty());
     Seen {
         events: all.len(),
         counts,
@@ -296,18 +300,15 @@ fn exactly_once_sees_every_id_once_through_kill_restart_and_rebalance_where_at_l
 fn aborted_transactions_rewind_and_relabel_so_each_id_is_seen_once() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 3, &[]);
-    create_topic(&output, 3, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(3);
     let n = 3000;
     let port = free_port();
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.extend([
         ("EMOSTREAM__KAFKA__DELIVERY".into(), "exactly_once".into()),
         (
             "EMOSTREAM__KAFKA__TRANSACTIONAL_ID".into(),
-            format!("{group}-a"),
+            format!("{}-a", topics.group),
         ),
         // Small transactions, so a 3,000-comment stream has many.
         (
@@ -317,14 +318,14 @@ fn aborted_transactions_rewind_and_relabel_so_each_id_is_seen_once() {
         ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
         ("EMOSTREAM_FAULT_ABORT_EVERY".into(), "3".into()),
     ]);
-    let mut d = spawn_daemon(&env);
+    let mut d = DaemonBuilder::new(&env).spawn();
     let loader = producer();
     for chunk in comments(0..n).chunks(250) {
-        send_all(&loader, &input, chunk);
+        send_all(&loader, &topics.input, chunk);
         std::thread::sleep(Duration::from_millis(100));
     }
     let end = Instant::now() + Duration::from_secs(180);
-    while committed(&group, &input, 3) != end_offsets(&input, 3) {
+    while committed(&topics.group, &topics.input, 3) != end_offsets(&topics.input, 3) {
         assert!(Instant::now() < end, "the group did not commit everything");
         assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
         std::thread::sleep(Duration::from_millis(300));
@@ -335,8 +336,8 @@ fn aborted_transactions_rewind_and_relabel_so_each_id_is_seen_once() {
     assert!(wait_exit(&mut d, Duration::from_secs(40))
         .expect("exits")
         .success());
-    let all = read_settled(&output, "read_committed");
-    let uncommitted = read_settled(&output, "read_uncommitted");
+    let all = read_settled(&topics.output, "read_committed");
+    let uncommitted = read_settled(&topics.output, "read_uncommitted");
     let mut counts: HashMap<String, usize> = HashMap::new();
     for r in &all {
         *counts.entry(event_id(r)).or_insert(0) += 1;

@@ -5,7 +5,12 @@
 
 mod common;
 
-use common::kafka::*;
+use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
+use common::http::{free_port, http_get, wait_http};
+use common::kafka::{
+    committed, create_topic, delete_topic, end_offsets, produce, producer_with, raw_headers,
+    read_until, send_all, send_all_no_flush, use_brokers, PrivateBroker, Rec, Record, Topics,
+};
 use rdkafka::message::OwnedHeaders;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashSet};
@@ -43,12 +48,11 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
 {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
     // The input topic takes messages up to 3 MB; the dead-letter topic keeps the broker's
     // default limit (~1 MiB), below a 1 MiB payload plus headers: the sink must cut to fit.
-    create_topic(&input, 1, &[("max.message.bytes", "3000000")]);
-    create_topic(&output, 1, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::spec(1)
+        .input_config(&[("max.message.bytes", "3000000")])
+        .create();
     let huge: Vec<u8> = std::iter::once(b'{')
         .chain(std::iter::repeat_n(b'x', 1_200_000))
         .collect();
@@ -73,19 +77,21 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
         push_good(&mut records);
     }
     let p = producer_with(&[("message.max.bytes", "3000000")]);
-    send_all(&p, &input, &records[..7]);
+    send_all(&p, &topics.input, &records[..7]);
     // A tombstone: a keyed record with a null payload.
-    let tomb = rdkafka::producer::BaseRecord::<str, [u8]>::to(&input).key("tomb");
+    let tomb = rdkafka::producer::BaseRecord::<str, [u8]>::to(&topics.input).key("tomb");
     p.send(tomb).map_err(|(e, _)| e).unwrap();
-    send_all(&p, &input, &records[7..]);
+    send_all(&p, &topics.input, &records[7..]);
 
     let port = free_port();
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
     let started = Instant::now();
-    let mut daemon = spawn_daemon(&env);
-    let dead = read_until(&dlq, Duration::from_secs(60), |r| r.len() >= 4);
-    let out = read_until(&output, Duration::from_secs(60), |r| ids(r).len() >= good);
+    let mut daemon = DaemonBuilder::new(&env).spawn();
+    let dead = read_until(&topics.dlq, Duration::from_secs(60), |r| r.len() >= 4);
+    let out = read_until(&topics.output, Duration::from_secs(60), |r| {
+        ids(r).len() >= good
+    });
     eprintln!(
         "hostile messages dead-lettered after {:?}",
         started.elapsed()
@@ -155,19 +161,19 @@ fn hostile_messages_reach_the_dead_letter_topic_with_their_reason_and_the_partit
     assert!(wait_exit(&mut daemon, Duration::from_secs(40))
         .expect("exit")
         .success());
-    assert_eq!(committed(&group, &input, 1), end_offsets(&input, 1));
+    assert_eq!(
+        committed(&topics.group, &topics.input, 1),
+        end_offsets(&topics.input, 1)
+    );
 }
 
 #[test]
 fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 4, &[]);
-    create_topic(&output, 2, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::spec(4).output_partitions(2).create();
     let replica = |port: u16| {
-        let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+        let mut env = daemon_env(&topics, &model);
         env.extend([
             ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
             (
@@ -198,15 +204,17 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
             )
         })
         .collect();
-    produce(&input, &first);
+    produce(&topics.input, &first);
     let (port_a, port_b) = (free_port(), free_port());
-    let mut a = spawn_daemon_with(&replica(port_a), Some(&conf));
-    let before = read_until(&output, Duration::from_secs(60), |r| ids(r).len() >= 400);
+    let mut a = DaemonBuilder::new(&replica(port_a)).config(&conf).spawn();
+    let before = read_until(&topics.output, Duration::from_secs(60), |r| {
+        ids(r).len() >= 400
+    });
     assert_eq!(ids(&before).len(), 400);
     wait_http(port_a, "/readyz", Duration::from_secs(30), |c, _| c == 200);
 
     // The output topic disappears; the stream goes on.
-    delete_topic(&output);
+    delete_topic(&topics.output);
     let second: Vec<Rec> = (0..1500)
         .map(|i| {
             (
@@ -216,7 +224,7 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
             )
         })
         .collect();
-    produce(&input, &second);
+    produce(&topics.input, &second);
     // The sink waits the fault out: not ready, retrying, paused at its budget.
     let paused_at = Instant::now();
     let body = wait_http(port_a, "/readyz", Duration::from_secs(60), |c, b| {
@@ -231,14 +239,16 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
     );
     // Paused past max.poll.interval.ms, then a second member joins the group.
     std::thread::sleep(Duration::from_secs(12).saturating_sub(paused_at.elapsed()));
-    let mut b = spawn_daemon_with(&replica(port_b), Some(&conf));
+    let mut b = DaemonBuilder::new(&replica(port_b)).config(&conf).spawn();
     wait_http(port_b, "/readyz", Duration::from_secs(60), |_, body| {
         body.contains("\"partitions_assigned\":true")
     });
     std::thread::sleep(Duration::from_secs(4));
-    create_topic(&output, 2, &[]);
+    create_topic(&topics.output, 2, &[]);
 
-    let after = read_until(&output, Duration::from_secs(180), |r| ids(r).len() >= 1500);
+    let after = read_until(&topics.output, Duration::from_secs(180), |r| {
+        ids(r).len() >= 1500
+    });
     let got = ids(&after);
     for i in 0..1500 {
         assert!(
@@ -247,7 +257,7 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
         );
     }
     assert!(
-        read_until(&dlq, Duration::from_secs(2), |_| false).is_empty(),
+        read_until(&topics.dlq, Duration::from_secs(2), |_| false).is_empty(),
         "no comment dead-lettered"
     );
     for (name, d, port) in [("first", &mut a, port_a), ("second", &mut b, port_b)] {
@@ -278,7 +288,10 @@ fn deleted_output_topic_pauses_past_max_poll_interval_while_a_replica_joins_and_
             .expect("exit")
             .success());
     }
-    assert_eq!(committed(&group, &input, 4), end_offsets(&input, 4));
+    assert_eq!(
+        committed(&topics.group, &topics.input, 4),
+        end_offsets(&topics.input, 4)
+    );
 }
 
 #[test]
@@ -288,10 +301,10 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     use_brokers(&broker.brokers());
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = ("comments", "emotions", "emotions-dlq", "emostream");
-    create_topic(input, 3, &[]);
-    create_topic(output, 1, &[]);
-    create_topic(dlq, 1, &[]);
+    let topics = Topics::spec(3)
+        .output_partitions(1)
+        .named("comments", "emotions", "emotions-dlq", "emostream")
+        .create();
     let early: Vec<Rec> = (0..300)
         .map(|i| {
             (
@@ -301,14 +314,14 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
             )
         })
         .collect();
-    produce(input, &early);
+    produce(&topics.input, &early);
     broker.stop();
 
     // 1. The daemon starts while the broker is down: alive, not ready.
     let port = free_port();
-    let mut env = daemon_env(group, input, output, dlq, &model);
+    let mut env = daemon_env(&topics, &model);
     env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
-    let mut daemon = spawn_daemon(&env);
+    let mut daemon = DaemonBuilder::new(&env).spawn();
     let down_since = Instant::now();
     let mut seen_not_ready = false;
     while down_since.elapsed() < Duration::from_secs(20) {
@@ -325,12 +338,14 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     assert!(seen_not_ready);
     broker.start();
     wait_http(port, "/readyz", Duration::from_secs(90), |c, _| c == 200);
-    let out = read_until(output, Duration::from_secs(90), |r| ids(r).len() >= 300);
+    let out = read_until(&topics.output, Duration::from_secs(90), |r| {
+        ids(r).len() >= 300
+    });
     assert_eq!(ids(&out).len(), 300, "all labelled once the broker came up");
 
     // 2. A stream of ~100/s; the broker stops for 45 s in the middle of it.
     let total = 5000;
-    let brokers = broker.brokers();
+    let (brokers, input) = (broker.brokers(), topics.input.clone());
     let stream = std::thread::spawn(move || {
         use_brokers(&brokers);
         // The test's producer rides out the outage too (delivery timeout 5 min).
@@ -345,7 +360,7 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
                 comment(&id, i),
                 None::<OwnedHeaders>,
             );
-            send_all_no_flush(&p, input, &rec);
+            send_all_no_flush(&p, &input, &rec);
         }
         rdkafka::producer::Producer::flush(&p, Duration::from_secs(300)).unwrap();
     });
@@ -370,7 +385,7 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     assert!(saw_503, "/readyz must say 503 while the broker is down");
     broker.start();
     stream.join().unwrap();
-    let all = read_until(output, Duration::from_secs(240), |r| {
+    let all = read_until(&topics.output, Duration::from_secs(240), |r| {
         ids(r).len() >= 300 + total
     });
     let got = ids(&all);
@@ -387,7 +402,7 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
         all.len() - got.len()
     );
     assert!(
-        read_until(dlq, Duration::from_secs(3), |_| false).is_empty(),
+        read_until(&topics.dlq, Duration::from_secs(3), |_| false).is_empty(),
         "no good comment dead-lettered"
     );
     assert!(
@@ -396,12 +411,12 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
     );
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
     // Committed offsets reach the end (the periodic commit gets there within a moment).
-    let end = end_offsets(input, 3);
+    let end = end_offsets(&topics.input, 3);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while committed(group, input, 3) != end && Instant::now() < deadline {
+    while committed(&topics.group, &topics.input, 3) != end && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(committed(group, input, 3), end);
+    assert_eq!(committed(&topics.group, &topics.input, 3), end);
     sigterm(&daemon);
     assert!(wait_exit(&mut daemon, Duration::from_secs(40))
         .expect("exit")
@@ -413,10 +428,7 @@ fn broker_down_at_start_then_stopped_45s_mid_stream_loses_nothing_and_dead_lette
 fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 2, &[]);
-    create_topic(&output, 1, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::spec(2).output_partitions(1).create();
     let n = 1200;
     let records: Vec<Rec> = (0..n)
         .map(|i| {
@@ -427,12 +439,12 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
             )
         })
         .collect();
-    produce(&input, &records);
-    let mut env = daemon_env(&group, &input, &output, &dlq, &model);
+    produce(&topics.input, &records);
+    let mut env = daemon_env(&topics, &model);
     let log = tmp.path().join("daemon.log");
     let mut crashing = env.clone();
     crashing.push(("EMOSTREAM_FAULT_PANIC_AT_BATCH".into(), "5".into()));
-    let mut daemon = spawn_daemon_logged(&crashing, &log);
+    let mut daemon = DaemonBuilder::new(&crashing).log(&log).spawn();
     let started = Instant::now();
     let mut panicked_at = None;
     let status = loop {
@@ -468,16 +480,18 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
         "the fault names the stage: {text}"
     );
     // Work was in flight: the crash left messages to label again.
-    let left = committed(&group, &input, 2);
-    let end = end_offsets(&input, 2);
+    let left = committed(&topics.group, &topics.input, 2);
+    let end = end_offsets(&topics.input, 2);
     assert!(
         left.iter().zip(&end).any(|(c, e)| c < e),
         "committed {left:?} already at the end {end:?}: nothing was in flight"
     );
 
     env.push(("EMOSTREAM__ADMIN__BIND".into(), "127.0.0.1:0".into()));
-    let mut again = spawn_daemon(&env);
-    let out = read_until(&output, Duration::from_secs(120), |r| ids(r).len() >= n);
+    let mut again = DaemonBuilder::new(&env).spawn();
+    let out = read_until(&topics.output, Duration::from_secs(120), |r| {
+        ids(r).len() >= n
+    });
     let got = ids(&out);
     for i in 0..n {
         assert!(got.contains(&format!("w{i}")), "w{i} lost to the panic");
@@ -486,7 +500,10 @@ fn a_panicking_worker_ends_the_process_within_seconds_and_a_restart_loses_nothin
     assert!(wait_exit(&mut again, Duration::from_secs(40))
         .expect("exit")
         .success());
-    assert_eq!(committed(&group, &input, 2), end_offsets(&input, 2));
+    assert_eq!(
+        committed(&topics.group, &topics.input, 2),
+        end_offsets(&topics.input, 2)
+    );
 }
 
 #[test]

@@ -1,14 +1,19 @@
 //! Hot swap against the real local Apache Kafka broker and real ONNX Runtime: three swaps under
-//! continuous load (one of them a corrupt model) lose no message and only move each partition's
-//! model version forward; one signed control-topic message moves two replicas of a group, while
-//! unsigned, forged, tampered and replayed ones are refused with the reason; rollback works; the
-//! admin API refuses path traversal, requests without the bearer token and a version whose
-//! tokenizer.json changed after publishing; shadow mode compares the candidate on live traffic
-//! before promoting it.
+//! continuous load (admin API and registry pointer, one of them a corrupt model) lose no message
+//! and only move each partition's model version forward; one signed control-topic message moves
+//! two replicas of a group, while unsigned, forged, tampered and replayed ones are refused with
+//! the reason, and a rollback on the control topic moves both back; the admin API swaps and
+//! rolls back with its bearer token only, and refuses path traversal, unknown versions, a
+//! version whose tokenizer.json changed after publishing and loads over its rate limit; shadow
+//! mode compares the candidate on live traffic before promoting it.
 
 mod common;
 
-use common::kafka::*;
+use common::daemon::{cpu_seconds, daemon_env, sigterm, wait_exit, DaemonBuilder};
+use common::http::{free_port, http_get, http_get_with, http_post, wait_http};
+use common::kafka::{
+    brokers, create_topic, produce, producer, read_until, send_all, unique, Record, Topics,
+};
 use emostream::daemon::kafka::control;
 use emostream::daemon::kafka::signing::ControlKey;
 use emostream::model::registry::Registry;
@@ -72,6 +77,25 @@ fn active_version(port: u16) -> String {
         .to_string()
 }
 
+/// POSTs `body` to the admin API's `path` (with the bearer `token`, if any), asserts the
+/// answer's status and returns the answer's body.
+fn admin_post(port: u16, path: &str, body: &str, token: Option<&str>, status: u16) -> String {
+    let (code, answer) = http_post(port, path, body, token).expect("POST to the admin API");
+    assert_eq!(code, status, "POST {path} {body}: {answer}");
+    answer
+}
+
+/// Asks the admin API to make `version` active; asserts the answer's status, returns its body.
+fn swap_to(port: u16, version: &str, token: Option<&str>, status: u16) -> String {
+    let body = serde_json::json!({ "version": version }).to_string();
+    admin_post(port, "/admin/model", &body, token, status)
+}
+
+/// Asks the admin API to roll back; asserts the answer's status, returns its body.
+fn roll_back(port: u16, token: Option<&str>, status: u16) -> String {
+    admin_post(port, "/admin/model/rollback", "", token, status)
+}
+
 fn registry_env(
     base: Vec<(String, String)>,
     root: &Path,
@@ -100,13 +124,10 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     let reg = registry_with(&root, &model, &["1.0.0", "1.1.0", "1.2.0"]);
     publish_truncated(&reg, &model, "1.1.5-corrupt");
 
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 3, &[]);
-    create_topic(&output, 3, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(3);
     let port = free_port();
     let env = registry_env(
-        daemon_env(&group, &input, &output, &dlq, &model),
+        daemon_env(&topics, &model),
         &root,
         port,
         &[
@@ -115,7 +136,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
             ("EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK", "true"),
         ],
     );
-    let mut daemon = spawn_daemon(&env);
+    let mut daemon = DaemonBuilder::new(&env).spawn();
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
     assert_eq!(active_version(port), "1.0.0");
     // Idle, a daemon watching its registry sleeps. (Reacting to its own reads of ACTIVE once
@@ -134,7 +155,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     let texts = common::texts("test", 2000);
     let n = 6000usize;
     let loader = {
-        let (input, texts) = (input.clone(), texts.clone());
+        let (input, texts) = (topics.input.clone(), texts.clone());
         std::thread::spawn(move || {
             let p = producer();
             for chunk in (0..n).collect::<Vec<_>>().chunks(40) {
@@ -151,13 +172,12 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
         })
     };
     let wait_output = |k: usize| {
-        read_until(&output, Duration::from_secs(120), |r| r.len() >= k);
+        read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= k);
     };
     wait_output(800);
 
     // Swap 1, through the admin API.
-    let (code, body) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
-    assert_eq!(code, 200, "{body}");
+    let body = swap_to(port, "1.1.0", None, 200);
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["result"], "swapped", "{body}");
     assert_eq!(report["previous"], "1.0.0");
@@ -165,9 +185,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     wait_output(2000);
 
     // Swap 2: a corrupt model is rejected with a reason; 1.1.0 keeps serving.
-    let (code, body) =
-        http_post(port, "/admin/model", r#"{"version":"1.1.5-corrupt"}"#, None).unwrap();
-    assert_eq!(code, 422, "{body}");
+    let body = swap_to(port, "1.1.5-corrupt", None, 422);
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["result"], "rejected");
     assert_eq!(report["active"], "1.1.0");
@@ -190,14 +208,14 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     }
     loader.join().unwrap();
 
-    let (got, ids) = read_ids(&output, n, Duration::from_secs(180));
+    let (got, ids) = read_ids(&topics.output, n, Duration::from_secs(180));
     let missing: Vec<usize> = (0..n).filter(|i| !ids.contains(&format!("c{i}"))).collect();
     assert!(
         missing.is_empty(),
         "missing ids: {:?}",
         &missing[..missing.len().min(20)]
     );
-    let dead = read_until(&dlq, Duration::from_secs(2), |_| false);
+    let dead = read_until(&topics.dlq, Duration::from_secs(2), |_| false);
     assert!(
         dead.is_empty(),
         "{} messages were dead-lettered",
@@ -258,21 +276,13 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
 }
 
 #[test]
-fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
+fn a_signed_control_message_moves_both_replicas_and_unsigned_forged_or_replayed_ones_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
     let root = tmp.path().join("registry");
     registry_with(&root, &model, &["1.0.0", "2.0.0"]);
-    let (input, output, dlq, group, control) = (
-        unique("in"),
-        unique("out"),
-        unique("dlq"),
-        unique("group"),
-        unique("control"),
-    );
-    create_topic(&input, 2, &[]);
-    create_topic(&output, 2, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(2);
+    let control = unique("control");
     create_topic(&control, 1, &[]);
     // The control key, as a mounted secret file.
     let key_file = tmp.path().join("control.key");
@@ -290,42 +300,28 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         .enumerate()
         .map(|(i, &port)| {
             let replica = format!("replica-{i}");
-            spawn_daemon(&registry_env(
-                daemon_env(&group, &input, &output, &dlq, &model),
+            // Candidate loads a minute: replica-0 makes three here; replica-1 may make two,
+            // the activation and the rollback, so the published version finds it at its limit.
+            let max_swaps = if i == 0 { "5" } else { "2" };
+            DaemonBuilder::new(&registry_env(
+                daemon_env(&topics, &model),
                 &root,
                 port,
                 &[
                     ("EMOSTREAM__REGISTRY__CONTROL_TOPIC", control.as_str()),
                     ("EMOSTREAM__REGISTRY__CONTROL_KEY_FILE", key_path.as_str()),
-                    // Five candidate loads a minute (this test makes five on replica-1).
-                    ("EMOSTREAM__REGISTRY__MAX_SWAPS_PER_MINUTE", "5"),
+                    ("EMOSTREAM__REGISTRY__MAX_SWAPS_PER_MINUTE", max_swaps),
                     ("EMOSTREAM__REGISTRY__REPLICA_ID", replica.as_str()),
                     // Only the control message may move them (no pointer trigger).
                     ("EMOSTREAM__REGISTRY__WATCH", "false"),
                     ("EMOSTREAM__ADMIN__TOKEN", token),
                 ],
             ))
+            .spawn()
         })
         .collect();
     for &p in &ports {
         wait_http(p, "/healthz", Duration::from_secs(60), |c, _| c == 200);
-    }
-    // The admin API wants the token; the model info is behind it too.
-    let (code, _) = http_post(ports[0], "/admin/model", r#"{"version":"2.0.0"}"#, None).unwrap();
-    assert_eq!(code, 401);
-    let (code, _) = http_post(
-        ports[0],
-        "/admin/model",
-        r#"{"version":"2.0.0"}"#,
-        Some("wrong"),
-    )
-    .unwrap();
-    assert_eq!(code, 401);
-    // Traversal is refused before it reaches the file system.
-    for bad in ["../../etc", "..", "1.0.0/../../x", "/etc/passwd"] {
-        let body = serde_json::json!({ "version": bad }).to_string();
-        let (code, resp) = http_post(ports[0], "/admin/model", &body, Some(token)).unwrap();
-        assert_eq!(code, 400, "{bad}: {resp}");
     }
 
     // Wait until both are in the group and reading, then one control message.
@@ -403,8 +399,8 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
             (Some(format!("k{i}")), body.to_string().into_bytes(), None)
         })
         .collect();
-    produce(&input, &recs);
-    let got = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
+    produce(&topics.input, &recs);
+    let got = read_until(&topics.output, Duration::from_secs(90), |r| r.len() >= 200);
     assert!(got.len() >= 200);
     let partitions: HashSet<i64> = got
         .iter()
@@ -434,63 +430,10 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         assert_eq!(r["result"], "swapped", "{r}");
         assert_eq!(r["active"], "1.0.0", "{r}");
     }
-    // And with nothing left to roll back to, the admin API says so and nothing changes.
-    let (code, body) = http_post(ports[1], "/admin/model/rollback", "", Some(token)).unwrap();
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("no previous model"), "{body}");
-    // Admin swap and admin rollback on one replica.
-    let (code, body) = http_post(
-        ports[1],
-        "/admin/model",
-        r#"{"version":"2.0.0"}"#,
-        Some(token),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
-    let (code, body) = http_post(ports[1], "/admin/model/rollback", "", Some(token)).unwrap();
-    assert_eq!(code, 200, "{body}");
-    let report: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(report["active"], "1.0.0", "{body}");
-    // An unknown version is rejected and 1.0.0 keeps serving.
-    let (code, body) = http_post(
-        ports[1],
-        "/admin/model",
-        r#"{"version":"9.9.9"}"#,
-        Some(token),
-    )
-    .unwrap();
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("not in the registry"), "{body}");
-    // A version whose tokenizer.json was changed after publishing is refused on swap.
-    let reg = Registry::open(&root).unwrap();
-    let (_, dir) = reg.publish(&model, Some("3.0.0")).unwrap();
-    let tok = dir.join("tokenizer.json");
-    let mut bytes = std::fs::read(&tok).unwrap();
-    bytes.extend_from_slice(b"\n");
-    std::fs::write(&tok, bytes).unwrap();
-    let (code, body) = http_post(
-        ports[1],
-        "/admin/model",
-        r#"{"version":"3.0.0"}"#,
-        Some(token),
-    )
-    .unwrap();
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("tokenizer.json"), "{body}");
-    // That was replica-1's fifth load this minute: a sixth is refused before loading.
-    let (code, body) = http_post(
-        ports[1],
-        "/admin/model",
-        r#"{"version":"2.0.0"}"#,
-        Some(token),
-    )
-    .unwrap();
-    assert_eq!(code, 422, "{body}");
-    assert!(body.contains("rate limited"), "{body}");
 
     // `train publish --control-topic --config` signs with the config's key and reaches the fleet
     // through the daemons' own Kafka client settings. Replica-0 swaps; replica-1 has used its
-    // five loads this minute and says so.
+    // two loads this minute and says so.
     let publisher = tmp.path().join("publisher.toml");
     std::fs::write(
         &publisher,
@@ -543,7 +486,72 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         "{replies:?}"
     );
 
-    let metrics = http_get(ports[1], "/metrics").unwrap().1;
+    for d in &daemons {
+        sigterm(d);
+    }
+    for d in &mut daemons {
+        let status = wait_exit(d, Duration::from_secs(60)).expect("daemon exit");
+        assert!(status.success());
+    }
+}
+
+#[test]
+fn admin_api_swaps_and_rolls_back_with_its_token_and_refuses_traversal_bad_versions_and_floods() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let root = tmp.path().join("registry");
+    registry_with(&root, &model, &["1.0.0", "2.0.0"]);
+    let topics = Topics::new(2);
+    let token = "s3cret-token";
+    let port = free_port();
+    let mut daemon = DaemonBuilder::new(&registry_env(
+        daemon_env(&topics, &model),
+        &root,
+        port,
+        &[
+            // Three candidate loads a minute (this test makes three).
+            ("EMOSTREAM__REGISTRY__MAX_SWAPS_PER_MINUTE", "3"),
+            // Only the admin API may move it (no pointer trigger).
+            ("EMOSTREAM__REGISTRY__WATCH", "false"),
+            ("EMOSTREAM__ADMIN__TOKEN", token),
+        ],
+    ))
+    .spawn();
+    wait_http(port, "/healthz", Duration::from_secs(60), |c, _| c == 200);
+    // The admin API wants the token; the model info is behind it too.
+    swap_to(port, "2.0.0", None, 401);
+    swap_to(port, "2.0.0", Some("wrong"), 401);
+    // Traversal is refused before it reaches the file system.
+    for bad in ["../../etc", "..", "1.0.0/../../x", "/etc/passwd"] {
+        swap_to(port, bad, Some(token), 400);
+    }
+    wait_http(port, "/readyz", Duration::from_secs(90), |c, _| c == 200);
+
+    // Admin swap and admin rollback.
+    swap_to(port, "2.0.0", Some(token), 200);
+    let body = roll_back(port, Some(token), 200);
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["active"], "1.0.0", "{body}");
+    // And with nothing left to roll back to, the admin API says so and nothing changes.
+    let body = roll_back(port, Some(token), 422);
+    assert!(body.contains("no previous model"), "{body}");
+    // An unknown version is rejected and 1.0.0 keeps serving.
+    let body = swap_to(port, "9.9.9", Some(token), 422);
+    assert!(body.contains("not in the registry"), "{body}");
+    // A version whose tokenizer.json was changed after publishing is refused on swap.
+    let reg = Registry::open(&root).unwrap();
+    let (_, dir) = reg.publish(&model, Some("3.0.0")).unwrap();
+    let tok = dir.join("tokenizer.json");
+    let mut bytes = std::fs::read(&tok).unwrap();
+    bytes.extend_from_slice(b"\n");
+    std::fs::write(&tok, bytes).unwrap();
+    let body = swap_to(port, "3.0.0", Some(token), 422);
+    assert!(body.contains("tokenizer.json"), "{body}");
+    // That was the third load this minute: a fourth is refused before loading.
+    let body = swap_to(port, "2.0.0", Some(token), 422);
+    assert!(body.contains("rate limited"), "{body}");
+
+    let metrics = http_get(port, "/metrics").unwrap().1;
     assert!(
         metrics.contains("emostream_model_swaps_total{result=\"swapped\",trigger=\"admin\"}")
             || metrics
@@ -555,13 +563,9 @@ fn two_replicas_switch_on_one_control_message_roll_back_and_refuse_traversal() {
         "{metrics}"
     );
 
-    for d in &daemons {
-        sigterm(d);
-    }
-    for d in &mut daemons {
-        let status = wait_exit(d, Duration::from_secs(60)).expect("daemon exit");
-        assert!(status.success());
-    }
+    sigterm(&daemon);
+    let status = wait_exit(&mut daemon, Duration::from_secs(60)).expect("daemon exit");
+    assert!(status.success());
 }
 
 #[test]
@@ -570,17 +574,14 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
     let model = common::tiny_model_dir(tmp.path());
     let root = tmp.path().join("registry");
     registry_with(&root, &model, &["1.0.0", "1.1.0"]);
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 2, &[]);
-    create_topic(&output, 2, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(2);
     let port = free_port();
     // The token from a mounted file (admin.token_file).
     let token_file = tmp.path().join("admin-token");
     std::fs::write(&token_file, "file-token\n").unwrap();
     let token_path = token_file.display().to_string();
-    let mut daemon = spawn_daemon(&registry_env(
-        daemon_env(&group, &input, &output, &dlq, &model),
+    let mut daemon = DaemonBuilder::new(&registry_env(
+        daemon_env(&topics, &model),
         &root,
         port,
         &[
@@ -591,13 +592,14 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
             ("EMOSTREAM__REGISTRY__SHADOW_MIN_AGREEMENT", "0.99"),
             ("EMOSTREAM__REGISTRY__SHADOW_TIMEOUT_MS", "60000"),
         ],
-    ));
+    ))
+    .spawn();
     wait_http(port, "/readyz", Duration::from_secs(60), |c, _| c == 200);
     // Traffic until the swap is done: 10 comments every 30 ms.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let texts = common::texts("test", 2000);
     let loader = {
-        let (input, stop) = (input.clone(), stop.clone());
+        let (input, stop) = (topics.input.clone(), stop.clone());
         std::thread::spawn(move || {
             let p = producer();
             let mut i = 0usize;
@@ -615,19 +617,12 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
             i
         })
     };
-    read_until(&output, Duration::from_secs(60), |r| r.len() >= 100);
+    read_until(&topics.output, Duration::from_secs(60), |r| r.len() >= 100);
     // The candidate is the same network: on the sampled live batches it must agree fully, and
     // with shadow_min_agreement 0.99 it is promoted only after the comparison.
-    let (code, _) = http_post(port, "/admin/model", r#"{"version":"1.1.0"}"#, None).unwrap();
-    assert_eq!(code, 401, "the token file's token is required");
-    let (code, body) = http_post(
-        port,
-        "/admin/model",
-        r#"{"version":"1.1.0"}"#,
-        Some("file-token"),
-    )
-    .unwrap();
-    assert_eq!(code, 200, "{body}");
+    // The token file's token is required.
+    swap_to(port, "1.1.0", None, 401);
+    let body = swap_to(port, "1.1.0", Some("file-token"), 200);
     let report: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(report["result"], "swapped", "{body}");
     assert_eq!(report["shadow"]["batches"], 5, "{body}");
@@ -644,7 +639,7 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
     );
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let n = loader.join().unwrap();
-    let (got, ids) = read_ids(&output, n, Duration::from_secs(120));
+    let (got, ids) = read_ids(&topics.output, n, Duration::from_secs(120));
     assert_eq!(ids.len(), n, "every comment labelled exactly once or more");
     assert!(got.iter().any(|r| event(r)["model"]["version"] == "1.1.0"));
     sigterm(&daemon);

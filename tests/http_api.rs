@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::kafka::{free_port, http_get, http_get_with, http_post, wait_http, Daemon};
+use common::daemon::Daemon;
+use common::http::{free_port, http_get, http_get_with, http_post, wait_http};
 use serde_json::{json, Value};
 use std::io::{Read, Write};
 use std::path::Path;

@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::kafka::*;
+use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
+use common::kafka::{brokers, produce, read_until, unique, Rec, Topics};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -36,14 +37,8 @@ fn client_config(mode: &str) -> (String, Vec<PathBuf>) {
 
 /// The daemon's environment without the plaintext brokers (the config file names the
 /// secured listener).
-fn env_for(
-    group: &str,
-    input: &str,
-    output: &str,
-    dlq: &str,
-    model: &Path,
-) -> Vec<(String, String)> {
-    daemon_env(group, input, output, dlq, model)
+fn env_for(topics: &Topics, model: &Path) -> Vec<(String, String)> {
+    daemon_env(topics, model)
         .into_iter()
         .filter(|(k, _)| k != "EMOSTREAM__KAFKA__BROKERS")
         .collect()
@@ -52,10 +47,7 @@ fn env_for(
 /// Labels 200 comments through the listener of `mode`; returns the daemon's log.
 fn labels_a_stream(mode: &str, tmp: &Path, extra_env: &[(&str, &str)]) -> String {
     let model = common::tiny_model_dir(&tmp.join(mode));
-    let (input, output, dlq, group) = (unique("in"), unique("out"), unique("dlq"), unique("group"));
-    create_topic(&input, 2, &[]);
-    create_topic(&output, 2, &[]);
-    create_topic(&dlq, 1, &[]);
+    let topics = Topics::new(2);
     let records: Vec<Rec> = (0..200)
         .map(|i| {
             (
@@ -67,18 +59,18 @@ fn labels_a_stream(mode: &str, tmp: &Path, extra_env: &[(&str, &str)]) -> String
             )
         })
         .collect();
-    produce(&input, &records);
+    produce(&topics.input, &records);
     let cfg = tmp.join(format!("{mode}.toml"));
     std::fs::write(&cfg, client_config(mode).0).unwrap();
     let log = tmp.join(format!("{mode}.log"));
-    let mut env = env_for(&group, &input, &output, &dlq, &model);
+    let mut env = env_for(&topics, &model);
     env.extend(
         extra_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let mut d = spawn_daemon_logged_with(&env, Some(&cfg), &log);
-    let events = read_until(&output, Duration::from_secs(90), |r| r.len() >= 200);
+    let mut d = DaemonBuilder::new(&env).config(&cfg).log(&log).spawn();
+    let events = read_until(&topics.output, Duration::from_secs(90), |r| r.len() >= 200);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(
         events.len(),
@@ -99,14 +91,20 @@ fn refused(name: &str, toml: &str, tmp: &Path, extra_env: &[(&str, &str)], cause
     let cfg = tmp.join(format!("{name}.toml"));
     std::fs::write(&cfg, toml).unwrap();
     let log = tmp.join(format!("{name}.log"));
-    let mut env = env_for(&unique("group"), "comments", "out", "dlq", &model);
+    let topics = Topics {
+        input: "comments".into(),
+        output: "out".into(),
+        dlq: "dlq".into(),
+        group: unique("group"),
+    };
+    let mut env = env_for(&topics, &model);
     env.extend(
         extra_env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
     let started = Instant::now();
-    let mut d = spawn_daemon_logged_with(&env, Some(&cfg), &log);
+    let mut d = DaemonBuilder::new(&env).config(&cfg).log(&log).spawn();
     let status = wait_exit(&mut d, Duration::from_secs(30));
     let text = std::fs::read_to_string(&log).unwrap();
     let status = status.unwrap_or_else(|| panic!("{name}: still running after 30 s; log:\n{text}"));

@@ -1,5 +1,6 @@
-//! Test support for the real local broker (scripts/kafka.sh): topics, producing, reading a
-//! topic to the end, committed offsets, and running the daemon binary.
+//! Test support for the real local broker (scripts/kafka.sh): brokers (the shared one or a
+//! private one), topics, producing, reading a topic to the end, offsets and headers. The daemon
+//! process is in `daemon`, HTTP in `http`.
 #![allow(dead_code)]
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -11,7 +12,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 thread_local! {
@@ -27,7 +28,7 @@ pub fn brokers() -> String {
         .unwrap_or_else(|| "127.0.0.1:19092".into())
 }
 
-/// Points this thread's helpers (topics, producing, reading, daemon_env) at `brokers`.
+/// Points this thread's helpers (topics, producing, reading, `daemon::daemon_env`) at `brokers`.
 pub fn use_brokers(brokers: &str) {
     BROKERS.with(|b| *b.borrow_mut() = Some(brokers.to_string()));
 }
@@ -369,197 +370,105 @@ pub fn end_offsets(topic: &str, partitions: i32) -> Vec<i64> {
         .collect()
 }
 
-/// Environment for a daemon reading `input` and writing `output`/`dlq` with `model`.
-pub fn daemon_env(
-    group: &str,
-    input: &str,
-    output: &str,
-    dlq: &str,
-    model: &Path,
-) -> Vec<(String, String)> {
-    vec![
-        ("EMOSTREAM__KAFKA__BROKERS".into(), brokers()),
-        ("EMOSTREAM__KAFKA__GROUP_ID".into(), group.into()),
-        ("EMOSTREAM__KAFKA__INPUT_TOPICS".into(), input.into()),
-        ("EMOSTREAM__KAFKA__OUTPUT_TOPIC".into(), output.into()),
-        ("EMOSTREAM__KAFKA__DEAD_LETTER_TOPIC".into(), dlq.into()),
-        ("EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(), "200".into()),
-        ("EMOSTREAM__MODEL__DIR".into(), model.display().to_string()),
-        ("EMOSTREAM__ADMIN__BIND".into(), "127.0.0.1:0".into()),
-        (
-            "EMOSTREAM__LOG__LEVEL".into(),
-            "info,ort=warn,librdkafka=warn".into(),
-        ),
-    ]
+/// A daemon test's topics (input, output, dead-letter) and the consumer group its daemons join.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub input: String,
+    pub output: String,
+    pub dlq: String,
+    pub group: String,
 }
 
-/// A daemon child process that is killed when dropped, so a failing test leaves no daemon
-/// behind (it would go on consuming, and log errors once the broker stops).
-pub struct Daemon(pub Child);
-
-impl std::ops::Deref for Daemon {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.0
+impl Topics {
+    /// Names no other test run has used, for topics not created yet.
+    pub fn unique() -> Topics {
+        Topics {
+            input: unique("in"),
+            output: unique("out"),
+            dlq: unique("dlq"),
+            group: unique("group"),
+        }
     }
-}
 
-impl std::ops::DerefMut for Daemon {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.0
+    /// Fresh topics, created: input and output with `partitions` each, dead-letter with one.
+    pub fn new(partitions: i32) -> Topics {
+        Topics::spec(partitions).create()
     }
-}
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
+    /// Fresh topics to create: input and output with `partitions` each, dead-letter with one,
+    /// no topic configs; change that, then [`TopicsSpec::create`].
+    pub fn spec(partitions: i32) -> TopicsSpec {
+        TopicsSpec {
+            names: Topics::unique(),
+            input: (partitions, Vec::new()),
+            output: (partitions, Vec::new()),
+            dlq: (1, Vec::new()),
         }
     }
 }
 
-pub fn spawn_daemon(env: &[(String, String)]) -> Daemon {
-    spawn_daemon_with(env, None)
+/// Topics to create: partitions and topic configs of each (see [`Topics::spec`]).
+pub struct TopicsSpec {
+    names: Topics,
+    input: (i32, Vec<(String, String)>),
+    output: (i32, Vec<(String, String)>),
+    dlq: (i32, Vec<(String, String)>),
 }
 
-/// `emostream [--config FILE] run` with the given environment.
-pub fn spawn_daemon_with(env: &[(String, String)], config: Option<&Path>) -> Daemon {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
+fn owned(configs: &[(&str, &str)]) -> Vec<(String, String)> {
+    configs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl TopicsSpec {
+    /// The output topic's partitions (the input's by default).
+    pub fn output_partitions(mut self, partitions: i32) -> TopicsSpec {
+        self.output.0 = partitions;
+        self
     }
-    Daemon(
-        cmd.arg("run")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting emostream run"),
-    )
-}
 
-/// `emostream run` with its log (stderr and stdout) written to `log`.
-pub fn spawn_daemon_logged(env: &[(String, String)], log: &Path) -> Daemon {
-    spawn_daemon_logged_with(env, None, log)
-}
-
-/// `emostream [--config FILE] run`, its log (stderr and stdout) written to `log`.
-pub fn spawn_daemon_logged_with(
-    env: &[(String, String)],
-    config: Option<&Path>,
-    log: &Path,
-) -> Daemon {
-    let file = std::fs::File::create(log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_emostream"));
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
+    pub fn input_config(mut self, configs: &[(&str, &str)]) -> TopicsSpec {
+        self.input.1 = owned(configs);
+        self
     }
-    Daemon(
-        cmd.arg("run")
-            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("starting emostream run"),
-    )
-}
 
-pub fn sigterm(child: &Child) {
-    Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-}
+    pub fn output_config(mut self, configs: &[(&str, &str)]) -> TopicsSpec {
+        self.output.1 = owned(configs);
+        self
+    }
 
-/// Waits for a child to exit, killing it after `timeout`.
-pub fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let end = Instant::now() + timeout;
-    while Instant::now() < end {
-        if let Some(s) = child.try_wait().unwrap() {
-            return Some(s);
+    pub fn dlq_config(mut self, configs: &[(&str, &str)]) -> TopicsSpec {
+        self.dlq.1 = owned(configs);
+        self
+    }
+
+    /// These names instead of unique ones (e.g. on a private broker of the test's own).
+    pub fn named(mut self, input: &str, output: &str, dlq: &str, group: &str) -> TopicsSpec {
+        self.names = Topics {
+            input: input.into(),
+            output: output.into(),
+            dlq: dlq.into(),
+            group: group.into(),
+        };
+        self
+    }
+
+    /// Creates input, output and dead-letter topics, in that order.
+    pub fn create(self) -> Topics {
+        let t = self.names;
+        for (name, (partitions, configs)) in [
+            (&t.input, &self.input),
+            (&t.output, &self.output),
+            (&t.dlq, &self.dlq),
+        ] {
+            let configs: Vec<(&str, &str)> = configs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            create_topic(name, *partitions, &configs);
         }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    None
-}
-
-/// CPU time (user + system, seconds) a process has used so far, from /proc/PID/stat.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
-    // Linux reports in USER_HZ, 100 on every x86-64 kernel.
-    ticks / 100.0
-}
-
-/// A free localhost port (bound, then released) for a daemon's admin server.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Sends one HTTP/1.1 request (closing the connection) to localhost; returns (status, body).
-fn http(port: u16, request: &str, timeout: Duration) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.write_all(request.as_bytes()).ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Some((code, body))
-}
-
-/// Plain HTTP GET against localhost; returns (status code, body).
-pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    http_get_with(port, path, None)
-}
-
-/// HTTP GET against localhost with an optional bearer token; returns (status code, body).
-pub fn http_get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}\r\n");
-    http(port, &req, Duration::from_secs(5))
-}
-
-/// Plain HTTP POST of a JSON body against localhost, with an optional bearer token; returns
-/// (status code, body). Waits up to 120 s: a swap answers once the candidate is validated.
-pub fn http_post(port: u16, path: &str, body: &str, token: Option<&str>) -> Option<(u16, String)> {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    http(port, &req, Duration::from_secs(120))
-}
-
-/// Polls `GET path` until `ok(status, body)` holds; panics after `timeout`.
-pub fn wait_http(
-    port: u16,
-    path: &str,
-    timeout: Duration,
-    ok: impl Fn(u16, &str) -> bool,
-) -> String {
-    let end = Instant::now() + timeout;
-    loop {
-        if let Some((code, body)) = http_get(port, path) {
-            if ok(code, &body) {
-                return body;
-            }
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out waiting on http://127.0.0.1:{port}{path}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        t
     }
 }

@@ -2,6 +2,8 @@
 //! tokenizers trained by the tokenizers crate on GoEmotions train text, so no download is needed.
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod http;
 pub mod kafka;
 
 use candle_core::{Device, Tensor};
