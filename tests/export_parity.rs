@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Device;
-use emostream::backend::classifier::Classifier;
+use emostream::backend::offline::OfflineModel;
 use emostream::backend::ort::RuntimeOptions;
 use emostream::model::tokenize::PaddedBatch;
 use emostream::train::encoder::{Arch, Encoder, Pooling};
@@ -70,7 +70,7 @@ fn check_layout(arch: Arch, pooling: Pooling) {
             run: Some(&t.dir),
         })
         .unwrap();
-        let mut c = Classifier::load(&out, &RuntimeOptions::default(), true).unwrap();
+        let mut c = OfflineModel::load(&out, &RuntimeOptions::default(), true).unwrap();
         let rows: Vec<Vec<u32>> = texts.iter().map(|s| c.encode(s).unwrap().ids).collect();
         let candle_logits =
             predict::logits(&encoder, &params, &rows, c.text.pad_id(), 32, &Device::Cpu).unwrap();
@@ -156,7 +156,7 @@ fn ort_optimised_graphs_show_what_fused() {
             optimized_model_path: Some(optimized.clone()),
             ..Default::default()
         };
-        Classifier::load(&out, &rt, true).unwrap();
+        OfflineModel::load(&out, &rt, true).unwrap();
         let after = op_histogram(&optimized);
         eprintln!("{tag} exported: {before:?}\n{tag} after ORT optimisation: {after:?}");
         (before, after)

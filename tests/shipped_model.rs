@@ -10,9 +10,9 @@
 
 mod common;
 
-use emostream::backend::classifier::Classifier;
+use emostream::backend::offline::OfflineModel;
 use emostream::backend::ort::RuntimeOptions;
-use emostream::model::cpu;
+use emostream::model::kernels;
 use emostream::model::dir::{ModelCard, ModelDir};
 use emostream::model::eval::dataset::Split;
 use emostream::model::eval::scores::{evaluate, label_counts, Counts, Metrics};
@@ -289,7 +289,7 @@ fn shipped_on_test() -> &'static (ModelDir, Split, Vec<Vec<f32>>) {
 #[test]
 fn test_split_reproduces_the_card_metrics_up_to_kernel_rounding() {
     let (dir, test, scores) = shipped_on_test();
-    eprintln!("this machine: {}", cpu::this_machine(ort::info()));
+    eprintln!("this machine: {}", kernels::this_machine(ort::info()));
     let bad = test_metrics_violations(dir, test, scores);
     assert!(bad.is_empty(), "{}", bad.join("\n"));
     // The model beats the reference's global 0.15 with its dev-tuned thresholds.
@@ -449,7 +449,7 @@ fn thresholds_are_reproduced_by_tuning_on_dev_up_to_kernel_rounding() {
 fn a_comment_scores_the_same_whatever_it_is_batched_with() {
     // int8 activations are quantised per token, so neither batch-mates nor their padding move
     // a comment's scores (a per-tensor scale flipped labels of ~5% of comments).
-    let mut c = Classifier::load(&shipped(), &RuntimeOptions::default(), true).unwrap();
+    let mut c = OfflineModel::load(&shipped(), &RuntimeOptions::default(), true).unwrap();
     let owned = common::texts("test", 200);
     let texts: Vec<&str> = owned.iter().map(String::as_str).collect();
     let alone: Vec<Vec<f32>> = texts
@@ -472,7 +472,7 @@ fn a_comment_scores_the_same_whatever_it_is_batched_with() {
 
 #[test]
 fn labels_obvious_comments_sensibly() {
-    let mut c = Classifier::load(&shipped(), &RuntimeOptions::default(), true).unwrap();
+    let mut c = OfflineModel::load(&shipped(), &RuntimeOptions::default(), true).unwrap();
     let names = c.dir.card.labels.names().to_vec();
     let th = c.dir.card.thresholds.resolved(names.len());
     let cases = [
@@ -506,7 +506,7 @@ fn calibration_folded_into_the_graph_keeps_every_decision_and_lowers_dev_ece() {
     }
     let dev_path = common::data_dir().join("dev.tsv");
     let runtime = RuntimeOptions::default();
-    let mut raw = Classifier::load(&shipped(), &runtime, true).unwrap();
+    let mut raw = OfflineModel::load(&shipped(), &runtime, true).unwrap();
     let dev = Split::read(&dev_path, raw.dir.card.labels.len()).unwrap();
     let raw_logits = raw.logits_texts(&dev.texts(), 32).unwrap();
     let raw_th = raw.dir.card.thresholds.resolved(raw_logits[0].len());
@@ -519,7 +519,7 @@ fn calibration_folded_into_the_graph_keeps_every_decision_and_lowers_dev_ece() {
     let cal = card.calibration.clone().expect("calibration recorded");
     assert!(cal.scale.iter().all(|&a| a > 0.0), "{:?}", cal.scale);
     let mut calibrated =
-        Classifier::load(tmp.path(), &runtime, true).expect("sha256 and digest match");
+        OfflineModel::load(tmp.path(), &runtime, true).expect("sha256 and digest match");
     let cal_logits = calibrated.logits_texts(&dev.texts(), 32).unwrap();
     let cal_th = card.thresholds.resolved(raw_th.len());
 
