@@ -111,7 +111,15 @@ fn allowed(from: &str) -> &'static [&'static str] {
 /// doors, and the entry points, which wire everything and import no other entry point.
 fn daemon_rule(unit: &str) -> Option<&'static [&'static str]> {
     const ENTRY: &[&str] = &[
-        "ack", "admin", "api", "config", "kafka", "pipeline", "start", "supervise", "swap",
+        "ack",
+        "admin",
+        "api",
+        "config",
+        "kafka",
+        "pipeline",
+        "start",
+        "supervise",
+        "swap",
         "telemetry",
     ];
     Some(match unit {
@@ -131,7 +139,9 @@ fn daemon_rule(unit: &str) -> Option<&'static [&'static str]> {
 /// `daemon::pipeline::workers` → `pipeline`; `daemon` itself → `None`.
 fn daemon_unit(module: &str) -> Option<&str> {
     let mut parts = module.split("::");
-    (parts.next() == Some("daemon")).then(|| parts.next()).flatten()
+    (parts.next() == Some("daemon"))
+        .then(|| parts.next())
+        .flatten()
 }
 
 /// The module a file's `super::...` path starts from: the parent of the file's module.
@@ -262,7 +272,9 @@ fn daemon_problems(tree: &Tree) -> Vec<String> {
         };
         let above = own_folder.starts_with(&format!("{to}::")) || (to == "daemon" && from != to);
         if from.starts_with("daemon") && above {
-            wrong.push(format!("{from} imports from {to}, a module above its folder"));
+            wrong.push(format!(
+                "{from} imports from {to}, a module above its folder"
+            ));
         }
         let (Some(a), Some(b)) = (daemon_unit(from), daemon_unit(to)) else {
             continue;
@@ -270,9 +282,14 @@ fn daemon_problems(tree: &Tree) -> Vec<String> {
         if a == b {
             continue;
         }
-        folders.entry(a.to_string()).or_default().insert(b.to_string());
+        folders
+            .entry(a.to_string())
+            .or_default()
+            .insert(b.to_string());
         match daemon_rule(a) {
-            None => wrong.push(format!("daemon/{a} has no folder rule in tests/architecture.rs")),
+            None => wrong.push(format!(
+                "daemon/{a} has no folder rule in tests/architecture.rs"
+            )),
             Some(ok) if !ok.contains(&b) => {
                 wrong.push(format!("daemon/{a} imports daemon/{b} ({from} uses {to})"))
             }
@@ -284,10 +301,18 @@ fn daemon_problems(tree: &Tree) -> Vec<String> {
     }
     if let Some(root) = tree.files.get("daemon") {
         let text = std::fs::read_to_string(root).unwrap();
-        let code = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("//"));
+        let code = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("//"));
         for line in code {
-            if !(line.starts_with("pub mod ") || line.starts_with("pub(crate) mod ") || line.starts_with("mod ")) {
-                wrong.push(format!("daemon/mod.rs should only list modules, found: {line}"));
+            if !(line.starts_with("pub mod ")
+                || line.starts_with("pub(crate) mod ")
+                || line.starts_with("mod "))
+            {
+                wrong.push(format!(
+                    "daemon/mod.rs should only list modules, found: {line}"
+                ));
             }
         }
     }
@@ -309,7 +334,11 @@ fn daemon_folders_import_only_their_rule_with_no_cycle_and_nothing_from_above() 
     let units: BTreeSet<&str> = tree.files.keys().filter_map(|m| daemon_unit(m)).collect();
     assert!(units.len() >= 12, "{units:?}");
     let wrong = daemon_problems(&tree);
-    assert!(wrong.is_empty(), "daemon structure broken:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "daemon structure broken:\n{}",
+        wrong.join("\n")
+    );
 }
 
 /// Function lengths in a file: (name, first line, lines), counted from `fn` to its closing
@@ -322,7 +351,15 @@ fn function_lengths(text: &str) -> Vec<(String, usize, usize)> {
         let Some(at) = t.find("fn ") else { continue };
         let head = &t[..at];
         let is_fn = head.split_whitespace().all(|w| {
-            ["pub", "pub(crate)", "pub(super)", "async", "unsafe", "const"].contains(&w)
+            [
+                "pub",
+                "pub(crate)",
+                "pub(super)",
+                "async",
+                "unsafe",
+                "const",
+            ]
+            .contains(&w)
         });
         if !is_fn || t.starts_with("//") {
             continue;
@@ -394,7 +431,11 @@ fn long_functions(src: &Path) -> Vec<String> {
 fn no_function_on_the_serving_path_is_over_80_lines() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let long = long_functions(&src);
-    assert!(long.is_empty(), "over {MAX_FUNCTION_LINES} lines:\n{}", long.join("\n"));
+    assert!(
+        long.is_empty(),
+        "over {MAX_FUNCTION_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }
 
 /// A copy of the real `src/` with `edit` applied to one file.
@@ -412,7 +453,10 @@ fn tree_with(file: &str, edit: impl FnOnce(String) -> String) -> tempfile::TempD
         }
     }
     let tmp = tempfile::tempdir().unwrap();
-    copy(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"), tmp.path());
+    copy(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        tmp.path(),
+    );
     let target = tmp.path().join(file);
     let text = std::fs::read_to_string(&target).unwrap();
     std::fs::write(&target, edit(text)).unwrap();
@@ -427,11 +471,15 @@ fn the_checks_fail_on_an_injected_folder_cycle_an_upward_import_and_a_long_funct
     });
     let wrong = daemon_problems(&Tree::read(cycle.path()));
     assert!(
-        wrong.iter().any(|w| w.starts_with("folder cycle in daemon/")),
+        wrong
+            .iter()
+            .any(|w| w.starts_with("folder cycle in daemon/")),
         "{wrong:?}"
     );
     assert!(
-        wrong.iter().any(|w| w.contains("daemon/pipeline imports daemon/swap")),
+        wrong
+            .iter()
+            .any(|w| w.contains("daemon/pipeline imports daemon/swap")),
         "{wrong:?}"
     );
     // A helper defined in daemon/mod.rs and used from below it, through `super::`.
@@ -444,11 +492,15 @@ fn the_checks_fail_on_an_injected_folder_cycle_an_upward_import_and_a_long_funct
     .unwrap();
     let wrong = daemon_problems(&Tree::read(upward.path()));
     assert!(
-        wrong.iter().any(|w| w == "daemon::kafka imports from daemon, a module above its folder"),
+        wrong
+            .iter()
+            .any(|w| w == "daemon::kafka imports from daemon, a module above its folder"),
         "{wrong:?}"
     );
     assert!(
-        wrong.iter().any(|w| w.starts_with("daemon/mod.rs should only list modules")),
+        wrong
+            .iter()
+            .any(|w| w.starts_with("daemon/mod.rs should only list modules")),
         "{wrong:?}"
     );
     // The real tree passes both (the test above), so these are the injected faults.

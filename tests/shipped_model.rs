@@ -12,10 +12,10 @@ mod common;
 
 use emostream::backend::offline::OfflineModel;
 use emostream::backend::ort::RuntimeOptions;
-use emostream::model::kernels;
 use emostream::model::dir::{ModelCard, ModelDir};
 use emostream::model::eval::dataset::Split;
 use emostream::model::eval::scores::{evaluate, label_counts, Counts, Metrics};
+use emostream::model::kernels;
 use emostream::train::evaluate;
 use emostream::train::onnx::proto::ModelProto;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,6 @@
 //! sigmoid scores back.
 
 pub mod batching;
-pub mod offline;
 pub mod generation;
+pub mod offline;
 pub mod ort;

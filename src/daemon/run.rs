@@ -15,7 +15,7 @@ use crate::daemon::kafka::sink::{Sink, SinkSettings};
 use crate::daemon::kafka::source::{self, KafkaConsumer, SourceSettings, SourceStage};
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::core::{join_workers, Core, CoreSettings};
-use crate::daemon::pipeline::workers::WorkerClock;
+use crate::daemon::pipeline::workers::{Labelling, WorkerClock};
 use crate::daemon::start::{self, Swapping};
 use crate::daemon::supervise::{self, Faults};
 use crate::daemon::telemetry;
@@ -38,11 +38,22 @@ pub async fn run(s: Settings) -> Result<()> {
     //    in exactly-once mode, the sink's own transactional producer.
     let kafka = KafkaClients::connect(&s).await?;
     // 3. Hot swap: controller, registry pointer, control topic (answered on the plain producer).
-    let swapping =
-        start::start_swapping(&s, &registry, first.pointer, active_tx, Some(&kafka.producer))?;
-    // 4. The data path: source → batcher → inference workers → sink, acknowledgements back.
+    let swapping = start::start_swapping(
+        &s,
+        &registry,
+        first.pointer,
+        active_tx,
+        Some(&kafka.producer),
+    )?;
+    // 4. The data path: source → batcher → inference workers → sink, acknowledgements back;
+    //    labels decided by the policy file in force (reloaded when it changes).
+    let policy = start::open_policy(&s, &active.borrow())?;
+    let policy_watch = policy
+        .clone()
+        .map(|p| start::watch_policy(&s, p, active.clone()));
     let live = start::live_view(&s.ui);
-    let stream = Stream::start(&s, &kafka, active.clone(), &swapping, &live)?;
+    let labelling = start::labelling(&s, policy.as_deref());
+    let stream = Stream::start(&s, &kafka, active.clone(), labelling, &swapping, &live)?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
     let classify = s.api.enabled.then(|| {
         Arc::new(ClassifyApi::new(
@@ -50,6 +61,7 @@ pub async fn run(s: Settings) -> Result<()> {
             &s.input,
             &s.api,
             active.clone(),
+            policy.clone(),
         ))
     });
     let health = health(&s, &kafka, &stream);
@@ -87,6 +99,9 @@ pub async fn run(s: Settings) -> Result<()> {
     // 7. Drain and stop.
     stream.shut_down(&s).await;
     swapping.stop();
+    if let Some(t) = policy_watch {
+        t.abort();
+    }
     kafka.flush();
     admin_task.abort();
     tracing::info!("stopped");
@@ -180,13 +195,18 @@ impl Stream {
         s: &Settings,
         kafka: &KafkaClients,
         active: tokio::sync::watch::Receiver<Arc<crate::backend::generation::Generation>>,
+        labelling: Labelling,
         swapping: &Swapping,
         live: &Option<Arc<LiveView>>,
     ) -> Result<Stream> {
         let ledger = Arc::new(Ledger::default());
         let settings = SourceSettings::from_settings(s);
-        let consumer =
-            source::consumer(&settings, ledger.clone(), kafka.hooks("consumer"), kafka.txn.clone())?;
+        let consumer = source::consumer(
+            &settings,
+            ledger.clone(),
+            kafka.hooks("consumer"),
+            kafka.txn.clone(),
+        )?;
         let sink = Arc::new(Sink::new(
             kafka.sink_producer(),
             SinkSettings::from_settings(s),
@@ -197,7 +217,7 @@ impl Stream {
         let core = Core::start(
             CoreSettings {
                 batching: s.batching.clone(),
-                output: s.output.clone(),
+                labelling,
                 workers: s.batching.inference_workers,
                 outcome_buffer: 4096,
             },
@@ -246,9 +266,10 @@ impl Stream {
         // The source waits for acknowledgements until the same deadline, then commits: a few
         // seconds more for that commit. The rest of the pipeline gets no longer than the
         // deadline (a message no topic takes keeps the sink retrying for ever).
-        let committed = tokio::time::timeout_at(deadline + Duration::from_secs(5), self.source_task)
-            .await
-            .is_ok();
+        let committed =
+            tokio::time::timeout_at(deadline + Duration::from_secs(5), self.source_task)
+                .await
+                .is_ok();
         if !committed {
             tracing::warn!("the source did not finish its final commit in time");
         }

@@ -32,7 +32,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let core = Core::start(
         CoreSettings {
             batching: s.batching.clone(),
-            output: s.output.clone(),
+            labelling: start::labelling(&s, None),
             workers: s.batching.inference_workers,
             outcome_buffer: 64,
         },
@@ -47,6 +47,7 @@ pub async fn run(s: Settings) -> Result<()> {
         &s.input,
         &s.api,
         active.clone(),
+        None,
     ));
     let health = health(&s, core.clock.clone(), faults.clone());
     let state = AdminState {

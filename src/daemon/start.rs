@@ -4,10 +4,11 @@
 
 use crate::backend::generation::{Expectations, Generation};
 use crate::daemon::api::live::LiveView;
-use crate::daemon::config::{Settings, UiSettings};
+use crate::daemon::config::{InputFormat, Settings, UiSettings};
 use crate::daemon::kafka::client::KafkaProducer;
 use crate::daemon::kafka::control::{self, ControlSettings};
-use crate::daemon::pipeline::workers::{BatchWatcher, Observers, Watcher};
+use crate::daemon::pipeline::policy::PolicySource;
+use crate::daemon::pipeline::workers::{BatchWatcher, Labelling, Observers, Watcher};
 use crate::daemon::swap::shadow::Shadow;
 use crate::daemon::swap::{self, pointer_watch, Controller, SwapRequest};
 use crate::model::registry::Registry;
@@ -68,7 +69,10 @@ pub(crate) fn load_first_model(s: &Settings, sessions: usize) -> Result<FirstMod
 /// The served model: logged, on `/metrics`, and in the channel every batch reads it from.
 pub(crate) fn serve_model(
     model: Generation,
-) -> (watch::Sender<Arc<Generation>>, watch::Receiver<Arc<Generation>>) {
+) -> (
+    watch::Sender<Arc<Generation>>,
+    watch::Receiver<Arc<Generation>>,
+) {
     tracing::info!(model = %model.model_ref.name, version = %model.model_ref.version, dir = %model.dir.display(), sessions = model.workers(), "model loaded");
     swap::set_model_info(&model, true);
     watch::channel(Arc::new(model))
@@ -142,6 +146,52 @@ pub(crate) fn start_swapping(
         shadow,
         tasks,
     })
+}
+
+/// The policy file named by `policy.file` (checked against the served model's labels and the
+/// carried fields), or none.
+pub(crate) fn open_policy(s: &Settings, model: &Generation) -> Result<Option<Arc<PolicySource>>> {
+    if s.policy.file.is_empty() {
+        return Ok(None);
+    }
+    let fields: Vec<String> = s.output.carry.keys().cloned().collect();
+    let source = PolicySource::open(Some(Path::new(&s.policy.file)), &model.labels, &fields)?;
+    tracing::info!(file = %s.policy.file, policies = ?source.status().policies, "policy file in force");
+    Ok(Some(Arc::new(source)))
+}
+
+/// Checks the policy file for changes every `policy.poll_interval_ms`, against the labels of
+/// the model served at the time.
+pub(crate) fn watch_policy(
+    s: &Settings,
+    policy: Arc<PolicySource>,
+    active: watch::Receiver<Arc<Generation>>,
+) -> JoinHandle<()> {
+    let every = Duration::from_millis(s.policy.poll_interval_ms);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let labels = active.borrow().labels.clone();
+            let p = policy.clone();
+            // File reads off the runtime's worker threads.
+            let _ = tokio::task::spawn_blocking(move || p.reload(&labels)).await;
+        }
+    })
+}
+
+/// How the workers label: `output`, from JSON input when it is JSON, under `policy`.
+pub(crate) fn labelling(s: &Settings, policy: Option<&PolicySource>) -> Labelling {
+    let json_input = s.input.format == InputFormat::Json;
+    match policy {
+        Some(p) => Labelling {
+            output: s.output.clone(),
+            json_input,
+            policy: p.subscribe(),
+        },
+        None => Labelling::without_policy(s.output.clone(), json_input),
+    }
 }
 
 /// The moderators' live view, when `ui.enabled`.

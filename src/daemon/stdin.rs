@@ -17,13 +17,14 @@ use tokio::sync::{mpsc, watch};
 pub async fn run(s: Settings) -> Result<()> {
     // 1. The model, one session: one worker keeps the output in input order.
     let first = start::load_first_model(&s, 1)?;
+    let policy = start::open_policy(&s, &first.generation)?;
     let (_active, active) = watch::channel(Arc::new(first.generation));
     // 2. The inference core, fed line by line from stdin.
     let faults = Arc::new(Faults::default());
     let core = Core::start(
         CoreSettings {
             batching: s.batching.clone(),
-            output: s.output.clone(),
+            labelling: start::labelling(&s, policy.as_deref()),
             workers: 1,
             outcome_buffer: 4096,
         },

@@ -8,11 +8,11 @@
 //! A Hugging Face / optimum export directory (model.onnx + tokenizer.json + config.json with
 //! id2label) is accepted too; its card is derived (thresholds 0.5, sha256 computed).
 
-use crate::model::kernels::MeasuredOn;
 use crate::model::eval::calibration::ReliabilityBin;
 use crate::model::eval::dataset::sha256_file;
 use crate::model::eval::scores::Metrics;
 use crate::model::eval::thresholds::{Shrinkage, ThresholdRule};
+use crate::model::kernels::MeasuredOn;
 use crate::model::labels::LabelSet;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -2,9 +2,9 @@
 //! versions, the tokenizer around it, and how a model is evaluated on GoEmotions. Shared by the
 //! daemon and `train`; imports from no other layer.
 
-pub mod kernels;
 pub mod dir;
 pub mod eval;
+pub mod kernels;
 pub mod labels;
 pub mod registry;
 pub mod tokenize;

@@ -4,7 +4,6 @@
 
 use crate::backend::offline::OfflineModel;
 use crate::backend::ort::RuntimeOptions;
-use crate::model::kernels;
 use crate::model::dir::{
     CrossValidated, Evaluation, ModelCard, Reliability, ThresholdSelection, Thresholds,
 };
@@ -12,6 +11,7 @@ use crate::model::eval::calibration::{classwise_ece, ece, reliability};
 use crate::model::eval::dataset::Split;
 use crate::model::eval::scores::{evaluate, sigmoid, Metrics};
 use crate::model::eval::thresholds::{self, Shrinkage, ThresholdRule};
+use crate::model::kernels;
 use crate::train::bootstrap;
 use crate::train::rng::SplitMix64;
 use anyhow::Result;

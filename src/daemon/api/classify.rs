@@ -10,6 +10,7 @@ use crate::backend::generation::Generation;
 use crate::daemon::ack::Ledger;
 use crate::daemon::api::error;
 use crate::daemon::config::{ApiSettings, InputFormat, InputSettings};
+use crate::daemon::pipeline::policy::PolicySource;
 use crate::daemon::pipeline::{admit, Admitted, Origin, Outcome};
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
@@ -36,6 +37,9 @@ pub(crate) struct ClassifyApi {
     active: watch::Receiver<Arc<Generation>>,
     /// Set when the process shuts down: new requests get 503.
     closed: AtomicBool,
+    /// The stream's policy file, shown by `/v1/model` (the API's own answers use the model's
+    /// thresholds).
+    policy: Option<Arc<PolicySource>>,
 }
 
 impl ClassifyApi {
@@ -44,6 +48,7 @@ impl ClassifyApi {
         input: &InputSettings,
         limits: &ApiSettings,
         active: watch::Receiver<Arc<Generation>>,
+        policy: Option<Arc<PolicySource>>,
     ) -> ClassifyApi {
         ClassifyApi {
             pending,
@@ -57,6 +62,7 @@ impl ClassifyApi {
             limits: limits.clone(),
             active,
             closed: AtomicBool::new(false),
+            policy,
         }
     }
 
@@ -296,6 +302,7 @@ pub(crate) async fn get_model_info(State(api): State<Arc<ClassifyApi>>) -> Respo
         "sha256": m.model_ref.sha256,
         "labels": m.labels,
         "thresholds": m.thresholds,
+        "policy": api.policy.as_ref().map(|p| p.status()),
     }))
     .into_response()
 }

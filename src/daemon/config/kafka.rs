@@ -114,7 +114,6 @@ pub(crate) enum Delivery {
     ExactlyOnce,
 }
 
-
 impl KafkaSettings {
     /// Every `kafka.*` key on its own; rules that involve other sections are in
     /// `Settings::validate`.

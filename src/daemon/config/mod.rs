@@ -12,9 +12,11 @@ mod service;
 
 pub use kafka::Secrets;
 pub(crate) use kafka::{Delivery, KafkaSettings};
-pub(crate) use model::{ProviderKind, RegistrySettings, RuntimeSettings};
 pub use model::ModelSettings;
-pub(crate) use pipeline::{BackpressureSettings, BatchingSettings, OutputSettings, ScoreMode};
+pub(crate) use model::{ProviderKind, RegistrySettings, RuntimeSettings};
+pub(crate) use pipeline::{
+    BackpressureSettings, BatchingSettings, OutputSettings, PolicySettings, ScoreMode,
+};
 pub use pipeline::{InputFormat, InputSettings};
 pub(crate) use service::{
     AdminAccess, AdminSettings, ApiSettings, HealthSettings, ShutdownSettings, UiSettings,
@@ -22,8 +24,8 @@ pub(crate) use service::{
 pub use service::{LogFormat, LogSettings};
 
 use anyhow::{bail, Context, Result};
-use serde::Deserialize;
 use kafka::read_secret_file;
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
 const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
@@ -34,6 +36,7 @@ pub struct Settings {
     pub(crate) kafka: KafkaSettings,
     pub input: InputSettings,
     pub(crate) output: OutputSettings,
+    pub(crate) policy: PolicySettings,
     pub(crate) batching: BatchingSettings,
     pub(crate) backpressure: BackpressureSettings,
     pub model: ModelSettings,
@@ -58,7 +61,6 @@ fn check(ok: bool, key: &str, msg: impl std::fmt::Display) -> Result<()> {
         bail!("config key {key}: {msg}")
     }
 }
-
 
 impl Settings {
     /// Defaults, then `file` (if any), then the environment.
@@ -125,6 +127,7 @@ impl Settings {
         self.kafka.validate()?;
         self.input.validate()?;
         self.output.validate()?;
+        self.policy.validate()?;
         self.batching.validate()?;
         self.model.validate()?;
         self.registry.validate()?;
@@ -140,6 +143,11 @@ impl Settings {
 
     /// Rules that tie one section's keys to another's.
     fn validate_across_sections(&self) -> Result<()> {
+        check(
+            self.output.carry.is_empty() || self.input.format == InputFormat::Json,
+            "output.carry",
+            "carries fields of JSON comments: needs input.format = \"json\"",
+        )?;
         let (p, b, i) = (&self.backpressure, &self.batching, &self.input);
         check(
             p.max_in_flight_messages >= b.max_batch_size,

@@ -5,6 +5,7 @@ use super::check;
 use crate::backend::batching::CallLimits;
 use anyhow::Result;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 
 /// `input.format` (and `emostream classify --format`): a JSON object per message, or the
 /// whole message as the text.
@@ -38,6 +39,32 @@ pub(crate) enum ScoreMode {
 pub(crate) struct OutputSettings {
     pub(crate) scores: ScoreMode,
     pub(crate) top_k: usize,
+    pub(crate) schema_version: u32,
+    pub(crate) max_carry_bytes: usize,
+    pub(crate) event_time_pointer: String,
+    pub(crate) cloudevents: bool,
+    pub(crate) cloudevents_source: String,
+    /// Event field name → JSON pointer into the comment.
+    #[serde(default)]
+    pub(crate) carry: BTreeMap<String, String>,
+}
+
+/// `[policy]`: the per-community policy file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PolicySettings {
+    pub(crate) file: String,
+    pub(crate) poll_interval_ms: u64,
+}
+
+impl PolicySettings {
+    pub(super) fn validate(&self) -> Result<()> {
+        check(
+            self.poll_interval_ms >= 50,
+            "policy.poll_interval_ms",
+            format!("must be at least 50 (got {})", self.poll_interval_ms),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -102,6 +129,41 @@ impl OutputSettings {
             "output.top_k",
             format!("must be between 1 and 1000 (got {})", self.top_k),
         )?;
+        check(
+            matches!(self.schema_version, 1 | 2),
+            "output.schema_version",
+            format!("must be 1 or 2 (got {})", self.schema_version),
+        )?;
+        check(
+            self.max_carry_bytes >= 16,
+            "output.max_carry_bytes",
+            format!("must be at least 16 (got {})", self.max_carry_bytes),
+        )?;
+        check(
+            self.event_time_pointer.is_empty() || self.event_time_pointer.starts_with('/'),
+            "output.event_time_pointer",
+            format!(
+                "{:?} is not a JSON pointer (must start with '/')",
+                self.event_time_pointer
+            ),
+        )?;
+        check(
+            !self.cloudevents || !self.cloudevents_source.trim().is_empty(),
+            "output.cloudevents_source",
+            "must not be empty with output.cloudevents = true",
+        )?;
+        for (name, pointer) in &self.carry {
+            check(
+                pointer.starts_with('/'),
+                &format!("output.carry.{name}"),
+                format!("{pointer:?} is not a JSON pointer (must start with '/')"),
+            )?;
+            check(
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                &format!("output.carry.{name}"),
+                "an event field name is letters, digits and _",
+            )?;
+        }
         Ok(())
     }
 }

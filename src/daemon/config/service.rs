@@ -180,9 +180,7 @@ impl AdminSettings {
             "cannot be combined with admin.token: pick one",
         )?;
         check(
-            addr.ip().is_loopback()
-                || !self.token.is_empty()
-                || !self.token_file.is_empty(),
+            addr.ip().is_loopback() || !self.token.is_empty() || !self.token_file.is_empty(),
             "admin.token",
             "is required when admin.bind is not a loopback address (or admin.token_file)",
         )?;
@@ -214,10 +212,7 @@ impl HealthSettings {
         check(
             self.stall_timeout_ms >= 1000,
             "health.stall_timeout_ms",
-            format!(
-                "must be at least 1000 (got {})",
-                self.stall_timeout_ms
-            ),
+            format!("must be at least 1000 (got {})", self.stall_timeout_ms),
         )?;
         Ok(())
     }

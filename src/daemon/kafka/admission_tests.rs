@@ -2,12 +2,12 @@
 //! tokenizer never panic, and each message is either a comment or a rejection with a reason
 //! that matches what is wrong with it.
 
-use crate::daemon::kafka::headers;
-use crate::daemon::pipeline::{admit, HeaderSummary, Origin};
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{InputFormat, InputSettings};
+use crate::daemon::kafka::headers;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event::Position;
+use crate::daemon::pipeline::{admit, HeaderSummary, Origin};
 use crate::model::tokenize::TextEncoder;
 use rdkafka::message::OwnedHeaders;
 use std::sync::Arc;

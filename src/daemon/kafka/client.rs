@@ -193,7 +193,10 @@ pub(crate) fn producer(
     let mut c = client_config(&s.client);
     c.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set("message.timeout.ms", s.produce_timeout.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            s.produce_timeout.as_millis().to_string(),
+        )
         .set("message.max.bytes", s.message_max_bytes.to_string())
         .set("statistics.interval.ms", "2000")
         .set("linger.ms", "5");

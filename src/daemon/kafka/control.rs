@@ -10,8 +10,8 @@
 
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{client_config, ClientSettings, KafkaProducer};
-use crate::daemon::kafka::signing::{now_ms, ControlKey, Verifier, SIGNATURE_HEADER};
 use crate::daemon::kafka::headers;
+use crate::daemon::kafka::signing::{now_ms, ControlKey, Verifier, SIGNATURE_HEADER};
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{Consumer, StreamConsumer};

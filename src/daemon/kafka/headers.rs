@@ -46,7 +46,6 @@ pub(crate) fn summary(h: Option<&OwnedHeaders>) -> HeaderSummary {
 }
 
 /// Appends a header whose key may be any bytes (a NUL ends the key, as in librdkafka).
-#[cfg(test)]
 pub(crate) fn add(h: OwnedHeaders, key: &[u8], value: Option<&[u8]>) -> OwnedHeaders {
     let ptr = native(h.as_borrowed()) as *mut rd::rd_kafka_headers_t;
     let (vptr, vlen) = match value {

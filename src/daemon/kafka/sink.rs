@@ -11,6 +11,7 @@
 
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{Cluster, KafkaProducer};
+use crate::daemon::kafka::headers;
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::{Origin, Outcome};
@@ -56,6 +57,33 @@ pub(crate) fn fault_of(e: &KafkaError) -> Fault {
         // replicas, a purged queue, a cancelled delivery (the producer is closing): retry.
         _ => Fault::Transient,
     }
+}
+
+/// An event record's headers: the input's, carried over, and `extra` (CloudEvents binary
+/// mode), which replaces input headers of the same names.
+fn event_headers(origin: &Origin, extra: &[(&'static str, String)]) -> Option<OwnedHeaders> {
+    if extra.is_empty() {
+        return origin.headers.clone();
+    }
+    let mut out = OwnedHeaders::new_with_capacity(extra.len() + 4);
+    if let Some(h) = &origin.headers {
+        let mut kept: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
+        headers::for_each(h.as_borrowed(), |k, v| {
+            if !extra.iter().any(|(name, _)| name.as_bytes() == k) {
+                kept.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+            }
+        });
+        for (k, v) in kept {
+            out = headers::add(out, &k, v.as_deref());
+        }
+    }
+    for (name, value) in extra {
+        out = out.insert(Header {
+            key: name,
+            value: Some(value.as_bytes()),
+        });
+    }
+    Some(out)
 }
 
 /// How much of the original message a dead-letter record carries.
@@ -185,17 +213,19 @@ impl Sink {
                     event,
                     origin,
                     fired,
+                    headers,
                 } => {
                     let first = sink
                         .enqueue(
                             &sink.output_topic,
                             origin.key.as_deref(),
                             Some(&event),
-                            origin.headers.clone(),
+                            event_headers(&origin, &headers),
                         )
                         .await;
+                    let record = (event, headers);
                     tasks.spawn(
-                        async move { sink.deliver_event(event, origin, fired, first).await },
+                        async move { sink.deliver_event(record, origin, fired, first).await },
                     );
                 }
                 Outcome::Rejected(r) => {
@@ -257,12 +287,13 @@ impl Sink {
                 event,
                 origin,
                 fired,
-            } => (None, String::new(), origin, Some((event, fired))),
+                headers,
+            } => (None, String::new(), origin, Some((event, fired, headers))),
             Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
         };
-        let event_bytes = event.as_ref().map(|(e, _)| e.as_slice());
+        let record = event.as_ref().map(|(e, _, h)| (e.as_slice(), h.as_slice()));
         let (sent, reason) = self
-            .send_fitting(txn, event_bytes, reason, detail, &origin)
+            .send_fitting(txn, record, reason, detail, &origin)
             .await;
         match sent {
             Sent::Queued(delivery, generation) => {
@@ -271,7 +302,7 @@ impl Sink {
                         // Counted in the open transaction: an abort re-labels and counts again.
                         event
                             .iter()
-                            .flat_map(|(_, f)| f)
+                            .flat_map(|(_, f, _)| f)
                             .for_each(|c| c.increment(1));
                         metrics::counter!("emostream_labelled_total").increment(1);
                     }
@@ -300,7 +331,7 @@ impl Sink {
     async fn send_fitting(
         &self,
         txn: &Transactions,
-        event: Option<&[u8]>,
+        event: Option<(&[u8], &[(&'static str, String)])>,
         mut reason: Option<Reason>,
         mut detail: String,
         origin: &Origin,
@@ -308,10 +339,17 @@ impl Sink {
         let mut shape = Shape::Full;
         loop {
             let sent = match (event, reason) {
-                (Some(event), None) => {
-                    let (key, headers) = (origin.key.as_deref(), origin.headers.clone());
-                    self.send_in_transaction(txn, &self.output_topic, key, Some(event), headers, origin)
-                        .await
+                (Some((event, extra)), None) => {
+                    let (key, headers) = (origin.key.as_deref(), event_headers(origin, extra));
+                    self.send_in_transaction(
+                        txn,
+                        &self.output_topic,
+                        key,
+                        Some(event),
+                        headers,
+                        origin,
+                    )
+                    .await
                 }
                 (_, reason) => {
                     let reason = reason.unwrap_or(Reason::ProduceFailed);
@@ -412,7 +450,7 @@ impl Sink {
 
     async fn deliver_event(
         &self,
-        event: Vec<u8>,
+        (event, headers): (Vec<u8>, Vec<(&'static str, String)>),
         origin: Origin,
         fired: Vec<metrics::Counter>,
         first: Result<rdkafka::producer::DeliveryFuture, KafkaError>,
@@ -444,7 +482,7 @@ impl Sink {
                     &self.output_topic,
                     origin.key.as_deref(),
                     Some(&event),
-                    origin.headers.clone(),
+                    event_headers(&origin, &headers),
                 )
                 .await;
         }
@@ -536,7 +574,10 @@ impl Sink {
         put("emostream.reason", reason.as_str());
         put("emostream.detail", cut_str(detail, MAX_DETAIL_BYTES));
         put("emostream.source.topic", &position.topic);
-        put("emostream.source.partition", &position.partition.to_string());
+        put(
+            "emostream.source.partition",
+            &position.partition.to_string(),
+        );
         put("emostream.source.offset", &position.offset.to_string());
         if let Some(ts) = position.timestamp_ms {
             put("emostream.source.timestamp_ms", &ts.to_string());

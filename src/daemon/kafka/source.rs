@@ -6,9 +6,9 @@
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{BackpressureSettings, InputSettings, Settings};
 use crate::daemon::kafka::client::{client_config, ClientHooks, ClientSettings};
+use crate::daemon::kafka::headers;
 use crate::daemon::kafka::transaction::{Settled, Transactions};
 use crate::daemon::pipeline::event::Position;
-use crate::daemon::kafka::headers;
 use crate::daemon::pipeline::{admit, Admitted, Origin};
 use anyhow::{Context, Result};
 use rdkafka::consumer::{
@@ -692,8 +692,7 @@ impl SourceStage {
         // Closing the input lets the batcher flush its last partial batch.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.pending_tx, closed));
-        let deadline =
-            tokio::time::Instant::now() + self.settings.shutdown_timeout;
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_timeout;
         self.wait_in_flight(deadline).await;
         let consumer = self.consumer.clone();
         let ledger = consumer.context().ledger.clone();

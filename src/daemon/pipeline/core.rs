@@ -4,8 +4,8 @@
 //! line reader in front and stdout behind; the core knows none of them.
 
 use crate::backend::generation::Generation;
-use crate::daemon::config::{BatchingSettings, OutputSettings};
-use crate::daemon::pipeline::workers::{self, Observers, WorkerClock};
+use crate::daemon::config::BatchingSettings;
+use crate::daemon::pipeline::workers::{self, Labelling, Observers, WorkerClock};
 use crate::daemon::pipeline::{batcher, Admitted, Batch, Outcome};
 use crate::daemon::supervise::Faults;
 use anyhow::Result;
@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 /// What the core is built with.
 pub(crate) struct CoreSettings {
     pub(crate) batching: BatchingSettings,
-    pub(crate) output: OutputSettings,
+    pub(crate) labelling: Labelling,
     /// Inference worker threads (the stdin mode runs one, which keeps its output in order).
     pub(crate) workers: usize,
     /// Outcomes the workers may finish ahead of whoever takes them.
@@ -53,7 +53,7 @@ impl Core {
             batch_rx,
             outcome_tx,
             settings.batching.call_limits(),
-            settings.output,
+            settings.labelling,
             observers,
             faults,
         )?;

@@ -1,7 +1,10 @@
-//! Label event v1 (docs/events.md, docs/label-event-v1.schema.json): what the daemon writes
-//! for each comment.
+//! The label event (docs/events.md): what the daemon writes for each comment. Version 1
+//! (docs/label-event-v1.schema.json) by default; version 2 (docs/label-event-v2.schema.json)
+//! adds the comment's context (carried input fields, event time) and the policy that decided
+//! its labels.
 
 use crate::daemon::config::ScoreMode;
+use crate::daemon::pipeline::context::Context;
 use crate::model::dir::ModelRef;
 use crate::model::labels::{over_threshold, ranked};
 use serde::Serialize;
@@ -37,10 +40,41 @@ pub(crate) struct LabelEvent<'a> {
     /// Where the comment came from; absent in an answer of the HTTP API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) source: Option<&'a Position>,
+    /// v2: the carried input fields.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// v2: carried fields that were cut to `output.max_carry_bytes` (absent when none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) input_cut: Option<&'a [String]>,
+    /// v2: when the comment happened (null when unknown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) event_time: Option<Option<&'a str>>,
+    /// v2: the threshold set that decided `labels`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) policy: Option<PolicyRef<'a>>,
     /// RFC 3339 UTC time the event was built.
     pub(crate) processed_at: String,
     /// The text was longer than the model's max length and was cut before labelling.
     pub(crate) truncated: bool,
+}
+
+/// The policy named in a v2 event: its name and the short hash of the rule it applied.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq)]
+pub(crate) struct PolicyRef<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) hash: &'a str,
+}
+
+impl<'a> LabelEvent<'a> {
+    /// The same event as version 2: with the comment's context and the policy that decided it.
+    pub(crate) fn with_context(mut self, c: &'a Context, policy: PolicyRef<'a>) -> LabelEvent<'a> {
+        self.schema_version = 2;
+        self.input = Some(&c.input);
+        self.input_cut = (!c.cut.is_empty()).then_some(c.cut.as_slice());
+        self.event_time = Some(c.event_time.as_deref());
+        self.policy = Some(policy);
+        self
+    }
 }
 
 /// Builds an event from sigmoid `scores` (label order of `names`) and per-label `thresholds`.
@@ -81,6 +115,10 @@ pub(crate) fn build<'a>(
         scores: map,
         model,
         source,
+        input: None,
+        input_cut: None,
+        event_time: None,
+        policy: None,
         processed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
         truncated,
     }

@@ -6,9 +6,11 @@
 //! origin, and its outcome goes back to the request instead of the sink.
 
 pub(crate) mod batcher;
+pub(crate) mod context;
 pub(crate) mod core;
 pub(crate) mod decode;
 pub(crate) mod event;
+pub(crate) mod policy;
 pub(crate) mod workers;
 
 use crate::backend::generation::Generation;
@@ -173,6 +175,9 @@ pub(crate) enum Outcome {
         event: Vec<u8>,
         origin: Origin,
         fired: Vec<metrics::Counter>,
+        /// Headers the event gets besides the input's (CloudEvents binary mode); headers of
+        /// the same names in the input are not carried over then.
+        headers: Vec<(&'static str, String)>,
     },
     /// Goes to the dead-letter topic.
     Rejected(Rejection),

@@ -9,8 +9,10 @@
 use crate::backend::batching::CallLimits;
 use crate::backend::generation::Generation;
 use crate::daemon::config::{OutputSettings, ScoreMode};
+use crate::daemon::pipeline::context;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
+use crate::daemon::pipeline::policy::{Decisions, PolicyFile, Rule};
 use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
 use crate::daemon::supervise::{panic_message, Faults};
 use anyhow::Result;
@@ -18,7 +20,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, Mutex, Notify};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 
 /// Something shown each labelled comment as it is labelled (the moderators' live view).
 pub(crate) trait Watcher: Send + Sync {
@@ -57,14 +59,55 @@ pub(crate) struct Observers {
     pub(crate) live: Option<Arc<dyn Watcher>>,
 }
 
+/// How the workers turn scores into events.
+#[derive(Clone)]
+pub(crate) struct Labelling {
+    pub(crate) output: OutputSettings,
+    /// Carried fields are read from the payload as JSON (`input.format = "json"`).
+    pub(crate) json_input: bool,
+    /// The policy file in force (`None` in it: every comment is decided by the model's own
+    /// thresholds). Read at each batch: a new policy applies between batches.
+    pub(crate) policy: watch::Receiver<Option<Arc<PolicyFile>>>,
+}
+
+impl Labelling {
+    /// Events by `output`, decided by the model's own thresholds (no policy file).
+    pub(crate) fn without_policy(output: OutputSettings, json_input: bool) -> Labelling {
+        Labelling {
+            output,
+            json_input,
+            policy: watch::channel(None).1,
+        }
+    }
+}
+
+/// What labelling one batch needs: the settings and the policy resolved for its model.
+struct BatchRules<'a> {
+    labelling: &'a Labelling,
+    decisions: Decisions,
+    /// A policy file is in force: comments need their carried fields to be matched, and
+    /// labels are counted per policy.
+    by_policy: bool,
+}
+
 /// Labels one batch; every message of the batch yields exactly one outcome, in batch order.
 fn label_batch(
     worker: usize,
     batch: Batch,
     calls: CallLimits,
-    out: &OutputSettings,
+    labelling: &Labelling,
     watch: &Observers,
 ) -> Vec<Outcome> {
+    let file = labelling.policy.borrow().clone();
+    let rules = BatchRules {
+        labelling,
+        decisions: Decisions::resolve(
+            file.as_deref(),
+            &batch.model.labels,
+            &batch.model.thresholds,
+        ),
+        by_policy: file.is_some(),
+    };
     let mut slots: Vec<Option<Outcome>> = Vec::with_capacity(batch.len());
     let (mut items, mut at) = (Vec::new(), Vec::new());
     for entry in batch.entries {
@@ -78,7 +121,7 @@ fn label_batch(
         }
     }
     if !items.is_empty() {
-        let labelled = label_items(worker, &batch.model, items, calls, out, watch);
+        let labelled = label_items(worker, &batch.model, items, calls, &rules, watch);
         for (i, o) in at.into_iter().zip(labelled) {
             slots[i] = Some(o);
         }
@@ -141,7 +184,7 @@ fn label_items(
     model: &Generation,
     items: Vec<Item>,
     calls: CallLimits,
-    out: &OutputSettings,
+    rules: &BatchRules<'_>,
     watch: &Observers,
 ) -> Vec<Outcome> {
     let rows: Vec<&[u32]> = items.iter().map(|i| i.ids.as_slice()).collect();
@@ -163,7 +206,7 @@ fn label_items(
         .into_iter()
         .zip(scored)
         .map(|(item, s)| match s {
-            Ok(s) => outcome(item, &s, model, out, watch, &mut counters),
+            Ok(s) => outcome(item, &s, model, rules, watch, &mut counters),
             Err(e) => inference_error(item.origin, e),
         })
         .collect()
@@ -179,16 +222,30 @@ fn inference_error(origin: crate::daemon::pipeline::Origin, detail: String) -> O
 
 /// `emostream_labels_total{label}` counters, looked up once per label that fires in a batch
 /// rather than once per event and label.
+/// And `emostream_policy_labels_total{policy,label}` when a policy file is in force.
 #[derive(Default)]
-struct LabelCounters(std::collections::HashMap<String, metrics::Counter>);
+struct LabelCounters {
+    labels: std::collections::HashMap<String, metrics::Counter>,
+    by_policy: std::collections::HashMap<(String, String), metrics::Counter>,
+}
 
 impl LabelCounters {
     fn get(&mut self, label: &str) -> metrics::Counter {
-        if let Some(c) = self.0.get(label) {
+        if let Some(c) = self.labels.get(label) {
             return c.clone();
         }
         let c = metrics::counter!("emostream_labels_total", "label" => label.to_string());
-        self.0.insert(label.to_string(), c.clone());
+        self.labels.insert(label.to_string(), c.clone());
+        c
+    }
+
+    fn by_policy(&mut self, policy: &str, label: &str) -> metrics::Counter {
+        let key = (policy.to_string(), label.to_string());
+        if let Some(c) = self.by_policy.get(&key) {
+            return c.clone();
+        }
+        let c = metrics::counter!("emostream_policy_labels_total", "policy" => key.0.clone(), "label" => key.1.clone());
+        self.by_policy.insert(key, c.clone());
         c
     }
 }
@@ -199,39 +256,104 @@ fn outcome(
     item: Item,
     s: &[f32],
     model: &Generation,
-    out: &OutputSettings,
+    rules: &BatchRules<'_>,
     watch: &Observers,
     counters: &mut LabelCounters,
 ) -> Outcome {
     if s.iter().any(|x| !x.is_finite()) {
         return inference_error(item.origin, "model produced a non-finite score".into());
     }
-    // An API answer carries every label's score (the try-it page draws them all) and
-    // no Kafka source; output.scores shapes the stream's events.
+    let out = &rules.labelling.output;
+    // An API answer carries every label's score (the try-it page draws them all), no Kafka
+    // source, and the model's own thresholds (it has no community); output.scores, the
+    // schema version and the policy shape the stream's events.
     let api = item.origin.reply.is_some();
+    let v2 = !api && out.schema_version == 2;
+    let context = (v2 || (!api && rules.by_policy)).then(|| {
+        let o = &item.origin;
+        context::read(
+            o.payload.as_deref(),
+            rules.labelling.json_input,
+            o.position.timestamp_ms,
+            out,
+        )
+    });
+    let rule: Option<&Rule> =
+        (!api).then(|| rules.decisions.rule_for(context.as_ref().map(|c| &c.input)));
     let ev = event::build(
         &item.id,
         s,
         &model.labels,
-        &model.thresholds,
+        rule.map_or(&model.thresholds, |r| &r.thresholds),
         if api { ScoreMode::All } else { out.scores },
         out.top_k,
         &model.model_ref,
         (!api).then_some(&item.origin.position),
         item.truncated,
     );
+    let ev = match (v2, &context, rule) {
+        (true, Some(c), Some(r)) => ev.with_context(
+            c,
+            event::PolicyRef {
+                name: &r.name,
+                hash: &r.hash,
+            },
+        ),
+        _ => ev,
+    };
     if let Some(live) = &watch.live {
         live.labelled(&item, &model.labels, s, &ev, api);
     }
-    let fired = ev.labels.iter().map(|l| counters.get(l.label)).collect();
+    let mut fired: Vec<metrics::Counter> =
+        ev.labels.iter().map(|l| counters.get(l.label)).collect();
+    if let (true, Some(r)) = (rules.by_policy, rule) {
+        fired.extend(
+            ev.labels
+                .iter()
+                .map(|l| counters.by_policy(&r.name, l.label)),
+        );
+    }
+    let headers = if out.cloudevents && !api {
+        cloud_event_headers(&item.origin, &ev, out)
+    } else {
+        Vec::new()
+    };
     match serde_json::to_vec(&ev) {
         Ok(event) => Outcome::Labelled {
             event,
             origin: item.origin,
             fired,
+            headers,
         },
         Err(e) => inference_error(item.origin, format!("serialising event: {e}")),
     }
+}
+
+/// CloudEvents binary-mode headers (Kafka protocol binding) for an event: its id is the input
+/// coordinates and the model version, so a re-delivery after a crash has the same id.
+fn cloud_event_headers(
+    origin: &crate::daemon::pipeline::Origin,
+    ev: &event::LabelEvent<'_>,
+    out: &OutputSettings,
+) -> Vec<(&'static str, String)> {
+    let p = &origin.position;
+    vec![
+        ("ce_specversion", "1.0".to_string()),
+        (
+            "ce_id",
+            format!(
+                "{}-{}-{}-{}",
+                p.topic, p.partition, p.offset, ev.model.version
+            ),
+        ),
+        ("ce_source", out.cloudevents_source.clone()),
+        (
+            "ce_type",
+            format!("io.emostream.label.v{}", ev.schema_version),
+        ),
+        ("ce_time", ev.processed_at.clone()),
+        ("content-type", "application/json".to_string()),
+    ]
 }
 
 /// Batches taken from the queue are numbered in queue order; whichever worker finishes,
@@ -326,7 +448,7 @@ pub(crate) fn spawn(
     batches: mpsc::Receiver<Batch>,
     outcomes: mpsc::Sender<Outcome>,
     calls: CallLimits,
-    out: OutputSettings,
+    labelling: Labelling,
     watch: Observers,
     faults: Arc<Faults>,
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<WorkerClock>)> {
@@ -343,7 +465,7 @@ pub(crate) fn spawn(
         let batches = batches.clone();
         let order = order.clone();
         let outcomes = outcomes.clone();
-        let out = out.clone();
+        let labelling = labelling.clone();
         let faults = faults.clone();
         let clock = clock.clone();
         let work = move || loop {
@@ -360,7 +482,7 @@ pub(crate) fn spawn(
             clock.set(w, true);
             #[cfg(feature = "fault-injection")]
             injected_fault(seq);
-            let labelled = label_batch(w, batch, calls, &out, &watch);
+            let labelled = label_batch(w, batch, calls, &labelling, &watch);
             clock.set(w, false);
             let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
             o.held.insert(seq, labelled);

@@ -91,7 +91,6 @@ impl Shadow {
             .take()
             .map(|r| r.agreement())
     }
-
 }
 
 impl BatchWatcher for Shadow {

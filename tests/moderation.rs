@@ -1,0 +1,316 @@
+//! What moderators downstream get (issue 24), on the real broker with the shipped model: label
+//! events (schema v2) carry the comment's context and name the per-community policy that
+//! decided their labels; the policy file reloads while the stream runs (a bad edit refused, the
+//! policy in force kept), with no comment lost or repeated; CloudEvents headers on request.
+
+mod common;
+
+use common::daemon::{daemon_env, DaemonBuilder};
+use common::http::{free_port, http_get, wait_http};
+use common::kafka::{produce, read_until, Record, Topics};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+const ANGER: &str = "anger";
+
+/// The shipped model's own threshold for `label`.
+fn model_threshold(label: &str) -> f64 {
+    let card: Value = serde_json::from_slice(
+        &std::fs::read(common::shipped_model_dir().join("model.json")).unwrap(),
+    )
+    .unwrap();
+    let at = card["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .position(|l| l == label)
+        .unwrap();
+    card["thresholds"]["per_label"][at].as_f64().unwrap()
+}
+
+/// Comment `i`: a test-split text in one of four communities, with an author, a thread and a
+/// creation time.
+fn comment(
+    i: usize,
+    texts: &[String],
+) -> (
+    Option<String>,
+    Vec<u8>,
+    Option<rdkafka::message::OwnedHeaders>,
+) {
+    let subreddit = ["calmplace", "ventingroom", "news", "pics"][i % 4];
+    let body = json!({
+        "id": format!("c{i}"),
+        "text": texts[i % texts.len()],
+        "subreddit": subreddit,
+        "author": format!("user{}", i % 13),
+        "link_id": format!("t3_{}", i % 7),
+        "created_utc": 1_700_000_000 + i as i64,
+    });
+    (
+        Some(format!("t3_{}", i % 7)),
+        body.to_string().into_bytes(),
+        None,
+    )
+}
+
+fn policy_v1() -> &'static str {
+    r#"
+[default]
+
+[[policies]]
+name = "calm"
+field = "subreddit"
+values = ["calmplace"]
+off = ["anger"]
+
+[[policies]]
+name = "sensitive"
+field = "subreddit"
+values = ["ventingroom"]
+thresholds = { anger = 0.02 }
+"#
+}
+
+/// The same, and `news` now calm as well.
+fn policy_v2() -> String {
+    policy_v1().replace(
+        r#"values = ["calmplace"]"#,
+        r#"values = ["calmplace", "news"]"#,
+    )
+}
+
+fn event(r: &Record) -> Value {
+    serde_json::from_slice(&r.payload).unwrap()
+}
+
+fn has_label(e: &Value, label: &str) -> bool {
+    e["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["label"] == label)
+}
+
+/// Each event's labels follow its community's rule for anger; returns how many events the
+/// non-default rules changed (so a test can tell the rules were exercised).
+fn check_anger(events: &[Value], calm: &[&str], model_t: f64) -> (usize, usize) {
+    let (mut silenced, mut raised) = (0, 0);
+    for e in events {
+        let score = e["scores"][ANGER].as_f64().unwrap();
+        let sub = e["input"]["subreddit"].as_str().unwrap();
+        let policy = e["policy"]["name"].as_str().unwrap();
+        let fired = has_label(e, ANGER);
+        if calm.contains(&sub) {
+            assert_eq!(policy, "calm", "{e}");
+            assert!(!fired, "anger is off in {sub}: {e}");
+            silenced += usize::from(score >= model_t);
+        } else if sub == "ventingroom" {
+            assert_eq!(policy, "sensitive", "{e}");
+            assert_eq!(fired, score >= 0.02, "{e}");
+            raised += usize::from(fired && score < model_t);
+        } else {
+            assert_eq!(policy, "default", "{e}");
+            assert_eq!(fired, score >= model_t, "{e}");
+        }
+    }
+    (silenced, raised)
+}
+
+/// The sum of the series of metric `name` that have every label of `labels` (in any order).
+fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
+    http_get(port, "/metrics")
+        .map(|(_, page)| {
+            page.lines()
+                .filter(|l| l.starts_with(&format!("{name}{{")))
+                .filter(|l| labels.iter().all(|want| l.contains(want)))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn events_carry_context_and_follow_each_communitys_policy_through_reloads() {
+    let model = common::shipped_model_dir();
+    let topics = Topics::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, policy_v1()).unwrap();
+    let config = dir.path().join("emostream.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[output]
+schema_version = 2
+event_time_pointer = "/created_utc"
+cloudevents = true
+[output.carry]
+subreddit = "/subreddit"
+author = "/author"
+link_id = "/link_id"
+created_utc = "/created_utc"
+[policy]
+file = "{}"
+poll_interval_ms = 200
+"#,
+            policy.display()
+        ),
+    )
+    .unwrap();
+    let texts = common::texts("test", 5427);
+    let batch =
+        |from: usize, to: usize| -> Vec<_> { (from..to).map(|i| comment(i, &texts)).collect() };
+    produce(&topics.input, &batch(0, 500));
+
+    let port = free_port();
+    let mut env = daemon_env(&topics, &model);
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
+        "true".into(),
+    ));
+    let _daemon = DaemonBuilder::new(&env).config(&config).spawn();
+    let first = read_until(&topics.output, Duration::from_secs(180), |r| r.len() >= 500);
+    assert_eq!(first.len(), 500);
+
+    // Every event validates against v2 and carries its comment's fields with their types.
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/label-event-v2.schema.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let events: Vec<Value> = first.iter().map(event).collect();
+    for (r, e) in first.iter().zip(&events) {
+        assert!(validator.is_valid(e), "not a v2 event: {e}");
+        let i: usize = e["id"].as_str().unwrap()[1..].parse().unwrap();
+        let (_, input, _) = comment(i, &texts);
+        let input: Value = serde_json::from_slice(&input).unwrap();
+        for field in ["subreddit", "author", "link_id", "created_utc"] {
+            assert_eq!(e["input"][field], input[field], "{field} of {e}");
+        }
+        assert!(e.get("input_cut").is_none(), "{e}");
+        let created =
+            std::time::UNIX_EPOCH + Duration::from_secs(input["created_utc"].as_u64().unwrap());
+        assert_eq!(
+            e["event_time"],
+            humantime::format_rfc3339_millis(created).to_string(),
+            "event_time from created_utc"
+        );
+        assert_eq!(e["policy"]["hash"].as_str().unwrap().len(), 12);
+        // CloudEvents binary mode: the event's id is its input coordinates and model version.
+        let h = &r.headers;
+        let want_id = format!(
+            "{}-{}-{}-{}",
+            e["source"]["topic"].as_str().unwrap(),
+            e["source"]["partition"],
+            e["source"]["offset"],
+            e["model"]["version"].as_str().unwrap()
+        );
+        assert_eq!(h.get("ce_id"), Some(&want_id), "{h:?}");
+        assert_eq!(h.get("ce_specversion").map(String::as_str), Some("1.0"));
+        assert_eq!(
+            h.get("ce_type").map(String::as_str),
+            Some("io.emostream.label.v2")
+        );
+        assert_eq!(
+            h.get("content-type").map(String::as_str),
+            Some("application/json")
+        );
+        assert!(
+            h.contains_key("ce_source") && h.contains_key("ce_time"),
+            "{h:?}"
+        );
+    }
+    let model_t = model_threshold(ANGER);
+    let (silenced, raised) = check_anger(&events, &["calmplace"], model_t);
+    assert!(
+        silenced > 0,
+        "no calm comment would have fired anger: the test proves nothing"
+    );
+    assert!(
+        raised > 0,
+        "no venting comment fired anger only by its lower threshold"
+    );
+    // The same rule set has the same hash; the three differ.
+    let hashes: HashMap<&str, &str> = events
+        .iter()
+        .map(|e| {
+            (
+                e["policy"]["name"].as_str().unwrap(),
+                e["policy"]["hash"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(hashes.len(), 3, "{hashes:?}");
+    assert!(
+        metric(
+            port,
+            "emostream_policy_labels_total",
+            &["policy=\"sensitive\"", "label=\"anger\""]
+        ) > 0.0
+    );
+
+    // A broken edit (an unknown label) is refused; the policy in force keeps deciding.
+    std::fs::write(
+        &policy,
+        policy_v1().replace("off = [\"anger\"]", "off = [\"rage\"]"),
+    )
+    .unwrap();
+    wait_http(port, "/v1/model", Duration::from_secs(20), |_, body| {
+        body.contains("unknown label \\\"rage\\\"")
+    }); // the refusal shows in /v1/model
+    assert_eq!(
+        metric(
+            port,
+            "emostream_policy_reloads_total",
+            &["result=\"refused\""]
+        ),
+        1.0
+    );
+    produce(&topics.input, &batch(500, 600));
+    let second = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 600);
+    let events: Vec<Value> = second[..]
+        .iter()
+        .map(event)
+        .filter(|e| id_at_least(e, 500))
+        .collect();
+    assert_eq!(events.len(), 100);
+    check_anger(&events, &["calmplace"], model_t);
+
+    // A valid edit applies without a restart: news is calm from now on.
+    std::fs::write(&policy, policy_v2()).unwrap();
+    wait_http(port, "/v1/model", Duration::from_secs(20), |_, body| {
+        body.contains("\"refused\":null") && body.contains("\"calm\"")
+    }); // the new policy file applied
+    produce(&topics.input, &batch(600, 800));
+    let all = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 800);
+    let events: Vec<Value> = all
+        .iter()
+        .map(event)
+        .filter(|e| id_at_least(e, 600))
+        .collect();
+    assert_eq!(events.len(), 200);
+    check_anger(&events, &["calmplace", "news"], model_t);
+
+    // Nothing lost, nothing repeated across the reloads.
+    std::thread::sleep(Duration::from_secs(2));
+    let all = read_until(&topics.output, Duration::from_secs(5), |_| false);
+    let mut ids: Vec<String> = all
+        .iter()
+        .map(|r| event(r)["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((all.len(), ids.len()), (800, 800));
+}
+
+fn id_at_least(e: &Value, from: usize) -> bool {
+    e["id"].as_str().unwrap()[1..].parse::<usize>().unwrap() >= from
+}
