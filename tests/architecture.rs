@@ -128,7 +128,7 @@ fn daemon_rule(unit: &str) -> Option<&'static [&'static str]> {
         "pipeline" => &["ack", "config", "supervise"],
         "swap" => &["config", "pipeline"],
         "kafka" => &["ack", "config", "pipeline", "supervise", "swap"],
-        "api" => &["ack", "config", "pipeline"],
+        "api" => &["ack", "config", "kafka", "pipeline"],
         "admin" => &["api", "config", "swap"],
         "start" => &["api", "config", "kafka", "pipeline", "swap"],
         "run" | "serve" | "stdin" => ENTRY,

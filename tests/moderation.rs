@@ -6,7 +6,7 @@
 mod common;
 
 use common::daemon::{daemon_env, DaemonBuilder};
-use common::http::{free_port, http_get, wait_http};
+use common::http::{free_port, http_get, http_post, wait_http};
 use common::kafka::{produce, read_until, Record, Topics};
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -313,4 +313,137 @@ poll_interval_ms = 200
 
 fn id_at_least(e: &Value, from: usize) -> bool {
     e["id"].as_str().unwrap()[1..].parse::<usize>().unwrap() >= from
+}
+
+/// A correction of comment `i` by moderator `m`.
+fn correction(i: usize, m: usize, labels: &[&str]) -> Value {
+    json!({
+        "comment_id": format!("c{i}"),
+        "text": format!("comment number {i}"),
+        "labels": labels,
+        "community": "ventingroom",
+        "moderator": format!("mod-{m}"),
+    })
+}
+
+#[test]
+fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_nothing() {
+    let model = common::shipped_model_dir();
+    let topics = Topics::new(1);
+    let feedback_topic = common::kafka::unique("feedback");
+    common::kafka::create_topic(&feedback_topic, 2, &[]);
+    let port = free_port();
+    let mut env = daemon_env(&topics, &model);
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
+        "true".into(),
+    ));
+    env.push((
+        "EMOSTREAM__API__FEEDBACK_TOPIC".into(),
+        feedback_topic.clone(),
+    ));
+    let _daemon = DaemonBuilder::new(&env).spawn();
+    wait_http(port, "/readyz", Duration::from_secs(90), |code, _| {
+        code == 200
+    });
+    let post = |body: &Value| -> (u16, Value) {
+        let (code, text) = http_post(port, "/v1/feedback", &body.to_string(), None).unwrap();
+        (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    };
+
+    // 50 corrections: 25 comments, each corrected by two moderators.
+    let labels_of = |i: usize, m: usize| -> Vec<&str> {
+        match (i + m) % 3 {
+            0 => vec!["anger"],
+            1 => vec!["annoyance", "disapproval"],
+            _ => vec!["neutral"],
+        }
+    };
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..25 {
+        for m in 0..2 {
+            let (code, answer) = post(&correction(i, m, &labels_of(i, m)));
+            assert_eq!(code, 200, "{answer}");
+            assert_eq!(answer["written"], true, "{answer}");
+            ids.insert(answer["feedback_id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(ids.len(), 50);
+    // The same corrections again (labels in another order): answered, not written twice.
+    for i in 0..10 {
+        let mut labels = labels_of(i, 0);
+        labels.reverse();
+        let (code, answer) = post(&correction(i, 0, &labels));
+        assert_eq!(
+            (code, &answer["written"], &answer["repeat"]),
+            (200, &json!(false), &json!(true)),
+            "{answer}"
+        );
+        assert!(ids.contains(answer["feedback_id"].as_str().unwrap()));
+    }
+    // Bad feedback: 400 naming the problem, nothing written.
+    let mut no_text = correction(90, 0, &["joy"]);
+    no_text.as_object_mut().unwrap().remove("text");
+    let long = "x".repeat(1_048_577);
+    for (body, says) in [
+        (correction(91, 0, &["rage"]), "unknown label \"rage\""),
+        (correction(92, 0, &[]), "\"labels\" is empty"),
+        (correction(93, 0, &["joy", "joy"]), "twice"),
+        (
+            json!({"comment_id": "c94", "text": long, "labels": ["joy"], "moderator": "m"}),
+            "input.max_message_bytes",
+        ),
+        (
+            json!({"comment_id": "", "text": "t", "labels": ["joy"], "moderator": "m"}),
+            "\"comment_id\" is empty",
+        ),
+        (
+            json!({"comment_id": "c95", "text": "t", "labels": ["joy"]}),
+            "missing field `moderator`",
+        ),
+        (
+            json!({"comment_id": "c96", "text": "t", "labels": ["joy"], "moderator": "m", "extra": 1}),
+            "unknown field",
+        ),
+        (no_text, "\"source\""),
+    ] {
+        let (code, answer) = post(&body);
+        assert_eq!(code, 400, "{answer}");
+        let msg = answer["error"].as_str().unwrap();
+        assert!(msg.contains(says), "{msg:?} should say {says:?}");
+    }
+    let (code, text) = http_post(port, "/v1/feedback", "{\"comment_id\": ", None).unwrap();
+    assert_eq!(code, 400, "{text}");
+
+    // An independent consumer reads exactly the 50, each valid, keyed by its comment.
+    let schema: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/feedback-v1.schema.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let records = read_until(&feedback_topic, Duration::from_secs(20), |r| r.len() > 50);
+    assert_eq!(records.len(), 50);
+    let mut seen = std::collections::HashSet::new();
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.payload).unwrap();
+        assert!(validator.is_valid(&v), "{v}");
+        assert_eq!(
+            r.key.as_deref(),
+            v["comment_id"].as_str().map(str::as_bytes)
+        );
+        let i: usize = v["comment_id"].as_str().unwrap()[1..].parse().unwrap();
+        let m: usize = v["moderator"].as_str().unwrap()[4..].parse().unwrap();
+        let mut want = labels_of(i, m);
+        want.sort_by_key(|l| {
+            ["anger", "annoyance", "disapproval", "neutral"]
+                .iter()
+                .position(|x| x == l)
+        });
+        assert_eq!(v["labels"], json!(want));
+        assert_eq!(v["model"]["version"], "1.0.0");
+        assert!(seen.insert((i, m)), "({i}, {m}) written twice");
+    }
 }

@@ -11,6 +11,7 @@
 
 use crate::backend::generation::Generation;
 use crate::daemon::api::classify::{self, ClassifyApi};
+use crate::daemon::api::feedback::{self, FeedbackApi};
 use crate::daemon::api::live::{self, LiveView};
 use crate::daemon::api::{error, pages};
 use crate::daemon::config::AdminAccess;
@@ -67,6 +68,8 @@ pub(crate) struct AdminState {
     pub(crate) classify: Option<Arc<ClassifyApi>>,
     /// `GET /v1/live` (ui.enabled).
     pub(crate) live: Option<Arc<LiveView>>,
+    /// `POST /v1/feedback`, when `api.feedback_topic` is set (`emostream run`).
+    pub(crate) feedback: Option<Arc<FeedbackApi>>,
     /// Serve the pages at `/` and `/live` (ui.enabled).
     pub(crate) pages: bool,
 }
@@ -230,6 +233,13 @@ fn router(state: AdminState) -> Router {
                 .with_state(api.clone()),
         );
     }
+    if let Some(corrections) = &state.feedback {
+        guarded = guarded.merge(
+            Router::new()
+                .route("/v1/feedback", post(feedback::post_feedback))
+                .with_state(corrections.clone()),
+        );
+    }
     if let Some(view) = &state.live {
         guarded = guarded.merge(
             Router::new()
@@ -308,6 +318,7 @@ mod tests {
             extra_metrics: Arc::new(String::new),
             classify: None,
             live: None,
+            feedback: None,
             pages: false,
         }
     }

@@ -6,6 +6,7 @@
 use crate::daemon::ack::Ledger;
 use crate::daemon::admin::{self, AdminState, Health, ModelAdmin};
 use crate::daemon::api::classify::ClassifyApi;
+use crate::daemon::api::feedback::FeedbackApi;
 use crate::daemon::api::live::LiveView;
 use crate::daemon::config::{Delivery, Settings};
 use crate::daemon::kafka::client::{
@@ -14,7 +15,7 @@ use crate::daemon::kafka::client::{
 use crate::daemon::kafka::sink::{Sink, SinkSettings};
 use crate::daemon::kafka::source::{self, KafkaConsumer, SourceSettings, SourceStage};
 use crate::daemon::kafka::transaction::Transactions;
-use crate::daemon::pipeline::core::{join_workers, Core, CoreSettings};
+use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::workers::{Labelling, WorkerClock};
 use crate::daemon::start::{self, Swapping};
 use crate::daemon::supervise::{self, Faults};
@@ -70,7 +71,7 @@ pub async fn run(s: Settings) -> Result<()> {
         health: health.clone(),
         access: s.admin_access()?,
         model: Some(ModelAdmin {
-            active,
+            active: active.clone(),
             registry,
             swaps: swapping.requests.clone(),
         }),
@@ -80,6 +81,7 @@ pub async fn run(s: Settings) -> Result<()> {
         },
         classify,
         live,
+        feedback: feedback_api(&s, &kafka, &active),
         pages: s.ui.enabled,
     };
     let admin_task = admin::serve(&s.admin.bind, state).await?;
@@ -215,12 +217,7 @@ impl Stream {
             kafka.txn.clone(),
         ));
         let core = Core::start(
-            CoreSettings {
-                batching: s.batching.clone(),
-                labelling,
-                workers: s.batching.inference_workers,
-                outcome_buffer: 4096,
-            },
+            start::core_settings(s, s.batching.inference_workers, 4096, labelling),
             active,
             start::observers(swapping, live),
             kafka.faults.clone(),
@@ -353,5 +350,22 @@ fn stuck_check(
                 stalled.len()
             )
         })
+    })
+}
+
+/// `POST /v1/feedback` on the plain producer, when the API is on and `api.feedback_topic` set.
+fn feedback_api(
+    s: &Settings,
+    kafka: &KafkaClients,
+    active: &tokio::sync::watch::Receiver<Arc<crate::backend::generation::Generation>>,
+) -> Option<Arc<FeedbackApi>> {
+    (s.api.enabled && !s.api.feedback_topic.is_empty()).then(|| {
+        Arc::new(FeedbackApi::new(
+            kafka.producer.clone(),
+            &s.api.feedback_topic,
+            Duration::from_millis(s.api.timeout_ms),
+            s.input.max_message_bytes,
+            active.clone(),
+        ))
     })
 }

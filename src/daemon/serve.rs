@@ -5,7 +5,7 @@
 use crate::daemon::admin::{self, AdminState, Health, ModelAdmin};
 use crate::daemon::api::classify::ClassifyApi;
 use crate::daemon::config::Settings;
-use crate::daemon::pipeline::core::{join_workers, Core, CoreSettings};
+use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::workers::WorkerClock;
 use crate::daemon::pipeline::Outcome;
 use crate::daemon::start;
@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 pub async fn run(s: Settings) -> Result<()> {
     if !s.api.enabled {
@@ -30,12 +31,12 @@ pub async fn run(s: Settings) -> Result<()> {
     let live = start::live_view(&s.ui);
     let faults = Arc::new(Faults::default());
     let core = Core::start(
-        CoreSettings {
-            batching: s.batching.clone(),
-            labelling: start::labelling(&s, None),
-            workers: s.batching.inference_workers,
-            outcome_buffer: 64,
-        },
+        start::core_settings(
+            &s,
+            s.batching.inference_workers,
+            64,
+            start::labelling(&s, None),
+        ),
         active.clone(),
         start::observers(&swapping, &live),
         faults.clone(),
@@ -62,6 +63,7 @@ pub async fn run(s: Settings) -> Result<()> {
         extra_metrics: Arc::new(String::new),
         classify: Some(classify.clone()),
         live,
+        feedback: None,
         pages: s.ui.enabled,
     };
     let admin_task = admin::serve(&s.admin.bind, state).await?;
@@ -83,19 +85,30 @@ pub async fn run(s: Settings) -> Result<()> {
     // 5. No more requests: the batcher and the workers finish what they hold and end (a
     //    request still sending lets go within api.timeout_ms).
     drop(core.pending);
-    let drained = tokio::time::timeout(Duration::from_millis(s.shutdown.timeout_ms), async {
+    let limit = Duration::from_millis(s.shutdown.timeout_ms);
+    drain(limit, batcher, strays, core.workers).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Waits up to `limit` for the batcher and the outcome taker to end, then joins the workers.
+async fn drain(
+    limit: Duration,
+    batcher: JoinHandle<()>,
+    strays: JoinHandle<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+) {
+    let drained = tokio::time::timeout(limit, async {
         let _ = batcher.await;
         let _ = strays.await;
     })
     .await
     .is_ok();
     if drained {
-        join_workers(core.workers);
+        join_workers(workers);
     } else {
         tracing::warn!("the pipeline did not drain within shutdown.timeout_ms");
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Every comment here came from a request, whose outcome goes back to it; anything else would

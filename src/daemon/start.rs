@@ -7,6 +7,7 @@ use crate::daemon::api::live::LiveView;
 use crate::daemon::config::{InputFormat, Settings, UiSettings};
 use crate::daemon::kafka::client::KafkaProducer;
 use crate::daemon::kafka::control::{self, ControlSettings};
+use crate::daemon::pipeline::core::CoreSettings;
 use crate::daemon::pipeline::policy::PolicySource;
 use crate::daemon::pipeline::workers::{BatchWatcher, Labelling, Observers, Watcher};
 use crate::daemon::swap::shadow::Shadow;
@@ -191,6 +192,22 @@ pub(crate) fn labelling(s: &Settings, policy: Option<&PolicySource>) -> Labellin
             policy: p.subscribe(),
         },
         None => Labelling::without_policy(s.output.clone(), json_input),
+    }
+}
+
+/// The inference core's settings: `batching`, `workers` threads, `outcome_buffer` outcomes
+/// ahead of their taker, events made by `labelling`.
+pub(crate) fn core_settings(
+    s: &Settings,
+    workers: usize,
+    outcome_buffer: usize,
+    labelling: Labelling,
+) -> CoreSettings {
+    CoreSettings {
+        batching: s.batching.clone(),
+        labelling,
+        workers,
+        outcome_buffer,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{InputSettings, Settings};
-use crate::daemon::pipeline::core::{join_workers, Core, CoreSettings};
+use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::workers::Observers;
 use crate::daemon::pipeline::{admit, Admitted, Origin, Outcome};
 use crate::daemon::start;
@@ -22,12 +22,7 @@ pub async fn run(s: Settings) -> Result<()> {
     // 2. The inference core, fed line by line from stdin.
     let faults = Arc::new(Faults::default());
     let core = Core::start(
-        CoreSettings {
-            batching: s.batching.clone(),
-            labelling: start::labelling(&s, policy.as_deref()),
-            workers: 1,
-            outcome_buffer: 4096,
-        },
+        start::core_settings(&s, 1, 4096, start::labelling(&s, policy.as_deref())),
         active,
         Observers::default(),
         faults.clone(),

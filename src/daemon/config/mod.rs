@@ -166,6 +166,16 @@ impl Settings {
             ),
         )?;
         let (k, g) = (&self.kafka, &self.registry);
+        let f = &self.api.feedback_topic;
+        check(
+            f.is_empty()
+                || (f != &k.output_topic
+                    && f != &k.dead_letter_topic
+                    && !k.input_topics.contains(f)
+                    && f != &g.control_topic),
+            "api.feedback_topic",
+            "must differ from the input, output, dead-letter and control topics",
+        )?;
         check(
             g.control_topic.is_empty()
                 || g.control_topic != k.output_topic && !k.input_topics.contains(&g.control_topic),

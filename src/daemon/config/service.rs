@@ -15,6 +15,7 @@ pub(crate) struct ApiSettings {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_concurrent: usize,
     pub(crate) timeout_ms: u64,
+    pub(crate) feedback_topic: String,
 }
 
 /// `[ui]`: the try-it page, the live view and what it keeps.
