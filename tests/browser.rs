@@ -1,15 +1,16 @@
 //! The try-it page and the live view in real headless Chromium (Debian's `chromium`, driven
 //! over the DevTools protocol), served by a real daemon on the real broker with the shipped
 //! model: typing "I like you. I love you" and clicking Classify shows the model's top label
-//! first; `/live` shows rows while a short stream flows. Screenshots of both pages go to
+//! first, and a moderator's correction sent from the page lands on the feedback topic; `/live`
+//! shows rows while a short stream flows. Screenshots of both pages go to
 //! `$EMOSTREAM_SCREENSHOTS` when set (the ones in docs/ were taken so).
 
 mod common;
 
 use base64::Engine;
 use common::daemon::{daemon_env, DaemonBuilder};
-use common::http::{free_port, http_post, wait_http};
-use common::kafka::{producer, send_all, Topics};
+use common::http::{free_port, http_get, http_post, wait_http};
+use common::kafka::{producer, read_until, send_all, Topics};
 use serde_json::{json, Value};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -223,6 +224,8 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
     let tmp = tempfile::tempdir().unwrap();
     let model = common::shipped_model_dir();
     let topics = Topics::new(1);
+    let feedback_topic = common::kafka::unique("feedback");
+    common::kafka::create_topic(&feedback_topic, 1, &[]);
     let port = free_port();
     let mut env = daemon_env(&topics, &model);
     env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
@@ -233,6 +236,10 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
             "true".into(),
         ),
         ("EMOSTREAM__UI__SHOW_TEXT".into(), "true".into()),
+        (
+            "EMOSTREAM__API__FEEDBACK_TOPIC".into(),
+            feedback_topic.clone(),
+        ),
     ]);
     let _daemon = DaemonBuilder::new(&env)
         .log(&tmp.path().join("daemon.log"))
@@ -285,7 +292,7 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
         .collect();
     assert_eq!(
         fired,
-        Value::Array(want),
+        Value::Array(want.clone()),
         "highlighted = the labels that fire"
     );
     assert!(b
@@ -294,6 +301,44 @@ fn the_try_it_page_shows_the_top_label_first_and_the_live_view_shows_the_stream(
         .unwrap()
         .contains("computed in"));
     b.screenshot("try-it.png");
+
+    // A moderator corrects the labels on the page: anger ticked besides what fired.
+    b.wait_for(
+        "document.getElementById('correct').style.display === 'block'",
+        Duration::from_secs(10),
+    );
+    assert_eq!(
+        b.eval("[...document.querySelectorAll('#correct-labels input:checked')].map(i => i.value)"),
+        Value::Array(want.clone()),
+        "the boxes start at the labels that fired"
+    );
+    b.eval("document.querySelector('#correct-labels input[value=anger]').scrollIntoView()");
+    b.click("#correct-labels input[value=anger]");
+    b.eval("document.getElementById('moderator').focus()");
+    b.call("Input.insertText", json!({ "text": "mod-7" }));
+    b.click("#send-correction");
+    b.wait_for(
+        "document.getElementById('correct-status').textContent.includes('correction written')",
+        Duration::from_secs(20),
+    );
+    let records = read_until(&feedback_topic, Duration::from_secs(20), |r| !r.is_empty());
+    assert_eq!(records.len(), 1);
+    let sent: Value = serde_json::from_slice(&records[0].payload).unwrap();
+    let mut labels: Vec<Value> = want.clone();
+    labels.push(json!("anger"));
+    let order: Vec<String> = serde_json::from_str::<Value>(&http_get(port, "/v1/model").unwrap().1)
+        .unwrap()["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    labels.sort_by_key(|l| order.iter().position(|o| o == l.as_str().unwrap()));
+    assert_eq!(sent["labels"], Value::Array(labels), "{sent}");
+    assert_eq!(
+        (sent["text"].as_str(), sent["moderator"].as_str()),
+        (Some(text), Some("mod-7"))
+    );
 
     // The live view while a short stream flows: rows from the input topic appear.
     let feeder = {

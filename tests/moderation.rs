@@ -132,9 +132,29 @@ fn metric(port: u16, name: &str, labels: &[&str]) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The daemon's environment for `topics` with the shipped model and the `/v1/*` API open on
+/// loopback at `port`.
+fn env_with_open_api(topics: &Topics, port: u16) -> Vec<(String, String)> {
+    let mut env = daemon_env(topics, &common::shipped_model_dir());
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
+        "true".into(),
+    ));
+    env
+}
+
+/// A validator for the JSON Schema `docs/<name>`.
+fn schema(name: &str) -> jsonschema::Validator {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs")
+        .join(name);
+    let schema: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
 #[test]
 fn events_carry_context_and_follow_each_communitys_policy_through_reloads() {
-    let model = common::shipped_model_dir();
     let topics = Topics::new(2);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.toml");
@@ -167,25 +187,13 @@ poll_interval_ms = 200
     produce(&topics.input, &batch(0, 500));
 
     let port = free_port();
-    let mut env = daemon_env(&topics, &model);
-    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
-    env.push((
-        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
-        "true".into(),
-    ));
+    let env = env_with_open_api(&topics, port);
     let _daemon = DaemonBuilder::new(&env).config(&config).spawn();
     let first = read_until(&topics.output, Duration::from_secs(180), |r| r.len() >= 500);
     assert_eq!(first.len(), 500);
 
     // Every event validates against v2 and carries its comment's fields with their types.
-    let schema: Value = serde_json::from_slice(
-        &std::fs::read(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/label-event-v2.schema.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
+    let validator = schema("label-event-v2.schema.json");
     let events: Vec<Value> = first.iter().map(event).collect();
     for (r, e) in first.iter().zip(&events) {
         assert!(validator.is_valid(e), "not a v2 event: {e}");
@@ -263,9 +271,10 @@ poll_interval_ms = 200
         policy_v1().replace("off = [\"anger\"]", "off = [\"rage\"]"),
     )
     .unwrap();
+    // The refusal and its reason show in /v1/model.
     wait_http(port, "/v1/model", Duration::from_secs(20), |_, body| {
         body.contains("unknown label \\\"rage\\\"")
-    }); // the refusal shows in /v1/model
+    });
     assert_eq!(
         metric(
             port,
@@ -286,9 +295,10 @@ poll_interval_ms = 200
 
     // A valid edit applies without a restart: news is calm from now on.
     std::fs::write(&policy, policy_v2()).unwrap();
+    // Applied (no refusal any more) before the next comments are produced.
     wait_http(port, "/v1/model", Duration::from_secs(20), |_, body| {
         body.contains("\"refused\":null") && body.contains("\"calm\"")
-    }); // the new policy file applied
+    });
     produce(&topics.input, &batch(600, 800));
     let all = read_until(&topics.output, Duration::from_secs(120), |r| r.len() >= 800);
     let events: Vec<Value> = all
@@ -328,17 +338,11 @@ fn correction(i: usize, m: usize, labels: &[&str]) -> Value {
 
 #[test]
 fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_nothing() {
-    let model = common::shipped_model_dir();
     let topics = Topics::new(1);
     let feedback_topic = common::kafka::unique("feedback");
     common::kafka::create_topic(&feedback_topic, 2, &[]);
     let port = free_port();
-    let mut env = daemon_env(&topics, &model);
-    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
-    env.push((
-        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
-        "true".into(),
-    ));
+    let mut env = env_with_open_api(&topics, port);
     env.push((
         "EMOSTREAM__API__FEEDBACK_TOPIC".into(),
         feedback_topic.clone(),
@@ -417,12 +421,7 @@ fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_not
     assert_eq!(code, 400, "{text}");
 
     // An independent consumer reads exactly the 50, each valid, keyed by its comment.
-    let schema: Value = serde_json::from_slice(
-        &std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/feedback-v1.schema.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let validator = jsonschema::validator_for(&schema).unwrap();
+    let validator = schema("feedback-v1.schema.json");
     std::thread::sleep(Duration::from_secs(1));
     let records = read_until(&feedback_topic, Duration::from_secs(20), |r| r.len() > 50);
     assert_eq!(records.len(), 50);
@@ -446,4 +445,93 @@ fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_not
         assert_eq!(v["model"]["version"], "1.0.0");
         assert!(seen.insert((i, m)), "({i}, {m}) written twice");
     }
+
+    // A moderator changes their mind: a new record, the latest wins at import.
+    let (code, answer) = post(&correction(0, 0, &["joy"]));
+    assert_eq!((code, &answer["written"]), (200, &json!(true)), "{answer}");
+
+    // `train data import` turns the topic (and a file) into a dataset with provenance.
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("extra.jsonl");
+    std::fs::write(
+        &file,
+        "{\"id\": \"f1\", \"text\": \"what a lovely day\", \"labels\": [\"joy\"]}\n",
+    )
+    .unwrap();
+    let import = |out: &Path| {
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_train"))
+            .args([
+                "data",
+                "import",
+                "--feedback-topic",
+                &feedback_topic,
+                "--brokers",
+            ])
+            .arg(common::kafka::brokers())
+            .arg("--file")
+            .arg(&file)
+            .arg("--out")
+            .arg(out)
+            .env("EMOSTREAM__LOG__LEVEL", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    import(&a);
+    import(&b);
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(
+        read(&a, "train.tsv"),
+        read(&b, "train.tsv"),
+        "the same import twice"
+    );
+    assert_eq!(read(&a, "heldout.tsv"), read(&b, "heldout.tsv"));
+    let provenance: Value = serde_json::from_str(&read(&a, "provenance.json")).unwrap();
+    let counts = &provenance["counts"];
+    assert_eq!(
+        (
+            &counts["corrections"],
+            &counts["superseded"],
+            &counts["comments"]
+        ),
+        (&json!(52), &json!(1), &json!(26)),
+        "{provenance}"
+    );
+    let kafka = &provenance["sources"][0];
+    let records: u64 = kafka["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["records"].as_u64().unwrap())
+        .sum();
+    assert_eq!(records, 51, "{kafka}");
+    assert_eq!(provenance["sources"][1]["rows"], 1);
+    // Held out by comment id, as the rule says; every comment on one side.
+    let ids = |f: &str| -> Vec<String> {
+        read(&a, f)
+            .lines()
+            .map(|l| l.rsplit('\t').next().unwrap().to_string())
+            .collect()
+    };
+    let (train, heldout) = (ids("train.tsv"), ids("heldout.tsv"));
+    assert_eq!(train.len() + heldout.len(), 26);
+    for id in &heldout {
+        assert!(emostream::train::feedback::held_out(id, 20), "{id}");
+    }
+    for id in &train {
+        assert!(!emostream::train::feedback::held_out(id, 20), "{id}");
+    }
+    // c0: mod-0 now says joy, mod-1 annoyance + disapproval: each has half the votes.
+    let all = read(&a, "train.tsv") + &read(&a, "heldout.tsv");
+    let c0 = all.lines().find(|l| l.ends_with("\tc0")).unwrap();
+    let names = emostream::model::labels::LabelSet::goemotions();
+    let labels: Vec<&str> = c0
+        .split('\t')
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .map(|i| names.name(i.parse().unwrap()))
+        .collect();
+    assert_eq!(labels, vec!["annoyance", "disapproval", "joy"]);
 }

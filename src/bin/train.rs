@@ -90,6 +90,33 @@ struct FitArgs {
 }
 
 #[derive(Subcommand)]
+enum DataCmd {
+    /// Turn moderators' corrections (the feedback topic) and/or JSONL/CSV files (text, labels
+    /// by name) into a dataset directory: train.tsv, heldout.tsv (split by comment id) and
+    /// provenance.json. The latest correction per (comment, moderator) wins.
+    Import {
+        /// The dataset directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Read this feedback topic (the daemons' api.feedback_topic) from its beginning.
+        #[arg(long)]
+        feedback_topic: Option<String>,
+        /// The daemons' config file: the Kafka client settings (security, secret files).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers (default: kafka.brokers of the config).
+        #[arg(long)]
+        brokers: Option<String>,
+        /// JSONL or CSV files of labelled comments (`text`, `labels`; `id`, `moderator` optional).
+        #[arg(long = "file")]
+        files: Vec<PathBuf>,
+        /// Share of comments held out for evaluation, in percent.
+        #[arg(long, default_value_t = 20)]
+        heldout_percent: u32,
+    },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Start fine-tuning from a base checkpoint.
     Fit(FitArgs),
@@ -159,6 +186,11 @@ enum Cmd {
         /// label: precision, recall, F1, firings per 1,000 comments) beside this one's.
         #[arg(long)]
         before: Option<PathBuf>,
+    },
+    /// Training data of a team's own: `train data import`.
+    Data {
+        #[command(subcommand)]
+        cmd: DataCmd,
     },
     /// Copy a model directory into a model registry atomically (temporary name, fsync, rename);
     /// optionally point ACTIVE at it and/or announce it on the daemons' Kafka control topic.
@@ -478,6 +510,103 @@ fn publish_version(
     Ok(())
 }
 
+/// `train data import`: corrections from the feedback topic and files → a dataset directory.
+fn import_data(
+    out: &std::path::Path,
+    feedback_topic: Option<String>,
+    kafka: KafkaArgs,
+    files: &[PathBuf],
+    heldout_percent: u32,
+) -> Result<()> {
+    use emostream::train::feedback;
+    anyhow::ensure!(
+        heldout_percent <= 50,
+        "--heldout-percent: at most 50 (got {heldout_percent})"
+    );
+    anyhow::ensure!(
+        feedback_topic.is_some() || !files.is_empty(),
+        "give --feedback-topic and/or --file"
+    );
+    let mut corrections = Vec::new();
+    let mut sources = Vec::new();
+    if let Some(topic) = &feedback_topic {
+        let mut settings = emostream::daemon::config::Settings::load(kafka.config.as_deref())?;
+        if let Some(b) = &kafka.brokers {
+            settings.set_brokers(b);
+        }
+        let client = emostream::daemon::kafka::client::ClientSettings::from_settings(&settings);
+        let records = emostream::daemon::kafka::topic_reader::read_all(
+            &client,
+            topic,
+            std::time::Duration::from_secs(120),
+        )?;
+        let mut offsets: std::collections::BTreeMap<i32, (i64, i64, usize)> = Default::default();
+        let mut unreadable = 0;
+        for r in &records {
+            let e = offsets
+                .entry(r.partition)
+                .or_insert((r.offset, r.offset, 0));
+            e.1 = r.offset;
+            e.2 += 1;
+            // Partition-major order is not arrival order across partitions, but a comment's
+            // records share its key and so its partition: per comment, offset order is.
+            let seq = ((r.partition as u64) << 40) | r.offset as u64;
+            match r
+                .payload
+                .as_deref()
+                .map(|p| feedback::parse_feedback_record(p, seq))
+            {
+                Some(Ok(c)) => corrections.push(c),
+                _ => unreadable += 1,
+            }
+        }
+        let partitions: Vec<_> = offsets
+            .iter()
+            .map(|(p, (first, last, n))| serde_json::json!({"partition": p, "first_offset": first, "last_offset": last, "records": n}))
+            .collect();
+        sources.push(serde_json::json!({"kind": "kafka", "topic": topic, "brokers": settings_brokers(&kafka, &settings), "partitions": partitions, "unreadable": unreadable}));
+    }
+    for f in files {
+        let seq = 1u64 << 62 | (corrections.len() as u64) << 20;
+        let rows = feedback::read_file(f, seq)?;
+        sources.push(serde_json::json!({"kind": "file", "path": f.display().to_string(), "sha256": emostream::model::eval::dataset::sha256_file(f)?, "rows": rows.len()}));
+        corrections.extend(rows);
+    }
+    let labels = emostream::model::labels::LabelSet::goemotions();
+    let (train, heldout, counts) = feedback::build(&corrections, &labels, heldout_percent);
+    std::fs::create_dir_all(out)?;
+    feedback::write_tsv(&out.join("train.tsv"), &train)?;
+    feedback::write_tsv(&out.join("heldout.tsv"), &heldout)?;
+    let provenance = serde_json::json!({
+        "format_version": 1,
+        "sources": sources,
+        "counts": counts,
+        "split": {"rule": "held out when the first 8 bytes of sha256(comment_id), mod 100, are below heldout_percent", "heldout_percent": heldout_percent},
+        "merge": "latest correction per (comment, moderator); per comment, the labels at least half its moderators chose (else the latest one's)",
+        "labels": labels.names(),
+        "files": {
+            "train.tsv": emostream::model::eval::dataset::sha256_file(&out.join("train.tsv"))?,
+            "heldout.tsv": emostream::model::eval::dataset::sha256_file(&out.join("heldout.tsv"))?,
+        },
+    });
+    std::fs::write(
+        out.join("provenance.json"),
+        serde_json::to_string_pretty(&provenance)? + "\n",
+    )?;
+    println!(
+        "{}: {} comments ({} train, {} held out) from {} corrections ({} superseded, {} without text, {} with an unknown label)",
+        out.display(), counts.comments, counts.train, counts.heldout, counts.corrections, counts.superseded, counts.without_text, counts.unknown_label
+    );
+    Ok(())
+}
+
+fn settings_brokers(kafka: &KafkaArgs, s: &emostream::daemon::config::Settings) -> String {
+    kafka
+        .brokers
+        .clone()
+        .unwrap_or_else(|| s.brokers().to_string())
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -509,6 +638,23 @@ fn main() -> Result<()> {
             data,
             write,
         } => evaluate_split(&model, &split, data, write),
+        Cmd::Data {
+            cmd:
+                DataCmd::Import {
+                    out,
+                    feedback_topic,
+                    config,
+                    brokers,
+                    files,
+                    heldout_percent,
+                },
+        } => import_data(
+            &out,
+            feedback_topic,
+            KafkaArgs { config, brokers },
+            &files,
+            heldout_percent,
+        ),
         Cmd::Publish {
             model,
             registry,

@@ -56,6 +56,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let labelling = start::labelling(&s, policy.as_deref());
     let stream = Stream::start(&s, &kafka, active.clone(), labelling, &swapping, &live)?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
+    let feedback = feedback_api(&s, &kafka, &active);
     let classify = s.api.enabled.then(|| {
         Arc::new(ClassifyApi::new(
             stream.api_pending.clone(),
@@ -63,6 +64,7 @@ pub async fn run(s: Settings) -> Result<()> {
             &s.api,
             active.clone(),
             policy.clone(),
+            feedback.is_some(),
         ))
     });
     let health = health(&s, &kafka, &stream);
@@ -81,7 +83,7 @@ pub async fn run(s: Settings) -> Result<()> {
         },
         classify,
         live,
-        feedback: feedback_api(&s, &kafka, &active),
+        feedback,
         pages: s.ui.enabled,
     };
     let admin_task = admin::serve(&s.admin.bind, state).await?;

@@ -49,6 +49,7 @@ pub async fn run(s: Settings) -> Result<()> {
         &s.api,
         active.clone(),
         None,
+        false,
     ));
     let health = health(&s, core.clock.clone(), faults.clone());
     let state = AdminState {

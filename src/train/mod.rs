@@ -5,6 +5,7 @@ pub(crate) mod bootstrap;
 pub mod calibrate;
 pub mod encoder;
 pub mod evaluate;
+pub mod feedback;
 pub mod loss;
 pub mod onnx;
 pub mod optim;

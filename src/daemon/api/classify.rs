@@ -40,6 +40,8 @@ pub(crate) struct ClassifyApi {
     /// The stream's policy file, shown by `/v1/model` (the API's own answers use the model's
     /// thresholds).
     policy: Option<Arc<PolicySource>>,
+    /// `POST /v1/feedback` is served beside (the try-it page offers corrections).
+    feedback: bool,
 }
 
 impl ClassifyApi {
@@ -49,6 +51,7 @@ impl ClassifyApi {
         limits: &ApiSettings,
         active: watch::Receiver<Arc<Generation>>,
         policy: Option<Arc<PolicySource>>,
+        feedback: bool,
     ) -> ClassifyApi {
         ClassifyApi {
             pending,
@@ -63,6 +66,7 @@ impl ClassifyApi {
             active,
             closed: AtomicBool::new(false),
             policy,
+            feedback,
         }
     }
 
@@ -303,6 +307,7 @@ pub(crate) async fn get_model_info(State(api): State<Arc<ClassifyApi>>) -> Respo
         "labels": m.labels,
         "thresholds": m.thresholds,
         "policy": api.policy.as_ref().map(|p| p.status()),
+        "feedback": api.feedback,
     }))
     .into_response()
 }

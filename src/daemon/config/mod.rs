@@ -117,6 +117,11 @@ impl Settings {
         self.kafka.brokers = brokers.to_string();
     }
 
+    /// `kafka.brokers`.
+    pub fn brokers(&self) -> &str {
+        &self.kafka.brokers
+    }
+
     /// The secret librdkafka properties in force (none of them is ever logged).
     pub fn secrets(&self) -> &Secrets {
         &self.kafka.secrets
