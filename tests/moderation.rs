@@ -535,3 +535,66 @@ fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_not
         .collect();
     assert_eq!(labels, vec!["annoyance", "disapproval", "joy"]);
 }
+
+#[test]
+fn a_correction_during_a_broker_outage_is_answered_503_and_written_only_when_posted_again() {
+    // A broker of this test's own: it is stopped mid-test.
+    let broker = common::kafka::PrivateBroker::new(19492);
+    broker.start();
+    common::kafka::use_brokers(&broker.brokers());
+    let topics = Topics::new(1);
+    let feedback_topic = common::kafka::unique("feedback");
+    common::kafka::create_topic(&feedback_topic, 1, &[]);
+    let port = free_port();
+    let mut env = env_with_open_api(&topics, port);
+    env.push((
+        "EMOSTREAM__API__FEEDBACK_TOPIC".into(),
+        feedback_topic.clone(),
+    ));
+    // A delivery attempt is given up after 3 s (the daemon's stall check must stay above it).
+    env.push(("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "3000".into()));
+    let _daemon = DaemonBuilder::new(&env).spawn();
+    wait_http(port, "/readyz", Duration::from_secs(90), |code, _| {
+        code == 200
+    });
+    let post = |i: usize| -> (u16, String) {
+        http_post(
+            port,
+            "/v1/feedback",
+            &correction(i, 0, &["fear"]).to_string(),
+            None,
+        )
+        .unwrap()
+    };
+    assert_eq!(post(1).0, 200);
+
+    broker.stop();
+    let (code, body) = post(2);
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("post it again"), "{body}");
+    broker.start();
+    wait_http(port, "/readyz", Duration::from_secs(90), |code, _| {
+        code == 200
+    });
+    // Not remembered as written: posting it again writes it.
+    let (code, body) = post(2);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"written\":true"), "{body}");
+
+    std::thread::sleep(Duration::from_secs(1));
+    let records = read_until(&feedback_topic, Duration::from_secs(10), |r| r.len() > 2);
+    let ids: Vec<String> = records
+        .iter()
+        .map(|r| {
+            serde_json::from_slice::<Value>(&r.payload).unwrap()["comment_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec!["c1", "c2"],
+        "the refused correction was not written besides"
+    );
+}

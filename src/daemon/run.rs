@@ -16,6 +16,7 @@ use crate::daemon::kafka::sink::{Sink, SinkSettings};
 use crate::daemon::kafka::source::{self, KafkaConsumer, SourceSettings, SourceStage};
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::core::{join_workers, Core};
+use crate::daemon::pipeline::policy::PolicySource;
 use crate::daemon::pipeline::workers::{Labelling, WorkerClock};
 use crate::daemon::start::{self, Swapping};
 use crate::daemon::supervise::{self, Faults};
@@ -56,17 +57,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let labelling = start::labelling(&s, policy.as_deref());
     let stream = Stream::start(&s, &kafka, active.clone(), labelling, &swapping, &live)?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
-    let feedback = feedback_api(&s, &kafka, &active);
-    let classify = s.api.enabled.then(|| {
-        Arc::new(ClassifyApi::new(
-            stream.api_pending.clone(),
-            &s.input,
-            &s.api,
-            active.clone(),
-            policy.clone(),
-            feedback.is_some(),
-        ))
-    });
+    let (classify, feedback) = http_apis(&s, &kafka, &stream, &active, &policy);
     let health = health(&s, &kafka, &stream);
     let state = AdminState {
         prometheus,
@@ -355,13 +346,16 @@ fn stuck_check(
     })
 }
 
-/// `POST /v1/feedback` on the plain producer, when the API is on and `api.feedback_topic` set.
-fn feedback_api(
+/// The `/v1/*` APIs when `api.enabled`: classify (into the stream's core) and, when
+/// `api.feedback_topic` is set, feedback (on the plain producer).
+fn http_apis(
     s: &Settings,
     kafka: &KafkaClients,
+    stream: &Stream,
     active: &tokio::sync::watch::Receiver<Arc<crate::backend::generation::Generation>>,
-) -> Option<Arc<FeedbackApi>> {
-    (s.api.enabled && !s.api.feedback_topic.is_empty()).then(|| {
+    policy: &Option<Arc<PolicySource>>,
+) -> (Option<Arc<ClassifyApi>>, Option<Arc<FeedbackApi>>) {
+    let feedback = (s.api.enabled && !s.api.feedback_topic.is_empty()).then(|| {
         Arc::new(FeedbackApi::new(
             kafka.producer.clone(),
             &s.api.feedback_topic,
@@ -369,5 +363,16 @@ fn feedback_api(
             s.input.max_message_bytes,
             active.clone(),
         ))
-    })
+    });
+    let classify = s.api.enabled.then(|| {
+        Arc::new(ClassifyApi::new(
+            stream.api_pending.clone(),
+            &s.input,
+            &s.api,
+            active.clone(),
+            policy.clone(),
+            feedback.is_some(),
+        ))
+    });
+    (classify, feedback)
 }
