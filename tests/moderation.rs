@@ -410,6 +410,15 @@ fn fifty_corrections_land_on_the_feedback_topic_once_each_and_bad_ones_write_not
             json!({"comment_id": "c96", "text": "t", "labels": ["joy"], "moderator": "m", "extra": 1}),
             "unknown field",
         ),
+        (
+            json!({"comment_id": "a\nb", "text": "t", "labels": ["joy"], "moderator": "m"}),
+            "control character",
+        ),
+        (
+            json!({"comment_id": "c97", "source": {"topic": "t", "partition": -1, "offset": 0},
+                   "labels": ["joy"], "moderator": "m"}),
+            "at least 0",
+        ),
         (no_text, "\"source\""),
     ] {
         let (code, answer) = post(&body);

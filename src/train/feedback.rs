@@ -35,8 +35,10 @@ pub fn parse_feedback_record(payload: &[u8], seq: u64) -> Result<Correction> {
         bail!("schema_version is {} (1 expected)", v["schema_version"]);
     }
     let s = |k: &str| v[k].as_str().map(str::to_string);
+    let comment_id = s("comment_id").context("no comment_id")?;
+    check_id(&comment_id)?;
     Ok(Correction {
-        comment_id: s("comment_id").context("no comment_id")?,
+        comment_id,
         moderator: s("moderator").context("no moderator")?,
         text: s("text"),
         labels: labels_of(&v["labels"]).context("labels")?,
@@ -61,6 +63,14 @@ fn labels_of(v: &Value) -> Result<Vec<String>> {
     Ok(names.into_iter().filter(|x| !x.is_empty()).collect())
 }
 
+/// Ids go into line- and tab-separated files: no control characters.
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.chars().any(char::is_control) {
+        bail!("comment id {id:?} is empty or has a control character");
+    }
+    Ok(())
+}
+
 /// A file's id for a row without one: the sha256 of its text, so the same text is the same
 /// comment whichever file holds it.
 fn text_id(text: &str) -> String {
@@ -70,21 +80,27 @@ fn text_id(text: &str) -> String {
     )
 }
 
-/// A JSONL row (`{"text", "labels", "id"?, "moderator"?}`) as a correction.
+/// A file row (`text`, `labels`, `id`?, `moderator`?) as a correction: it must have labels
+/// and an id (given or made) that fits a TSV line.
 fn row_correction(
     text: String,
     labels: Vec<String>,
     id: Option<String>,
     moderator: Option<String>,
     seq: u64,
-) -> Correction {
-    Correction {
-        comment_id: id.unwrap_or_else(|| text_id(&text)),
+) -> Result<Correction> {
+    if labels.is_empty() {
+        bail!("no labels (a comment with no emotion is labelled neutral)");
+    }
+    let comment_id = id.unwrap_or_else(|| text_id(&text));
+    check_id(&comment_id)?;
+    Ok(Correction {
+        comment_id,
         moderator: moderator.unwrap_or_else(|| "file".into()),
         text: Some(text),
         labels,
         seq,
-    }
+    })
 }
 
 /// Reads a JSONL (`.jsonl`/`.json`) or CSV (`.csv`, a header row naming `text` and `labels`)
@@ -92,10 +108,12 @@ fn row_correction(
 pub fn read_file(path: &Path, first_seq: u64) -> Result<Vec<Correction>> {
     let raw =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    // A byte-order mark (spreadsheet exports) is not part of the first column's name.
+    let raw = raw.strip_prefix('\u{feff}').unwrap_or(&raw);
     let csv = path.extension().is_some_and(|e| e == "csv");
     let mut out = Vec::new();
     if csv {
-        let rows = parse_csv(&raw);
+        let rows = parse_csv(raw);
         let Some((header, body)) = rows.split_first() else {
             return Ok(out);
         };
@@ -116,13 +134,8 @@ pub fn read_file(path: &Path, first_seq: u64) -> Result<Vec<Correction>> {
             let text = get(Some(t))
                 .with_context(|| format!("{}: row {} has no text", path.display(), n + 2))?;
             let labels = labels_of(&Value::String(get(Some(l)).unwrap_or_default()))?;
-            out.push(row_correction(
-                text,
-                labels,
-                get(id),
-                get(m),
-                first_seq + n as u64,
-            ));
+            let row = row_correction(text, labels, get(id), get(m), first_seq + n as u64);
+            out.push(row.with_context(|| format!("{}: row {}", path.display(), n + 2))?);
         }
     } else {
         for (n, line) in raw
@@ -138,13 +151,15 @@ pub fn read_file(path: &Path, first_seq: u64) -> Result<Vec<Correction>> {
             let labels =
                 labels_of(&v["labels"]).with_context(|| format!("{}:{}", path.display(), n + 1))?;
             let s = |k: &str| v[k].as_str().map(str::to_string);
-            out.push(row_correction(
+            let (id, moderator) = (s("id"), s("moderator"));
+            let row = row_correction(
                 text.to_string(),
                 labels,
-                s("id"),
-                s("moderator"),
+                id,
+                moderator,
                 first_seq + n as u64,
-            ));
+            );
+            out.push(row.with_context(|| format!("{}:{}", path.display(), n + 1))?);
         }
     }
     Ok(out)
@@ -420,6 +435,14 @@ mod tests {
         let bad = dir.path().join("c.csv");
         std::fs::write(&bad, "words,tags\na,b\n").unwrap();
         assert!(format!("{:#}", read_file(&bad, 0).unwrap_err()).contains("text and labels"));
+        std::fs::write(&bad, "\u{feff}text,labels\nfine,\n").unwrap();
+        assert!(format!("{:#}", read_file(&bad, 0).unwrap_err()).contains("row 2: no labels"));
+        std::fs::write(
+            &j,
+            "{\"id\": \"a\\nb\", \"text\": \"t\", \"labels\": [\"joy\"]}\n",
+        )
+        .unwrap();
+        assert!(format!("{:#}", read_file(&j, 0).unwrap_err()).contains("control character"));
     }
 
     #[test]

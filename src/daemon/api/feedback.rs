@@ -1,7 +1,8 @@
 //! Moderator feedback: `POST /v1/feedback` takes a moderator's correction of a comment's labels
 //! and writes it to the feedback topic (`api.feedback_topic`), keyed by comment id. One record
 //! per (comment, moderator, label set): the same correction posted again is answered but not
-//! written again (within this process's memory of the last 100,000); a different label set is a
+//! written again (within this process's memory of the last 100,000; while it is being written,
+//! 409); a different label set is a
 //! new correction, and `train data import` keeps the latest per (comment, moderator). A
 //! record is written whole or the request is answered 503.
 
@@ -36,11 +37,31 @@ pub(crate) struct FeedbackApi {
     written: Mutex<Written>,
 }
 
-/// (comment id, moderator) → the feedback id last written for it, oldest first.
+/// (comment id, moderator) → the feedback id last written (or being written) for it, and the
+/// order keys were first seen in (for forgetting the oldest).
 #[derive(Default)]
 struct Written {
-    ids: HashMap<(String, String), String>,
-    order: VecDeque<(String, String)>,
+    ids: HashMap<(String, String), Mark>,
+    order: VecDeque<((String, String), u64)>,
+    next_stamp: u64,
+}
+
+/// One key's state.
+#[derive(Clone, PartialEq)]
+struct Mark {
+    id: String,
+    /// Its record is being produced now.
+    pending: bool,
+    /// Which entry of `order` is this key's.
+    stamp: u64,
+}
+
+/// Why a correction is not sent now.
+enum NotNow {
+    /// Written already.
+    Repeat,
+    /// The same correction is being written by another request at this moment.
+    InFlight,
 }
 
 /// Where the comment was read, when the moderator's tool knows it.
@@ -111,6 +132,10 @@ impl FeedbackApi {
             if v.trim().is_empty() {
                 return Err(format!("\"{name}\" is empty"));
             }
+            // Ids end up in line- and tab-separated training files.
+            if v.chars().any(char::is_control) {
+                return Err(format!("\"{name}\" has a control character"));
+            }
             if v.chars().count() > max {
                 return Err(format!("\"{name}\" is over {max} characters"));
             }
@@ -120,6 +145,11 @@ impl FeedbackApi {
         text("moderator", &r.moderator, MAX_NAME_CHARS)?;
         if let Some(c) = &r.community {
             text("community", c, MAX_NAME_CHARS)?;
+        }
+        if let Some(p) = &r.source {
+            if p.partition < 0 || p.offset < 0 {
+                return Err("\"source\" partition and offset must be at least 0".into());
+            }
         }
         match (&r.text, &r.source) {
             (None, None) => {
@@ -155,18 +185,36 @@ impl FeedbackApi {
         Ok(())
     }
 
-    /// Reserves (comment, moderator) for this feedback id; `false`: that correction was written
-    /// already. Returns the id it replaces, to put back if the write fails.
-    fn reserve(&self, key: &(String, String), id: &str) -> Result<Option<String>, ()> {
+    /// Marks (comment, moderator) as being written with this feedback id; returns the mark it
+    /// replaces, to put back if the write fails.
+    fn reserve(&self, key: &(String, String), id: &str) -> Result<Option<Mark>, NotNow> {
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        if w.ids.get(key).is_some_and(|old| old == id) {
-            return Err(());
+        match w.ids.get(key) {
+            Some(m) if m.id == id && m.pending => return Err(NotNow::InFlight),
+            Some(m) if m.id == id => return Err(NotNow::Repeat),
+            _ => {}
         }
-        let before = w.ids.insert(key.clone(), id.to_string());
-        if before.is_none() {
-            w.order.push_back(key.clone());
-            if w.order.len() > REMEMBERED {
-                if let Some(old) = w.order.pop_front() {
+        let stamp = match w.ids.get(key) {
+            Some(m) => m.stamp,
+            None => {
+                w.next_stamp += 1;
+                let stamp = w.next_stamp;
+                w.order.push_back((key.clone(), stamp));
+                stamp
+            }
+        };
+        let mark = Mark {
+            id: id.to_string(),
+            pending: true,
+            stamp,
+        };
+        let before = w.ids.insert(key.clone(), mark);
+        while w.order.len() > REMEMBERED {
+            if let Some((old, stamp)) = w.order.pop_front() {
+                if w.ids
+                    .get(&old)
+                    .is_some_and(|m| m.stamp == stamp && !m.pending)
+                {
                     w.ids.remove(&old);
                 }
             }
@@ -174,15 +222,23 @@ impl FeedbackApi {
         Ok(before)
     }
 
-    fn release(&self, key: &(String, String), before: Option<String>) {
+    /// The write of `id` ended: marked written, or (failed) the mark it replaced put back —
+    /// either only if no later request has marked the key since.
+    fn settle(&self, key: &(String, String), id: &str, written: bool, before: Option<Mark>) {
         let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        match before {
-            Some(id) => {
-                w.ids.insert(key.clone(), id);
+        let ours = w.ids.get(key).is_some_and(|m| m.id == id && m.pending);
+        if !ours {
+            return;
+        }
+        if written {
+            if let Some(m) = w.ids.get_mut(key) {
+                m.pending = false;
             }
-            None => {
-                w.ids.remove(key);
-            }
+        } else {
+            match before {
+                Some(m) => w.ids.insert(key.clone(), m),
+                None => w.ids.remove(key),
+            };
         }
     }
 }
@@ -239,10 +295,11 @@ pub(crate) async fn post_feedback(
             .payload(&payload),
         api.timeout,
     );
-    match send.await {
+    let sent = send.await;
+    api.settle(&key, &id, sent.is_ok(), before);
+    match sent {
         Ok(_) => counted(Json(json!({"feedback_id": id, "written": true})).into_response()),
         Err((e, _)) => {
-            api.release(&key, before);
             tracing::warn!(error = %e, topic = %api.topic, "feedback not written");
             counted(error(
                 StatusCode::SERVICE_UNAVAILABLE,

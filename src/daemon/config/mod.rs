@@ -153,6 +153,16 @@ impl Settings {
             "output.carry",
             "carries fields of JSON comments: needs input.format = \"json\"",
         )?;
+        check(
+            self.output.event_time_pointer.is_empty() || self.input.format == InputFormat::Json,
+            "output.event_time_pointer",
+            "points into JSON comments: needs input.format = \"json\"",
+        )?;
+        check(
+            self.api.feedback_topic.is_empty() || self.api.enabled,
+            "api.feedback_topic",
+            "is served by the API: needs api.enabled = true",
+        )?;
         let (p, b, i) = (&self.backpressure, &self.batching, &self.input);
         check(
             p.max_in_flight_messages >= b.max_batch_size,

@@ -110,6 +110,11 @@ pub(crate) struct HealthSettings {
 
 impl ApiSettings {
     pub(super) fn validate(&self) -> Result<()> {
+        check(
+            self.feedback_topic == self.feedback_topic.trim(),
+            "api.feedback_topic",
+            "has spaces around the topic name",
+        )?;
         let a = self;
         check(
             (1..=4096).contains(&a.max_texts),

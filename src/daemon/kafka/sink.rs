@@ -60,7 +60,8 @@ pub(crate) fn fault_of(e: &KafkaError) -> Fault {
 }
 
 /// An event record's headers: the input's, carried over, and `extra` (CloudEvents binary
-/// mode), which replaces input headers of the same names.
+/// mode), which replaces the input's CloudEvents attributes (every `ce_*` header and
+/// `content-type`: an input that was itself a CloudEvent must not lend the event its subject).
 fn event_headers(origin: &Origin, extra: &[(&'static str, String)]) -> Option<OwnedHeaders> {
     if extra.is_empty() {
         return origin.headers.clone();
@@ -69,7 +70,7 @@ fn event_headers(origin: &Origin, extra: &[(&'static str, String)]) -> Option<Ow
     if let Some(h) = &origin.headers {
         let mut kept: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         headers::for_each(h.as_borrowed(), |k, v| {
-            if !extra.iter().any(|(name, _)| name.as_bytes() == k) {
+            if !(k.starts_with(b"ce_") || k.eq_ignore_ascii_case(b"content-type")) {
                 kept.push((k.to_vec(), v.map(<[u8]>::to_vec)));
             }
         });

@@ -27,8 +27,8 @@ fn cut_to(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// RFC 3339 text, or epoch seconds (below 1e11) or milliseconds, as RFC 3339 with
-/// milliseconds; `None` for anything else.
+/// RFC 3339 text in UTC (`Z`; an offset such as `+01:00` is not read), or epoch seconds
+/// (below 1e11) or milliseconds, as RFC 3339 with milliseconds; `None` for anything else.
 fn event_time(v: &Value) -> Option<String> {
     let ms: i64 = match v {
         Value::String(s) => {
@@ -52,9 +52,14 @@ fn event_time(v: &Value) -> Option<String> {
     millis_rfc3339(ms)
 }
 
-/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds).
+/// The first millisecond RFC 3339 cannot write (year 10000).
+const YEAR_10000_MS: u64 = 253_402_300_800_000;
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, milliseconds); `None` outside years 1970 to
+/// 9999 (a time no input should carry, and one the formatter refuses).
 pub(crate) fn millis_rfc3339(ms: i64) -> Option<String> {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
+    let ms = u64::try_from(ms).ok().filter(|&m| m < YEAR_10000_MS)?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
     Some(humantime::format_rfc3339_millis(t).to_string())
 }
 
@@ -76,7 +81,11 @@ pub(crate) fn read(
             let Some(v) = doc.pointer(pointer) else {
                 continue;
             };
-            let size = serde_json::to_vec(v).map_or(usize::MAX, |b| b.len());
+            // Text by its own bytes, anything else by its JSON.
+            let size = match v {
+                Value::String(s) => s.len(),
+                _ => serde_json::to_vec(v).map_or(usize::MAX, |b| b.len()),
+            };
             let value = if size <= out.max_carry_bytes {
                 v.clone()
             } else {
@@ -131,11 +140,12 @@ mod tests {
                 ("long", "/body"),
                 ("tags", "/tags"),
                 ("gone", "/nothing"),
+                ("exact", "/e"),
             ],
             "",
         );
         let payload = json!({
-            "subreddit": "pics", "meta": {"score": 12}, "body": "ééééééééééé", "tags": ["a-long-tag", "another-one"]
+            "subreddit": "pics", "meta": {"score": 12}, "body": "ééééééééééé", "tags": ["a-long-tag", "another-one"], "e": "sixteen bytes ok"
         })
         .to_string();
         let c = read(
@@ -146,13 +156,15 @@ mod tests {
         );
         assert_eq!(c.input["sub"], json!("pics"));
         assert_eq!(c.input["n"], json!(12));
-        // 11 two-byte characters are 24 bytes of JSON: cut to whole characters within 16.
+        // 11 two-byte characters are 22 bytes: cut to whole characters within 16.
         assert_eq!(c.input["long"], json!("éééééééé"));
         assert_eq!(c.input["tags"], serde_json::Value::Null);
         assert!(!c.input.contains_key("gone"));
+        // Exactly max_carry_bytes of text: kept whole, not named as cut.
+        assert_eq!(c.input["exact"], json!("sixteen bytes ok"));
         assert_eq!(c.cut, vec!["long", "tags"]);
         assert_eq!(c.event_time.as_deref(), Some("2023-11-14T22:13:20.000Z"));
-        // Not JSON input: nothing carried, the Kafka time still known.
+        // Not JSON input: nothing carried; no Kafka timestamp either: no time.
         let c = read(Some(payload.as_bytes()), false, None, &out);
         assert!(c.input.is_empty() && c.event_time.is_none());
     }
@@ -182,5 +194,12 @@ mod tests {
             Some("1970-01-01T00:00:05.000Z")
         );
         assert_eq!(at(json!(-3)).as_deref(), Some("1970-01-01T00:00:05.000Z"));
+        // Past year 9999 (the formatter cannot write it): the Kafka timestamp, no panic.
+        assert_eq!(at(json!(1e15)).as_deref(), Some("1970-01-01T00:00:05.000Z"));
+        let p = json!({ "t": "x" }).to_string();
+        assert_eq!(
+            read(Some(p.as_bytes()), true, Some(i64::MAX), &out).event_time,
+            None
+        );
     }
 }

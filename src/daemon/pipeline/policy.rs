@@ -54,13 +54,24 @@ impl PolicyFile {
     /// Reads and checks a policy file: TOML, or JSON when the name ends in `.json`. Every
     /// label named must be one of `labels`, every field one of `fields` (the carried ones).
     pub(crate) fn load(path: &Path, labels: &[String], fields: &[String]) -> Result<PolicyFile> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        PolicyFile::parse(path, &bytes, labels, fields)
+    }
+
+    /// `bytes` read from `path` (its extension says JSON or TOML), checked as in `load`.
+    fn parse(
+        path: &Path,
+        bytes: &[u8],
+        labels: &[String],
+        fields: &[String],
+    ) -> Result<PolicyFile> {
+        let text = std::str::from_utf8(bytes)
+            .with_context(|| format!("{} is not a policy file (not UTF-8)", path.display()))?;
         let file: PolicyFile = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text)
+            serde_json::from_str(text)
                 .with_context(|| format!("{} is not a policy file", path.display()))?
         } else {
-            toml::from_str(&text)
+            toml::from_str(text)
                 .with_context(|| format!("{} is not a policy file", path.display()))?
         };
         file.check(labels, fields)
@@ -304,7 +315,8 @@ impl PolicySource {
                 return;
             }
         }
-        match PolicyFile::load(path, labels, &self.fields) {
+        // The bytes just hashed are the ones parsed: an edit in between waits for the next check.
+        match PolicyFile::parse(path, &bytes, labels, &self.fields) {
             Ok(f) => {
                 let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 if s.content_hash.as_deref() == Some(hash.as_str()) && s.refused.is_none() {
