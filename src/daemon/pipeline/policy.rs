@@ -246,6 +246,10 @@ pub(crate) struct PolicyStatus {
     pub(crate) policies: Vec<String>,
     /// The reason the newest version of the file was refused, while it is the newest.
     pub(crate) refused: Option<String>,
+    /// The labels the policy in force was checked against (a hot swap to a model with other
+    /// labels checks the file again).
+    #[serde(skip)]
+    checked_labels: Vec<String>,
 }
 
 /// The policy in force and how it changes.
@@ -278,6 +282,7 @@ impl PolicySource {
                 let f = PolicyFile::load(p, labels, fields).context("config key policy.file")?;
                 status.content_hash = Some(content_hash(&std::fs::read(p)?));
                 status.policies = f.policies.iter().map(|p| p.name.clone()).collect();
+                status.checked_labels = labels.to_vec();
                 Some(Arc::new(f))
             }
         };
@@ -300,8 +305,8 @@ impl PolicySource {
             .clone()
     }
 
-    /// Reads the file again if its content changed: applies it when valid, else keeps the
-    /// policy in force and records why.
+    /// Reads the file again if its content changed (or the model's labels did): applies it when
+    /// valid, else keeps the policy in force and records why.
     pub(crate) fn reload(&self, labels: &[String]) {
         let Some(path) = &self.path else { return };
         let Ok(bytes) = std::fs::read(path) else {
@@ -309,17 +314,19 @@ impl PolicySource {
             return;
         };
         let hash = content_hash(&bytes);
-        {
-            let s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            if s.content_hash.as_deref() == Some(hash.as_str()) && s.refused.is_none() {
-                return;
-            }
+        let in_force = |s: &PolicyStatus| {
+            s.content_hash.as_deref() == Some(hash.as_str())
+                && s.refused.is_none()
+                && s.checked_labels == labels
+        };
+        if in_force(&self.status.lock().unwrap_or_else(|p| p.into_inner())) {
+            return;
         }
         // The bytes just hashed are the ones parsed: an edit in between waits for the next check.
         match PolicyFile::parse(path, &bytes, labels, &self.fields) {
             Ok(f) => {
                 let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
-                if s.content_hash.as_deref() == Some(hash.as_str()) && s.refused.is_none() {
+                if in_force(&s) {
                     return;
                 }
                 tracing::info!(file = %path.display(), hash = %hash, policies = f.policies.len(), "policy file applied");
@@ -328,6 +335,7 @@ impl PolicySource {
                 s.content_hash = Some(hash);
                 s.policies = f.policies.iter().map(|p| p.name.clone()).collect();
                 s.refused = None;
+                s.checked_labels = labels.to_vec();
                 self.current.send_replace(Some(Arc::new(f)));
             }
             Err(e) => self.refuse(format!("{e:#}"), Some(hash)),
