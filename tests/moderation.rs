@@ -31,7 +31,7 @@ fn model_threshold(label: &str) -> f64 {
 }
 
 /// Comment `i`: a test-split text in one of four communities, with an author, a thread and a
-/// creation time.
+/// creation time; its headers a trace id and a CloudEvents attribute of its own.
 fn comment(
     i: usize,
     texts: &[String],
@@ -49,10 +49,19 @@ fn comment(
         "link_id": format!("t3_{}", i % 7),
         "created_utc": 1_700_000_000 + i as i64,
     });
+    let headers = rdkafka::message::OwnedHeaders::new()
+        .insert(rdkafka::message::Header {
+            key: "trace-id",
+            value: Some(&format!("t{i}")),
+        })
+        .insert(rdkafka::message::Header {
+            key: "ce_subject",
+            value: Some("the input's own subject"),
+        });
     (
         Some(format!("t3_{}", i % 7)),
         body.to_string().into_bytes(),
-        None,
+        Some(headers),
     )
 }
 
@@ -214,6 +223,9 @@ poll_interval_ms = 200
         assert_eq!(e["policy"]["hash"].as_str().unwrap().len(), 12);
         // CloudEvents binary mode: the event's id is its input coordinates and model version.
         let h = &r.headers;
+        // Input headers carried over, except the input's own CloudEvents attributes.
+        assert_eq!(h.get("trace-id"), Some(&format!("t{i}")), "{h:?}");
+        assert!(!h.contains_key("ce_subject"), "{h:?}");
         let want_id = format!(
             "{}-{}-{}-{}",
             e["source"]["topic"].as_str().unwrap(),

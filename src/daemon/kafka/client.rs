@@ -5,8 +5,9 @@
 
 use crate::daemon::config::{Secrets, Settings};
 use crate::daemon::supervise::Faults;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Statistics};
@@ -47,6 +48,36 @@ pub fn client_config(c: &ClientSettings) -> ClientConfig {
         out.set(k, v);
     }
     out
+}
+
+/// Every partition of `topic` with its low and high watermarks, as the cluster has them now;
+/// an error when the topic does not exist.
+pub(crate) fn watermarks<X: ConsumerContext, C: Consumer<X>>(
+    consumer: &C,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Vec<(i32, i64, i64)>> {
+    let md = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .with_context(|| format!("metadata for {topic:?}"))?;
+    let parts: Vec<i32> = md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if parts.is_empty() {
+        bail!("topic {topic:?} does not exist (create it first)");
+    }
+    parts
+        .into_iter()
+        .map(|p| {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, p, timeout)
+                .with_context(|| format!("watermarks of {topic}/{p}"))?;
+            Ok((p, low, high))
+        })
+        .collect()
 }
 
 /// Whether any broker answers, as the clients last saw it.

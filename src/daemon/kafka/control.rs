@@ -9,7 +9,7 @@
 //! (`refused`: the message failed the signature, freshness or replay check).
 
 use crate::daemon::config::Settings;
-use crate::daemon::kafka::client::{client_config, ClientSettings, KafkaProducer};
+use crate::daemon::kafka::client::{client_config, watermarks, ClientSettings, KafkaProducer};
 use crate::daemon::kafka::headers;
 use crate::daemon::kafka::signing::{now_ms, ControlKey, Verifier, SIGNATURE_HEADER};
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
@@ -132,25 +132,10 @@ fn consumer_at_end(s: &ControlSettings) -> Result<StreamConsumer> {
         c.set(k, v);
     }
     let consumer: StreamConsumer = c.create().context("creating the control-topic consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-        .with_context(|| format!("config key registry.control_topic: metadata for {topic:?}"))?;
-    let parts: Vec<i32> = md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if parts.is_empty() {
-        bail!(
-            "config key registry.control_topic: topic {topic:?} does not exist (create it first)"
-        );
-    }
     let mut tpl = TopicPartitionList::new();
-    for p in parts {
-        let (_, high) = consumer
-            .fetch_watermarks(topic, p, KAFKA_TIMEOUT)
-            .with_context(|| format!("watermarks of {topic}/{p}"))?;
+    for (p, _, high) in
+        watermarks(&consumer, topic, KAFKA_TIMEOUT).context("config key registry.control_topic")?
+    {
         tpl.add_partition_offset(topic, p, Offset::Offset(high))?;
     }
     consumer

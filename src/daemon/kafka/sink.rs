@@ -66,18 +66,15 @@ fn event_headers(origin: &Origin, extra: &[(&'static str, String)]) -> Option<Ow
     if extra.is_empty() {
         return origin.headers.clone();
     }
-    let mut out = OwnedHeaders::new_with_capacity(extra.len() + 4);
+    let mut out = Some(OwnedHeaders::new_with_capacity(extra.len() + 4));
     if let Some(h) = &origin.headers {
-        let mut kept: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         headers::for_each(h.as_borrowed(), |k, v| {
             if !(k.starts_with(b"ce_") || k.eq_ignore_ascii_case(b"content-type")) {
-                kept.push((k.to_vec(), v.map(<[u8]>::to_vec)));
+                out = out.take().map(|o| headers::add(o, k, v));
             }
         });
-        for (k, v) in kept {
-            out = headers::add(out, &k, v.as_deref());
-        }
     }
+    let mut out = out.expect("the list is put back after each header");
     for (name, value) in extra {
         out = out.insert(Header {
             key: name,

@@ -2,7 +2,7 @@
 //! partition to its high watermark): `train data import` reads the feedback topic so, through
 //! the daemon's own client settings (secured clusters included).
 
-use crate::daemon::kafka::client::{client_config, ClientSettings};
+use crate::daemon::kafka::client::{client_config, watermarks, ClientSettings};
 use anyhow::{bail, Context, Result};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -31,31 +31,13 @@ pub fn read_all(client: &ClientSettings, topic: &str, limit: Duration) -> Result
         .set("isolation.level", "read_committed")
         .create()
         .context("creating a Kafka consumer")?;
-    let md = consumer
-        .fetch_metadata(Some(topic), KAFKA_TIMEOUT)
-        .with_context(|| format!("metadata of topic {topic}"))?;
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
-    for p in md
-        .topics()
-        .iter()
-        .filter(|t| t.name() == topic && t.error().is_none())
-        .flat_map(|t| t.partitions())
-    {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, p.id(), KAFKA_TIMEOUT)
-            .with_context(|| format!("watermarks of {topic}/{}", p.id()))?;
+    for (p, low, high) in watermarks(&consumer, topic, KAFKA_TIMEOUT)? {
         if high > low {
-            ends.insert(p.id(), high);
-            tpl.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            ends.insert(p, high);
+            tpl.add_partition_offset(topic, p, Offset::Beginning)?;
         }
-    }
-    if md
-        .topics()
-        .iter()
-        .all(|t| t.name() != topic || t.error().is_some())
-    {
-        bail!("topic {topic} does not exist");
     }
     consumer.assign(&tpl).context("assigning the topic")?;
     let mut out = Vec::new();

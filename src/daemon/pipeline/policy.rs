@@ -222,13 +222,14 @@ impl Decisions {
         };
         let mut best: Option<usize> = None;
         for (field, values) in &self.by_field {
-            let value = match carried.get(field) {
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(serde_json::Value::Number(n)) => n.to_string(),
-                Some(serde_json::Value::Bool(b)) => b.to_string(),
+            // Text (the usual case) is matched as it is, without a copy.
+            let value: std::borrow::Cow<'_, str> = match carried.get(field) {
+                Some(serde_json::Value::String(s)) => s.as_str().into(),
+                Some(serde_json::Value::Number(n)) => n.to_string().into(),
+                Some(serde_json::Value::Bool(b)) => b.to_string().into(),
                 _ => continue,
             };
-            if let Some(&i) = values.get(&value) {
+            if let Some(&i) = values.get(value.as_ref()) {
                 best = Some(best.map_or(i, |b| b.min(i)));
             }
         }

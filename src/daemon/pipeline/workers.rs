@@ -226,7 +226,9 @@ fn inference_error(origin: crate::daemon::pipeline::Origin, detail: String) -> O
 #[derive(Default)]
 struct LabelCounters {
     labels: std::collections::HashMap<String, metrics::Counter>,
-    by_policy: std::collections::HashMap<(String, String), metrics::Counter>,
+    /// Policy → label → counter.
+    by_policy:
+        std::collections::HashMap<String, std::collections::HashMap<String, metrics::Counter>>,
 }
 
 impl LabelCounters {
@@ -240,12 +242,14 @@ impl LabelCounters {
     }
 
     fn by_policy(&mut self, policy: &str, label: &str) -> metrics::Counter {
-        let key = (policy.to_string(), label.to_string());
-        if let Some(c) = self.by_policy.get(&key) {
+        if let Some(c) = self.by_policy.get(policy).and_then(|m| m.get(label)) {
             return c.clone();
         }
-        let c = metrics::counter!("emostream_policy_labels_total", "policy" => key.0.clone(), "label" => key.1.clone());
-        self.by_policy.insert(key, c.clone());
+        let c = metrics::counter!("emostream_policy_labels_total", "policy" => policy.to_string(), "label" => label.to_string());
+        self.by_policy
+            .entry(policy.to_string())
+            .or_default()
+            .insert(label.to_string(), c.clone());
         c
     }
 }
