@@ -30,9 +30,14 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct FitArgs {
-    /// Hugging Face checkpoint directory (config.json, model.safetensors, tokenizer.json).
-    #[arg(long)]
-    base: PathBuf,
+    /// Where the weights start: a Hugging Face checkpoint directory (config.json,
+    /// model.safetensors, tokenizer.json), or an emostream model directory (model.json,
+    /// model.onnx), whose weights are recovered from its ONNX into RUN/base first.
+    #[arg(long, required_unless_present = "from_registry")]
+    base: Option<PathBuf>,
+    /// Start from the version the registry's ACTIVE names (the model now in production).
+    #[arg(long, conflicts_with = "base")]
+    from_registry: Option<PathBuf>,
     /// Run directory to create (checkpoints, best weights).
     #[arg(long)]
     run: PathBuf,
@@ -42,6 +47,13 @@ struct FitArgs {
     /// Directory with train.tsv / dev.tsv / labels.txt.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// A dataset directory from `train data import`: its train.tsv is mixed with a replay
+    /// sample of GoEmotions train (see --replay-ratio); dev stays GoEmotions dev.
+    #[arg(long)]
+    feedback: Option<PathBuf>,
+    /// GoEmotions training rows drawn per imported row (0: the imported rows alone).
+    #[arg(long, default_value_t = 4.0, requires = "feedback")]
+    replay_ratio: f64,
     #[arg(long, default_value_t = 4)]
     epochs: u64,
     #[arg(long, default_value_t = 32)]
@@ -60,8 +72,9 @@ struct FitArgs {
     max_len: usize,
     /// Head pooling: cls (the architecture's Hugging Face head) | mean (masked mean, then the
     /// classifier; how sentence-transformers checkpoints were trained).
-    #[arg(long, value_enum, default_value_t = Pooling::Cls)]
-    pooling: Pooling,
+    /// Default: what the base was trained with (a model directory's), else cls.
+    #[arg(long, value_enum)]
+    pooling: Option<Pooling>,
     /// Start the classifier bias at each label's log prior odds on train.
     #[arg(long)]
     prior_bias: bool,
@@ -129,6 +142,14 @@ enum Cmd {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Rebuild a trainable checkpoint (Hugging Face layout) from a model directory's ONNX:
+    /// int8 weights dequantised, calibration folded into the classifier.
+    Recover {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Export a checkpoint (Hugging Face layout, e.g. RUN/best) to an emostream model directory.
     Export(ExportArgs),
     /// Export with int8 dynamic quantisation (same as `export --precision int8`).
@@ -182,10 +203,16 @@ enum Cmd {
         /// then compares its test metrics with this (int8) model's.
         #[arg(long)]
         compare: Option<PathBuf>,
-        /// The previous version's model directory: the report puts its test figures (per
-        /// label: precision, recall, F1, firings per 1,000 comments) beside this one's.
+        /// The previous version's model directory (or the one in production): the report
+        /// puts its test figures beside this one's, judges this one against it and writes
+        /// the verdict to gate.json (which `train publish` enforces).
         #[arg(long)]
         before: Option<PathBuf>,
+        /// The `train data import` dataset this candidate learnt from: judge it with the
+        /// refresh gate (GoEmotions test not significantly worse, held-out corrections at
+        /// least as well agreed with) instead of the default-model gate.
+        #[arg(long, requires = "before")]
+        feedback: Option<PathBuf>,
     },
     /// Training data of a team's own: `train data import`.
     Data {
@@ -217,6 +244,10 @@ enum Cmd {
         /// Announce the version on this control topic (every replica swaps and replies there).
         #[arg(long)]
         control_topic: Option<String>,
+        /// Publish even though the candidate's gate.json says it failed (or judged another
+        /// model.onnx, or another model than the one the registry serves).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -229,8 +260,10 @@ struct ExportArgs {
     /// Training run directory (its train.json goes into the card).
     #[arg(long)]
     run: Option<PathBuf>,
-    #[arg(long, default_value = "goemotions")]
-    name: String,
+    /// Default: the name of the model the run started from (when it was recovered from a
+    /// model directory), else "goemotions".
+    #[arg(long)]
+    name: Option<String>,
     #[arg(long, default_value = "1.0.0")]
     version: String,
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
@@ -296,11 +329,20 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
         (false, Precision::Fp32, plain) => Variant::Fp32 { fused: !plain },
         (_, _, true) => bail!("--plain exports fp32 only"),
     };
+    let name = match (&a.name, &a.run) {
+        (Some(n), _) => n.clone(),
+        (None, Some(run)) => std::fs::read_to_string(run.join("base/recovered.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["from_name"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "goemotions".into()),
+        (None, None) => "goemotions".into(),
+    };
     let card = package::export_model_dir(&package::ExportRequest {
         checkpoint: &a.checkpoint,
         out: &a.out,
         variant,
-        name: &a.name,
+        name: &name,
         version: &a.version,
         max_len: a.max_len,
         run: a.run.as_deref(),
@@ -314,21 +356,96 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
     Ok(())
 }
 
-/// `train fit`: a new run from a pretrained base.
+/// The checkpoint a run starts from, and its name for the card: a Hugging Face directory as
+/// given, or a model directory (given, or the registry's ACTIVE version) recovered from its
+/// ONNX into RUN/base.
+fn resolve_base(a: &FitArgs) -> Result<(PathBuf, String, bool)> {
+    let dir = match (&a.base, &a.from_registry) {
+        (Some(b), _) => b.clone(),
+        (None, Some(reg)) => {
+            let reg = emostream::model::registry::Registry::open(reg)?;
+            let v = reg
+                .active()?
+                .with_context(|| format!("{} names no version", reg.pointer_path().display()))?;
+            reg.resolve(&v)?
+        }
+        (None, None) => bail!("give --base or --from-registry"),
+    };
+    if !dir.join(emostream::model::dir::CARD_FILE).is_file() {
+        let name = a
+            .base_name
+            .clone()
+            .unwrap_or_else(|| dir.display().to_string());
+        return Ok((dir, name, false));
+    }
+    let out = a.run.join("base");
+    let r = emostream::train::onnx::recover::recover(&dir, &out)?;
+    tracing::info!(
+        from = %dir.display(),
+        dequantized = r.dequantized,
+        "recovered {} {} into {}",
+        r.from_name,
+        r.from_version,
+        out.display()
+    );
+    let name = a.base_name.clone().unwrap_or_else(|| {
+        format!(
+            "{} {} (recovered from its {} model.onnx, sha256 {})",
+            r.from_name, r.from_version, r.precision, r.from_model_sha256
+        )
+    });
+    Ok((out, name, true))
+}
+
+/// `train fit`: a new run from a pretrained base or the model in production.
 fn fit(a: FitArgs, progress: bool) -> Result<()> {
     let data = a.data.clone().unwrap_or_else(goemotions_dir);
     let labels = LabelSet::from_file(&data.join("labels.txt"))?;
-    let train = Split::read(&data.join("train.tsv"), labels.len())?;
+    let mut train = Split::read(&data.join("train.tsv"), labels.len())?;
     let dev = Split::read(&data.join("dev.tsv"), labels.len())?;
+    if a.run.join("checkpoint/state.json").exists() {
+        bail!(
+            "{} already holds a run; use `train resume`",
+            a.run.display()
+        );
+    }
+    let (base, base_name, from_model) = resolve_base(&a)?;
+    if from_model && a.prior_bias {
+        bail!("--prior-bias would overwrite the classifier bias of the model it starts from");
+    }
+    let pooling = match a.pooling {
+        Some(p) => p,
+        None => emostream::train::encoder::EncoderConfig::from_dir(&base, labels.len())?.pooling,
+    };
+    let mix = match &a.feedback {
+        Some(f) => {
+            let out = a.run.join("train-mix.tsv");
+            std::fs::create_dir_all(&a.run)?;
+            let rec = emostream::train::mix::write_mix(
+                &f.join("train.tsv"),
+                &train,
+                labels.len(),
+                a.replay_ratio,
+                a.seed,
+                &out,
+            )?;
+            tracing::info!(
+                own = rec.feedback_rows,
+                replay = rec.replay_rows,
+                "training on {}",
+                out.display()
+            );
+            train = Split::read(&out, labels.len())?;
+            Some(rec)
+        }
+        None => None,
+    };
     let n = a
         .limit_train_examples
         .map_or(train.examples.len(), |l| l.min(train.examples.len()));
     let total = Trainer::total_steps(n, a.batch_size, a.epochs);
     let cfg = TrainConfig {
-        base_model: a
-            .base_name
-            .clone()
-            .unwrap_or_else(|| a.base.display().to_string()),
+        base_model: base_name,
         train_path: std::fs::canonicalize(&train.path)?,
         dev_path: std::fs::canonicalize(&dev.path)?,
         train_sha256: train.sha256.clone(),
@@ -355,10 +472,11 @@ fn fit(a: FitArgs, progress: bool) -> Result<()> {
             total_steps: total,
         },
         limit_train_examples: a.limit_train_examples,
-        pooling: a.pooling,
+        pooling,
         prior_bias: a.prior_bias,
+        mix,
     };
-    let mut t = Trainer::create(&a.run, &a.base, cfg, labels, device(&a.device)?)?;
+    let mut t = Trainer::create(&a.run, &base, cfg, labels, device(&a.device)?)?;
     tracing::info!(
         params = t.params.count(),
         steps = total,
@@ -482,8 +600,26 @@ fn publish_version(
     activate: bool,
     kafka: KafkaArgs,
     control_topic: Option<String>,
+    force: bool,
 ) -> Result<()> {
     let reg = emostream::model::registry::Registry::open(registry)?;
+    // The gate first: nothing is copied for a candidate that is refused.
+    let candidate = emostream::model::dir::ModelDir::load(model, true)?;
+    let going_live = activate || control_topic.is_some();
+    let serving = match reg.active()? {
+        Some(v) if going_live => {
+            Some(emostream::model::dir::ModelDir::load(&reg.resolve(&v)?, false)?.card)
+        }
+        _ => None,
+    };
+    let why = emostream::train::gate::refusal(&candidate, serving.as_ref())?;
+    if why.is_none() && !model.join(emostream::train::gate::GATE_FILE).exists() {
+        eprintln!(
+            "note: {} was not judged (no gate.json: `train report --before CURRENT` writes it)",
+            model.display()
+        );
+    }
+    emostream::train::gate::enforce(why, force)?;
     let (v, dir) = reg.publish(model, version.as_deref())?;
     println!("published {} as {v} at {}", model.display(), dir.display());
     if activate {
@@ -619,6 +755,23 @@ fn main() -> Result<()> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match cli.cmd {
         Cmd::Fit(a) => fit(a, progress),
+        Cmd::Recover { model, out } => {
+            let r = emostream::train::onnx::recover::recover(&model, &out)?;
+            println!(
+                "wrote {}: {} {} ({} parameters; {} int8 matrices dequantised{})",
+                out.display(),
+                r.from_name,
+                r.from_version,
+                r.parameters,
+                r.dequantized,
+                if r.calibration_folded {
+                    "; calibration folded into the classifier"
+                } else {
+                    ""
+                }
+            );
+            Ok(())
+        }
         Cmd::Export(a) => export(a, false),
         Cmd::Quantize(a) => export(a, true),
         Cmd::Calibrate {
@@ -663,6 +816,7 @@ fn main() -> Result<()> {
             config,
             brokers,
             control_topic,
+            force,
         } => publish_version(
             &model,
             &registry,
@@ -670,23 +824,24 @@ fn main() -> Result<()> {
             activate,
             KafkaArgs { config, brokers },
             control_topic,
+            force,
         ),
         Cmd::Report {
             model,
             run,
             compare,
             before,
+            feedback,
         } => {
-            emostream::train::report::write_report(
+            let verdict = emostream::train::report::write_report(
                 &model,
                 run.as_deref(),
                 compare.as_deref(),
                 before.as_deref(),
+                feedback.as_deref(),
             )?;
-            if let Some(b) = &before {
-                let new = emostream::model::dir::ModelDir::load(&model, false)?.card;
-                let old = emostream::model::dir::ModelDir::load(b, false)?.card;
-                for c in emostream::train::report::ship_criteria(&new, &old) {
+            if let Some(v) = &verdict {
+                for c in &v.criteria {
                     println!(
                         "{} {}: {}",
                         if c.met { "met    " } else { "NOT MET" },
@@ -694,6 +849,12 @@ fn main() -> Result<()> {
                         c.detail
                     );
                 }
+                println!(
+                    "{} gate: {} (wrote {}/gate.json)",
+                    v.gate,
+                    if v.passed { "passed" } else { "FAILED" },
+                    model.display()
+                );
             }
             println!("wrote {}/report.md", model.display());
             Ok(())

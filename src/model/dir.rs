@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub(crate) const FORMAT_VERSION: u32 = 1;
-pub(crate) const CARD_FILE: &str = "model.json";
+pub const CARD_FILE: &str = "model.json";
 pub(crate) const ONNX_FILE: &str = "model.onnx";
 pub(crate) const TOKENIZER_FILE: &str = "tokenizer.json";
 

@@ -58,7 +58,7 @@ impl Registry {
     }
 
     /// The directory of `version`, which must exist inside the registry.
-    pub(crate) fn resolve(&self, version: &str) -> Result<PathBuf> {
+    pub fn resolve(&self, version: &str) -> Result<PathBuf> {
         check_version_name(version)?;
         let versions = self.root.join(VERSIONS_DIR);
         let dir = versions.join(version);
@@ -105,7 +105,7 @@ impl Registry {
     }
 
     /// The version `ACTIVE` names, if the pointer exists.
-    pub(crate) fn active(&self) -> Result<Option<String>> {
+    pub fn active(&self) -> Result<Option<String>> {
         match fs::read_to_string(self.pointer_path()) {
             Ok(s) => {
                 let v = s.trim().to_string();

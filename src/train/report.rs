@@ -5,6 +5,7 @@
 
 use crate::model::dir::{Evaluation, ModelCard, ModelDir, Reliability};
 use crate::model::eval::scores::LabelMetrics;
+use crate::train::gate::{self, Gate, Verdict};
 use crate::train::trainer::TrainState;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -366,10 +367,11 @@ fn per_label_table(out: &mut String, test: &Evaluation, before: Option<&ModelCar
 /// Largest drop of test macro-F1 from the previous version a new default may have.
 const MAX_MACRO_F1_DROP: f64 = 0.005;
 /// Lowest test precision a label may fire with where it has at least `MIN_SUPPORT` examples.
-const MIN_FIRING_PRECISION: f64 = 0.2;
-const MIN_SUPPORT: usize = 5;
+pub(crate) const MIN_FIRING_PRECISION: f64 = 0.2;
+pub(crate) const MIN_SUPPORT: usize = 5;
 
-/// One condition for replacing the previous version as the default, and how this one fares.
+/// One condition a candidate must meet (see `gate`), and how this one fares.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Criterion {
     pub name: String,
     pub met: bool,
@@ -437,17 +439,17 @@ pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
     out
 }
 
-fn ship_section(
-    out: &mut String,
-    card: &ModelCard,
-    before: &ModelCard,
-    paired: Option<(f64, [f64; 2])>,
-) {
-    let criteria = ship_criteria(card, before);
+fn ship_section(out: &mut String, v: &Verdict, card: &ModelCard, paired: Option<(f64, [f64; 2])>) {
+    let criteria = &v.criteria;
     if criteria.is_empty() {
         return;
     }
-    let verdict = if criteria.iter().all(|c| c.met) {
+    if v.gate == Gate::Refresh {
+        refresh_section(out, v, paired);
+        return;
+    }
+    let before = &v.before;
+    let verdict = if v.passed {
         format!(
             "{} meets every condition to replace {} as the default.",
             card.version, before.version
@@ -463,7 +465,7 @@ fn ship_section(
         "## Replacing {} {}\n\n{verdict}\n\n| condition | met | figures |\n|---|---|---|",
         before.name, before.version
     );
-    for c in &criteria {
+    for c in criteria {
         let met = if c.met { "yes" } else { "**no**" };
         let _ = writeln!(out, "| {} | {met} | {} |", c.name, c.detail);
     }
@@ -472,6 +474,56 @@ fn ship_section(
             out,
             "\nPaired bootstrap of the test macro-F1 difference ({} − {}; both models' decisions on the same 1,000 resamples of the test comments): {d:+.4}, 95% interval {lo:+.4} to {hi:+.4}.",
             card.version, before.version
+        );
+    }
+    let _ = writeln!(out);
+}
+
+/// A fine-tune of the model in production on moderators' corrections, judged for going live.
+fn refresh_section(out: &mut String, v: &Verdict, paired: Option<(f64, [f64; 2])>) {
+    let verdict = if v.passed {
+        format!(
+            "{} meets every condition to replace {} in production.",
+            v.candidate.version, v.before.version
+        )
+    } else {
+        format!("**{} does not meet every condition to replace {} in production**: `train publish` refuses it (unless `--force`).", v.candidate.version, v.before.version)
+    };
+    let _ = writeln!(
+        out,
+        "## Replacing {} {} in production (refresh from moderators' corrections)\n\n{verdict}\n\n| condition | met | figures |\n|---|---|---|",
+        v.before.name, v.before.version
+    );
+    for c in &v.criteria {
+        let met = if c.met { "yes" } else { "**no**" };
+        let _ = writeln!(out, "| {} | {met} | {} |", c.name, c.detail);
+    }
+    if let Some(f) = &v.feedback {
+        let _ = writeln!(
+            out,
+            "\nOn the imported corrections (`{}`), at each model's own thresholds:\n\n| comments | n | micro-F1 {} | micro-F1 {} | mean score of the moderators' labels {} | … {} |\n|---|---:|---:|---:|---:|---:|",
+            f.dataset, v.candidate.version, v.before.version, v.candidate.version, v.before.version
+        );
+        for (name, s) in [
+            ("held out (never trained on)", &f.heldout),
+            ("trained on", &f.trained_on),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {:.4} | {:.4} | {:.3} | {:.3} |",
+                s.comments,
+                s.micro_f1[0],
+                s.micro_f1[1],
+                s.mean_corrected_score[0],
+                s.mean_corrected_score[1]
+            );
+        }
+    }
+    if let Some((d, [lo, hi])) = paired {
+        let _ = writeln!(
+            out,
+            "\nPaired bootstrap of the GoEmotions test macro-F1 difference ({} − {}; 1,000 resamples of the test comments): {d:+.4}, 95% interval {lo:+.4} to {hi:+.4}.",
+            v.candidate.version, v.before.version
         );
     }
     let _ = writeln!(out);
@@ -528,12 +580,15 @@ fn row(out: &mut String, key: &str, e: &Evaluation) {
 /// With `compare` (another export of the same checkpoint, e.g. fp32 beside this int8 model),
 /// adds a table of both models' test macro-F1 under each threshold choice.
 /// With `before` (the previous version's directory), the per-label table shows both versions.
+/// Writes report.md (and its plots); with `before`, also the gate's verdict (gate.json), the
+/// refresh gate when `feedback` (a `train data import` dataset) is given, else the default one.
 pub fn write_report(
     model_dir: &Path,
     run: Option<&Path>,
     compare: Option<&Path>,
     before: Option<&Path>,
-) -> Result<()> {
+    feedback: Option<&Path>,
+) -> Result<Option<Verdict>> {
     let m = ModelDir::load(model_dir, true)?;
     let before_dir = before;
     let before = before
@@ -582,11 +637,24 @@ pub fn write_report(
         }
         let _ = writeln!(out);
     }
+    let mut verdict = None;
     if let (Some(b), Some(dir)) = (&before, before_dir) {
         let paired = paired_on_test(model_dir, dir, card)
             .map_err(|e| tracing::warn!("no paired comparison on test: {e:#}"))
             .ok();
-        ship_section(&mut out, card, b, paired);
+        let v = match feedback {
+            Some(data) => {
+                let f = gate::compare_on_feedback(model_dir, dir, data)?;
+                let criteria = gate::refresh_criteria(card, b, paired, &f);
+                Verdict::new(Gate::Refresh, card, b, criteria, Some(f))
+            }
+            None => Verdict::new(Gate::Default, card, b, ship_criteria(card, b), None),
+        };
+        ship_section(&mut out, &v, card, paired);
+        v.write(model_dir)?;
+        verdict = Some(v);
+    } else if feedback.is_some() {
+        anyhow::bail!("--feedback needs --before (the model the candidate would replace)");
     }
     thresholds_and_calibration(&mut out, card, before.as_ref());
     if let Some(t) = card.metrics.get("test") {
@@ -629,7 +697,8 @@ pub fn write_report(
         );
     }
     std::fs::write(model_dir.join("report.md"), out)
-        .with_context(|| format!("writing {}/report.md", model_dir.display()))
+        .with_context(|| format!("writing {}/report.md", model_dir.display()))?;
+    Ok(verdict)
 }
 
 #[cfg(test)]

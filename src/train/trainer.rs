@@ -57,6 +57,10 @@ pub struct TrainConfig {
     /// hundreds of steps are not spent learning label frequencies.
     #[serde(default)]
     pub prior_bias: bool,
+    /// Set when the training set mixes a team's imported rows with GoEmotions replay
+    /// (`train_path` is then the mixed file in the run directory).
+    #[serde(default)]
+    pub mix: Option<super::mix::MixRecord>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -73,6 +73,17 @@ pub(crate) fn layer(arch: Arch, i: usize) -> LayerNames {
     }
 }
 
+/// The initializer key of layer `i`'s packed Q|K|V projection in an exported model.
+pub(crate) fn packed_qkv(arch: Arch, i: usize) -> String {
+    let l = layer(arch, i);
+    format!(
+        "{}.qkv",
+        l.query
+            .trim_end_matches(".query")
+            .trim_end_matches(".q_lin")
+    )
+}
+
 pub fn head(arch: Arch) -> HeadNames {
     match arch {
         Arch::Bert => HeadNames {

@@ -347,12 +347,7 @@ impl<'a> Exporter<'a> {
             self.cfg.head_dim() as i64,
             self.cfg.hidden_size,
         );
-        let key = format!(
-            "{}.qkv",
-            l.query
-                .trim_end_matches(".query")
-                .trim_end_matches(".q_lin")
-        );
+        let key = names::packed_qkv(self.cfg.arch, i);
         let (k, n, w, b) = self.packed(&[&l.query, &l.key, &l.value])?;
         match self.variant {
             Variant::Fp32 { fused: true } => {

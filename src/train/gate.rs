@@ -1,0 +1,318 @@
+//! The gate between a candidate and users: `train report --before CURRENT` judges a candidate
+//! and writes its verdict to `gate.json` in the candidate's directory; `train publish` reads it
+//! and refuses a candidate that failed (or was judged as another model.onnx, or against a model
+//! other than the one the registry serves) unless `--force`.
+//!
+//! Two sets of conditions, chosen by what the candidate is for:
+//! - `default`: replacing the shipped default model (`report::ship_criteria`).
+//! - `refresh`: a fine-tune of the model in production on a team's corrections
+//!   (`train report --feedback DATASET`): no significant loss on GoEmotions test (the paired
+//!   bootstrap interval of the macro-F1 difference reaches 0), at least as much agreement with
+//!   the moderators on the held-out corrections, and no label newly firing at noise-level
+//!   precision.
+
+use super::report::{Criterion, MIN_FIRING_PRECISION, MIN_SUPPORT};
+use crate::backend::ort::RuntimeOptions;
+use crate::model::dir::{ModelCard, ModelDir};
+use crate::model::eval::dataset::Split;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+pub const GATE_FILE: &str = "gate.json";
+
+/// Which conditions judged the candidate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    Default,
+    Refresh,
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Gate::Default => "default",
+            Gate::Refresh => "refresh",
+        })
+    }
+}
+
+/// A model as the verdict names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+    pub model_sha256: String,
+}
+
+impl ModelRef {
+    pub fn of(card: &ModelCard) -> ModelRef {
+        ModelRef {
+            name: card.name.clone(),
+            version: card.version.clone(),
+            model_sha256: card.model_sha256.clone(),
+        }
+    }
+}
+
+/// `gate.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verdict {
+    pub gate: Gate,
+    pub candidate: ModelRef,
+    pub before: ModelRef,
+    pub criteria: Vec<Criterion>,
+    pub passed: bool,
+    /// Refresh: both models on the imported dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackComparison>,
+}
+
+impl Verdict {
+    pub fn new(
+        gate: Gate,
+        card: &ModelCard,
+        before: &ModelCard,
+        criteria: Vec<Criterion>,
+        feedback: Option<FeedbackComparison>,
+    ) -> Verdict {
+        Verdict {
+            gate,
+            candidate: ModelRef::of(card),
+            before: ModelRef::of(before),
+            passed: !criteria.is_empty() && criteria.iter().all(|c| c.met),
+            criteria,
+            feedback,
+        }
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(GATE_FILE);
+        std::fs::write(&path, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// The verdict kept in a model directory, if it was judged.
+    pub fn read(dir: &Path) -> Result<Option<Verdict>> {
+        let path = dir.join(GATE_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text)
+            .map(Some)
+            .with_context(|| format!("parsing {}", path.display()))
+    }
+}
+
+/// Two models side by side on one set of corrected comments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SideBySide {
+    pub comments: usize,
+    /// Micro-F1 against the moderators' labels at each model's own thresholds.
+    pub micro_f1: [f64; 2],
+    /// Mean score of the labels the moderators chose (candidate, before).
+    pub mean_corrected_score: [f64; 2],
+}
+
+/// Both models on the dataset `train data import` wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeedbackComparison {
+    pub dataset: String,
+    pub heldout_sha256: String,
+    pub heldout: SideBySide,
+    /// The comments the candidate was trained on (how much it learnt them, not a judgement).
+    pub trained_on: SideBySide,
+}
+
+fn side_by_side(model: &Path, before: &Path, tsv: &Path) -> Result<(SideBySide, String)> {
+    let runtime = RuntimeOptions::default();
+    let (new_m, split, new) = super::evaluate::score_split(model, tsv, &runtime)?;
+    let (old_m, _, old) = super::evaluate::score_split(before, tsv, &runtime)?;
+    let n = new_m.dir.card.labels.len();
+    let targets = split.targets(n);
+    let names = new_m.dir.card.labels.names().to_vec();
+    let micro = |scores: &[Vec<f32>], card: &ModelCard| {
+        if scores.is_empty() {
+            return 0.0;
+        }
+        crate::model::eval::scores::evaluate(scores, &targets, &card.thresholds.resolved(n), &names)
+            .micro_f1
+    };
+    let mean = |scores: &[Vec<f32>]| mean_corrected_score(scores, &split);
+    Ok((
+        SideBySide {
+            comments: split.examples.len(),
+            micro_f1: [micro(&new, &new_m.dir.card), micro(&old, &old_m.dir.card)],
+            mean_corrected_score: [mean(&new), mean(&old)],
+        },
+        split.sha256,
+    ))
+}
+
+/// The mean, over every (comment, label the moderators chose), of the model's score.
+pub fn mean_corrected_score(scores: &[Vec<f32>], split: &Split) -> f64 {
+    let (mut sum, mut n) = (0.0, 0usize);
+    for (row, e) in scores.iter().zip(&split.examples) {
+        for &j in &e.labels {
+            sum += row[j] as f64;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// Scores both models on `dataset`'s heldout.tsv and train.tsv.
+pub fn compare_on_feedback(
+    model: &Path,
+    before: &Path,
+    dataset: &Path,
+) -> Result<FeedbackComparison> {
+    let (heldout, heldout_sha256) = side_by_side(model, before, &dataset.join("heldout.tsv"))?;
+    let (trained_on, _) = side_by_side(model, before, &dataset.join("train.tsv"))?;
+    Ok(FeedbackComparison {
+        dataset: dataset.display().to_string(),
+        heldout_sha256,
+        heldout,
+        trained_on,
+    })
+}
+
+/// The refresh conditions. `paired` is the test macro-F1 difference (candidate − before) with
+/// its paired bootstrap 95% interval.
+pub fn refresh_criteria(
+    card: &ModelCard,
+    before: &ModelCard,
+    paired: Option<(f64, [f64; 2])>,
+    feedback: &FeedbackComparison,
+) -> Vec<Criterion> {
+    let mut out = Vec::new();
+    let test = |c: &ModelCard| c.metrics.get("test").map(|e| e.metrics.macro_f1);
+    out.push(Criterion {
+        name: format!(
+            "GoEmotions test macro-F1 not significantly below {} (paired bootstrap 95% interval of the difference reaches 0)",
+            before.version
+        ),
+        met: paired.is_some_and(|(_, [_, hi])| hi >= 0.0),
+        detail: match (test(card), test(before), paired) {
+            (Some(a), Some(b), Some((d, [lo, hi]))) => {
+                format!("{a:.4} vs {b:.4} ({d:+.4}; interval {lo:+.4} to {hi:+.4})")
+            }
+            _ => "no paired test comparison (both cards need `train evaluate --write`)".into(),
+        },
+    });
+    let h = &feedback.heldout;
+    out.push(Criterion {
+        name: format!(
+            "held-out corrections: micro-F1 at least {}'s",
+            before.version
+        ),
+        met: h.comments > 0 && h.micro_f1[0] >= h.micro_f1[1],
+        detail: if h.comments == 0 {
+            "heldout.tsv is empty: nothing to judge the corrections by (import with --heldout-percent above 0)".into()
+        } else {
+            format!(
+                "{:.4} vs {:.4} on {} comments (mean score of the moderators' labels {:.3} vs {:.3})",
+                h.micro_f1[0], h.micro_f1[1], h.comments, h.mean_corrected_score[0], h.mean_corrected_score[1]
+            )
+        },
+    });
+    let low = |c: &ModelCard| -> Vec<(String, f64)> {
+        c.metrics
+            .get("test")
+            .map(|e| {
+                e.metrics
+                    .per_label
+                    .iter()
+                    .filter(|l| {
+                        l.support >= MIN_SUPPORT
+                            && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
+                            && l.precision < MIN_FIRING_PRECISION
+                    })
+                    .map(|l| (l.label.clone(), l.precision))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let was_low: Vec<String> = low(before).into_iter().map(|(l, _)| l).collect();
+    let newly: Vec<String> = low(card)
+        .into_iter()
+        .filter(|(l, _)| !was_low.contains(l))
+        .map(|(l, p)| format!("{l} {p:.3}"))
+        .collect();
+    out.push(Criterion {
+        name: format!(
+            "no label with {MIN_SUPPORT}+ test examples newly fires with precision below {MIN_FIRING_PRECISION}"
+        ),
+        met: card.metrics.contains_key("test") && newly.is_empty(),
+        detail: match (newly.is_empty(), was_low.is_empty()) {
+            (false, _) => newly.join(", "),
+            (true, true) => "none".into(),
+            (true, false) => format!("none (already below under {}: {})", before.version, was_low.join(", ")),
+        },
+    });
+    out
+}
+
+/// Why `train publish` should not put `dir` in front of users, if it should not: a failed
+/// verdict, a verdict about another model.onnx, or one against a model other than `serving`
+/// (the registry's active version's card), when going live.
+pub fn refusal(dir: &ModelDir, serving: Option<&ModelCard>) -> Result<Option<String>> {
+    let Some(v) = Verdict::read(&dir.dir)? else {
+        return Ok(None);
+    };
+    if v.candidate.model_sha256 != dir.card.model_sha256 {
+        return Ok(Some(format!(
+            "{GATE_FILE} judged model.onnx sha256 {}, but this one is {}: run `train report --before` again",
+            v.candidate.model_sha256, dir.card.model_sha256
+        )));
+    }
+    if !v.passed {
+        let unmet: Vec<String> = v
+            .criteria
+            .iter()
+            .filter(|c| !c.met)
+            .map(|c| format!("{} ({})", c.name, c.detail))
+            .collect();
+        return Ok(Some(format!(
+            "{} {} failed the {} gate against {} {}: {}",
+            v.candidate.name,
+            v.candidate.version,
+            v.gate,
+            v.before.name,
+            v.before.version,
+            if unmet.is_empty() {
+                "no condition could be judged".into()
+            } else {
+                unmet.join("; ")
+            }
+        )));
+    }
+    if let Some(s) = serving {
+        if s.model_sha256 != v.before.model_sha256 {
+            return Ok(Some(format!(
+                "judged against {} {} but the registry serves {} {}: judge it against the model it replaces",
+                v.before.name, v.before.version, s.name, s.version
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Refuses with `why` unless forced (then says it went ahead).
+pub fn enforce(why: Option<String>, force: bool) -> Result<()> {
+    match (why, force) {
+        (None, _) => Ok(()),
+        (Some(w), true) => {
+            eprintln!("warning: publishing despite the gate (--force): {w}");
+            Ok(())
+        }
+        (Some(w), false) => bail!("refused: {w} (--force publishes it anyway)"),
+    }
+}
