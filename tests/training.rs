@@ -242,3 +242,87 @@ fn pretrained_minilm_forward_reproduces_published_similarities() {
         );
     }
 }
+
+/// Exports `base` (a checkpoint with the 28 labels) as `variant` into `out`.
+fn export_as(
+    base: &std::path::Path,
+    out: &std::path::Path,
+    variant: emostream::train::onnx::Variant,
+) -> String {
+    emostream::train::package::export_model_dir(&emostream::train::package::ExportRequest {
+        checkpoint: base,
+        out,
+        variant,
+        name: "recover-test",
+        version: "0.0.1",
+        max_len: 64,
+        run: None,
+    })
+    .unwrap()
+    .model_sha256
+}
+
+#[test]
+fn recovering_the_shipped_model_and_exporting_it_again_gives_the_same_onnx_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let shipped = common::shipped_model_dir();
+    let card = emostream::model::dir::ModelDir::load(&shipped, true)
+        .unwrap()
+        .card;
+    let ck = tmp.path().join("recovered");
+    let r = emostream::train::onnx::recover::recover(&shipped, &ck).unwrap();
+    assert_eq!(
+        r.dequantized, 25,
+        "6 layers x (QKV, attention out, FFN in, FFN out) + words"
+    );
+    let again =
+        emostream::train::package::export_model_dir(&emostream::train::package::ExportRequest {
+            checkpoint: &ck,
+            out: &tmp.path().join("again"),
+            variant: emostream::train::onnx::Variant::Int8,
+            name: &card.name,
+            version: &card.version,
+            max_len: card.max_sequence_length,
+            run: None,
+        })
+        .unwrap();
+    assert_eq!(
+        again.model_sha256, card.model_sha256,
+        "same model.onnx bytes"
+    );
+}
+
+#[test]
+fn every_layout_and_variant_recovers_to_weights_that_export_to_the_same_bytes() {
+    use emostream::train::onnx::Variant;
+    let tmp = tempfile::tempdir().unwrap();
+    for arch in [Arch::Bert, Arch::Roberta, Arch::Distilbert] {
+        let base = tmp.path().join(format!("{arch:?}-base"));
+        let cfg = common::tiny_checkpoint(arch, &base, 11);
+        let labels = emostream::model::labels::LabelSet::goemotions();
+        std::fs::write(
+            base.join("config.json"),
+            serde_json::to_vec(&cfg.to_hf(labels.names())).unwrap(),
+        )
+        .unwrap();
+        for variant in [
+            Variant::Fp32 { fused: true },
+            Variant::Fp32 { fused: false },
+            Variant::Int8,
+        ] {
+            let tag = format!("{arch:?}-{}", variant.precision())
+                + if variant == (Variant::Fp32 { fused: false }) {
+                    "-plain"
+                } else {
+                    ""
+                };
+            let first = tmp.path().join(format!("{tag}-model"));
+            let sha = export_as(&base, &first, variant);
+            let ck = tmp.path().join(format!("{tag}-recovered"));
+            emostream::train::onnx::recover::recover(&first, &ck)
+                .unwrap_or_else(|e| panic!("{tag}: {e:#}"));
+            let again = export_as(&ck, &tmp.path().join(format!("{tag}-again")), variant);
+            assert_eq!(again, sha, "{tag}: re-export of the recovered weights");
+        }
+    }
+}

@@ -35,7 +35,8 @@ struct FitArgs {
     /// model.onnx), whose weights are recovered from its ONNX into RUN/base first.
     #[arg(long, required_unless_present = "from_registry")]
     base: Option<PathBuf>,
-    /// Start from the version the registry's ACTIVE names (the model now in production).
+    /// Start from the version the registry's ACTIVE names (the model now in production), or
+    /// from a model directory given here.
     #[arg(long, conflicts_with = "base")]
     from_registry: Option<PathBuf>,
     /// Run directory to create (checkpoints, best weights).
@@ -203,7 +204,8 @@ enum Cmd {
         /// then compares its test metrics with this (int8) model's.
         #[arg(long)]
         compare: Option<PathBuf>,
-        /// The previous version's model directory (or the one in production): the report
+        /// The previous version's model directory, or a registry root (its ACTIVE version,
+        /// the model in production): the report
         /// puts its test figures beside this one's, judges this one against it and writes
         /// the verdict to gate.json (which `train publish` enforces).
         #[arg(long)]
@@ -362,13 +364,7 @@ fn export(a: ExportArgs, quantize: bool) -> Result<()> {
 fn resolve_base(a: &FitArgs) -> Result<(PathBuf, String, bool)> {
     let dir = match (&a.base, &a.from_registry) {
         (Some(b), _) => b.clone(),
-        (None, Some(reg)) => {
-            let reg = emostream::model::registry::Registry::open(reg)?;
-            let v = reg
-                .active()?
-                .with_context(|| format!("{} names no version", reg.pointer_path().display()))?;
-            reg.resolve(&v)?
-        }
+        (None, Some(reg)) => model_or_active(reg)?,
         (None, None) => bail!("give --base or --from-registry"),
     };
     if !dir.join(emostream::model::dir::CARD_FILE).is_file() {
@@ -736,6 +732,24 @@ fn import_data(
     Ok(())
 }
 
+/// `path` itself when it is a model directory; a registry root's ACTIVE version otherwise.
+fn model_or_active(path: &std::path::Path) -> Result<PathBuf> {
+    if path.join(emostream::model::dir::CARD_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let neither = || {
+        format!(
+            "{} is neither a model directory nor a registry with an ACTIVE version",
+            path.display()
+        )
+    };
+    // Opening a registry creates it: only open what already is one.
+    anyhow::ensure!(path.join("versions").is_dir(), neither());
+    let reg = emostream::model::registry::Registry::open(path)?;
+    let v = reg.active()?.with_context(neither)?;
+    reg.resolve(&v)
+}
+
 fn settings_brokers(kafka: &KafkaArgs, s: &emostream::daemon::config::Settings) -> String {
     kafka
         .brokers
@@ -833,6 +847,7 @@ fn main() -> Result<()> {
             before,
             feedback,
         } => {
+            let before = before.map(|b| model_or_active(&b)).transpose()?;
             let verdict = emostream::train::report::write_report(
                 &model,
                 run.as_deref(),

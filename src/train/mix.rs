@@ -44,7 +44,7 @@ pub fn write_mix(
     );
     let replay = ((own.examples.len() as f64 * replay_ratio).round() as usize)
         .min(goemotions_train.examples.len());
-    let mut rng = SplitMix64::derive(seed, 0x4d49_58, 0);
+    let mut rng = SplitMix64::derive(seed, 0x004d_4958, 0);
     // Partial Fisher-Yates: the first `replay` indices of a seeded permutation.
     let mut idx: Vec<usize> = (0..goemotions_train.examples.len()).collect();
     for i in 0..replay {

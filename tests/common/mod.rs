@@ -258,6 +258,7 @@ pub fn run_from_with(
         limit_train_examples: Some(examples),
         pooling: Default::default(),
         prior_bias: false,
+        mix: None,
     };
     let mut cfg = cfg;
     tweak(&mut cfg);

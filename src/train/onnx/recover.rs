@@ -46,7 +46,13 @@ impl Initializers {
                     .collect(),
                 data_type::FLOAT => t.float_data.clone(),
                 data_type::INT8 => t.raw_data.iter().map(|&b| b as i8 as f32).collect(),
-                _ => continue, // shapes, axes, zero points: not parameters
+                // shapes and ids (small integers, exact in f32)
+                data_type::INT64 => t
+                    .raw_data
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                    .collect(),
+                _ => continue, // zero points: not parameters
             };
             if data.len() != dims.iter().product::<usize>() {
                 bail!(
@@ -188,7 +194,13 @@ pub fn recover(model: &Path, out: &Path) -> Result<Recovered> {
         max_position_embeddings: max_pos,
         type_vocab_size: type_vocab,
         layer_norm_eps: eps,
-        pad_token_id: pad_token_id(&graph.initializer, arch),
+        // RoBERTa exports its padding id (positions count from it); the others pad with 0.
+        pad_token_id: inits
+            .0
+            .get("pad_token_id")
+            .map_or(if arch == Arch::Roberta { 1 } else { 0 }, |(_, v)| {
+                v[0] as u32
+            }),
         hidden_dropout: 0.1,
         attention_dropout: 0.1,
         classifier_dropout: 0.1,
@@ -315,13 +327,4 @@ pub fn recover(model: &Path, out: &Path) -> Result<Recovered> {
     };
     std::fs::write(out.join("recovered.json"), serde_json::to_vec_pretty(&r)?)?;
     Ok(r)
-}
-
-/// RoBERTa exports its padding id (positions count from it); the others pad with 0.
-fn pad_token_id(inits: &[TensorProto], arch: Arch) -> u32 {
-    inits
-        .iter()
-        .find(|t| t.name == "pad_token_id" && t.raw_data.len() == 8)
-        .map(|t| i64::from_le_bytes(t.raw_data[..8].try_into().expect("8 bytes")) as u32)
-        .unwrap_or(if arch == Arch::Roberta { 1 } else { 0 })
 }
