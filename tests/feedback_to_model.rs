@@ -225,6 +225,9 @@ fn corrections_become_a_model_that_scores_them_higher_and_a_failing_candidate_is
     );
     let gate: Value =
         serde_json::from_slice(&std::fs::read(work.join("candidate/gate.json")).unwrap()).unwrap();
+    for c in gate["criteria"].as_array().unwrap() {
+        eprintln!("{}: {} ({})", GOOD, c["name"], c["detail"]);
+    }
     assert_eq!(gate["gate"], "refresh");
     assert_eq!(gate["passed"], true, "{gate:#}");
     // The GoEmotions test condition is judged on the paired bootstrap interval, which the card
@@ -282,6 +285,12 @@ fn corrections_become_a_model_that_scores_them_higher_and_a_failing_candidate_is
     );
     let out = text(&bad);
     assert!(!bad.status.success(), "{out}");
+    eprintln!(
+        "{}",
+        out.lines()
+            .filter(|l| l.contains("refused:"))
+            .collect::<String>()
+    );
     assert!(out.contains("refused:"), "{out}");
     assert!(
         out.contains("GoEmotions test macro-F1 not significantly below"),
