@@ -5,7 +5,7 @@
 
 use crate::model::dir::{Evaluation, ModelCard, ModelDir, Reliability};
 use crate::model::eval::scores::LabelMetrics;
-use crate::train::gate::{self, Gate, Verdict};
+use crate::train::gate::{self, ship_criteria, Gate, Verdict};
 use crate::train::trainer::TrainState;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
@@ -364,81 +364,6 @@ fn per_label_table(out: &mut String, test: &Evaluation, before: Option<&ModelCar
     }
 }
 
-/// Largest drop of test macro-F1 from the previous version a new default may have.
-const MAX_MACRO_F1_DROP: f64 = 0.005;
-/// Lowest test precision a label may fire with where it has at least `MIN_SUPPORT` examples.
-pub(crate) const MIN_FIRING_PRECISION: f64 = 0.2;
-pub(crate) const MIN_SUPPORT: usize = 5;
-
-/// One condition a candidate must meet (see `gate`), and how this one fares.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Criterion {
-    pub name: String,
-    pub met: bool,
-    pub detail: String,
-}
-
-/// The conditions for `card` to replace `before` as the shipped default: test macro-F1 no more
-/// than 0.005 below; no label with 5+ test examples firing with precision under 0.2; test ECE
-/// lower. Empty when either card lacks a test evaluation.
-pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
-    let (Some(new), Some(old)) = (card.metrics.get("test"), before.metrics.get("test")) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    let (a, b) = (new.metrics.macro_f1, old.metrics.macro_f1);
-    out.push(Criterion {
-        name: format!(
-            "test macro-F1 at most {MAX_MACRO_F1_DROP} below {}",
-            before.version
-        ),
-        met: a >= b - MAX_MACRO_F1_DROP,
-        detail: format!("{a:.4} vs {b:.4} ({:+.4})", a - b),
-    });
-    let low: Vec<String> = new
-        .metrics
-        .per_label
-        .iter()
-        .filter(|l| {
-            l.support >= MIN_SUPPORT
-                && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
-                && l.precision < MIN_FIRING_PRECISION
-        })
-        .map(|l| format!("{} {:.3}", l.label, l.precision))
-        .collect();
-    out.push(Criterion {
-        name: format!(
-            "no label with {MIN_SUPPORT}+ test examples fires with precision below {MIN_FIRING_PRECISION}"
-        ),
-        met: low.is_empty(),
-        detail: if low.is_empty() {
-            "none".into()
-        } else {
-            low.join(", ")
-        },
-    });
-    // The previous version's ECE: its own card's, or (when this model is it, calibrated) the
-    // uncalibrated scores' here.
-    let old_ece = old.reliability.as_ref().map(|r| r.ece).or_else(|| {
-        card.calibration
-            .as_ref()
-            .filter(|c| c.uncalibrated_sha256 == before.model_sha256)
-            .and(new.reliability_uncalibrated.as_ref())
-            .map(|r| r.ece)
-    });
-    let new_ece = new.reliability.as_ref().map(|r| r.ece);
-    out.push(Criterion {
-        name: format!("test ECE lower than {}", before.version),
-        met: matches!((new_ece, old_ece), (Some(x), Some(y)) if x < y),
-        detail: format!(
-            "{} vs {}",
-            new_ece.map_or("?".into(), |x| format!("{x:.4}")),
-            old_ece.map_or("?".into(), |x| format!("{x:.4}"))
-        ),
-    });
-    out
-}
-
 fn ship_section(out: &mut String, v: &Verdict, card: &ModelCard, paired: Option<(f64, [f64; 2])>) {
     let criteria = &v.criteria;
     if criteria.is_empty() {
@@ -699,60 +624,4 @@ pub fn write_report(
     std::fs::write(model_dir.join("report.md"), out)
         .with_context(|| format!("writing {}/report.md", model_dir.display()))?;
     Ok(verdict)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn card(path: &str) -> ModelCard {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
-        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn ship_criteria_refuse_the_measured_candidate_and_accept_one_that_meets_them() {
-        // The real cards: the shipped 1.0.0 and the calibrated 1.1.0 candidate (docs/candidates).
-        let old = card("models/goemotions-minilm-l6/model.json");
-        let mut new = card("docs/candidates/goemotions-minilm-l6-1.1.0/model.json");
-        let met: Vec<bool> = ship_criteria(&new, &old).iter().map(|c| c.met).collect();
-        assert_eq!(
-            met,
-            [false, true, true],
-            "macro-F1 too low; precision and ECE met"
-        );
-        // 1.0.0's ECE comes from the candidate's uncalibrated scores (1.0.0's card has none).
-        assert!(ship_criteria(&new, &old)[2].detail.contains(" vs 0.0042"));
-
-        // Within 0.005 of the old macro-F1, every condition holds.
-        let t = new.metrics.get_mut("test").unwrap();
-        t.metrics.macro_f1 = old.metrics["test"].metrics.macro_f1 - 0.004;
-        assert!(ship_criteria(&new, &old).iter().all(|c| c.met));
-        // A label with 5+ test examples firing at precision 0.15 breaks it; at 4 examples not.
-        let t = new.metrics.get_mut("test").unwrap();
-        let l = t
-            .metrics
-            .per_label
-            .iter_mut()
-            .find(|l| l.label == "relief")
-            .unwrap();
-        (l.precision, l.support) = (0.15, 5);
-        let c = ship_criteria(&new, &old);
-        assert!(
-            !c[1].met && c[1].detail.contains("relief 0.150"),
-            "{}",
-            c[1].detail
-        );
-        let t = new.metrics.get_mut("test").unwrap();
-        t.metrics
-            .per_label
-            .iter_mut()
-            .find(|l| l.label == "relief")
-            .unwrap()
-            .support = 4;
-        assert!(ship_criteria(&new, &old)[1].met);
-        // Without calibration data there is no ECE to compare: not met.
-        new.metrics.get_mut("test").unwrap().reliability = None;
-        assert!(!ship_criteria(&new, &old)[2].met);
-    }
 }
