@@ -56,14 +56,17 @@ for values in default production; do
   "$helm" lint --strict --kube-version "$kube" "$chart" "${args[@]}"
   "$helm" template emostream "$chart" --kube-version "$kube" "${args[@]}" > "$out/$values.yaml"
   validate "$out/$values.yaml"
-  # The daemon's own start-up validation of the rendered TOML (token as the Secret gives it).
+  # The daemon's own start-up validation of the rendered TOML (token as the Secret gives it,
+  # replica and transactional ids as the Deployment's env gives them from the pod name).
   "$venv/bin/python" - "$out/$values.yaml" "$out/$values.toml" <<'PY'
 import sys, yaml
 for d in yaml.safe_load_all(open(sys.argv[1])):
     if d and d["kind"] == "ConfigMap" and "emostream.toml" in d.get("data", {}):
         open(sys.argv[2], "w").write(d["data"]["emostream.toml"])
 PY
-  EMOSTREAM__ADMIN__TOKEN=from-the-secret "$emostream" --config "$out/$values.toml" check-config
+  EMOSTREAM__ADMIN__TOKEN=from-the-secret EMOSTREAM__REGISTRY__REPLICA_ID=emostream-0 \
+    EMOSTREAM__KAFKA__TRANSACTIONAL_ID=emostream-emostream-0 \
+    "$emostream" --config "$out/$values.toml" check-config
 done
 # The try-it page and live view are on with the default values, off in production.
 python3 - "$out/default.toml" "$out/production.toml" <<'PY'

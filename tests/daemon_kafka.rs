@@ -734,3 +734,70 @@ fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
         .expect("exit")
         .success());
 }
+
+#[test]
+fn a_backlog_older_than_the_stall_timeout_stays_live_while_labels_flow() {
+    // A backlog whose oldest message waits far longer than health.stall_timeout_ms (3 s, over
+    // one backlog batch's inference here) while the model works through it: queueing, not a
+    // stuck stage, so /healthz stays 200 (it was 503 once the oldest message was 3 s old); the
+    // series exist at zero before any input.
+    let topics = Topics::new(2);
+    let port = free_port();
+    let mut env = daemon_env(&topics, &common::shipped_model_dir());
+    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
+    for (k, v) in [
+        ("EMOSTREAM__ADMIN__BIND", format!("127.0.0.1:{port}")),
+        ("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS", "3000".into()),
+        ("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS", "2500".into()),
+        // One worker on one thread: a slow model for this machine.
+        ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1".into()),
+        ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1".into()),
+    ] {
+        env.push((k.into(), v));
+    }
+    let _daemon = DaemonBuilder::new(&env).spawn();
+    let page = wait_http(port, "/metrics", Duration::from_secs(60), |c, _| c == 200);
+    assert_eq!(
+        metric(&page, "emostream_labelled_total"),
+        Some(0.0),
+        "{page}"
+    );
+    assert_eq!(
+        metric(&page, "emostream_consumed_total"),
+        Some(0.0),
+        "{page}"
+    );
+    assert!(
+        metric(&page, "emostream_cluster_reachable").is_some(),
+        "{page}"
+    );
+    wait_http(port, "/healthz", Duration::from_secs(60), |c, _| c == 200);
+
+    const N: usize = 6000;
+    produce(&topics.input, &comments(N, 50));
+    let (mut samples, mut failed) = (0, Vec::new());
+    let start = std::time::Instant::now();
+    loop {
+        let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
+        let labelled = metric(&page, "emostream_labelled_total").unwrap_or(0.0);
+        let (code, body) = http_get(port, "/healthz").expect("/healthz answers");
+        samples += 1;
+        if code != 200 {
+            failed.push(format!("{code} {body} at {labelled} labelled"));
+        }
+        if labelled as usize >= N || start.elapsed() > Duration::from_secs(180) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    eprintln!(
+        "{N} comments in {took:.1?} with stall_timeout 3 s: {samples} /healthz samples, {} not 200",
+        failed.len()
+    );
+    assert!(
+        took > Duration::from_secs(9),
+        "the backlog must outlast the stall timeout several times: {took:?}"
+    );
+    assert!(failed.is_empty(), "{failed:?}");
+}

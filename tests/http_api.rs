@@ -164,13 +164,20 @@ fn over_limit_requests_get_413_or_429_and_bad_json_400_each_with_a_json_error() 
     let mut held = hold_a_request_open(port);
     // Until the held request has its slot (a slow machine may take a moment: with the other
     // tests' daemons loading models on two cores, 1 s was seen to be too short), others pass.
+    // A request sent while the held one is still being read can take the slot first; the held
+    // one is then refused (429) and answered at once, so it is sent again.
     let end = std::time::Instant::now() + Duration::from_secs(10);
     let (c, b) = loop {
+        std::thread::sleep(Duration::from_millis(100));
         let (c, b) = classify(port, &json!({"text": "hello"}));
         if c != 200 || std::time::Instant::now() > end {
             break (c, b);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        held.set_read_timeout(Some(Duration::from_millis(1)))
+            .unwrap();
+        if matches!(held.read(&mut [0u8; 64]), Ok(n) if n > 0) {
+            held = hold_a_request_open(port);
+        }
     };
     error(c, b, 429, "api.max_concurrent");
     // A body that never arrives is given up after api.timeout_ms (2 s here), freeing the slot.
@@ -272,4 +279,93 @@ fn the_api_and_live_view_follow_the_admin_access_rules_while_the_pages_are_open(
     assert_eq!(http_get(port, "/").unwrap().0, 404);
     assert_eq!(http_get(port, "/v1/live").unwrap().0, 404);
     assert_eq!(http_post(port, "/v1/classify", body, None).unwrap().0, 200);
+}
+
+/// Open file descriptors of process `pid` (each connection the server holds is one).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+#[test]
+fn half_open_connections_are_closed_by_the_header_timeout_and_never_block_the_probes() {
+    const HALF_OPEN: usize = 5000;
+    let (daemon, port) = serve(&[("EMOSTREAM__ADMIN__HEADER_READ_TIMEOUT_MS", "3000".into())]);
+    let pid = daemon.0.id();
+    let before = open_fds(pid);
+    // Clients that start a request and never finish its headers.
+    let mut held: Vec<std::net::TcpStream> = (0..HALF_OPEN)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n")
+                .unwrap();
+            s
+        })
+        .collect();
+    let t = std::time::Instant::now();
+    let (code, _) = http_get(port, "/healthz").expect("a fresh probe is answered");
+    let probe = t.elapsed();
+    let during = open_fds(pid);
+    assert_eq!(code, 200);
+    assert!(probe < Duration::from_secs(1), "/healthz took {probe:?}");
+    assert!(
+        during >= before + HALF_OPEN / 2,
+        "the server holds them: {before} -> {during} fds"
+    );
+    // The header timeout closes every one of them: each client reads end-of-stream.
+    std::thread::sleep(Duration::from_secs(5));
+    let mut closed = 0;
+    for s in &mut held {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        // hyper may answer 408 before closing; what matters is the end of the stream.
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed += 1;
+                    break;
+                }
+                Ok(_) => continue,
+                Err(_) => break,
+            }
+        }
+    }
+    let after = open_fds(pid);
+    eprintln!(
+        "{HALF_OPEN} half-open connections: fresh /healthz in {probe:?}; server fds {before} -> {during} -> {after} 5 s later; {closed} closed by the server"
+    );
+    assert_eq!(
+        closed, HALF_OPEN,
+        "every half-open connection closed by the header timeout"
+    );
+    assert!(after < before + 50, "fds back near {before}: {after}");
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_at_once_and_counted() {
+    let (_daemon, port) = serve(&[("EMOSTREAM__ADMIN__MAX_CONNECTIONS", "20".into())]);
+    let idle: Vec<std::net::TcpStream> = (0..40)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut shut = 0;
+    for mut s in idle.iter() {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        if matches!(s.read(&mut [0u8; 16]), Ok(0)) {
+            shut += 1;
+        }
+    }
+    assert_eq!(
+        shut, 20,
+        "the 20 past the cap were closed, the 20 under it kept"
+    );
+    drop(idle);
+    let metrics = wait_http(port, "/metrics", Duration::from_secs(10), |c, _| c == 200);
+    let refused: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("emostream_http_connections_refused_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    assert!(refused >= 20.0, "{metrics}");
 }

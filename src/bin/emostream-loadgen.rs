@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 #[command(
     name = "emostream-loadgen",
+    version,
     about = "Load generator and live summary for emostream"
 )]
 struct Args {

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "emostream",
+    version,
     about = "Label a Kafka stream of comments with GoEmotions emotions"
 )]
 struct Cli {
@@ -68,7 +69,7 @@ fn real_main() -> Result<()> {
         }
         Cmd::Serve { model } => {
             if let Some(m) = model {
-                s.model.dir = m;
+                s.model.dir = model_override(&s, m)?;
             }
             let r = rt.block_on(emostream::daemon::serve::run(s));
             rt.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -79,7 +80,7 @@ fn real_main() -> Result<()> {
                 s.input.format = f;
             }
             if let Some(m) = model {
-                s.model.dir = m;
+                s.model.dir = model_override(&s, m)?;
             }
             rt.block_on(emostream::daemon::stdin::run(s))
         }
@@ -90,6 +91,19 @@ fn real_main() -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `--model DIR`, refused where a registry decides the model (its ACTIVE version would be
+/// served and the flag silently ignored).
+fn model_override(s: &Settings, dir: PathBuf) -> Result<PathBuf> {
+    if !s.registry_root().is_empty() {
+        anyhow::bail!(
+            "--model {} conflicts with config key registry.root = {:?}: the registry's ACTIVE version is what is served; unset registry.root (e.g. EMOSTREAM__REGISTRY__ROOT=\"\") to serve a directory",
+            dir.display(),
+            s.registry_root()
+        );
+    }
+    Ok(dir)
 }
 
 const SMOKE: [&str; 4] = [

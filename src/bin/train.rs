@@ -21,6 +21,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(
     name = "train",
+    version,
     about = "Fine-tune BERT-family encoders on GoEmotions and build emostream model directories"
 )]
 struct Cli {
@@ -608,6 +609,23 @@ fn publish_version(
         }
         _ => None,
     };
+    // The control message must be signable before anything is published or activated: a
+    // missing key would otherwise publish and activate, then fail to announce.
+    let announcement = match &control_topic {
+        Some(topic) => {
+            let mut settings = emostream::daemon::config::Settings::load(kafka.config.as_deref())?;
+            if let Some(b) = &kafka.brokers {
+                settings.set_brokers(b);
+            }
+            let control =
+                emostream::daemon::kafka::control::ControlSettings::from_settings(&settings);
+            control.key().context(
+                "--control-topic: the announcement is signed with registry.control_key_file (give the daemons' --config)",
+            )?;
+            Some((control, topic.clone()))
+        }
+        None => None,
+    };
     let why = emostream::train::gate::refusal(&candidate, serving.as_ref())?;
     if why.is_none() && !model.join(emostream::train::gate::GATE_FILE).exists() {
         eprintln!(
@@ -622,20 +640,14 @@ fn publish_version(
         reg.set_active(&v)?;
         println!("{} now names {v}", reg.pointer_path().display());
     }
-    if let Some(topic) = control_topic {
-        let mut settings = emostream::daemon::config::Settings::load(kafka.config.as_deref())?;
-        if let Some(b) = &kafka.brokers {
-            settings.set_brokers(b);
-        }
+    if let Some((control, topic)) = announcement {
         let rid = format!("publish-{v}-{}", std::process::id());
         let msg = emostream::daemon::kafka::control::activate_message(&v, &rid);
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
             .block_on(emostream::daemon::kafka::control::announce(
-                &emostream::daemon::kafka::control::ControlSettings::from_settings(&settings),
-                &topic,
-                &msg,
+                &control, &topic, &msg,
             ))?;
         println!("announced {v} on {topic} (request_id {rid})");
     }

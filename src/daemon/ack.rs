@@ -130,6 +130,10 @@ pub(crate) struct Ledger {
     bytes: AtomicUsize,
     /// Signalled whenever a token resolves (the source may resume).
     released: Notify,
+    /// When work last moved: a message acknowledged, or work arriving when none was in
+    /// flight. Health measures progress from here, not from the oldest message's age, which
+    /// on a backlog is queueing delay.
+    progress: Mutex<Option<Instant>>,
 }
 
 impl Ledger {
@@ -145,7 +149,9 @@ impl Ledger {
         bytes: usize,
     ) -> Ack {
         let epoch = self.offsets().track(&partition, offset);
-        self.messages.fetch_add(1, Ordering::SeqCst);
+        if self.messages.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.moved();
+        }
         self.bytes.fetch_add(bytes, Ordering::SeqCst);
         publish(1.0, bytes as f64);
         Ack {
@@ -162,6 +168,7 @@ impl Ledger {
         let (partition, offset, bytes) = (&a.partition, a.offset, a.bytes);
         if delivered {
             self.offsets().ack(partition, offset, a.epoch);
+            self.moved();
         }
         self.messages.fetch_sub(1, Ordering::SeqCst);
         self.bytes.fetch_sub(bytes, Ordering::SeqCst);
@@ -219,6 +226,21 @@ impl Ledger {
     pub(crate) fn stalled(&self, age: Duration) -> Vec<(TopicPartition, i64)> {
         self.offsets().stalled(age)
     }
+
+    fn moved(&self) {
+        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Messages in flight and how long since work last moved, when that is over `limit`.
+    pub(crate) fn without_progress(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let n = self.messages.load(Ordering::SeqCst);
+        let since = self
+            .progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())?;
+        (n > 0 && since > limit).then_some((n, since))
+    }
 }
 
 /// Moves the in-flight gauges by a step; setting them from the atomics could leave a stale
@@ -269,6 +291,36 @@ impl Drop for Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_is_acknowledgements_not_the_age_of_the_oldest_message() {
+        let ledger = Arc::new(Ledger::default());
+        let tp = ("t".to_string(), 0);
+        let limit = Duration::from_millis(50);
+        let oldest = ledger.issue(tp.clone(), 0, 1);
+        let mut later: Vec<Ack> = (1..20).map(|o| ledger.issue(tp.clone(), o, 1)).collect();
+        // A backlog: the oldest waits, the others are acknowledged one by one within the limit.
+        for a in later.drain(..) {
+            std::thread::sleep(Duration::from_millis(10));
+            a.delivered();
+            assert_eq!(ledger.without_progress(limit), None);
+        }
+        assert!(
+            !ledger.stalled(limit).is_empty(),
+            "the oldest is over the limit"
+        );
+        // Nothing acknowledged for longer than the limit while work waits: no progress.
+        std::thread::sleep(Duration::from_millis(80));
+        let (n, since) = ledger.without_progress(limit).expect("stuck");
+        assert_eq!(n, 1);
+        assert!(since > limit);
+        oldest.delivered();
+        assert_eq!(ledger.without_progress(limit), None, "nothing in flight");
+        // Work arriving after a quiet spell starts the clock afresh.
+        std::thread::sleep(Duration::from_millis(80));
+        let _next = ledger.issue(tp, 20, 1);
+        assert_eq!(ledger.without_progress(limit), None);
+    }
 
     #[test]
     fn failed_offset_holds_commit_point_while_later_ones_succeed() {

@@ -267,10 +267,10 @@ fn router(state: AdminState) -> Router {
 
 pub(crate) async fn serve(
     bind: &str,
+    limits: crate::daemon::http_listener::HttpLimits,
     state: AdminState,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
+    let listener = crate::daemon::http_listener::bind(bind)
         .map_err(|e| anyhow::anyhow!("binding admin.bind {bind}: {e}"))?;
     let address = listener.local_addr()?;
     match &state.access {
@@ -285,11 +285,9 @@ pub(crate) async fn serve(
         }
     }
     let app = router(state);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "admin server stopped");
-        }
-    }))
+    Ok(tokio::spawn(crate::daemon::http_listener::serve(
+        listener, app, limits,
+    )))
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub(crate) mod ack;
 pub(crate) mod admin;
 pub(crate) mod api;
 pub mod config;
+pub(crate) mod http_listener;
 pub mod kafka;
 pub(crate) mod pipeline;
 pub mod run;

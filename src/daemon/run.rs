@@ -77,7 +77,12 @@ pub async fn run(s: Settings) -> Result<()> {
         feedback,
         pages: s.ui.enabled,
     };
-    let admin_task = admin::serve(&s.admin.bind, state).await?;
+    let admin_task = admin::serve(
+        &s.admin.bind,
+        crate::daemon::http_listener::HttpLimits::from_settings(&s.admin),
+        state,
+    )
+    .await?;
     tracing::info!(topics = ?s.kafka.input_topics, output = %s.kafka.output_topic, dead_letter = %s.kafka.dead_letter_topic, "emostream running");
     // 6. Until a signal, a fault or a stage that ends on its own.
     let mut stream = stream;
@@ -115,6 +120,12 @@ struct KafkaClients {
 
 impl KafkaClients {
     async fn connect(s: &Settings) -> Result<KafkaClients> {
+        // The stream's series exist from the start, at zero: an alert on "no events while input
+        // flows" or "cluster unreachable" must see a fresh replica that labels nothing, and
+        // absent series look like that to no rule.
+        metrics::gauge!("emostream_cluster_reachable").set(0.0);
+        metrics::counter!("emostream_consumed_total").absolute(0);
+        metrics::counter!("emostream_labelled_total").absolute(0);
         let faults = Arc::new(Faults::default());
         let cluster = Arc::new(Cluster::default());
         let settings = ProducerSettings::from_settings(s)?;
@@ -335,14 +346,17 @@ fn stuck_check(
         if !cluster.reachable() || sink.retrying() > 0 {
             return None;
         }
-        let stalled = ledger.stalled(limit);
-        (!stalled.is_empty()).then(|| {
-            let ((topic, p), o) = &stalled[0];
-            format!(
-                "no progress: {topic}/{p} offset {o} has been in flight for over {limit:?} ({} partitions stalled)",
-                stalled.len()
-            )
-        })
+        // Progress is an acknowledgement: on a backlog under a slow model the oldest message
+        // waits long while others are delivered, and that is queueing, not a stuck stage.
+        let (n, since) = ledger.without_progress(limit)?;
+        let oldest = ledger
+            .stalled(limit)
+            .first()
+            .map(|((topic, p), o)| format!("; oldest {topic}/{p} offset {o}"))
+            .unwrap_or_default();
+        Some(format!(
+            "no progress: {n} messages in flight and none acknowledged for {since:.1?} (over {limit:?}){oldest}"
+        ))
     })
 }
 

@@ -67,7 +67,12 @@ pub async fn run(s: Settings) -> Result<()> {
         feedback: None,
         pages: s.ui.enabled,
     };
-    let admin_task = admin::serve(&s.admin.bind, state).await?;
+    let admin_task = admin::serve(
+        &s.admin.bind,
+        crate::daemon::http_listener::HttpLimits::from_settings(&s.admin),
+        state,
+    )
+    .await?;
     tracing::info!(bind = %s.admin.bind, "emostream serving the classify API (no Kafka)");
     // 4. Until a signal, a fault or the batcher ending on its own.
     let mut batcher = core.batcher;

@@ -19,6 +19,23 @@ pub struct Registry {
 }
 
 /// A version name is one path component of safe characters: no separators, no `..`.
+/// A temporary file name part no other writer uses: in containers every replica is PID 1 on
+/// the same shared volume, so the pid alone made two replicas write one temporary file (a torn
+/// or mixed ACTIVE). Host name, pid and 64 random bits (std's per-call random hasher keys).
+fn unique_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace(['/', '.'], "_"))
+        .unwrap_or_default();
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    format!("{host}.{}.{:016x}", std::process::id(), h.finish())
+}
+
 pub(crate) fn check_version_name(v: &str) -> Result<()> {
     let ok = !v.is_empty()
         && v.len() <= 128
@@ -123,7 +140,7 @@ impl Registry {
         self.resolve(version)?;
         let tmp = self
             .root
-            .join(format!(".{POINTER_FILE}.{}.tmp", std::process::id()));
+            .join(format!(".{POINTER_FILE}.{}.tmp", unique_suffix()));
         {
             let mut f =
                 fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
@@ -171,7 +188,7 @@ impl Registry {
                 self.root.display()
             );
         }
-        let tmp = versions.join(format!(".{version}.{}.tmp", std::process::id()));
+        let tmp = versions.join(format!(".{version}.{}.tmp", unique_suffix()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp)?;
         }
@@ -219,6 +236,61 @@ mod tests {
         ] {
             assert!(check_version_name(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn concurrent_writers_of_active_never_fail_or_leave_it_torn() {
+        // Writers in one process stand for replicas that are all PID 1 in their containers.
+        let d = tempfile::tempdir().unwrap();
+        let r = std::sync::Arc::new(Registry::open(d.path()).unwrap());
+        let versions = ["1", "22.22.22-long-name"];
+        for v in versions {
+            let dir = r.root().join("versions").join(v);
+            fs::create_dir_all(&dir).unwrap();
+            fs::write(
+                dir.join(CARD_FILE),
+                format!(r#"{{"digest": "00", "version": "{v}"}}"#),
+            )
+            .unwrap();
+        }
+        r.set_active(versions[0]).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reader = {
+            let (r, stop) = (r.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut reads = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let v = r
+                        .active()
+                        .expect("ACTIVE readable")
+                        .expect("ACTIVE present");
+                    assert!(versions.contains(&v.as_str()), "torn ACTIVE: {v:?}");
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let writers: Vec<_> = (0..6)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..150 {
+                        r.set_active(versions[i % 2]).expect("set_active");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+        let leftovers: Vec<_> = fs::read_dir(r.root())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left behind");
     }
 
     #[test]

@@ -122,6 +122,11 @@ impl Settings {
         &self.kafka.brokers
     }
 
+    /// `registry.root` (empty: no registry).
+    pub fn registry_root(&self) -> &str {
+        &self.registry.root
+    }
+
     /// The secret librdkafka properties in force (none of them is ever logged).
     pub fn secrets(&self) -> &Secrets {
         &self.kafka.secrets
@@ -146,8 +151,42 @@ impl Settings {
         self.validate_across_sections()
     }
 
+    /// Exactly-once needs a transactional id that survives restarts; the HTTP deadline must
+    /// leave room for the answers the API promises.
+    fn validate_delivery_and_doors(&self) -> Result<()> {
+        // A name with the process id in it changed on every restart, so a crashed run's open
+        // transaction was not fenced and read_committed readers waited transaction_timeout_ms.
+        check(
+            self.kafka.delivery != Delivery::ExactlyOnce
+                || !self.kafka.transactional_id.is_empty()
+                || !self.registry.replica_id.is_empty(),
+            "kafka.transactional_id",
+            "is required with kafka.delivery = \"exactly_once\" (or registry.replica_id): a name per replica that stays the same across its restarts (e.g. \"<group>-<host>\" or a StatefulSet pod name), so a restart fences what the crashed run left open at once",
+        )?;
+        // The HTTP deadline must not pre-empt the answers the API promises (504 from the
+        // classify queue, 503 from a feedback write the topic did not acknowledge).
+        let longest = self
+            .api
+            .timeout_ms
+            .max(if self.api.feedback_topic.is_empty() {
+                0
+            } else {
+                self.kafka.produce_timeout_ms
+            });
+        check(
+            self.admin.request_timeout_ms > longest,
+            "admin.request_timeout_ms",
+            format!(
+                "must exceed api.timeout_ms (and kafka.produce_timeout_ms with api.feedback_topic): {} <= {longest}",
+                self.admin.request_timeout_ms
+            ),
+        )?;
+        Ok(())
+    }
+
     /// Rules that tie one section's keys to another's.
     fn validate_across_sections(&self) -> Result<()> {
+        self.validate_delivery_and_doors()?;
         check(
             self.output.carry.is_empty() || self.input.format == InputFormat::Json,
             "output.carry",
@@ -219,8 +258,8 @@ impl Settings {
     }
 
     /// The producer's transactional id in exactly-once mode: `kafka.transactional_id`, else
-    /// the group and this replica's name. Stable across restarts only when set (or when
-    /// `registry.replica_id` is): a restart with the same id aborts what the last run left open.
+    /// the group and `registry.replica_id` (validation demands one of them): a restart with the
+    /// same id aborts what the last run left open.
     pub(crate) fn transactional_id(&self) -> String {
         if !self.kafka.transactional_id.is_empty() {
             return self.kafka.transactional_id.clone();
@@ -431,5 +470,39 @@ mod tests {
         std::fs::write(&f, "[batching]\nmax_batch_size = \"lots\"\n").unwrap();
         let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
         assert!(e.contains("max_batch_size"), "{e}");
+    }
+
+    #[test]
+    fn bad_http_limits_and_an_unstable_transactional_id_are_named() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (toml, key) in [
+            (
+                "[kafka]\ndelivery = \"exactly_once\"\n",
+                "kafka.transactional_id",
+            ),
+            (
+                "[admin]\nrequest_timeout_ms = 30000\n",
+                "admin.request_timeout_ms",
+            ),
+            ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+            (
+                "[admin]\nheader_read_timeout_ms = 5\n",
+                "admin.header_read_timeout_ms",
+            ),
+        ] {
+            let f = dir.path().join("c.toml");
+            std::fs::write(&f, toml).unwrap();
+            let e = format!("{:#}", Settings::load(Some(&f)).unwrap_err());
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+        let f = dir.path().join("c.toml");
+        for ok in [
+            "[kafka]\ndelivery = \"exactly_once\"\ntransactional_id = \"g-host1\"\n",
+            "[kafka]\ndelivery = \"exactly_once\"\n[registry]\nreplica_id = \"pod-0\"\n",
+        ] {
+            std::fs::write(&f, ok).unwrap();
+            Settings::load(Some(&f)).unwrap_or_else(|e| panic!("{ok}: {e:#}"));
+        }
     }
 }

@@ -37,6 +37,14 @@ pub(crate) struct AdminSettings {
     pub(crate) token_file: String,
     /// With no token, let anyone who can reach a loopback bind use the admin API.
     pub(crate) allow_unauthenticated_loopback: bool,
+    /// A request's headers must arrive within this; else the connection is closed.
+    pub(crate) header_read_timeout_ms: u64,
+    /// A handler's answer must start within this; else 503.
+    pub(crate) request_timeout_ms: u64,
+    /// A connection with nothing read or written for this long is closed.
+    pub(crate) idle_timeout_ms: u64,
+    /// Open connections at most; past it new ones are closed at once.
+    pub(crate) max_connections: usize,
 }
 
 impl std::fmt::Debug for AdminSettings {
@@ -56,6 +64,10 @@ impl std::fmt::Debug for AdminSettings {
                 "allow_unauthenticated_loopback",
                 &self.allow_unauthenticated_loopback,
             )
+            .field("header_read_timeout_ms", &self.header_read_timeout_ms)
+            .field("request_timeout_ms", &self.request_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -189,6 +201,25 @@ impl AdminSettings {
             addr.ip().is_loopback() || !self.token.is_empty() || !self.token_file.is_empty(),
             "admin.token",
             "is required when admin.bind is not a loopback address (or admin.token_file)",
+        )?;
+        for (key, v) in [
+            ("admin.header_read_timeout_ms", self.header_read_timeout_ms),
+            ("admin.request_timeout_ms", self.request_timeout_ms),
+            ("admin.idle_timeout_ms", self.idle_timeout_ms),
+        ] {
+            check(
+                (100..=3_600_000).contains(&v),
+                key,
+                format!("must be between 100 and 3600000 ms (got {v})"),
+            )?;
+        }
+        check(
+            (1..=1_000_000).contains(&self.max_connections),
+            "admin.max_connections",
+            format!(
+                "must be between 1 and 1000000 (got {})",
+                self.max_connections
+            ),
         )?;
         Ok(())
     }
