@@ -9,7 +9,7 @@
 //! point back even when later ones succeed, so nothing is ever skipped.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
@@ -133,7 +133,14 @@ pub(crate) struct Ledger {
     /// When work last moved: a message acknowledged, or work arriving when none was in
     /// flight. Health measures progress from here, not from the oldest message's age, which
     /// on a backlog is queueing delay.
-    progress: Mutex<Option<Instant>>,
+    /// Nanoseconds after `epoch()` (0: never), an atomic because every acknowledgement sets it.
+    progress: AtomicU64,
+}
+
+/// The clock base of `Ledger::progress`.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
 }
 
 impl Ledger {
@@ -228,17 +235,18 @@ impl Ledger {
     }
 
     fn moved(&self) {
-        *self.progress.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        let at = epoch().elapsed().as_nanos().max(1) as u64;
+        self.progress.store(at, Ordering::Relaxed);
     }
 
     /// Messages in flight and how long since work last moved, when that is over `limit`.
     pub(crate) fn without_progress(&self, limit: Duration) -> Option<(usize, Duration)> {
         let n = self.messages.load(Ordering::SeqCst);
-        let since = self
-            .progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed())?;
+        let at = self.progress.load(Ordering::Relaxed);
+        if at == 0 {
+            return None;
+        }
+        let since = epoch().elapsed().saturating_sub(Duration::from_nanos(at));
         (n > 0 && since > limit).then_some((n, since))
     }
 }

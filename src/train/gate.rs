@@ -51,16 +51,9 @@ pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
         met: a >= b - MAX_MACRO_F1_DROP,
         detail: format!("{a:.4} vs {b:.4} ({:+.4})", a - b),
     });
-    let low: Vec<String> = new
-        .metrics
-        .per_label
-        .iter()
-        .filter(|l| {
-            l.support >= MIN_SUPPORT
-                && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
-                && l.precision < MIN_FIRING_PRECISION
-        })
-        .map(|l| format!("{} {:.3}", l.label, l.precision))
+    let low: Vec<String> = noisy_labels(card)
+        .into_iter()
+        .map(|(l, p)| format!("{l} {p:.3}"))
         .collect();
     out.push(Criterion {
         name: format!(
@@ -110,6 +103,26 @@ impl std::fmt::Display for Gate {
             Gate::Refresh => "refresh",
         })
     }
+}
+
+/// Labels with `MIN_SUPPORT`+ test examples that fire with precision below
+/// `MIN_FIRING_PRECISION` on the card's test evaluation (none without one).
+fn noisy_labels(card: &ModelCard) -> Vec<(String, f64)> {
+    card.metrics
+        .get("test")
+        .map(|e| {
+            e.metrics
+                .per_label
+                .iter()
+                .filter(|l| {
+                    l.support >= MIN_SUPPORT
+                        && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
+                        && l.precision < MIN_FIRING_PRECISION
+                })
+                .map(|l| (l.label.clone(), l.precision))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A model as the verdict names it.
@@ -307,25 +320,8 @@ pub fn refresh_criteria(
             ),
         },
     });
-    let low = |c: &ModelCard| -> Vec<(String, f64)> {
-        c.metrics
-            .get("test")
-            .map(|e| {
-                e.metrics
-                    .per_label
-                    .iter()
-                    .filter(|l| {
-                        l.support >= MIN_SUPPORT
-                            && l.tp.unwrap_or(0) + l.fp.unwrap_or(0) > 0
-                            && l.precision < MIN_FIRING_PRECISION
-                    })
-                    .map(|l| (l.label.clone(), l.precision))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let was_low: Vec<String> = low(before).into_iter().map(|(l, _)| l).collect();
-    let newly: Vec<String> = low(card)
+    let was_low: Vec<String> = noisy_labels(before).into_iter().map(|(l, _)| l).collect();
+    let newly: Vec<String> = noisy_labels(card)
         .into_iter()
         .filter(|(l, _)| !was_low.contains(l))
         .map(|(l, p)| format!("{l} {p:.3}"))
