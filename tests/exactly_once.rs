@@ -359,3 +359,215 @@ fn aborted_transactions_rewind_and_relabel_so_each_id_is_seen_once() {
     assert!(counts.values().all(|c| *c == 1), "no id twice");
     assert_eq!(all.len(), n);
 }
+
+/// An exactly-once daemon on `topics` with the tiny model, its admin server on `port`.
+fn exactly_once_env(topics: &Topics, model: &std::path::Path, port: u16) -> Vec<(String, String)> {
+    let mut env = daemon_env(topics, model);
+    env.extend([
+        ("EMOSTREAM__KAFKA__DELIVERY".into(), "exactly_once".into()),
+        (
+            "EMOSTREAM__KAFKA__TRANSACTIONAL_ID".into(),
+            format!("{}-a", topics.group),
+        ),
+        ("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")),
+    ]);
+    env
+}
+
+fn wait_all_committed(
+    group: &str,
+    topic: &str,
+    partitions: i32,
+    within: Duration,
+    d: &mut common::daemon::Daemon,
+) -> Duration {
+    let started = Instant::now();
+    while committed(group, topic, partitions) != end_offsets(topic, partitions) {
+        assert!(
+            started.elapsed() < within,
+            "the group did not commit everything in {within:?}"
+        );
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    started.elapsed()
+}
+
+/// Issue 25: a dead letter larger than the dead-letter topic's `max.message.bytes` used to be
+/// taken by the producer, refused by the broker, and abort every transaction it joined (0 of
+/// 300 committed in 40 s, an abort a second). Now the topic's limit is read at start-up and
+/// the dead letter cut to fit before it is sent: 299 events and 1 cut dead letter commit, with
+/// no abort.
+#[test]
+fn a_dead_letter_over_the_topics_size_limit_is_cut_to_fit_and_never_aborts_a_transaction() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::spec(3)
+        .dlq_config(&[("max.message.bytes", "2000")])
+        .create();
+    let port = free_port();
+    let mut d = DaemonBuilder::new(&exactly_once_env(&topics, &model, port)).spawn();
+    let mut recs = comments(0..299);
+    // Not JSON: a dead letter carrying its 5 KB payload.
+    recs.insert(150, (Some("k-bad".into()), vec![b'x'; 5000], None));
+    send_all(&producer(), &topics.input, &recs);
+    let took = wait_all_committed(
+        &topics.group,
+        &topics.input,
+        3,
+        Duration::from_secs(60),
+        &mut d,
+    );
+    let aborted = metric(port, "emostream_transactions_total{result=\"aborted\"}");
+    let (_, health) = http_get(port, "/healthz").expect("healthz answers");
+    sigterm(&d);
+    wait_exit(&mut d, Duration::from_secs(40));
+    let events = read_settled(&topics.output, "read_committed");
+    let dead = read_settled(&topics.dlq, "read_committed");
+    eprintln!(
+        "committed everything in {took:?}; {aborted} aborts; {} events, {} dead letters",
+        events.len(),
+        dead.len()
+    );
+    assert_eq!(events.len(), 299, "every good comment labelled once");
+    assert_eq!(dead.len(), 1, "the bad one dead-lettered once");
+    let h = |k: &str| {
+        dead[0]
+            .headers
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        h("emostream.payload_truncated").as_deref(),
+        Some("true"),
+        "cut: {:?}",
+        dead[0].headers
+    );
+    assert_eq!(h("emostream.original_bytes").as_deref(), Some("5000"));
+    assert!(
+        !dead[0].payload.is_empty() && dead[0].payload.len() < 2000,
+        "the cut keeps what fits: {} bytes",
+        dead[0].payload.len()
+    );
+    assert_eq!(
+        aborted, 0.0,
+        "the record was made to fit before it was sent"
+    );
+    assert!(health.contains("\"healthy\":true"), "{health}");
+}
+
+/// Issue 25: with the dead-letter topic missing every transaction holding a dead letter
+/// aborts; an empty settle between aborts used to reset the abort count, so /healthz stayed
+/// 200 with nothing committed. Health now measures committed progress: 503 naming the aborts
+/// once nothing commits for `health.stall_timeout_ms`; once the topic exists, everything
+/// commits and health is back to 200.
+#[test]
+fn transactions_that_keep_aborting_fail_health_by_time_without_committed_progress() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::unique();
+    common::kafka::create_topic(&topics.input, 2, &[]);
+    common::kafka::create_topic(&topics.output, 2, &[]);
+    let port = free_port();
+    let mut env = exactly_once_env(&topics, &model, port);
+    env.extend([
+        ("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS".into(), "3000".into()),
+        ("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "2000".into()),
+        (
+            "EMOSTREAM__KAFKA__TRANSACTION_TIMEOUT_MS".into(),
+            "10000".into(),
+        ),
+    ]);
+    let mut d = DaemonBuilder::new(&env).spawn();
+    let mut recs = comments(0..50);
+    recs.insert(25, (None, b"not json".to_vec(), None));
+    send_all(&producer(), &topics.input, &recs);
+    let started = Instant::now();
+    let body = common::http::wait_http(port, "/healthz", Duration::from_secs(90), |code, _| {
+        code == 503
+    });
+    eprintln!("/healthz 503 after {:?}: {body}", started.elapsed());
+    assert!(body.contains("no committed progress"), "{body}");
+    assert_ne!(
+        committed(&topics.group, &topics.input, 2),
+        end_offsets(&topics.input, 2),
+        "the dead letter's partition has not committed"
+    );
+    common::kafka::create_topic(&topics.dlq, 1, &[]);
+    wait_all_committed(
+        &topics.group,
+        &topics.input,
+        2,
+        Duration::from_secs(90),
+        &mut d,
+    );
+    common::http::wait_http(port, "/healthz", Duration::from_secs(10), |code, _| {
+        code == 200
+    });
+    sigterm(&d);
+    wait_exit(&mut d, Duration::from_secs(40));
+    assert_eq!(read_settled(&topics.output, "read_committed").len(), 50);
+    assert_eq!(read_settled(&topics.dlq, "read_committed").len(), 1);
+}
+
+/// Issue 25: a transaction commit that keeps failing with a retriable error (a test-build hook
+/// fails it for 8 s) used to leave both probes green. Now /readyz is 503 naming the call while
+/// it retries, /healthz 503 once nothing committed for `health.stall_timeout_ms` with work
+/// consumed, and both recover when the commit goes through — nothing lost or repeated.
+#[test]
+fn a_commit_that_keeps_failing_shows_in_readiness_then_health_and_both_recover() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::new(2);
+    let port = free_port();
+    let mut env = exactly_once_env(&topics, &model, port);
+    env.extend([
+        ("EMOSTREAM__HEALTH__STALL_TIMEOUT_MS".into(), "3000".into()),
+        ("EMOSTREAM__KAFKA__PRODUCE_TIMEOUT_MS".into(), "2000".into()),
+        ("EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS".into(), "9000".into()),
+    ]);
+    let mut d = DaemonBuilder::new(&env).spawn();
+    common::http::wait_http(port, "/readyz", Duration::from_secs(60), |code, _| {
+        code == 200
+    });
+    send_all(&producer(), &topics.input, &comments(0..100));
+    let ready = common::http::wait_http(port, "/readyz", Duration::from_secs(30), |code, _| {
+        code == 503
+    });
+    assert!(ready.contains("injected retriable failure"), "{ready}");
+    let health = common::http::wait_http(port, "/healthz", Duration::from_secs(30), |code, b| {
+        code == 503
+    });
+    assert!(
+        health.contains("no committed progress") && health.contains("injected retriable failure"),
+        "{health}"
+    );
+    wait_all_committed(
+        &topics.group,
+        &topics.input,
+        2,
+        Duration::from_secs(60),
+        &mut d,
+    );
+    common::http::wait_http(port, "/readyz", Duration::from_secs(10), |code, _| {
+        code == 200
+    });
+    common::http::wait_http(port, "/healthz", Duration::from_secs(10), |code, _| {
+        code == 200
+    });
+    sigterm(&d);
+    wait_exit(&mut d, Duration::from_secs(40));
+    let mut ids: Vec<String> = read_settled(&topics.output, "read_committed")
+        .iter()
+        .map(event_id)
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 100);
+    assert_eq!(
+        read_settled(&topics.output, "read_committed").len(),
+        100,
+        "none twice"
+    );
+}

@@ -41,6 +41,8 @@ pub(crate) struct Health {
     pub(crate) retrying: Arc<dyn Fn() -> usize + Send + Sync>,
     /// Messages the sink can deliver nowhere right now.
     pub(crate) undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
+    /// A Kafka transaction call (commit, abort) failing and retrying right now, and why.
+    pub(crate) transaction_retrying: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     /// Why the pipeline is stuck, when it is.
     pub(crate) stuck: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     /// The fatal fault the daemon is exiting for.
@@ -104,12 +106,20 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let assigned = (h.assigned)();
     let retrying = (h.retrying)();
     let stalled = (h.undeliverable)();
+    let transaction = (h.transaction_retrying)();
     let stopping = h.shutting_down.load(Ordering::SeqCst);
-    let ready = model && reachable && assigned && retrying == 0 && stalled == 0 && !stopping;
+    let ready = model
+        && reachable
+        && assigned
+        && retrying == 0
+        && stalled == 0
+        && transaction.is_none()
+        && !stopping;
     let body = serde_json::json!({
         "ready": ready, "model_loaded": model, "cluster_reachable": reachable,
         "partitions_assigned": assigned, "retrying_messages": retrying,
-        "stalled_messages": stalled, "shutting_down": stopping,
+        "stalled_messages": stalled, "transaction_retrying": transaction,
+        "shutting_down": stopping,
     });
     (
         if ready {
@@ -307,6 +317,7 @@ mod tests {
                 cluster_reachable: never,
                 retrying: Arc::new(|| 0),
                 undeliverable: Arc::new(|| 0),
+                transaction_retrying: Arc::new(|| None),
                 stuck: Arc::new(|| None),
                 fault: Arc::new(|| None),
                 shutting_down: AtomicBool::new(false),

@@ -14,6 +14,7 @@ use crate::daemon::kafka::client::{
 };
 use crate::daemon::kafka::sink::{Sink, SinkSettings};
 use crate::daemon::kafka::source::{self, KafkaConsumer, SourceSettings, SourceStage};
+use crate::daemon::kafka::topic_limits::TopicLimits;
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::policy::PolicySource;
@@ -114,6 +115,9 @@ struct KafkaClients {
     producer: KafkaProducer,
     /// Exactly-once mode: the transactions the sink writes into and the source commits.
     txn: Option<Arc<Transactions>>,
+    /// The output and dead-letter topics' size limits (read from the broker in exactly-once
+    /// mode, where a refused record would abort its transaction; learned from refusals).
+    limits: Arc<TopicLimits>,
     cluster: Arc<Cluster>,
     faults: Arc<Faults>,
 }
@@ -147,9 +151,17 @@ impl KafkaClients {
                 Some(Arc::new(txn))
             }
         };
+        let limits = match s.kafka.delivery {
+            Delivery::AtLeastOnce => TopicLimits::default(),
+            Delivery::ExactlyOnce => {
+                let topics = [s.kafka.output_topic.as_str(), &s.kafka.dead_letter_topic];
+                TopicLimits::read(&settings.client, &topics).await
+            }
+        };
         Ok(KafkaClients {
             producer,
             txn,
+            limits: Arc::new(limits),
             cluster,
             faults,
         })
@@ -219,6 +231,7 @@ impl Stream {
             kafka.cluster.clone(),
             kafka.faults.clone(),
             kafka.txn.clone(),
+            kafka.limits.clone(),
         ));
         let core = Core::start(
             start::core_settings(s, s.batching.inference_workers, 4096, labelling),
@@ -307,16 +320,22 @@ fn health(s: &Settings, kafka: &KafkaClients, stream: &Stream) -> Arc<Health> {
             let sink = sink.clone();
             Arc::new(move || sink.undeliverable())
         },
+        transaction_retrying: {
+            let txn = kafka.txn.clone();
+            Arc::new(move || txn.as_ref().and_then(|t| t.call_retrying()))
+        },
         stuck: stuck_check(s, kafka, stream),
         fault: Arc::new(move || faults.cause()),
         shutting_down: AtomicBool::new(false),
     })
 }
 
-/// `/healthz`'s progress check: messages are in flight and the oldest has waited longer than
-/// `health.stall_timeout_ms` (e.g. one that no topic takes) while the cluster was reachable and
-/// no produce was waiting out a transient fault (an outage is readiness's business, not the
-/// process's), or a worker has been on one batch that long.
+/// `/healthz`'s progress check, while the cluster is reachable and no produce is waiting out a
+/// transient fault (an outage is readiness's business, not the process's): messages are in
+/// flight and none was acknowledged for `health.stall_timeout_ms` (e.g. one that no topic
+/// takes), or a worker has been on one batch that long; in exactly-once mode also nothing
+/// committed that long while transactions abort or work waits (e.g. a record every
+/// transaction fails on, or a commit that keeps failing).
 fn stuck_check(
     s: &Settings,
     kafka: &KafkaClients,
@@ -331,20 +350,28 @@ fn stuck_check(
         kafka.txn.clone(),
     );
     Arc::new(move || {
-        // A record that aborts every transaction it joins (e.g. one the broker refuses after
-        // the producer took it) is read again and again: no progress, though nothing stalls.
-        if let Some(n) = txn
-            .as_ref()
-            .map(|t| t.consecutive_aborts())
-            .filter(|n| *n >= 10)
-        {
-            return Some(format!("{n} transactions aborted in a row"));
-        }
         if let Some(why) = clock.stuck(limit) {
             return Some(why);
         }
         if !cluster.reachable() || sink.retrying() > 0 {
             return None;
+        }
+        if let Some(txn) = &txn {
+            // Settles with nothing to commit between aborts do not count as progress.
+            if let Some(why) = txn.without_committed_progress(limit) {
+                return Some(why);
+            }
+            // Work waits: consumed messages not yet in the transaction, or its records.
+            let pending = ledger.unacknowledged() as u64 + txn.uncommitted_records();
+            if let Some(since) = txn.committed_longer_ago_than(limit).filter(|_| pending > 0) {
+                let call = txn
+                    .call_retrying()
+                    .map(|c| format!("; {c}"))
+                    .unwrap_or_default();
+                return Some(format!(
+                    "no committed progress for {since:.1?} (over {limit:?}) with {pending} messages or records waiting{call}"
+                ));
+            }
         }
         // Progress is an acknowledgement: on a backlog under a slow model the oldest message
         // waits long while others are delivered, and that is queueing, not a stuck stage.

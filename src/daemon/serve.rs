@@ -135,6 +135,7 @@ fn health(s: &Settings, clock: Arc<WorkerClock>, faults: Arc<Faults>) -> Arc<Hea
         cluster_reachable: Arc::new(|| true),
         retrying: Arc::new(|| 0),
         undeliverable: Arc::new(|| 0),
+        transaction_retrying: Arc::new(|| None),
         stuck: Arc::new(move || clock.stuck(stall)),
         fault: Arc::new(move || faults.cause()),
         shutting_down: AtomicBool::new(false),

@@ -7,6 +7,7 @@ pub(crate) mod headers;
 pub mod signing;
 pub(crate) mod sink;
 pub(crate) mod source;
+pub(crate) mod topic_limits;
 pub mod topic_reader;
 pub(crate) mod transaction;
 

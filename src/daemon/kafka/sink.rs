@@ -12,6 +12,7 @@
 use crate::daemon::config::Settings;
 use crate::daemon::kafka::client::{Cluster, KafkaProducer};
 use crate::daemon::kafka::headers;
+use crate::daemon::kafka::topic_limits::{record_size, TopicLimits};
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::{Origin, Outcome};
@@ -96,6 +97,8 @@ enum Shape {
 }
 
 const CUT_PAYLOAD_BYTES: usize = 16 * 1024;
+/// Room kept for the truncation headers when a cut payload is sized to the topic's limit.
+const TRUNCATION_HEADERS_BYTES: usize = 256;
 /// The detail header's cap (an error text can embed input).
 const MAX_DETAIL_BYTES: usize = 2048;
 
@@ -118,12 +121,23 @@ pub(crate) struct Sink {
     /// Exactly-once mode: records go into the open transaction, and a message is acknowledged
     /// once its record is in it (a failed record aborts the transaction instead of retrying).
     txn: Option<Arc<Transactions>>,
+    /// What size of record each topic takes: a record is made to fit before it is sent
+    /// (exactly-once cannot learn it from a refusal without aborting).
+    limits: Arc<TopicLimits>,
+}
+
+/// Which of the sink's topics a record goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Output,
+    DeadLetter,
 }
 
 /// What handing a record to the transactional producer gave.
 enum Sent {
-    /// In the open transaction (its generation); the delivery to watch.
-    Queued(rdkafka::producer::DeliveryFuture, u64),
+    /// In the open transaction (its generation); the delivery to watch, the record's topic
+    /// and size.
+    Queued(rdkafka::producer::DeliveryFuture, u64, Target, usize),
     /// The message's partition was rewound or revoked since it was consumed: not sent.
     Stale,
     /// Refused before it left (e.g. too large for the producer).
@@ -166,6 +180,7 @@ impl Sink {
         cluster: Arc<Cluster>,
         faults: Arc<Faults>,
         txn: Option<Arc<Transactions>>,
+        limits: Arc<TopicLimits>,
     ) -> Sink {
         Sink {
             producer,
@@ -180,6 +195,7 @@ impl Sink {
             undeliverable: AtomicUsize::new(0),
             faults,
             txn,
+            limits,
         }
     }
 
@@ -294,23 +310,21 @@ impl Sink {
             .send_fitting(txn, record, reason, detail, &origin)
             .await;
         match sent {
-            Sent::Queued(delivery, generation) => {
+            Sent::Queued(delivery, generation, topic, size) => {
+                // Counted when the transaction commits: an aborted one is labelled again.
                 match reason {
                     None => {
-                        // Counted in the open transaction: an abort re-labels and counts again.
-                        event
-                            .iter()
-                            .flat_map(|(_, f, _)| f)
-                            .for_each(|c| c.increment(1));
-                        metrics::counter!("emostream_labelled_total").increment(1);
+                        let fired = event.into_iter().flat_map(|(_, f, _)| f);
+                        let labelled = metrics::counter!("emostream_labelled_total");
+                        txn.count_on_commit(generation, fired.chain([labelled]));
                     }
-                    Some(r) => {
-                        metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())
-                            .increment(1)
-                    }
+                    Some(r) => txn.count_on_commit(
+                        generation,
+                        [metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())],
+                    ),
                 }
                 delivered(origin);
-                self.watch_delivery(txn, delivery, generation, tasks);
+                self.watch_delivery(txn, delivery, generation, (topic, size), tasks);
             }
             // Its partition is read again (or by another member): nothing to answer for.
             Sent::Stale => drop(origin),
@@ -324,8 +338,10 @@ impl Sink {
     }
 
     /// Hands the outcome's record to the open transaction: the event, or (`reason` set, or the
-    /// event too large for the producer) a dead letter, cut then bare while it is too large.
-    /// Returns what became of it and the dead-letter reason, if it is one.
+    /// event too large for the producer or the output topic) a dead letter, cut then bare
+    /// while it is too large. A record over the topic's known limit is not sent at all: the
+    /// broker would refuse it after the fact and fail the whole transaction. Returns what
+    /// became of it and the dead-letter reason, if it is one.
     async fn send_fitting(
         &self,
         txn: &Transactions,
@@ -336,34 +352,42 @@ impl Sink {
     ) -> (Sent, Option<Reason>) {
         let mut shape = Shape::Full;
         loop {
-            let sent = match (event, reason) {
-                (Some((event, extra)), None) => {
-                    let (key, headers) = (origin.key.as_deref(), event_headers(origin, extra));
-                    self.send_in_transaction(
-                        txn,
-                        &self.output_topic,
-                        key,
-                        Some(event),
-                        headers,
-                        origin,
-                    )
-                    .await
-                }
+            let (target, key, payload, headers) = match (event, reason) {
+                (Some((event, extra)), None) => (
+                    Target::Output,
+                    origin.key.as_deref(),
+                    Some(event),
+                    event_headers(origin, extra),
+                ),
                 (_, reason) => {
                     let reason = reason.unwrap_or(Reason::ProduceFailed);
                     let (key, payload, headers) =
                         self.dead_letter_record(reason, &detail, origin, shape);
-                    let topic = &self.dead_letter_topic;
-                    self.send_in_transaction(txn, topic, key, payload, Some(headers), origin)
-                        .await
+                    (Target::DeadLetter, key, payload, Some(headers))
                 }
+            };
+            let topic = self.topic(target);
+            let size = record_size(key, payload, headers.as_ref());
+            let sent = if self.limits.fits(topic, size) {
+                self.send_in_transaction(txn, target, key, payload, headers, origin)
+                    .await
+            } else {
+                let limit = self.limits.limit(topic).unwrap_or_default();
+                tracing::debug!(
+                    topic,
+                    size,
+                    limit,
+                    "record over the topic's size limit; not sent"
+                );
+                Sent::Refused(too_large(), txn.generation())
             };
             match sent {
                 Sent::Refused(e, generation) if fault_of(&e) == Fault::TooLarge => {
                     match (reason, shape) {
                         (None, _) => {
                             reason = Some(Reason::ProduceFailed);
-                            detail = format!("output topic {}: {e}", self.output_topic);
+                            detail =
+                                format!("output topic {}: {e} ({size} bytes)", self.output_topic);
                         }
                         (Some(_), Shape::Full) => shape = Shape::Cut,
                         (Some(_), Shape::Cut) => shape = Shape::Bare,
@@ -375,13 +399,22 @@ impl Sink {
         }
     }
 
+    fn topic(&self, target: Target) -> &str {
+        match target {
+            Target::Output => &self.output_topic,
+            Target::DeadLetter => &self.dead_letter_topic,
+        }
+    }
+
     /// Watches a record's delivery in the background: one that fails (not purged by an abort
-    /// already under way) marks its transaction for abort.
+    /// already under way) marks its transaction for abort; one refused for its size also
+    /// lowers the topic's known limit, so the message fits when it is read again.
     fn watch_delivery(
         self: &Arc<Self>,
         txn: &Arc<Transactions>,
         delivery: rdkafka::producer::DeliveryFuture,
         generation: u64,
+        (target, size): (Target, usize),
         tasks: &mut JoinSet<()>,
     ) {
         let (sink, txn) = (self.clone(), txn.clone());
@@ -390,7 +423,12 @@ impl Sink {
                 Err(KafkaError::MessageProduction(
                     RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight,
                 )) => {}
-                Err(e) => txn.fail(generation, format!("a record was not delivered: {e}")),
+                Err(e) => {
+                    if fault_of(&e) == Fault::TooLarge {
+                        sink.limits.refused(sink.topic(target), size);
+                    }
+                    txn.fail(generation, format!("a record was not delivered: {e}"))
+                }
                 Ok(()) => {}
             }
         });
@@ -400,13 +438,14 @@ impl Sink {
     async fn send_in_transaction(
         &self,
         txn: &Transactions,
-        topic: &str,
+        target: Target,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
         origin: &Origin,
     ) -> Sent {
-        let mut rec = record(topic, key, payload, headers);
+        let size = record_size(key, payload, headers.as_ref());
+        let mut rec = record(self.topic(target), key, payload, headers);
         loop {
             // The gate is held only for the hand-over, never across an await.
             let back = {
@@ -420,7 +459,7 @@ impl Sink {
                 match self.producer.send_result(rec) {
                     Ok(f) => {
                         txn.record_sent();
-                        return Sent::Queued(f, generation);
+                        return Sent::Queued(f, generation, target, size);
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
                     Err((e, _)) => return Sent::Refused(e, generation),
@@ -494,6 +533,7 @@ impl Sink {
         let mut refused = false;
         loop {
             let (key, payload, headers) = self.dead_letter_record(reason, &detail, &origin, shape);
+            let size = record_size(key, payload, Some(&headers));
             let enqueued = self
                 .enqueue(&self.dead_letter_topic, key, payload, Some(headers))
                 .await;
@@ -512,6 +552,7 @@ impl Sink {
                     (Fault::Transient, _) => retry.wait(&e, &origin).await,
                     (Fault::TooLarge, Shape::Full | Shape::Cut) => {
                         retry.reset();
+                        self.limits.refused(&self.dead_letter_topic, size);
                         tracing::warn!(error = %e, ?shape, offset = origin.position.offset, "dead-letter topic refused the record's size; cutting it");
                         shape = if shape == Shape::Full {
                             Shape::Cut
@@ -549,12 +590,6 @@ impl Sink {
         shape: Shape,
     ) -> (Option<&'a [u8]>, Option<&'a [u8]>, OwnedHeaders) {
         let payload = origin.payload.as_deref();
-        let limit = match shape {
-            Shape::Full => self.max_payload,
-            Shape::Cut => CUT_PAYLOAD_BYTES,
-            Shape::Bare => 0,
-        };
-        let kept = payload.map(|p| &p[..p.len().min(limit)]);
         let input_headers = origin.header_summary;
         let carry_headers = shape == Shape::Full && input_headers.bytes <= self.max_headers;
         let mut h = match (&origin.headers, carry_headers) {
@@ -580,18 +615,38 @@ impl Sink {
         if let Some(ts) = position.timestamp_ms {
             put("emostream.source.timestamp_ms", &ts.to_string());
         }
+        if origin.headers.is_some() && !carry_headers {
+            put(
+                "emostream.input_headers_dropped_bytes",
+                &input_headers.bytes.to_string(),
+            );
+        }
+        let limit = match shape {
+            Shape::Full => self.max_payload,
+            // What the dead-letter topic takes (when known) beside these headers.
+            Shape::Cut => {
+                self.limits
+                    .limit(&self.dead_letter_topic)
+                    .map_or(CUT_PAYLOAD_BYTES, |l| {
+                        let around = record_size(None, None, Some(&h)) + TRUNCATION_HEADERS_BYTES;
+                        l.saturating_sub(around).min(CUT_PAYLOAD_BYTES)
+                    })
+            }
+            Shape::Bare => 0,
+        };
+        let kept = payload.map(|p| &p[..p.len().min(limit)]);
+        let mut put = |k: &str, v: &str| {
+            h = std::mem::take(&mut h).insert(Header {
+                key: k,
+                value: Some(v),
+            })
+        };
         if let (Some(p), Some(k)) = (payload, kept) {
             if k.len() < p.len() {
                 put("emostream.payload_truncated", "true");
                 put("emostream.original_bytes", &p.len().to_string());
                 put("emostream.original_sha256", &hex::encode(Sha256::digest(p)));
             }
-        }
-        if origin.headers.is_some() && !carry_headers {
-            put(
-                "emostream.input_headers_dropped_bytes",
-                &input_headers.bytes.to_string(),
-            );
         }
         let key = if shape == Shape::Full {
             origin.key.as_deref()
@@ -677,6 +732,11 @@ impl Drop for Retry<'_> {
     fn drop(&mut self) {
         self.release();
     }
+}
+
+/// What the broker answers for a record over the topic's size limit.
+fn too_large() -> KafkaError {
+    KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)
 }
 
 /// A record for the producer from its optional parts.

@@ -577,11 +577,14 @@ impl SourceStage {
             return true;
         }
         let consumer = &self.consumer;
-        let r = blocking(|| -> Result<usize> {
+        let r = blocking(|| -> Result<(usize, bool)> {
             let assignment = consumer.assignment().context("reading the assignment")?;
             let committed = consumer
                 .committed_offsets(assignment, Duration::from_secs(10))
                 .context("reading committed offsets")?;
+            // Read past a committed offset: the abort threw that work away, to be redone.
+            let position = consumer.position().context("reading the positions")?;
+            let mut redo = false;
             let mut seek = TopicPartitionList::new();
             for e in committed.elements() {
                 // A partition whose committed offset could not be read is not "no offset":
@@ -592,6 +595,12 @@ impl SourceStage {
                 let to = match e.offset() {
                     Offset::Offset(o) => Offset::Offset(o),
                     _ => Offset::Beginning,
+                };
+                let at = position.find_partition(e.topic(), e.partition());
+                redo |= match (at.map(|p| p.offset()), to) {
+                    (Some(Offset::Offset(at)), Offset::Offset(c)) => at > c,
+                    (Some(Offset::Offset(_)), _) => true,
+                    _ => false,
                 };
                 seek.add_partition_offset(e.topic(), e.partition(), to)?;
             }
@@ -607,16 +616,17 @@ impl SourceStage {
                         .with_context(|| format!("seeking {}/{}", e.topic(), e.partition()))?;
                 }
             }
-            Ok(n)
+            Ok((n, redo))
         });
         match r {
-            Ok(n) => {
+            Ok((n, redo)) => {
                 // Anything consumed before the seek is stale.
                 self.ledger().forget_all();
-                txn.rewind_done();
+                txn.rewind_done(redo);
                 metrics::counter!("emostream_transaction_rewinds_total").increment(1);
                 tracing::info!(
                     partitions = n,
+                    redo,
                     "rewound to the committed offsets after an abort"
                 );
                 true

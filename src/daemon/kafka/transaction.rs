@@ -23,7 +23,7 @@ use rdkafka::producer::Producer;
 use rdkafka::TopicPartitionList;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Test builds only (`--features fault-injection`): `EMOSTREAM_FAULT_ABORT_EVERY=N` aborts
 /// every Nth transaction that holds records, so the tests see aborts and rewinds happen.
@@ -35,6 +35,25 @@ fn injected_abort() -> bool {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| *n > 0);
     every.is_some_and(|n| (SETTLED.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n))
+}
+
+/// Test builds only: `EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS=D` makes commits fail with a retriable
+/// error for D ms from the first commit that holds records (a coordinator that keeps timing
+/// out), so the tests see readiness and health while a transaction call retries.
+#[cfg(feature = "fault-injection")]
+fn injected_commit_failure() -> bool {
+    static FIRST: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let Some(d) = std::env::var("EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return false;
+    };
+    FIRST.get_or_init(Instant::now).elapsed() < Duration::from_millis(d)
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// 200 ms doubling to 5 s.
@@ -64,6 +83,18 @@ pub(crate) struct Transactions {
     /// Aborted since the last commit; the source then rewinds before reading on.
     rewind: AtomicBool,
     consecutive_aborts: AtomicU64,
+    /// Why the last transaction aborted (health quotes it).
+    last_abort: Mutex<Option<String>>,
+    /// When a commit last carried records, or the source was last seen idle: health's
+    /// committed-progress clock (aborts in between do not move it).
+    progressed: Mutex<Instant>,
+    /// A transaction call (commit, abort) retrying since when, and why: readiness is 503
+    /// meanwhile.
+    call_retrying: Mutex<Option<(Instant, String)>>,
+    /// Counters (labels fired, events, dead letters) of the open transaction's records,
+    /// incremented when it commits: an aborted transaction's outcomes are labelled again and
+    /// must not count twice.
+    counts: Mutex<Vec<metrics::Counter>>,
 }
 
 impl Transactions {
@@ -86,6 +117,10 @@ impl Transactions {
             sent: AtomicU64::new(0),
             rewind: AtomicBool::new(false),
             consecutive_aborts: AtomicU64::new(0),
+            last_abort: Mutex::new(None),
+            progressed: Mutex::new(Instant::now()),
+            call_retrying: Mutex::new(None),
+            counts: Mutex::new(Vec::new()),
         })
     }
 
@@ -109,6 +144,25 @@ impl Transactions {
     /// A record was handed to the producer in the open transaction (call under `sending`).
     pub(crate) fn record_sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The open transaction's generation.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Counters to increment once transaction `generation` commits (its records' labels,
+    /// events and dead letters); dropped if it aborts.
+    pub(crate) fn count_on_commit(
+        &self,
+        generation: u64,
+        counters: impl IntoIterator<Item = metrics::Counter>,
+    ) {
+        // Under `failed`, the lock `begin` bumps the generation under (see `fail`).
+        let _f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if generation == self.generation.load(Ordering::SeqCst) {
+            lock(&self.counts).extend(counters);
+        }
     }
 
     /// A record of transaction `generation` failed: that transaction must abort.
@@ -137,13 +191,58 @@ impl Transactions {
         self.rewind.load(Ordering::SeqCst)
     }
 
-    pub(crate) fn rewind_done(&self) {
+    /// The source went back to the committed offsets; `redo` says whether it had read past
+    /// them (the abort threw work away that is now read again). Nothing to redo (e.g. the
+    /// aborted records were all of partitions revoked since) leaves nothing pending: health
+    /// must not wait for a commit that has nothing to carry.
+    pub(crate) fn rewind_done(&self, redo: bool) {
+        if !redo {
+            self.progress();
+        }
         self.rewind.store(false, Ordering::SeqCst);
     }
 
-    /// Transactions aborted in a row (health reports a loop of aborts as stuck).
-    pub(crate) fn consecutive_aborts(&self) -> u64 {
-        self.consecutive_aborts.load(Ordering::SeqCst)
+    /// Records in the open transaction (or the one committing).
+    pub(crate) fn uncommitted_records(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Health's view: how long since a commit carried records (or the source was idle), when
+    /// that is over `limit` while transactions keep aborting, with the aborts' count and
+    /// the last reason. An empty settle between aborts does not count as progress.
+    pub(crate) fn without_committed_progress(&self, limit: Duration) -> Option<String> {
+        let aborts = self.consecutive_aborts.load(Ordering::SeqCst);
+        let since = lock(&self.progressed).elapsed();
+        if aborts == 0 || since <= limit {
+            return None;
+        }
+        let why = lock(&self.last_abort).clone().unwrap_or_default();
+        Some(format!(
+            "no committed progress for {since:.1?} (over {limit:?}): {aborts} transactions aborted in a row; last: {why}"
+        ))
+    }
+
+    /// Whether nothing has committed for longer than `limit` (used with work in flight).
+    pub(crate) fn committed_longer_ago_than(&self, limit: Duration) -> Option<Duration> {
+        let since = lock(&self.progressed).elapsed();
+        (since > limit).then_some(since)
+    }
+
+    /// Readiness's view: a transaction call retrying for now, and its last error.
+    pub(crate) fn call_retrying(&self) -> Option<String> {
+        lock(&self.call_retrying)
+            .as_ref()
+            .map(|(since, e)| format!("{e} (retrying for {:.1?})", since.elapsed()))
+    }
+
+    fn retrying_call(&self, what: &str, e: &impl std::fmt::Display) {
+        let mut r = lock(&self.call_retrying);
+        let since = r.as_ref().map_or_else(Instant::now, |(s, _)| *s);
+        *r = Some((since, format!("transaction {what}: {e}")));
+    }
+
+    fn call_done(&self) {
+        *lock(&self.call_retrying) = None;
     }
 
     /// Ends the open transaction and opens the next. `drained` says every consumed message is
@@ -179,21 +278,38 @@ impl Transactions {
                 // Every consumed message sends a record before it is acknowledged: none sent,
                 // no offset moved.
                 if self.sent.load(Ordering::Relaxed) == 0 {
-                    self.consecutive_aborts.store(0, Ordering::SeqCst);
+                    // An idle source is not a stalled one. After an abort it is not idle but
+                    // about to re-read what the abort threw away (`rewound` says when there
+                    // was nothing to redo).
+                    if self.consecutive_aborts.load(Ordering::SeqCst) == 0 {
+                        self.progress();
+                    }
                     return Ok(Settled::Committed);
                 }
                 self.commit(&offsets(), &group)?
             }
         };
-        if let Settled::Aborted(reason) = &outcome {
-            self.abort(reason)?;
-            forget();
-            self.rewind.store(true, Ordering::SeqCst);
-        } else {
-            self.consecutive_aborts.store(0, Ordering::SeqCst);
+        match &outcome {
+            Settled::Aborted(reason) => {
+                self.abort(reason)?;
+                *lock(&self.last_abort) = Some(reason.clone());
+                forget();
+                self.rewind.store(true, Ordering::SeqCst);
+            }
+            Settled::Committed => {
+                self.progress();
+                for c in lock(&self.counts).drain(..) {
+                    c.increment(1);
+                }
+            }
         }
         self.begin()?;
         Ok(outcome)
+    }
+
+    fn progress(&self) {
+        self.consecutive_aborts.store(0, Ordering::SeqCst);
+        *lock(&self.progressed) = Instant::now();
     }
 
     /// Sends the offsets and commits; retriable errors are retried, abortable ones abort.
@@ -205,6 +321,19 @@ impl Transactions {
         let started = std::time::Instant::now();
         let mut offsets_sent = offsets.count() == 0;
         for attempt in 1u32.. {
+            #[cfg(feature = "fault-injection")]
+            if injected_commit_failure() {
+                tracing::warn!(
+                    attempt,
+                    "transaction commit: injected retriable failure; retrying"
+                );
+                self.retrying_call(
+                    "commit",
+                    &"injected retriable failure (EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS)",
+                );
+                std::thread::sleep(backoff(attempt));
+                continue;
+            }
             let r = if offsets_sent {
                 Ok(())
             } else {
@@ -215,6 +344,7 @@ impl Transactions {
             .and_then(|()| self.producer.commit_transaction(self.timeout));
             match r {
                 Ok(()) => {
+                    self.call_done();
                     metrics::counter!("emostream_transactions_total", "result" => "committed")
                         .increment(1);
                     metrics::histogram!("emostream_transaction_commit_seconds")
@@ -222,22 +352,26 @@ impl Transactions {
                     return Ok(Settled::Committed);
                 }
                 Err(KafkaError::Transaction(e)) if e.txn_requires_abort() => {
-                    return Ok(Settled::Aborted(format!("commit: {e}")))
+                    self.call_done();
+                    return Ok(Settled::Aborted(format!("commit: {e}")));
                 }
-                // E.g. the coordinator is unreachable: retry for as long as that lasts (readiness
-                // shows the outage meanwhile).
+                // E.g. the coordinator is unreachable: retry for as long as that lasts
+                // (readiness is 503 meanwhile, naming the call).
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => {
                     tracing::warn!(error = %e, attempt, "transaction commit: retrying");
+                    self.retrying_call("commit", &e);
                     std::thread::sleep(backoff(attempt));
                 }
                 // rust-rdkafka flushes before committing; a flush that timed out has not
                 // touched the transaction, so the commit is simply tried again.
                 Err(KafkaError::Flush(e)) => {
                     tracing::warn!(error = %e, attempt, "transaction commit: flush timed out; retrying");
+                    self.retrying_call("commit (flush)", &e);
                     std::thread::sleep(backoff(attempt));
                 }
                 Err(e) => {
-                    return Err(e).context("committing the transaction (fenced or fatal: another process may own this transactional.id, or the group moved on)")
+                    self.call_done();
+                    return Err(e).context("committing the transaction (fenced or fatal: another process may own this transactional.id, or the group moved on)");
                 }
             }
         }
@@ -258,14 +392,22 @@ impl Transactions {
         if let Err(e) = self.producer.flush(self.timeout) {
             tracing::warn!(error = %e, "flush before the abort did not finish; aborting anyway");
         }
+        lock(&self.counts).clear();
         for attempt in 1u32.. {
             match self.producer.abort_transaction(self.timeout) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.call_done();
+                    return Ok(());
+                }
                 Err(KafkaError::Transaction(e)) if e.is_retriable() => {
                     tracing::warn!(error = %e, attempt, "transaction abort: retrying");
+                    self.retrying_call("abort", &e);
                     std::thread::sleep(backoff(attempt));
                 }
-                Err(e) => return Err(e).context("aborting the transaction"),
+                Err(e) => {
+                    self.call_done();
+                    return Err(e).context("aborting the transaction");
+                }
             }
         }
         unreachable!()
