@@ -85,3 +85,76 @@ fn publish_with_an_unsignable_announcement_changes_nothing() {
         .unwrap_or(0);
     assert_eq!(published, 0, "published: {out}");
 }
+
+/// `emostream create-topics` makes every topic the configuration names with the partitions
+/// asked for, gives the dead-letter topic room for the largest dead letter the configuration
+/// allows (input.max_message_bytes + input.max_header_bytes + 16 KiB), and leaves existing
+/// topics alone when run again.
+#[test]
+fn create_topics_makes_each_configured_topic_once_with_a_dead_letter_limit_from_the_config() {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::ClientConfig;
+    let topics = common::kafka::Topics::unique();
+    let feedback = common::kafka::unique("feedback");
+    let brokers = common::kafka::brokers();
+    let env = [
+        ("EMOSTREAM__KAFKA__BROKERS", brokers.as_str()),
+        ("EMOSTREAM__KAFKA__INPUT_TOPICS", topics.input.as_str()),
+        ("EMOSTREAM__KAFKA__OUTPUT_TOPIC", topics.output.as_str()),
+        ("EMOSTREAM__KAFKA__DEAD_LETTER_TOPIC", topics.dlq.as_str()),
+        ("EMOSTREAM__API__FEEDBACK_TOPIC", feedback.as_str()),
+        ("EMOSTREAM__INPUT__MAX_MESSAGE_BYTES", "4096"),
+    ];
+    let bin = env!("CARGO_BIN_EXE_emostream");
+    let args = [
+        "create-topics",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "1",
+    ];
+    let (ok, out) = run(bin, &args, &env);
+    assert!(ok, "{out}");
+    for t in [&topics.input, &topics.output, &topics.dlq, &feedback] {
+        assert!(
+            out.contains(&format!("{t}\t"))
+                && out
+                    .lines()
+                    .any(|l| l.starts_with(t.as_str()) && l.ends_with("created")),
+            "{t} created: {out}"
+        );
+    }
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for t in [&topics.input, &topics.output, &topics.dlq, &feedback] {
+        let md = c
+            .fetch_metadata(Some(t), std::time::Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(md.topics()[0].partitions().len(), 3, "{t}");
+    }
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let described = rt
+        .block_on(admin.describe_configs(
+            &[ResourceSpecifier::Topic(&topics.dlq)],
+            &AdminOptions::new(),
+        ))
+        .unwrap();
+    let dlq = described[0].as_ref().unwrap();
+    let limit = dlq.get("max.message.bytes").and_then(|e| e.value.clone());
+    assert_eq!(limit.as_deref(), Some("86016"), "4096 + 65536 + 16384");
+    let (ok, again) = run(bin, &args, &env);
+    assert!(ok, "{again}");
+    assert_eq!(
+        again.lines().filter(|l| l.ends_with("\texists")).count(),
+        4,
+        "{again}"
+    );
+}

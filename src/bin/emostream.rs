@@ -1,5 +1,5 @@
 //! `emostream`: the Kafka labelling daemon (`run`), the broker-less `classify`,
-//! `check-model` and `check-config`.
+//! `check-model`, `check-config` and `create-topics`.
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -44,6 +44,16 @@ enum Cmd {
     CheckModel { dir: PathBuf },
     /// Validate the configuration (file and environment) as `run` would at start-up, and exit.
     CheckConfig,
+    /// Create the topics the configuration names that do not exist yet (input, output,
+    /// dead-letter sized for the largest dead letter, control, feedback).
+    CreateTopics {
+        /// Partitions of each topic but the control topic (default: the broker's num.partitions)
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        partitions: i32,
+        /// Replication factor (default: the broker's default.replication.factor)
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        replication_factor: i32,
+    },
 }
 
 fn main() {
@@ -88,6 +98,19 @@ fn real_main() -> Result<()> {
         // Settings::load above validated every key; secrets were read (and are not shown).
         Cmd::CheckConfig => {
             println!("configuration is valid");
+            Ok(())
+        }
+        Cmd::CreateTopics {
+            partitions,
+            replication_factor,
+        } => {
+            let layout = emostream::daemon::kafka::topics::TopicLayout {
+                partitions,
+                replication_factor,
+            };
+            for t in rt.block_on(emostream::daemon::kafka::topics::create_topics(&s, layout))? {
+                println!("{}\t{}\t{}", t.topic, t.key, t.result);
+            }
             Ok(())
         }
     }

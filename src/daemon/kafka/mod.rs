@@ -9,6 +9,7 @@ pub(crate) mod sink;
 pub(crate) mod source;
 pub(crate) mod topic_limits;
 pub mod topic_reader;
+pub mod topics;
 pub(crate) mod transaction;
 
 #[cfg(test)]
