@@ -59,6 +59,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let stream = Stream::start(&s, &kafka, active.clone(), labelling, &swapping, &live)?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
     let (classify, feedback) = http_apis(&s, &kafka, &stream, &active, &policy);
+    let classify_api = classify.clone();
     let health = health(&s, &kafka, &stream);
     let state = AdminState {
         prometheus,
@@ -89,6 +90,8 @@ pub async fn run(s: Settings) -> Result<()> {
     let mut stream = stream;
     let fault = stream.wait(&kafka.faults).await;
     health.shutting_down.store(true, Ordering::SeqCst);
+    // New classify requests get 503; those in flight are answered while the stream drains.
+    classify_api.iter().for_each(|api| api.close());
     if let Some(cause) = fault {
         // Record it (a stage end was not reported through `faults`), commit what is safe
         // (the acknowledged offsets: never past an unacknowledged message) and exit non-zero.
@@ -203,9 +206,9 @@ struct Stream {
     clock: Arc<WorkerClock>,
     /// Tells the source to stop fetching (shutdown).
     stop: Arc<Notify>,
-    /// Into the core beside the source, for the classify API (weak: the source's sender is
-    /// what keeps the core open, so shutdown still drains).
-    api_pending: tokio::sync::mpsc::WeakSender<crate::daemon::pipeline::Admitted>,
+    /// The core's interactive lane, for the classify API: the API holds a weak sender, this
+    /// the strong one, dropped at shutdown so the lane's batcher ends.
+    interactive: tokio::sync::mpsc::Sender<crate::daemon::pipeline::Admitted>,
 }
 
 impl Stream {
@@ -240,7 +243,6 @@ impl Stream {
             kafka.faults.clone(),
         )?;
         let stop = Arc::new(Notify::new());
-        let api_pending = core.pending.downgrade();
         let source = SourceStage {
             consumer: consumer.clone(),
             settings,
@@ -257,7 +259,7 @@ impl Stream {
             workers: core.workers,
             clock: core.clock,
             stop,
-            api_pending,
+            interactive: core.interactive,
         })
     }
 
@@ -276,6 +278,8 @@ impl Stream {
     /// the source waits (bounded by `shutdown.timeout_ms`) for the acknowledgements and commits.
     async fn shut_down(self, s: &Settings) {
         self.stop.notify_one();
+        // The classify API is closed already; requests in flight keep their own senders.
+        drop(self.interactive);
         let deadline = tokio::time::Instant::now() + Duration::from_millis(s.shutdown.timeout_ms);
         // The source waits for acknowledgements until the same deadline, then commits: a few
         // seconds more for that commit. The rest of the pipeline gets no longer than the
@@ -407,7 +411,7 @@ fn http_apis(
     });
     let classify = s.api.enabled.then(|| {
         Arc::new(ClassifyApi::new(
-            stream.api_pending.clone(),
+            stream.interactive.downgrade(),
             &s.input,
             &s.api,
             active.clone(),

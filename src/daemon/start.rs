@@ -208,6 +208,8 @@ pub(crate) fn core_settings(
         labelling,
         workers,
         outcome_buffer,
+        // Every text a full set of concurrent requests may post (a request past it waits).
+        interactive_queue: (s.api.max_concurrent * s.api.max_texts).clamp(1, 4096),
     }
 }
 

@@ -22,8 +22,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 /// Tokenizes a comment into the batch; a rejected message (or one the tokenizer refuses) keeps
-/// its place in the batch as a rejection.
+/// its place in the batch as a rejection. A posted comment whose request gave up is dropped
+/// here, before any inference is spent on it.
 fn add(batch: &mut Batch, admitted: Admitted) {
+    let admitted = match admitted {
+        Ok(p) if p.origin.is_abandoned() => return p.origin.abandon(),
+        Err(r) if r.origin.is_abandoned() => return r.origin.abandon(),
+        a => a,
+    };
     let entry = match admitted {
         Ok(p) => match batch.model.text.encode(&p.text) {
             Ok(e) => {
@@ -112,6 +118,34 @@ pub(crate) async fn run(
         metrics::histogram!("emostream_batch_size").record(batch.comments as f64);
         metrics::histogram!("emostream_batch_tokens").record(batch.tokens as f64);
         if tx.send(batch).await.is_err() || closed {
+            return;
+        }
+    }
+}
+
+/// The interactive lane's batcher: comments posted to the HTTP API, batched as soon as they
+/// arrive (what waits joins, up to `max_batch_size`) by the active model generation, for the
+/// workers to take before the stream's next batch (pipeline/lanes.rs). Ends when `rx` closes
+/// or the workers are gone.
+pub(crate) async fn run_interactive(
+    mut rx: mpsc::Receiver<Admitted>,
+    tx: mpsc::Sender<Batch>,
+    active: watch::Receiver<Arc<Generation>>,
+    max_batch_size: usize,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = Batch::new(active.borrow().clone());
+        add(&mut batch, first);
+        while batch.comments < max_batch_size {
+            match rx.try_recv() {
+                Ok(p) => add(&mut batch, p),
+                Err(_) => break,
+            }
+        }
+        if batch.entries.is_empty() {
+            continue;
+        }
+        if tx.send(batch).await.is_err() {
             return;
         }
     }

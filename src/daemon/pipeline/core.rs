@@ -5,6 +5,7 @@
 
 use crate::backend::generation::Generation;
 use crate::daemon::config::BatchingSettings;
+use crate::daemon::pipeline::lanes::Lanes;
 use crate::daemon::pipeline::workers::{self, Labelling, Observers, WorkerClock};
 use crate::daemon::pipeline::{batcher, Admitted, Batch, Outcome};
 use crate::daemon::supervise::Faults;
@@ -21,6 +22,8 @@ pub(crate) struct CoreSettings {
     pub(crate) workers: usize,
     /// Outcomes the workers may finish ahead of whoever takes them.
     pub(crate) outcome_buffer: usize,
+    /// Comments the interactive lane holds before its senders wait.
+    pub(crate) interactive_queue: usize,
 }
 
 /// The running core: feed `pending`, take `outcomes`.
@@ -28,6 +31,9 @@ pub(crate) struct Core {
     /// Into the batcher; when every sender is gone the batcher flushes and ends, then the
     /// workers end.
     pub(crate) pending: mpsc::Sender<Admitted>,
+    /// Into the interactive lane (comments posted to the HTTP API), whose batches the workers
+    /// take before the stream's (pipeline/lanes.rs). Its batcher ends when every sender is gone.
+    pub(crate) interactive: mpsc::Sender<Admitted>,
     /// Every admitted message's outcome, except those that answer an API request.
     pub(crate) outcomes: mpsc::Receiver<Outcome>,
     pub(crate) clock: Arc<WorkerClock>,
@@ -47,16 +53,26 @@ impl Core {
     ) -> Result<Core> {
         let (pending, pending_rx) = mpsc::channel::<Admitted>(settings.batching.backlog_window);
         let (batch_tx, batch_rx) = mpsc::channel::<Batch>(settings.workers);
+        let (interactive, interactive_rx) = mpsc::channel::<Admitted>(settings.interactive_queue);
+        let (lane_tx, lane_rx) = mpsc::channel::<Batch>(1);
         let (outcome_tx, outcomes) = mpsc::channel::<Outcome>(settings.outcome_buffer);
+        let lanes = Lanes::new(batch_rx, lane_rx, tokio::runtime::Handle::current());
         let (workers, clock) = workers::spawn(
             settings.workers,
-            batch_rx,
+            lanes,
             outcome_tx,
             settings.batching.call_limits(),
             settings.labelling,
             observers,
             faults,
         )?;
+        // Ends on its own once every interactive sender is gone, or the workers are.
+        tokio::spawn(batcher::run_interactive(
+            interactive_rx,
+            lane_tx,
+            active.clone(),
+            settings.batching.max_batch_size,
+        ));
         let batcher = tokio::spawn(batcher::run(
             pending_rx,
             batch_tx,
@@ -66,6 +82,7 @@ impl Core {
         ));
         Ok(Core {
             pending,
+            interactive,
             outcomes,
             clock,
             batcher,

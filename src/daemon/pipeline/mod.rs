@@ -10,6 +10,7 @@ pub(crate) mod context;
 pub(crate) mod core;
 pub(crate) mod decode;
 pub(crate) mod event;
+pub(crate) mod lanes;
 pub(crate) mod policy;
 pub(crate) mod workers;
 
@@ -73,6 +74,17 @@ impl Origin {
             payload,
             reply: None,
         }
+    }
+
+    /// A comment posted to the HTTP API whose request gave up (timed out, client gone).
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.reply.as_ref().is_some_and(|r| r.is_closed())
+    }
+
+    /// Drops an abandoned comment: nobody waits for its outcome, so it is done.
+    pub(crate) fn abandon(self) {
+        metrics::counter!("emostream_api_abandoned_total").increment(1);
+        self.ack.delivered();
     }
 
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
@@ -148,6 +160,18 @@ impl Batch {
 }
 
 impl Outcome {
+    /// Whether a request waits for this outcome (a comment posted to the HTTP API).
+    pub(crate) fn has_reply(&self) -> bool {
+        self.origin().reply.is_some()
+    }
+
+    fn origin(&self) -> &Origin {
+        match self {
+            Outcome::Labelled { origin, .. } => origin,
+            Outcome::Rejected(r) => &r.origin,
+        }
+    }
+
     /// The request waiting for this outcome, taken out (the outcome then goes there, not to
     /// the sink).
     pub(crate) fn take_reply(&mut self) -> Option<Reply> {

@@ -12,6 +12,7 @@ use crate::daemon::config::{OutputSettings, ScoreMode};
 use crate::daemon::pipeline::context;
 use crate::daemon::pipeline::decode::Reason;
 use crate::daemon::pipeline::event;
+use crate::daemon::pipeline::lanes::{Lanes, Taken};
 use crate::daemon::pipeline::policy::{Decisions, PolicyFile, Rule};
 use crate::daemon::pipeline::{Batch, Entry, Item, Outcome, Rejection};
 use crate::daemon::supervise::{panic_message, Faults};
@@ -112,6 +113,8 @@ fn label_batch(
     let (mut items, mut at) = (Vec::new(), Vec::new());
     for entry in batch.entries {
         match entry {
+            // Its request gave up while the batch waited for a worker.
+            Entry::Comment(item) if item.origin.is_abandoned() => item.origin.abandon(),
             Entry::Comment(item) => {
                 at.push(slots.len());
                 items.push(item);
@@ -443,20 +446,58 @@ fn injected_fault(seq: u64) {
     }
 }
 
-/// Starts `n` worker threads sharing one batch queue; worker `w` runs session `w` of each
-/// batch's model generation. The threads end when the batch queue closes. A worker that
-/// panics reports it to `faults` (the daemon then exits: see supervise.rs); the batch it held
-/// is dropped unacknowledged, so its messages are read again after the restart.
+/// Sends an outcome to the request waiting for it. The request may have given up (timeout,
+/// client gone): then nobody waits for it, and it is done.
+fn answer(mut x: Outcome) {
+    if let Some(reply) = x.take_reply() {
+        if let Err(unanswered) = reply.send(x) {
+            unanswered.done();
+        }
+    }
+}
+
+/// Holds stream batch `seq`'s outcomes until every earlier batch's have left, then sends
+/// what is next in order; false once nobody takes outcomes any more.
+fn release_in_order(
+    order: &std::sync::Mutex<InOrder>,
+    seq: u64,
+    labelled: Vec<Outcome>,
+    outcomes: &mpsc::Sender<Outcome>,
+) -> bool {
+    let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+    o.held.insert(seq, labelled);
+    loop {
+        let next = o.next;
+        let Some(ready) = o.held.remove(&next) else {
+            return true;
+        };
+        o.next += 1;
+        for x in ready {
+            if x.has_reply() {
+                answer(x);
+            } else if outcomes.blocking_send(x).is_err() {
+                return false;
+            }
+        }
+    }
+}
+
+/// Starts `n` worker threads sharing the batch lanes (pipeline/lanes.rs); worker `w` runs
+/// session `w` of each batch's model generation. The threads end when the stream's batch queue
+/// closes. A worker that panics reports it to `faults` (the daemon then exits: see
+/// supervise.rs); the batch it held is dropped unacknowledged, so its messages are read again
+/// after the restart. An interactive batch's outcomes answer their requests at once; the
+/// stream's leave in batch order.
 pub(crate) fn spawn(
     n: usize,
-    batches: mpsc::Receiver<Batch>,
+    lanes: Lanes<Batch>,
     outcomes: mpsc::Sender<Outcome>,
     calls: CallLimits,
     labelling: Labelling,
     watch: Observers,
     faults: Arc<Faults>,
 ) -> Result<(Vec<std::thread::JoinHandle<()>>, Arc<WorkerClock>)> {
-    let batches = Arc::new(Mutex::new(batches));
+    let batches = Arc::new(Mutex::new(lanes));
     let order = Arc::new(std::sync::Mutex::new(InOrder {
         taken: 0,
         next: 0,
@@ -474,39 +515,31 @@ pub(crate) fn spawn(
         let clock = clock.clone();
         let work = move || loop {
             let (seq, batch) = {
-                let mut queue = batches.blocking_lock();
-                let Some(batch) = queue.blocking_recv() else {
-                    return;
-                };
-                // Numbered while the queue is held: sequence = queue order.
-                let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
-                o.taken += 1;
-                (o.taken - 1, batch)
+                let mut lanes = batches.blocking_lock();
+                match lanes.next() {
+                    None => return,
+                    Some(Taken::Interactive(batch)) => (None, batch),
+                    Some(Taken::Stream(batch)) => {
+                        // Numbered while the lanes are held: sequence = queue order.
+                        let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
+                        o.taken += 1;
+                        (Some(o.taken - 1), batch)
+                    }
+                }
             };
             clock.set(w, true);
             #[cfg(feature = "fault-injection")]
-            injected_fault(seq);
+            if let Some(seq) = seq {
+                injected_fault(seq);
+            }
             let labelled = label_batch(w, batch, calls, &labelling, &watch);
             clock.set(w, false);
-            let mut o = order.lock().unwrap_or_else(|p| p.into_inner());
-            o.held.insert(seq, labelled);
-            loop {
-                let next = o.next;
-                let Some(ready) = o.held.remove(&next) else {
-                    break;
-                };
-                o.next += 1;
-                for mut x in ready {
-                    if let Some(reply) = x.take_reply() {
-                        // The request may have given up (timeout, client gone): then nobody
-                        // waits for it, and it is done.
-                        if let Err(unanswered) = reply.send(x) {
-                            unanswered.done();
-                        }
-                    } else if outcomes.blocking_send(x).is_err() {
-                        return;
-                    }
-                }
+            let Some(seq) = seq else {
+                labelled.into_iter().for_each(answer);
+                continue;
+            };
+            if !release_in_order(&order, seq, labelled, &outcomes) {
+                return;
             }
         };
         handles.push(
