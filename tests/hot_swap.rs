@@ -647,3 +647,84 @@ fn shadow_mode_compares_on_live_traffic_before_promoting() {
         .expect("daemon exit")
         .success());
 }
+
+/// Issue 25: rollback history lives in the registry (`HISTORY`) and a rollback to `model.dir`
+/// removes `ACTIVE`, so after a restart the daemon serves what it served before the restart
+/// and can still roll back (it used to answer 422 "no previous model", and a restart after a
+/// rollback to `model.dir` served the version just rolled back from).
+#[test]
+fn rollbacks_survive_restarts_and_a_rollback_to_model_dir_is_what_a_restart_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let root = tmp.path().join("registry");
+    let reg = Registry::open(&root).unwrap();
+    for v in ["1.0.0", "2.0.0"] {
+        reg.publish(&model, Some(v)).unwrap();
+    }
+    let topics = Topics::new(1);
+    let token = "s3cret-token";
+    let port = free_port();
+    let env = registry_env(
+        daemon_env(&topics, &model),
+        &root,
+        port,
+        &[
+            ("EMOSTREAM__REGISTRY__WATCH", "false"),
+            ("EMOSTREAM__ADMIN__TOKEN", token),
+        ],
+    );
+    let start = || {
+        let d = DaemonBuilder::new(&env).spawn();
+        wait_http(port, "/healthz", Duration::from_secs(60), |c, _| c == 200);
+        d
+    };
+    let stop = |mut d: common::daemon::Daemon| {
+        sigterm(&d);
+        assert!(wait_exit(&mut d, Duration::from_secs(60))
+            .expect("exits")
+            .success());
+    };
+    // No ACTIVE yet: model.dir (the tiny model's own version) serves.
+    let d = start();
+    let own = active_version_with(port, token);
+    swap_to(port, "1.0.0", Some(token), 200);
+    swap_to(port, "2.0.0", Some(token), 200);
+    stop(d);
+
+    let d = start();
+    assert_eq!(active_version_with(port, token), "2.0.0", "ACTIVE survives");
+    let body = roll_back(port, Some(token), 200);
+    assert!(
+        body.contains("\"active\":\"1.0.0\""),
+        "history survives a restart: {body}"
+    );
+    stop(d);
+
+    let d = start();
+    assert_eq!(
+        active_version_with(port, token),
+        "1.0.0",
+        "the rollback was persisted"
+    );
+    let body = roll_back(port, Some(token), 200);
+    assert!(
+        body.contains(&format!("\"active\":\"{own}\"")),
+        "back to model.dir: {body}"
+    );
+    assert_eq!(
+        reg.active().unwrap(),
+        None,
+        "a rollback to model.dir removes ACTIVE"
+    );
+    stop(d);
+
+    let d = start();
+    assert_eq!(
+        active_version_with(port, token),
+        own,
+        "a restart serves model.dir again"
+    );
+    let body = roll_back(port, Some(token), 422);
+    assert!(body.contains("no previous model"), "{body}");
+    stop(d);
+}

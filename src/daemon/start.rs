@@ -123,7 +123,11 @@ pub(crate) fn start_swapping(
         workers: s.batching.inference_workers,
         settings: s.registry.clone(),
         shadow: shadow.clone(),
-        history: Vec::new(),
+        // What served before, from the registry: rollback works after a restart.
+        history: registry
+            .as_ref()
+            .map(swap::load_history)
+            .unwrap_or_default(),
         loads: Default::default(),
     };
     let mut tasks = vec![tokio::spawn(controller.run(rx))];

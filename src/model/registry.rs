@@ -11,6 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 pub(crate) const POINTER_FILE: &str = "ACTIVE";
+/// What served before the active model, oldest first, one entry a line: a version, or
+/// `dir <path>` for a directory outside the registry (`model.dir`). Rollback reads it, so a
+/// rollback works after a restart.
+pub(crate) const HISTORY_FILE: &str = "HISTORY";
 pub(crate) const VERSIONS_DIR: &str = "versions";
 
 #[derive(Debug, Clone)]
@@ -138,17 +142,51 @@ impl Registry {
     /// Points `ACTIVE` at `version` (which must exist): write a temporary file, fsync, rename.
     pub fn set_active(&self, version: &str) -> Result<()> {
         self.resolve(version)?;
-        let tmp = self
-            .root
-            .join(format!(".{POINTER_FILE}.{}.tmp", unique_suffix()));
+        self.replace_file(POINTER_FILE, &format!("{version}\n"))
+    }
+
+    /// Removes `ACTIVE` (a rollback to `model.dir`, outside the registry: a restart then
+    /// serves `model.dir`, not the version just rolled back from).
+    pub(crate) fn clear_active(&self) -> Result<()> {
+        match fs::remove_file(self.pointer_path()) {
+            Ok(()) => fsync_dir(&self.root),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", self.pointer_path().display())),
+        }
+    }
+
+    /// The rollback history (`HISTORY`), oldest first; empty when there is none.
+    pub(crate) fn history(&self) -> Result<Vec<String>> {
+        let path = self.root.join(HISTORY_FILE);
+        match fs::read_to_string(&path) {
+            Ok(s) => Ok(s
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(str::to_string)
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Replaces the rollback history as the pointer is replaced: temporary file, fsync, rename.
+    pub(crate) fn set_history(&self, entries: &[String]) -> Result<()> {
+        self.replace_file(
+            HISTORY_FILE,
+            &entries.iter().map(|e| format!("{e}\n")).collect::<String>(),
+        )
+    }
+
+    fn replace_file(&self, name: &str, content: &str) -> Result<()> {
+        let tmp = self.root.join(format!(".{name}.{}.tmp", unique_suffix()));
         {
             let mut f =
                 fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(format!("{version}\n").as_bytes())?;
+            f.write_all(content.as_bytes())?;
             f.sync_all()?;
         }
-        fs::rename(&tmp, self.pointer_path())
-            .with_context(|| format!("replacing {}", self.pointer_path().display()))?;
+        let path = self.root.join(name);
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))?;
         fsync_dir(&self.root)
     }
 

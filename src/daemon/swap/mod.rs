@@ -123,7 +123,7 @@ pub(crate) fn set_model_info(m: &Generation, on: bool) {
 impl Controller {
     pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<SwapRequest>) {
         while let Some(req) = rx.recv().await {
-            let report = self.handle(&req.target).await;
+            let report = self.handle(&req.target, req.trigger).await;
             metrics::counter!("emostream_model_swaps_total", "result" => report.result.as_str(), "trigger" => req.trigger.as_str()).increment(1);
             match report.result {
                 SwapResult::Swapped => {
@@ -163,7 +163,7 @@ impl Controller {
 
     /// One swap request: resolve, load and validate (off the runtime), optionally compare in
     /// shadow, then promote. Any failure leaves the running model serving.
-    async fn handle(&mut self, target: &Target) -> SwapReport {
+    async fn handle(&mut self, target: &Target, trigger: Trigger) -> SwapReport {
         let (version, dir) = match self.resolve(target) {
             Ok(found) => found,
             Err(report) => return report,
@@ -209,7 +209,12 @@ impl Controller {
             }
             shadow = agreement;
         }
-        let previous = self.promote(target, candidate, &dir, &version);
+        let previous = self.promote(target, candidate, &dir);
+        // A pointer swap follows a change made elsewhere (whoever moved ACTIVE keeps the
+        // registry's record); every other trigger records what it did.
+        if trigger != Trigger::Pointer {
+            self.persist(&dir, &version);
+        }
         SwapReport {
             previous: Some(previous),
             load_seconds: Some(load_seconds),
@@ -313,7 +318,6 @@ impl Controller {
         target: &Target,
         candidate: Arc<Generation>,
         dir: &std::path::Path,
-        version: &str,
     ) -> String {
         set_model_info(&candidate, true);
         let old = self.active.send_replace(candidate);
@@ -335,16 +339,70 @@ impl Controller {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
         metrics::gauge!("emostream_model_last_swap_timestamp_seconds").set(now);
-        if let Some(reg) = &self.registry {
-            // Keep ACTIVE in step so a restart serves what is serving now.
-            if dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR))
-                && reg.active().ok().flatten().as_deref() != Some(version)
-            {
-                if let Err(e) = reg.set_active(version) {
-                    tracing::warn!(error = %format!("{e:#}"), "could not update the registry pointer");
-                }
-            }
-        }
         previous
     }
+
+    /// Keeps the registry in step with what serves now, so a restart serves it and can still
+    /// roll back: `ACTIVE` names the version (removed when a directory outside the registry,
+    /// `model.dir`, serves), `HISTORY` holds what served before.
+    fn persist(&self, dir: &std::path::Path, version: &str) {
+        let Some(reg) = &self.registry else { return };
+        let in_registry = dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR));
+        let pointer = if in_registry {
+            if reg.active().ok().flatten().as_deref() == Some(version) {
+                Ok(())
+            } else {
+                reg.set_active(version)
+            }
+        } else {
+            reg.clear_active()
+        };
+        let entries: Vec<String> = self
+            .history
+            .iter()
+            .map(|(v, d)| history_entry(reg, v, d))
+            .collect();
+        if let Err(e) = pointer.and_then(|()| reg.set_history(&entries)) {
+            tracing::warn!(error = %format!("{e:#}"), "could not update the registry's pointer or history");
+        }
+    }
+}
+
+/// A `HISTORY` line: the version when it lives in the registry, else `dir`, the version and
+/// the directory, tab-separated.
+fn history_entry(reg: &Registry, version: &str, dir: &std::path::Path) -> String {
+    if dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR)) {
+        version.to_string()
+    } else {
+        format!("dir\t{version}\t{}", dir.display())
+    }
+}
+
+/// The rollback history a registry holds (oldest first), each entry with its directory;
+/// entries whose version or directory is gone are skipped (with a warning).
+pub(crate) fn load_history(reg: &Registry) -> Vec<(String, PathBuf)> {
+    let lines = match reg.history() {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "unreadable registry history; rollback starts empty");
+            return Vec::new();
+        }
+    };
+    lines
+        .iter()
+        .filter_map(|line| {
+            let found = match line.split('\t').collect::<Vec<_>>().as_slice() {
+                ["dir", version, dir] => {
+                    let dir = PathBuf::from(dir);
+                    dir.is_dir().then(|| (version.to_string(), dir))
+                }
+                [version] => reg.resolve(version).ok().map(|d| (version.to_string(), d)),
+                _ => None,
+            };
+            if found.is_none() {
+                tracing::warn!(entry = %line, "registry history entry no longer resolves; skipped");
+            }
+            found
+        })
+        .collect()
 }
