@@ -1,6 +1,7 @@
-//! `POST /v1/classify` and `GET /v1/model`: comments posted over HTTP go through the stream's
-//! batcher and active model generation (so a hot swap applies to both) as raw-text messages
-//! and come back as the stream's label events (schema v1) without the Kafka `source`, with
+//! `POST /v1/classify` and `GET /v1/model`: comments posted over HTTP go through the inference
+//! core's interactive lane (`emostream run`: batched apart, taken before the stream's next
+//! batch; `emostream serve`: the core's only queue) and its active model generation (so a hot
+//! swap applies to both) as raw-text messages and come back as the stream's label events (schema v1) without the Kafka `source`, with
 //! every label's score.
 //! Limits: `api.max_texts` and `api.max_request_bytes` per request (413), `api.max_concurrent`
 //! requests at once (429), `api.timeout_ms` for the whole request (408 while its body has not
@@ -24,9 +25,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 pub(crate) struct ClassifyApi {
-    /// Into the batcher, beside the Kafka source. Weak: the pipeline still drains and stops
-    /// when its source does; a request holds a strong sender only while it sends.
-    pending: mpsc::WeakSender<Admitted>,
+    /// Into the inference core (its interactive lane under `run`). Weak: the core still drains
+    /// and stops when its owner drops the strong sender; a request holds one only while it
+    /// sends.
+    queue: mpsc::WeakSender<Admitted>,
     /// Tracks posted comments (their outcomes resolve it; nothing commits from it).
     ledger: Arc<Ledger>,
     next: AtomicI64,
@@ -54,7 +56,7 @@ impl ClassifyApi {
         feedback: bool,
     ) -> ClassifyApi {
         ClassifyApi {
-            pending,
+            queue: pending,
             ledger: Arc::new(Ledger::default()),
             next: AtomicI64::new(0),
             input: InputSettings {
@@ -114,7 +116,7 @@ fn answer(outcome: Outcome, index: usize) -> Vec<u8> {
 }
 
 /// `POST /v1/classify`: admission (open, a concurrency slot), the request read and checked,
-/// its texts handed to the stream's batcher, the answers gathered, all within api.timeout_ms.
+/// its texts handed to the inference core, the answers gathered, all within api.timeout_ms.
 pub(crate) async fn post_classify(State(api): State<Arc<ClassifyApi>>, req: Request) -> Response {
     let started = Instant::now();
     if api.closed.load(Ordering::SeqCst) {
@@ -222,14 +224,14 @@ fn parse_texts(body: &[u8], max_texts: usize) -> Result<Vec<String>, Response> {
     Ok(texts)
 }
 
-/// Hands each text to the stream's batcher as a raw-text message whose outcome answers this
+/// Hands each text to the inference core as a raw-text message whose outcome answers this
 /// request; returns where each answer will arrive.
 async fn submit(
     api: &ClassifyApi,
     texts: Vec<String>,
     deadline: tokio::time::Instant,
 ) -> Result<Vec<oneshot::Receiver<Outcome>>, Response> {
-    let Some(pending) = api.pending.upgrade() else {
+    let Some(pending) = api.queue.upgrade() else {
         return Err(refuse(StatusCode::SERVICE_UNAVAILABLE, "shutting down"));
     };
     let mut waiting = Vec::with_capacity(texts.len());
@@ -242,7 +244,7 @@ async fn submit(
             Err(_) => {
                 return Err(refuse(
                     StatusCode::GATEWAY_TIMEOUT,
-                    "the stream's queue stayed full past api.timeout_ms",
+                    "the classify queue stayed full past api.timeout_ms",
                 ))
             }
         };

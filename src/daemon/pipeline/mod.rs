@@ -194,7 +194,8 @@ impl Outcome {
 #[derive(Debug)]
 pub(crate) enum Outcome {
     /// Labelled: the serialised label event, and the counters of its labels (incremented once
-    /// the event is delivered: `emostream_labels_total{label}`).
+    /// the event is delivered — in exactly-once mode, once its transaction commits:
+    /// `emostream_labels_total{label}`).
     Labelled {
         event: Vec<u8>,
         origin: Origin,
