@@ -21,6 +21,8 @@ struct Partition {
     pending: BTreeMap<i64, Instant>,
     /// One past the offset consumed last.
     next: Option<i64>,
+    /// The highest offset acknowledged in this epoch.
+    highest_acked: Option<i64>,
     /// Which reading of the partition its tokens belong to: new when the partition is first
     /// tracked (again, after a revoke) and when it rewinds.
     epoch: u64,
@@ -41,6 +43,7 @@ impl OffsetTracker {
             let p = Partition {
                 pending: BTreeMap::new(),
                 next: None,
+                highest_acked: None,
                 epoch: self.epochs,
             };
             self.parts.insert(tp.clone(), p);
@@ -53,6 +56,7 @@ impl OffsetTracker {
             self.epochs += 1;
             p.epoch = self.epochs;
             p.pending.clear();
+            p.highest_acked = None;
         }
         p.pending.insert(offset, Instant::now());
         // The last consumed, not the highest: the commit point must not claim offsets beyond
@@ -65,8 +69,20 @@ impl OffsetTracker {
     /// rewound since) are ignored.
     pub(crate) fn ack(&mut self, tp: &TopicPartition, offset: i64, epoch: u64) {
         if let Some(p) = self.parts.get_mut(tp).filter(|p| p.epoch == epoch) {
-            p.pending.remove(&offset);
+            if p.pending.remove(&offset).is_some() {
+                p.highest_acked = p.highest_acked.max(Some(offset));
+            }
         }
+    }
+
+    /// Whether every acknowledged offset lies below its partition's commit point: then the
+    /// commit points cover exactly the acknowledged messages, with nothing acknowledged beyond
+    /// an unacknowledged one.
+    fn acknowledged_are_a_prefix(&self) -> bool {
+        self.parts.iter().all(|(tp, p)| {
+            p.highest_acked
+                .is_none_or(|h| self.commit_point(tp).is_some_and(|c| h < c))
+        })
     }
 
     fn is_current(&self, tp: &TopicPartition, epoch: u64) -> bool {
@@ -225,6 +241,13 @@ impl Ledger {
         self.offsets().in_flight()
     }
 
+    /// Whether the commit points are exactly the acknowledged messages: each partition's
+    /// acknowledged offsets all lie below its first unacknowledged one (e.g. only the last
+    /// messages read were left unfinished, as at a stop under a backlog).
+    pub(crate) fn acknowledged_are_a_prefix(&self) -> bool {
+        self.offsets().acknowledged_are_a_prefix()
+    }
+
     /// Messages whose tokens are not resolved yet.
     pub(crate) fn in_flight(&self) -> usize {
         self.messages.load(Ordering::SeqCst)
@@ -299,6 +322,42 @@ impl Drop for Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn acknowledged_messages_are_a_prefix_only_when_none_lies_beyond_an_unacknowledged_one() {
+        let ledger = Arc::new(Ledger::default());
+        let tp = ("t".to_string(), 0);
+        let acks: Vec<Ack> = (0..4).map(|o| ledger.issue(tp.clone(), o, 1)).collect();
+        let mut acks = acks.into_iter();
+        let (a0, a1, a2, a3) = (
+            acks.next().unwrap(),
+            acks.next().unwrap(),
+            acks.next().unwrap(),
+            acks.next().unwrap(),
+        );
+        assert!(
+            ledger.acknowledged_are_a_prefix(),
+            "nothing acknowledged yet"
+        );
+        a0.delivered();
+        a1.delivered();
+        // The last one read was dropped unfinished (a stop): 0 and 1 are the prefix.
+        drop(a3);
+        assert!(ledger.acknowledged_are_a_prefix());
+        assert_eq!(ledger.commit_points(), vec![(tp.clone(), 2)]);
+        // 2 unfinished, 3 ... acknowledged beyond it: not a prefix.
+        let b = ledger.issue(tp.clone(), 4, 1);
+        b.delivered();
+        assert!(
+            !ledger.acknowledged_are_a_prefix(),
+            "4 is acknowledged beyond unfinished 2"
+        );
+        a2.delivered();
+        assert!(
+            !ledger.acknowledged_are_a_prefix(),
+            "3 was dropped: 4 lies beyond it"
+        );
+    }
 
     #[test]
     fn progress_is_acknowledgements_not_the_age_of_the_oldest_message() {

@@ -107,8 +107,12 @@ impl SourceContext {
     fn settle_transaction<C: Consumer<SourceContext>>(&self, consumer: &C, txn: &Transactions) {
         // Every current message stays unacknowledged until its record is in the transaction;
         // tokens of partitions an abort forgot may still be in the pipeline (they are dropped
-        // before the producer) and do not count.
-        let drained = self.ledger.unacknowledged() == 0;
+        // before the producer) and do not count. With every token resolved, messages left
+        // unacknowledged (dropped: e.g. the one the source held when a stop came) do not
+        // spoil the commit as long as nothing after them was acknowledged on their partition:
+        // the commit points then end exactly where the transaction's records do.
+        let drained = self.ledger.unacknowledged() == 0
+            || (self.ledger.in_flight() == 0 && self.ledger.acknowledged_are_a_prefix());
         let offsets = || {
             let mut tpl = TopicPartitionList::new();
             for ((topic, p), o) in self.ledger.commit_points() {
