@@ -651,3 +651,65 @@ fn a_graceful_stop_under_a_backlog_commits_the_completed_work_instead_of_abortin
     assert_eq!(counts.len(), n, "every id");
     assert!(counts.values().all(|c| *c == 1), "each once");
 }
+
+/// Issue 25: while a transaction commit retries (a test-build hook fails it for 15 s), the
+/// source keeps polling the consumer with its partitions paused, so a retry longer than the
+/// consumer's `max.poll.interval.ms` (7 s here) does not cost the group membership — which
+/// would fence the late commit and stop the replica. The daemon stays up, nothing is revoked,
+/// and each id is committed once.
+#[test]
+fn a_commit_retrying_past_max_poll_interval_keeps_the_group_membership() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::new(2);
+    let port = free_port();
+    let log = tmp.path().join("daemon.log");
+    let mut env = exactly_once_env(&topics, &model, port);
+    env.extend([
+        ("EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS".into(), "15000".into()),
+        ("EMOSTREAM__KAFKA__REVOKE_WAIT_MS".into(), "2000".into()),
+    ]);
+    let cfg = tmp.path().join("poll.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka.consumer_properties]\n\"max.poll.interval.ms\" = \"7000\"\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    )
+    .unwrap();
+    let mut d = DaemonBuilder::new(&env).config(&cfg).log(&log).spawn();
+    common::http::wait_http(port, "/readyz", Duration::from_secs(60), |code, _| {
+        code == 200
+    });
+    send_all(&producer(), &topics.input, &comments(0..100));
+    common::http::wait_http(port, "/readyz", Duration::from_secs(30), |code, _| {
+        code == 503
+    });
+    let took = wait_all_committed(
+        &topics.group,
+        &topics.input,
+        2,
+        Duration::from_secs(90),
+        &mut d,
+    );
+    assert!(
+        d.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+    sigterm(&d);
+    assert!(wait_exit(&mut d, Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let revoked = text.matches("partitions revoked").count();
+    eprintln!("committed after {took:?}; revokes in the log: {revoked}");
+    // The one revoke is the stop's own (leaving the group).
+    assert!(
+        revoked <= 1,
+        "the member lost its partitions while the commit retried:\n{text}"
+    );
+    assert!(!text.contains("fatal"), "{text}");
+    let events = read_settled(&topics.output, "read_committed");
+    let mut ids: Vec<String> = events.iter().map(event_id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), events.len()), (100, 100), "each id once");
+}

@@ -516,7 +516,7 @@ impl SourceStage {
                 Turn::Stop => break,
                 Turn::Idle => {}
                 Turn::Commit => {
-                    self.periodic_commit().await;
+                    self.periodic_commit(paused).await;
                     since_commit = 0;
                 }
                 // An abort during the poll (a revoke): this message is read again after the
@@ -534,7 +534,7 @@ impl SourceStage {
                         tokio::select! {
                             p = self.pending_tx.reserve() => break p.ok(),
                             _ = tick.tick(), if at_least_once => {
-                                self.periodic_commit().await;
+                                self.periodic_commit(paused).await;
                                 since_commit = 0;
                             }
                             _ = self.stop.notified() => break None,
@@ -553,7 +553,7 @@ impl SourceStage {
                     // when one of its records failed (whatever follows would be thrown away).
                     let txn = self.consumer.context().txn.as_ref();
                     if txn.is_some_and(|t| since_commit >= txn_max || t.must_abort()) {
-                        self.periodic_commit().await;
+                        self.periodic_commit(paused).await;
                         since_commit = 0;
                     }
                 }
@@ -643,15 +643,16 @@ impl SourceStage {
         }
     }
 
-    async fn periodic_commit(&self) {
+    /// Commits (exactly-once: settles the transaction). `paused`: the source has paused its
+    /// partitions for backpressure (they stay paused after an exactly-once settle).
+    async fn periodic_commit(&self, paused: bool) {
         if let Some(txn) = &self.consumer.context().txn {
             // Nothing new is read meanwhile: wait until everything consumed is in the
             // transaction (bounded; a stage that stopped answering makes it abort).
             let limit = self.settings.stall_timeout;
             self.wait_acknowledged(tokio::time::Instant::now() + limit)
                 .await;
-            let consumer = &*self.consumer;
-            blocking(|| consumer.context().settle_transaction(consumer, txn));
+            self.settle_while_polling(txn, paused).await;
             return;
         }
         // While no broker answers, each async commit would only queue up and fail together
@@ -669,6 +670,56 @@ impl SourceStage {
                 offset = o,
                 "oldest in-flight message is over 60 s old"
             );
+        }
+    }
+
+    /// Exactly-once: settles the transaction on a blocking thread. A settle that takes longer
+    /// than a moment (a commit retrying through a coordinator outage) goes on while this task
+    /// polls the consumer with every partition paused: nothing is read, but the poll serves
+    /// rebalances and keeps this member inside `max.poll.interval.ms`, so a long retry does
+    /// not cost the group membership (and the commit its fencing).
+    async fn settle_while_polling(&self, txn: &Arc<Transactions>, paused: bool) {
+        let (consumer, t) = (self.consumer.clone(), txn.clone());
+        let mut settle = tokio::task::spawn_blocking(move || {
+            consumer.context().settle_transaction(&*consumer, &t)
+        });
+        if tokio::time::timeout(Duration::from_millis(200), &mut settle)
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        if let Ok(a) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&a);
+        }
+        loop {
+            tokio::select! {
+                _ = &mut settle => break,
+                m = self.consumer.recv() => match m {
+                    // A partition assigned meanwhile starts unpaused: hold it, and read this
+                    // message again once the settle is done.
+                    Ok(msg) => {
+                        let (topic, p, at) = (msg.topic().to_string(), msg.partition(), msg.offset());
+                        drop(msg);
+                        let mut tpl = TopicPartitionList::new();
+                        tpl.add_partition(&topic, p);
+                        let _ = self.consumer.pause(&tpl);
+                        let c = &self.consumer;
+                        if let Err(e) = blocking(|| c.seek(&topic, p, Offset::Offset(at), Duration::from_secs(10))) {
+                            tracing::warn!(error = %e, topic, partition = p, offset = at, "seeking back a message read while a commit retried");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "consumer error while the transaction settles");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        if !paused {
+            if let Ok(a) = self.consumer.assignment() {
+                let _ = self.consumer.resume(&a);
+            }
         }
     }
 
