@@ -195,3 +195,39 @@ fn roberta_layout_exports_with_parity() {
 fn distilbert_layout_exports_with_parity() {
     check_layout(Arch::Distilbert, Pooling::Cls);
 }
+
+/// Not a check: writes a RoBERTa-base-shaped model directory (768 wide, 12 layers, 12 heads,
+/// 3072 feed-forward; random weights, fp32, our fused export) to `$EMOSTREAM_SHAPED_OUT`, for
+/// `benches/sizing.sh` to measure a base-sized model's comments/s. Run through that script.
+#[test]
+#[ignore]
+fn write_a_roberta_base_shaped_model_for_the_sizing_bench() {
+    let out = std::path::PathBuf::from(
+        std::env::var("EMOSTREAM_SHAPED_OUT").expect("EMOSTREAM_SHAPED_OUT: where to write it"),
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let dims = common::Dims {
+        hidden: 768,
+        layers: 12,
+        heads: 12,
+        intermediate: 3072,
+    };
+    common::shaped_checkpoint(Arch::Roberta, &base, 7, &dims);
+    let mut hf: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(base.join("config.json")).unwrap()).unwrap();
+    let labels = emostream::model::labels::LabelSet::goemotions();
+    let cfg = emostream::train::encoder::EncoderConfig::from_hf(&hf, 28).unwrap();
+    hf = cfg.to_hf(labels.names());
+    std::fs::write(base.join("config.json"), serde_json::to_vec(&hf).unwrap()).unwrap();
+    export_model_dir(&ExportRequest {
+        checkpoint: &base,
+        out: &out,
+        variant: Variant::Fp32 { fused: true },
+        name: "roberta-base-shaped",
+        version: "0.0.0",
+        max_len: 128,
+        run: None,
+    })
+    .unwrap();
+}

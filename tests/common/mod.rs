@@ -121,18 +121,38 @@ fn train_tokenizer(arch: Arch, path: &Path, n: usize) -> usize {
     tok.get_vocab_size(true)
 }
 
+/// An encoder's size: hidden width, layers, attention heads, feed-forward width.
+pub struct Dims {
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+}
+
 /// Writes a tiny random checkpoint (config.json, model.safetensors, tokenizer.json) into `dir`.
 pub fn tiny_checkpoint(arch: Arch, dir: &Path, seed: u64) -> EncoderConfig {
+    let tiny = Dims {
+        hidden: 32,
+        layers: 2,
+        heads: 4,
+        intermediate: 64,
+    };
+    shaped_checkpoint(arch, dir, seed, &tiny)
+}
+
+/// A random checkpoint of `arch` with the given size (e.g. RoBERTa-base's 768/12/12/3072, for
+/// speed measurements: the weights are random, the shapes and the work are real).
+pub fn shaped_checkpoint(arch: Arch, dir: &Path, seed: u64, dims: &Dims) -> EncoderConfig {
     std::fs::create_dir_all(dir).unwrap();
     let vocab = train_tokenizer(arch, &dir.join("tokenizer.json"), 3000);
     let pad = if arch == Arch::Roberta { 1 } else { 0 };
     let cfg = EncoderConfig {
         arch,
         vocab_size: vocab,
-        hidden_size: 32,
-        num_layers: 2,
-        num_heads: 4,
-        intermediate_size: 64,
+        hidden_size: dims.hidden,
+        num_layers: dims.layers,
+        num_heads: dims.heads,
+        intermediate_size: dims.intermediate,
         max_position_embeddings: if arch == Arch::Roberta { 130 } else { 128 },
         type_vocab_size: if arch == Arch::Distilbert {
             0
