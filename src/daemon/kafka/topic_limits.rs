@@ -7,9 +7,10 @@
 //! since, costs one abort, not a loop.
 
 use crate::daemon::kafka::client::{client_config, ClientSettings};
+use crate::daemon::kafka::headers;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -120,11 +121,15 @@ pub(crate) fn record_size(
     payload: Option<&[u8]>,
     headers: Option<&OwnedHeaders>,
 ) -> usize {
-    let headers = headers.map_or(0, |h| {
-        h.iter()
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + HEADER_OVERHEAD_BYTES)
-            .sum()
-    });
+    // Byte-level: rdkafka's own header iterator panics on a key that is not UTF-8, and a
+    // dead letter carries the input's headers as they came.
+    let mut header_bytes = 0;
+    if let Some(h) = headers {
+        headers::for_each(h.as_borrowed(), |k, v| {
+            header_bytes += k.len() + v.map_or(0, <[u8]>::len) + HEADER_OVERHEAD_BYTES;
+        });
+    }
+    let headers = header_bytes;
     BATCH_OVERHEAD_BYTES + key.map_or(0, <[u8]>::len) + payload.map_or(0, <[u8]>::len) + headers
 }
 
@@ -149,6 +154,15 @@ mod tests {
         limits.set("out", 2_000);
         limits.refused("out", 1_500);
         assert_eq!(limits.limit("out"), Some(1_499));
+    }
+
+    #[test]
+    fn record_size_counts_header_keys_that_are_not_utf8_without_panicking() {
+        let h = headers::add(OwnedHeaders::new(), &[0xff, 0xfe], Some(b"v"));
+        assert_eq!(
+            record_size(None, None, Some(&h)),
+            BATCH_OVERHEAD_BYTES + 2 + 1 + HEADER_OVERHEAD_BYTES
+        );
     }
 
     #[test]
