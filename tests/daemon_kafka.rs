@@ -802,6 +802,20 @@ fn a_backlog_older_than_the_stall_timeout_stays_live_while_labels_flow() {
     assert!(failed.is_empty(), "{failed:?}");
 }
 
+/// A daemon on `topics` with the shipped model, its admin server (API open on loopback) on
+/// `port`, and `extra` settings.
+fn shipped_api_env(topics: &Topics, port: u16, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = daemon_env(topics, &common::shipped_model_dir());
+    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
+    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
+    env.push((
+        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
+        "true".into(),
+    ));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
 /// Issue 25: a try-it request during a 20,000-comment backlog is answered within 2 s (the
 /// interactive lane: posted comments are batched apart and a free worker takes them before the
 /// stream's next batch), while the stream keeps labelling — it was 1.6–6.2 s per request behind
@@ -812,13 +826,7 @@ fn a_try_it_request_during_a_large_backlog_is_answered_within_two_seconds() {
     const N: usize = 20_000;
     produce(&topics.input, &comments(N, 50));
     let port = free_port();
-    let mut env = daemon_env(&topics, &common::shipped_model_dir());
-    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
-    env.push(("EMOSTREAM__ADMIN__BIND".into(), format!("127.0.0.1:{port}")));
-    env.push((
-        "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK".into(),
-        "true".into(),
-    ));
+    let env = shipped_api_env(&topics, port, &[]);
     let _daemon = DaemonBuilder::new(&env).spawn();
     let labelled = || {
         let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
@@ -884,21 +892,17 @@ fn texts_of_requests_that_timed_out_are_dropped_before_inference() {
     let topics = Topics::new(2);
     produce(&topics.input, &comments(6000, 50));
     let port = free_port();
-    let mut env = daemon_env(&topics, &common::shipped_model_dir());
-    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
-    for (k, v) in [
-        ("EMOSTREAM__ADMIN__BIND", format!("127.0.0.1:{port}")),
-        (
-            "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK",
-            "true".into(),
-        ),
-        // One worker on one thread: each backlog batch keeps it busy longer than a request waits.
-        ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1".into()),
-        ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1".into()),
-        ("EMOSTREAM__API__TIMEOUT_MS", "100".into()),
-    ] {
-        env.push((k.into(), v));
-    }
+    let env = shipped_api_env(
+        &topics,
+        port,
+        &[
+            // One worker on one thread: each backlog batch keeps it busy longer than a request
+            // waits.
+            ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1"),
+            ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1"),
+            ("EMOSTREAM__API__TIMEOUT_MS", "100"),
+        ],
+    );
     let _daemon = DaemonBuilder::new(&env).spawn();
     let scrape = |name: &str| {
         let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
@@ -943,20 +947,15 @@ fn after_sigterm_the_classify_api_refuses_new_requests_while_the_stream_drains()
     let topics = Topics::new(2);
     produce(&topics.input, &comments(6000, 50));
     let port = free_port();
-    let mut env = daemon_env(&topics, &common::shipped_model_dir());
-    env.retain(|(k, _)| k != "EMOSTREAM__ADMIN__BIND");
-    for (k, v) in [
-        ("EMOSTREAM__ADMIN__BIND", format!("127.0.0.1:{port}")),
-        (
-            "EMOSTREAM__ADMIN__ALLOW_UNAUTHENTICATED_LOOPBACK",
-            "true".into(),
-        ),
-        // A slow model, so the drain after SIGTERM lasts a while.
-        ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1".into()),
-        ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1".into()),
-    ] {
-        env.push((k.into(), v));
-    }
+    let env = shipped_api_env(
+        &topics,
+        port,
+        &[
+            // A slow model, so the drain after SIGTERM lasts a while.
+            ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1"),
+            ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1"),
+        ],
+    );
     let mut daemon = DaemonBuilder::new(&env).spawn();
     wait_http(port, "/metrics", Duration::from_secs(60), |c, page| {
         c == 200 && metric(page, "emostream_labelled_total").unwrap_or(0.0) >= 300.0

@@ -369,8 +369,8 @@ impl Sink {
             let topic = self.topic(target);
             let size = record_size(key, payload, headers.as_ref());
             let sent = if self.limits.fits(topic, size) {
-                self.send_in_transaction(txn, target, key, payload, headers, origin)
-                    .await
+                let rec = (key, payload, headers, size);
+                self.send_in_transaction(txn, target, rec, origin).await
             } else {
                 let limit = self.limits.limit(topic).unwrap_or_default();
                 tracing::debug!(
@@ -434,17 +434,15 @@ impl Sink {
         });
     }
 
-    /// Hands one record to the transactional producer under the transaction gate.
+    /// Hands one record (key, payload, headers and its [`record_size`]) to the transactional
+    /// producer under the transaction gate.
     async fn send_in_transaction(
         &self,
         txn: &Transactions,
         target: Target,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: Option<OwnedHeaders>,
+        (key, payload, headers, size): (Option<&[u8]>, Option<&[u8]>, Option<OwnedHeaders>, usize),
         origin: &Origin,
     ) -> Sent {
-        let size = record_size(key, payload, headers.as_ref());
         let mut rec = record(self.topic(target), key, payload, headers);
         loop {
             // The gate is held only for the hand-over, never across an await.
