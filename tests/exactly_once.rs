@@ -536,7 +536,7 @@ fn a_commit_that_keeps_failing_shows_in_readiness_then_health_and_both_recover()
         code == 503
     });
     assert!(ready.contains("injected retriable failure"), "{ready}");
-    let health = common::http::wait_http(port, "/healthz", Duration::from_secs(30), |code, b| {
+    let health = common::http::wait_http(port, "/healthz", Duration::from_secs(30), |code, _| {
         code == 503
     });
     assert!(
