@@ -32,11 +32,20 @@ struct Partition {
 struct OffsetTracker {
     parts: HashMap<TopicPartition, Partition>,
     epochs: u64,
+    /// Exactly-once, between an abort and the rewind that follows it: what is read meanwhile
+    /// is read again after the rewind, so its tokens are stale from the start.
+    frozen: bool,
 }
+
+/// The epoch of a token that never acknowledges anything (epochs start at 1).
+const STALE_EPOCH: u64 = 0;
 
 impl OffsetTracker {
     /// Tracks a consumed offset; returns the epoch its token must carry.
     fn track(&mut self, tp: &TopicPartition, offset: i64) -> u64 {
+        if self.frozen {
+            return STALE_EPOCH;
+        }
         // The key is cloned only for a partition's first message, not for every message.
         if !self.parts.contains_key(tp) {
             self.epochs += 1;
@@ -183,7 +192,7 @@ impl Ledger {
             offset,
             epoch,
             bytes,
-            resolved: false,
+            resolved: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -225,10 +234,21 @@ impl Ledger {
         self.offsets().remove(partition)
     }
 
-    /// Forgets every partition (an aborted transaction: all are read again); tokens issued
-    /// before are stale from now on.
-    pub(crate) fn forget_all(&self) {
-        self.offsets().parts.clear();
+    /// Forgets every partition (an aborted transaction: all are read again from their
+    /// committed offsets); tokens issued before are stale from now on, and so are those issued
+    /// until [`Ledger::rewound`] (the source may still be reading ahead of the rewind).
+    pub(crate) fn forget_all_until_rewound(&self) {
+        let mut o = self.offsets();
+        o.parts.clear();
+        o.frozen = true;
+    }
+
+    /// The partitions were sought back to their committed offsets: whatever was read before
+    /// is stale, what is read from now on is tracked again.
+    pub(crate) fn rewound(&self) {
+        let mut o = self.offsets();
+        o.parts.clear();
+        o.frozen = false;
     }
 
     /// Consumed offsets of these partitions not yet acknowledged.
@@ -292,7 +312,7 @@ pub(crate) struct Ack {
     offset: i64,
     epoch: u64,
     bytes: usize,
-    resolved: bool,
+    resolved: std::sync::atomic::AtomicBool,
 }
 
 impl Ack {
@@ -304,15 +324,22 @@ impl Ack {
             .is_current(&self.partition, self.epoch)
     }
 
-    pub(crate) fn delivered(mut self) {
-        self.resolved = true;
-        self.ledger.resolve(&self, true);
+    pub(crate) fn delivered(self) {
+        self.acknowledge();
+    }
+
+    /// Resolves the token in place (exactly-once: under the transaction gate, at the moment
+    /// its record enters the transaction). Once only; a second call does nothing.
+    pub(crate) fn acknowledge(&self) {
+        if !self.resolved.swap(true, Ordering::SeqCst) {
+            self.ledger.resolve(self, true);
+        }
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if !self.resolved {
+        if !self.resolved.load(Ordering::SeqCst) {
             metrics::counter!("emostream_acks_dropped_total").increment(1);
             self.ledger.resolve(self, false);
         }
@@ -357,6 +384,28 @@ mod tests {
             !ledger.acknowledged_are_a_prefix(),
             "3 was dropped: 4 lies beyond it"
         );
+    }
+
+    #[test]
+    fn after_an_abort_every_token_is_stale_until_the_rewind() {
+        let ledger = Arc::new(Ledger::default());
+        let tp = ("t".to_string(), 0);
+        let before = ledger.issue(tp.clone(), 0, 1);
+        ledger.forget_all_until_rewound();
+        assert!(!before.is_current(), "consumed before the abort");
+        // Read ahead of the rewind: read again after it, so it must not acknowledge anything.
+        let during = ledger.issue(tp.clone(), 1, 1);
+        assert!(!during.is_current(), "consumed between the abort and the rewind");
+        during.delivered();
+        assert!(ledger.commit_points().is_empty());
+        ledger.rewound();
+        let after = ledger.issue(tp.clone(), 0, 1);
+        assert!(after.is_current());
+        after.delivered();
+        assert_eq!(ledger.commit_points(), vec![(tp, 1)]);
+        assert_eq!(ledger.in_flight(), 1, "only the first token is unresolved");
+        drop(before);
+        assert_eq!(ledger.in_flight(), 0);
     }
 
     #[test]

@@ -210,18 +210,15 @@ impl Sink {
     }
 
     /// Consumes outcomes until the channel closes, then waits for every delivery to finish.
-    pub(crate) async fn run(self: Arc<Self>, mut rx: mpsc::Receiver<Outcome>) {
+    pub(crate) async fn run(self: Arc<Self>, rx: mpsc::Receiver<Outcome>) {
+        if let Some(txn) = self.txn.clone() {
+            return self.run_transactional(&txn, rx).await;
+        }
+        let mut rx = rx;
         let mut tasks = JoinSet::new();
         while let Some(o) = rx.recv().await {
             // Enqueue in arrival order (per-key order), then await delivery concurrently.
             let sink = self.clone();
-            if let Some(txn) = &self.txn {
-                self.transactional(txn, o, &mut tasks).await;
-                while let Some(done) = tasks.try_join_next() {
-                    self.check(done);
-                }
-                continue;
-            }
             match o {
                 Outcome::Labelled {
                     event,
@@ -247,6 +244,55 @@ impl Sink {
                         .spawn(async move { sink.dead_letter(r.reason, r.detail, r.origin).await });
                 }
             }
+            while let Some(done) = tasks.try_join_next() {
+                self.check(done);
+            }
+        }
+        while let Some(done) = tasks.join_next().await {
+            self.check(done);
+        }
+    }
+
+    /// Exactly-once: outcomes enter the open transaction in arrival order. While a transaction
+    /// boundary is under way, those that arrive are held here, in order, and enter the next
+    /// transaction once it opens: the workers never wait for a commit.
+    async fn run_transactional(
+        self: &Arc<Self>,
+        txn: &Arc<Transactions>,
+        mut rx: mpsc::Receiver<Outcome>,
+    ) {
+        let mut tasks = JoinSet::new();
+        let mut held = Held::default();
+        let mut open = true;
+        loop {
+            let o = match held.pop() {
+                Some(o) => o,
+                None if !open => break,
+                None => match rx.recv().await {
+                    Some(o) => o,
+                    None => break,
+                },
+            };
+            if txn.boundary_under_way() {
+                held.push_front(o);
+                let opened = txn.opened();
+                tokio::pin!(opened);
+                opened.as_mut().enable();
+                while txn.boundary_under_way() {
+                    tokio::select! {
+                        _ = &mut opened => break,
+                        o = rx.recv(), if open => match o {
+                            Some(o) => held.push_back(o),
+                            None => open = false,
+                        },
+                        // A boundary that ended between the check and `enable` signalled
+                        // nobody: look again soon.
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    }
+                }
+                continue;
+            }
+            self.transactional(txn, o, &mut tasks).await;
             while let Some(done) = tasks.try_join_next() {
                 self.check(done);
             }
@@ -286,9 +332,9 @@ impl Sink {
         }
     }
 
-    /// Exactly-once mode: puts the outcome's record into the open transaction and acknowledges
-    /// the message at once (the commit delivers the record or fails); a delivery that fails
-    /// later marks the transaction for abort. A record too large for the producer is
+    /// Exactly-once mode: puts the outcome's record into the open transaction, acknowledging
+    /// the message in the same step (the commit delivers the record or fails); a delivery that
+    /// fails later marks the transaction for abort. A record too large for the producer is
     /// dead-lettered (cut if need be) as in at-least-once mode; any other refusal aborts.
     async fn transactional(
         self: &Arc<Self>,
@@ -305,25 +351,15 @@ impl Sink {
             } => (None, String::new(), origin, Some((event, fired, headers))),
             Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
         };
-        let record = event.as_ref().map(|(e, _, h)| (e.as_slice(), h.as_slice()));
-        let (sent, reason) = self
+        let record = event
+            .as_ref()
+            .map(|(e, f, h)| (e.as_slice(), f.as_slice(), h.as_slice()));
+        let sent = self
             .send_fitting(txn, record, reason, detail, &origin)
             .await;
         match sent {
             Sent::Queued(delivery, generation, topic, size) => {
-                // Counted when the transaction commits: an aborted one is labelled again.
-                match reason {
-                    None => {
-                        let fired = event.into_iter().flat_map(|(_, f, _)| f);
-                        let labelled = metrics::counter!("emostream_labelled_total");
-                        txn.count_on_commit(generation, fired.chain([labelled]));
-                    }
-                    Some(r) => txn.count_on_commit(
-                        generation,
-                        [metrics::counter!("emostream_dead_lettered_total", "reason" => r.as_str())],
-                    ),
-                }
-                delivered(origin);
+                end_to_end(&origin.position);
                 self.watch_delivery(txn, delivery, generation, (topic, size), tasks);
             }
             // Its partition is read again (or by another member): nothing to answer for.
@@ -337,40 +373,46 @@ impl Sink {
         }
     }
 
-    /// Hands the outcome's record to the open transaction: the event, or (`reason` set, or the
-    /// event too large for the producer or the output topic) a dead letter, cut then bare
-    /// while it is too large. A record over the topic's known limit is not sent at all: the
-    /// broker would refuse it after the fact and fail the whole transaction. Returns what
-    /// became of it and the dead-letter reason, if it is one.
+    /// Hands the outcome's record to the open transaction: the event (with the counters of its
+    /// labels), or (`reason` set, or the event too large for the producer or the output topic)
+    /// a dead letter, cut then bare while it is too large. A record over the topic's known
+    /// limit is not sent at all: the broker would refuse it after the fact and fail the whole
+    /// transaction. Returns what became of it.
     async fn send_fitting(
         &self,
         txn: &Transactions,
-        event: Option<(&[u8], &[(&'static str, String)])>,
+        event: Option<(&[u8], &[metrics::Counter], &[(&'static str, String)])>,
         mut reason: Option<Reason>,
         mut detail: String,
         origin: &Origin,
-    ) -> (Sent, Option<Reason>) {
+    ) -> Sent {
         let mut shape = Shape::Full;
         loop {
-            let (target, key, payload, headers) = match (event, reason) {
-                (Some((event, extra)), None) => (
-                    Target::Output,
-                    origin.key.as_deref(),
-                    Some(event),
-                    event_headers(origin, extra),
-                ),
+            // What the record counts once its transaction commits (an aborted one's messages
+            // are labelled again and count then).
+            let (target, key, payload, headers, counters) = match (event, reason) {
+                (Some((event, fired, extra)), None) => {
+                    let mut counters = fired.to_vec();
+                    counters.push(metrics::counter!("emostream_labelled_total"));
+                    let headers = event_headers(origin, extra);
+                    let key = origin.key.as_deref();
+                    (Target::Output, key, Some(event), headers, counters)
+                }
                 (_, reason) => {
                     let reason = reason.unwrap_or(Reason::ProduceFailed);
                     let (key, payload, headers) =
                         self.dead_letter_record(reason, &detail, origin, shape);
-                    (Target::DeadLetter, key, payload, Some(headers))
+                    let counted = metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str());
+                    (Target::DeadLetter, key, payload, Some(headers), vec![counted])
                 }
             };
             let topic = self.topic(target);
             let size = record_size(key, payload, headers.as_ref());
             let sent = if self.limits.fits(topic, size) {
-                let rec = (key, payload, headers, size);
-                self.send_in_transaction(txn, target, rec, origin).await
+                let rec = record(topic, key, payload, headers);
+                send_in_transaction(&self.producer, txn, rec, &origin.ack, counters)
+                    .await
+                    .into_sent(target, size)
             } else {
                 let limit = self.limits.limit(topic).unwrap_or_default();
                 tracing::debug!(
@@ -391,10 +433,10 @@ impl Sink {
                         }
                         (Some(_), Shape::Full) => shape = Shape::Cut,
                         (Some(_), Shape::Cut) => shape = Shape::Bare,
-                        (Some(_), Shape::Bare) => return (Sent::Refused(e, generation), reason),
+                        (Some(_), Shape::Bare) => return Sent::Refused(e, generation),
                     }
                 }
-                other => return (other, reason),
+                other => return other,
             }
         }
     }
@@ -432,40 +474,6 @@ impl Sink {
                 Ok(()) => {}
             }
         });
-    }
-
-    /// Hands one record (key, payload, headers and its [`record_size`]) to the transactional
-    /// producer under the transaction gate.
-    async fn send_in_transaction(
-        &self,
-        txn: &Transactions,
-        target: Target,
-        (key, payload, headers, size): (Option<&[u8]>, Option<&[u8]>, Option<OwnedHeaders>, usize),
-        origin: &Origin,
-    ) -> Sent {
-        let mut rec = record(self.topic(target), key, payload, headers);
-        loop {
-            // The gate is held only for the hand-over, never across an await.
-            let back = {
-                let Some((_gate, generation)) = txn.try_sending() else {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                    continue;
-                };
-                if !origin.ack.is_current() {
-                    return Sent::Stale;
-                }
-                match self.producer.send_result(rec) {
-                    Ok(f) => {
-                        txn.record_sent();
-                        return Sent::Queued(f, generation, target, size);
-                    }
-                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
-                    Err((e, _)) => return Sent::Refused(e, generation),
-                }
-            };
-            rec = back;
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
     }
 
     /// Awaits a delivery; a record on the topic also shows the cluster is reachable.
@@ -765,14 +773,105 @@ fn cut_str(s: &str, max: usize) -> &str {
 
 /// The message is on a topic: record its end-to-end time and resolve its acknowledgement.
 fn delivered(origin: Origin) {
-    if let Some(ts) = origin.position.timestamp_ms {
+    end_to_end(&origin.position);
+    origin.ack.delivered();
+}
+
+/// Records a message's end-to-end time (from its Kafka timestamp to now).
+fn end_to_end(position: &crate::daemon::pipeline::event::Position) {
+    if let Some(ts) = position.timestamp_ms {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         metrics::histogram!("emostream_end_to_end_seconds")
             .record(((now - ts).max(0)) as f64 / 1000.0);
     }
-    origin.ack.delivered();
+}
+
+/// What handing one record to the transactional producer gave.
+enum Handed {
+    Queued(rdkafka::producer::DeliveryFuture, u64),
+    Stale,
+    Refused(KafkaError, u64),
+}
+
+impl Handed {
+    fn into_sent(self, target: Target, size: usize) -> Sent {
+        match self {
+            Handed::Queued(f, generation) => Sent::Queued(f, generation, target, size),
+            Handed::Stale => Sent::Stale,
+            Handed::Refused(e, generation) => Sent::Refused(e, generation),
+        }
+    }
+}
+
+/// Hands one record to the transactional producer under the transaction gate and, in the same
+/// step, acknowledges its message and registers what it counts at commit: at a boundary the
+/// acknowledged messages are then exactly the transaction's records. A boundary under way
+/// (rare here: the sink holds outcomes while one is) is waited out.
+async fn send_in_transaction(
+    producer: &KafkaProducer,
+    txn: &Transactions,
+    mut rec: FutureRecord<'_, [u8], [u8]>,
+    ack: &crate::daemon::ack::Ack,
+    counters: Vec<metrics::Counter>,
+) -> Handed {
+    let mut counters = Some(counters);
+    loop {
+        let opened = txn.opened();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        // The gate is held only for the hand-over, never across an await.
+        let back = {
+            let Some((_gate, generation)) = txn.try_sending() else {
+                tokio::select! {
+                    _ = opened => {}
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                continue;
+            };
+            if !ack.is_current() {
+                return Handed::Stale;
+            }
+            match producer.send_result(rec) {
+                Ok(f) => {
+                    txn.record_sent();
+                    txn.count_on_commit(generation, counters.take().unwrap_or_default());
+                    ack.acknowledge();
+                    return Handed::Queued(f, generation);
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
+                Err((e, _)) => return Handed::Refused(e, generation),
+            }
+        };
+        rec = back;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Outcomes held while a transaction boundary is under way, in arrival order
+/// (`emostream_transaction_held_outcomes`).
+#[derive(Default)]
+struct Held(std::collections::VecDeque<Outcome>);
+
+impl Held {
+    fn pop(&mut self) -> Option<Outcome> {
+        let o = self.0.pop_front();
+        if o.is_some() {
+            metrics::gauge!("emostream_transaction_held_outcomes").decrement(1.0);
+        }
+        o
+    }
+
+    fn push_front(&mut self, o: Outcome) {
+        self.0.push_front(o);
+        metrics::gauge!("emostream_transaction_held_outcomes").increment(1.0);
+    }
+
+    fn push_back(&mut self, o: Outcome) {
+        self.0.push_back(o);
+        metrics::gauge!("emostream_transaction_held_outcomes").increment(1.0);
+    }
 }
 
 #[cfg(test)]

@@ -101,27 +101,31 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl SourceContext {
-    /// Exactly-once: ends the open transaction — committed with the commit points when every
-    /// consumed message is acknowledged, else aborted (the source then rewinds) — and opens
-    /// the next. A fenced or broken producer is a fatal fault.
+    /// Exactly-once: ends the open transaction — committed with the commit points when they
+    /// end exactly where its records do, else aborted (the source then rewinds) — and opens
+    /// the next. Reading and labelling go on meanwhile. A fenced or broken producer is a fatal
+    /// fault.
     fn settle_transaction<C: Consumer<SourceContext>>(&self, consumer: &C, txn: &Transactions) {
-        // Every current message stays unacknowledged until its record is in the transaction;
-        // tokens of partitions an abort forgot may still be in the pipeline (they are dropped
-        // before the producer) and do not count. With every token resolved, messages left
-        // unacknowledged (dropped: e.g. the one the source held when a stop came) do not
-        // spoil the commit as long as nothing after them was acknowledged on their partition:
-        // the commit points then end exactly where the transaction's records do.
-        let drained = self.ledger.unacknowledged() == 0
-            || (self.ledger.in_flight() == 0 && self.ledger.acknowledged_are_a_prefix());
+        // Run under the transaction gate. A message is acknowledged in the step that puts its
+        // record into the transaction, so the acknowledged messages are the records; outcomes
+        // reach the sink in input order, so on each partition they are the first ones consumed
+        // and the commit point (the first message not acknowledged) is where its records end.
+        // A message left behind with later ones acknowledged (a stage dropped it) breaks that:
+        // its offset cannot commit while theirs would, so the transaction aborts. Tokens of
+        // partitions an abort forgot may still be in the pipeline; they are dropped before the
+        // producer and do not count.
         let offsets = || {
+            if !self.ledger.acknowledged_are_a_prefix() {
+                return Err("a message was acknowledged after one that was not (a stage dropped a message): the commit points cannot end where the records do".to_string());
+            }
             let mut tpl = TopicPartitionList::new();
             for ((topic, p), o) in self.ledger.commit_points() {
                 let _ = tpl.add_partition_offset(&topic, p, Offset::Offset(o));
             }
-            tpl
+            Ok(tpl)
         };
-        match txn.settle(drained, offsets, consumer.group_metadata(), || {
-            self.ledger.forget_all()
+        match txn.settle(offsets, consumer.group_metadata(), || {
+            self.ledger.forget_all_until_rewound()
         }) {
             Ok(Settled::Committed) => {}
             Ok(Settled::Aborted(reason)) => {
@@ -183,14 +187,10 @@ impl ConsumerContext for SourceContext {
             }
             if let Some(txn) = &self.txn {
                 // The transaction holds records of every partition: it commits (or aborts) as
-                // a whole before the revoked ones go. The wait above covered only those; the
-                // rest must be in the transaction too (bounded the same way). When leaving, it
-                // was settled at shutdown already, or abandoned after a fault.
+                // a whole before the revoked ones go, with their commit points where their
+                // records end (the other partitions' work in flight goes into the next one).
+                // When leaving, it was settled at shutdown already, or abandoned after a fault.
                 if !self.abandoning.load(Ordering::SeqCst) {
-                    let all: Vec<(String, i32)> = consumer
-                        .assignment()
-                        .map_or_else(|_| Vec::new(), |a| partitions(&a).collect());
-                    blocking(|| self.drain(&all));
                     blocking(|| self.settle_transaction(consumer, txn));
                 }
                 for tp in &revoked {
@@ -263,8 +263,6 @@ pub(crate) struct SourceSettings {
     pub(crate) transaction_max_messages: u64,
     pub(crate) backpressure: BackpressureSettings,
     pub(crate) input: InputSettings,
-    /// `health.stall_timeout_ms`: how long a stalled partition goes unreported.
-    pub(crate) stall_timeout: Duration,
     /// `shutdown.timeout_ms`: the wait for acknowledgements before the final commit.
     pub(crate) shutdown_timeout: Duration,
 }
@@ -281,7 +279,6 @@ impl SourceSettings {
             transaction_max_messages: s.kafka.transaction_max_messages,
             backpressure: s.backpressure.clone(),
             input: s.input.clone(),
-            stall_timeout: Duration::from_millis(s.health.stall_timeout_ms),
             shutdown_timeout: Duration::from_millis(s.shutdown.timeout_ms),
         }
     }
@@ -373,6 +370,42 @@ pub(crate) struct SourceStage {
     pub(crate) settings: SourceSettings,
     pub(crate) pending_tx: mpsc::Sender<Admitted>,
     pub(crate) stop: Arc<Notify>,
+}
+
+/// Exactly-once: the transaction boundary running on a blocking thread, if any. The source keeps
+/// polling meanwhile (a commit retrying through a coordinator outage does not cost the group
+/// membership: the budget fills, the partitions pause, the consumer is still polled).
+#[derive(Default)]
+struct Settling(Option<tokio::task::JoinHandle<()>>);
+
+impl Settling {
+    /// Starts a boundary unless one is under way; whether it started one.
+    fn start(&mut self, consumer: &Arc<KafkaConsumer>, txn: &Arc<Transactions>) -> bool {
+        if self.0.as_ref().is_some_and(|h| !h.is_finished()) {
+            return false;
+        }
+        let (consumer, txn) = (consumer.clone(), txn.clone());
+        self.0 = Some(tokio::task::spawn_blocking(move || {
+            let c = &*consumer;
+            let settled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                c.context().settle_transaction(c, &txn)
+            }));
+            // A boundary that panicked left its transaction in an unknown state.
+            if let Err(p) = settled {
+                let why = crate::daemon::supervise::panic_message(&*p);
+                let faults = &c.context().hooks.faults;
+                faults.fatal(format!("the transaction boundary panicked: {why}"));
+            }
+        }));
+        true
+    }
+
+    /// Waits for the boundary under way to end.
+    async fn wait(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.await;
+        }
+    }
 }
 
 /// What one turn of the source's loop got.
@@ -507,7 +540,8 @@ impl SourceStage {
         let mut paused = false;
         let mut since_commit: u64 = 0;
         let txn_max = self.settings.transaction_max_messages;
-        let at_least_once = self.consumer.context().txn.is_none();
+        // Exactly-once: the transaction boundary under way, on a blocking thread.
+        let mut settling = Settling::default();
         loop {
             if !self.rewound().await {
                 continue;
@@ -516,8 +550,9 @@ impl SourceStage {
                 Turn::Stop => break,
                 Turn::Idle => {}
                 Turn::Commit => {
-                    self.periodic_commit(paused).await;
-                    since_commit = 0;
+                    if self.periodic_commit(&mut settling) {
+                        since_commit = 0;
+                    }
                 }
                 // An abort during the poll (a revoke): this message is read again after the
                 // rewind; handing it on now would label it twice.
@@ -526,16 +561,18 @@ impl SourceStage {
                     // A stop while the pipeline is full must still reach finish(): the message
                     // in hand is then dropped unacknowledged and read again after a restart.
                     let admitted = admit(origin, &self.settings.input);
-                    // Wait for room downstream. At-least-once keeps committing on the tick
-                    // meanwhile: on a backlog the pipeline is full most of the time, and commits
-                    // would otherwise wait for the next batch to leave. (Exactly-once cannot: a
-                    // commit waits for everything consumed, this message included.)
+                    // Wait for room downstream, committing on the tick meanwhile: on a backlog
+                    // the pipeline is full most of the time, and commits would otherwise wait
+                    // for the next batch to leave. (Exactly-once too: this message is not
+                    // acknowledged and nothing after it was consumed, so its partition's
+                    // commit point stops before it.)
                     let room = loop {
                         tokio::select! {
                             p = self.pending_tx.reserve() => break p.ok(),
-                            _ = tick.tick(), if at_least_once => {
-                                self.periodic_commit(paused).await;
-                                since_commit = 0;
+                            _ = tick.tick() => {
+                                if self.periodic_commit(&mut settling) {
+                                    since_commit = 0;
+                                }
                             }
                             _ = self.stop.notified() => break None,
                         }
@@ -552,13 +589,15 @@ impl SourceStage {
                     // Exactly-once: commit early when the transaction is full, abort at once
                     // when one of its records failed (whatever follows would be thrown away).
                     let txn = self.consumer.context().txn.as_ref();
-                    if txn.is_some_and(|t| since_commit >= txn_max || t.must_abort()) {
-                        self.periodic_commit(paused).await;
+                    if txn.is_some_and(|t| since_commit >= txn_max || t.must_abort())
+                        && self.periodic_commit(&mut settling)
+                    {
                         since_commit = 0;
                     }
                 }
             }
         }
+        settling.wait().await;
         self.finish().await;
     }
 
@@ -624,8 +663,8 @@ impl SourceStage {
         });
         match r {
             Ok((n, redo)) => {
-                // Anything consumed before the seek is stale.
-                self.ledger().forget_all();
+                // Anything consumed before the seek is stale; what is read from here is not.
+                self.ledger().rewound();
                 txn.rewind_done(redo);
                 metrics::counter!("emostream_transaction_rewinds_total").increment(1);
                 tracing::info!(
@@ -643,22 +682,16 @@ impl SourceStage {
         }
     }
 
-    /// Commits (exactly-once: settles the transaction). `paused`: the source has paused its
-    /// partitions for backpressure (they stay paused after an exactly-once settle).
-    async fn periodic_commit(&self, paused: bool) {
+    /// Commits (exactly-once: starts settling the transaction on a blocking thread, unless a
+    /// boundary is under way already; reading goes on meanwhile). Whether it did.
+    fn periodic_commit(&self, settling: &mut Settling) -> bool {
         if let Some(txn) = &self.consumer.context().txn {
-            // Nothing new is read meanwhile: wait until everything consumed is in the
-            // transaction (bounded; a stage that stopped answering makes it abort).
-            let limit = self.settings.stall_timeout;
-            self.wait_acknowledged(tokio::time::Instant::now() + limit)
-                .await;
-            self.settle_while_polling(txn, paused).await;
-            return;
+            return settling.start(&self.consumer, txn);
         }
         // While no broker answers, each async commit would only queue up and fail together
         // when the cluster returns; the next tick after that commits the same points.
         if !self.consumer.context().hooks.cluster.reachable() {
-            return;
+            return true;
         }
         if let Err(e) = commit(&self.consumer, CommitMode::Async) {
             tracing::warn!(error = %format!("{e:#}"), "periodic commit failed");
@@ -671,70 +704,7 @@ impl SourceStage {
                 "oldest in-flight message is over 60 s old"
             );
         }
-    }
-
-    /// Exactly-once: settles the transaction on a blocking thread. A settle that takes longer
-    /// than a moment (a commit retrying through a coordinator outage) goes on while this task
-    /// polls the consumer with every partition paused: nothing is read, but the poll serves
-    /// rebalances and keeps this member inside `max.poll.interval.ms`, so a long retry does
-    /// not cost the group membership (and the commit its fencing).
-    async fn settle_while_polling(&self, txn: &Arc<Transactions>, paused: bool) {
-        let (consumer, t) = (self.consumer.clone(), txn.clone());
-        let mut settle = tokio::task::spawn_blocking(move || {
-            consumer.context().settle_transaction(&*consumer, &t)
-        });
-        if tokio::time::timeout(Duration::from_millis(200), &mut settle)
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        if let Ok(a) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&a);
-        }
-        loop {
-            tokio::select! {
-                _ = &mut settle => break,
-                m = self.consumer.recv() => match m {
-                    // A partition assigned meanwhile starts unpaused: hold it, and read this
-                    // message again once the settle is done.
-                    Ok(msg) => {
-                        let (topic, p, at) = (msg.topic().to_string(), msg.partition(), msg.offset());
-                        drop(msg);
-                        let mut tpl = TopicPartitionList::new();
-                        tpl.add_partition(&topic, p);
-                        let _ = self.consumer.pause(&tpl);
-                        let c = &self.consumer;
-                        if let Err(e) = blocking(|| c.seek(&topic, p, Offset::Offset(at), Duration::from_secs(10))) {
-                            tracing::warn!(error = %e, topic, partition = p, offset = at, "seeking back a message read while a commit retried");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "consumer error while the transaction settles");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                },
-            }
-        }
-        if !paused {
-            if let Ok(a) = self.consumer.assignment() {
-                let _ = self.consumer.resume(&a);
-            }
-        }
-    }
-
-    /// Exactly-once: waits until every current message is acknowledged (its record in the
-    /// transaction), or nothing is in flight any more (what is left was dropped: the commit
-    /// aborts), or `deadline`.
-    async fn wait_acknowledged(&self, deadline: tokio::time::Instant) {
-        let ledger = self.ledger();
-        while ledger.unacknowledged() > 0 && ledger.in_flight() > 0 {
-            tokio::select! {
-                _ = ledger.released() => {}
-                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
+        true
     }
 
     /// Waits until every token in flight resolves, or `deadline`.

@@ -2,14 +2,18 @@
 //! the input offsets they answer for commit in one Kafka transaction, so a `read_committed`
 //! reader sees each input message's outcome exactly once, whatever crashes or rebalances.
 //!
-//! The source drives it. A message counts as acknowledged once its record is in the producer's
-//! open transaction (librdkafka delivers it before the commit, or the commit fails). At each
-//! commit the source stops reading, waits until everything consumed is acknowledged — then the
-//! commit points are exactly where the transaction's records end — adds them with the group's
-//! metadata and commits. Anything else (a failed produce, a message dropped by a dying stage, a
-//! drain that did not finish in time, an abortable commit error) aborts instead: the partitions
-//! go back to their committed offsets and are labelled again. A fenced producer (another
-//! process took this transactional id, or the group moved on) is fatal.
+//! The source drives it; nothing stops for a commit. A message is acknowledged at the moment
+//! its record enters the producer's open transaction (under the gate, below), so at a boundary
+//! the acknowledged messages are exactly the transaction's records. Outcomes reach the sink in
+//! input order per partition, so each partition's acknowledged messages are a prefix of what
+//! it consumed, and its commit point — the first message not acknowledged yet — is exactly
+//! where the transaction's records of it end: the source commits those points while it goes on
+//! reading, and the workers go on labelling. Records finished while a commit is under way wait
+//! in the sink (held) for the next transaction. When the acknowledged messages are not a prefix
+//! (a stage dropped one), or a record failed, or the commit is abortable, the transaction
+//! aborts instead: the partitions go back to their committed offsets and are labelled again.
+//! A fenced producer (another process took this transactional id, or the group moved on) is
+//! fatal.
 //!
 //! Sends and transaction boundaries exclude each other (`gate`): a record is either in the
 //! transaction being committed or in the next one, and after an abort a message from before
@@ -35,6 +39,26 @@ fn injected_abort() -> bool {
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|n| *n > 0);
     every.is_some_and(|n| (SETTLED.fetch_add(1, Ordering::SeqCst) + 1).is_multiple_of(n))
+}
+
+/// Test builds only: `EMOSTREAM_FAULT_SETTLE_PAUSE_MS=D` pauses D ms inside every boundary that
+/// ends a transaction holding records — after the offsets are sent and before the commit, or
+/// before the abort — with the gate closed, so records finished meanwhile are held for the
+/// next transaction. The log line it writes lets a test time a `kill -9` inside a commit.
+#[cfg(feature = "fault-injection")]
+fn injected_pause(what: &str, generation: u64) {
+    let Some(d) = std::env::var("EMOSTREAM_FAULT_SETTLE_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    else {
+        return;
+    };
+    tracing::warn!(
+        generation,
+        pause_ms = d,
+        "fault injection: pausing inside the transaction {what}"
+    );
+    std::thread::sleep(Duration::from_millis(d));
 }
 
 /// Test builds only: `EMOSTREAM_FAULT_COMMIT_FAILS_FOR_MS=D` makes commits fail with a retriable
@@ -95,6 +119,9 @@ pub(crate) struct Transactions {
     /// incremented when it commits: an aborted transaction's outcomes are labelled again and
     /// must not count twice.
     counts: Mutex<Vec<metrics::Counter>>,
+    /// Signalled when a boundary is over and the next transaction open (the sink sends what
+    /// it held meanwhile).
+    opened: tokio::sync::Notify,
 }
 
 impl Transactions {
@@ -121,6 +148,7 @@ impl Transactions {
             progressed: Mutex::new(Instant::now()),
             call_retrying: Mutex::new(None),
             counts: Mutex::new(Vec::new()),
+            opened: tokio::sync::Notify::new(),
         })
     }
 
@@ -141,9 +169,24 @@ impl Transactions {
         Some((g, self.generation.load(Ordering::SeqCst)))
     }
 
+    /// Whether a boundary (commit or abort) holds the gate now: records wait for the next
+    /// transaction.
+    pub(crate) fn boundary_under_way(&self) -> bool {
+        matches!(
+            self.gate.try_read(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
+    }
+
     /// A record was handed to the producer in the open transaction (call under `sending`).
     pub(crate) fn record_sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Resolves when the boundary under way (if any) is over. Create it before
+    /// [`Transactions::try_sending`] answers `None`, so the wake-up cannot be missed.
+    pub(crate) fn opened(&self) -> tokio::sync::futures::Notified<'_> {
+        self.opened.notified()
     }
 
     /// The open transaction's generation.
@@ -245,19 +288,32 @@ impl Transactions {
         *lock(&self.call_retrying) = None;
     }
 
-    /// Ends the open transaction and opens the next. `drained` says every consumed message is
-    /// acknowledged; `offsets` are the commit points then (computed under the gate by the
-    /// caller's closure). `forget` runs under the gate after an abort, so no stale message is
-    /// sent into the next transaction. Blocking. Errors are fatal (fenced, or the producer
-    /// is unusable).
+    /// Ends the open transaction and opens the next. `offsets` (run under the gate, so no
+    /// record enters meanwhile) gives the commit points, which must end exactly where the
+    /// transaction's records do, or why they cannot (the transaction then aborts). `forget`
+    /// runs under the gate after an abort, so no stale message is sent into the next
+    /// transaction. Blocking; records finished meanwhile wait for the next transaction. Errors
+    /// are fatal (fenced, or the producer is unusable).
     pub(crate) fn settle(
         &self,
-        drained: bool,
-        offsets: impl FnOnce() -> TopicPartitionList,
+        offsets: impl FnOnce() -> std::result::Result<TopicPartitionList, String>,
         group: Option<ConsumerGroupMetadata>,
         forget: impl FnOnce(),
     ) -> Result<Settled> {
         let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        let outcome = self.end(offsets, group, forget);
+        drop(_gate);
+        self.opened.notify_waiters();
+        outcome
+    }
+
+    /// The boundary itself, under the gate.
+    fn end(
+        &self,
+        offsets: impl FnOnce() -> std::result::Result<TopicPartitionList, String>,
+        group: Option<ConsumerGroupMetadata>,
+        forget: impl FnOnce(),
+    ) -> Result<Settled> {
         let failed = self
             .failed
             .lock()
@@ -268,29 +324,29 @@ impl Transactions {
             (self.sent.load(Ordering::Relaxed) > 0 && injected_abort())
                 .then(|| "injected abort (EMOSTREAM_FAULT_ABORT_EVERY)".to_string())
         });
-        let outcome = match (failed, drained, group) {
-            (Some(reason), _, _) => Settled::Aborted(reason),
-            (None, false, _) => Settled::Aborted(
-                "messages still in flight (a stage dropped one, or the drain timed out)".into(),
-            ),
-            (None, true, None) => Settled::Aborted("no consumer group metadata".into()),
-            (None, true, Some(group)) => {
-                // Every consumed message sends a record before it is acknowledged: none sent,
-                // no offset moved.
-                if self.sent.load(Ordering::Relaxed) == 0 {
-                    // An idle source is not a stalled one. After an abort it is not idle but
-                    // about to re-read what the abort threw away (`rewound` says when there
-                    // was nothing to redo).
-                    if self.consecutive_aborts.load(Ordering::SeqCst) == 0 {
-                        self.progress();
-                    }
-                    return Ok(Settled::Committed);
-                }
-                self.commit(&offsets(), &group)?
+        // Every consumed message sends a record before it is acknowledged: none sent, no
+        // offset moved.
+        if failed.is_none() && self.sent.load(Ordering::Relaxed) == 0 {
+            // An idle source is not a stalled one. After an abort it is not idle but about to
+            // re-read what the abort threw away (`rewind_done` says when there was nothing to
+            // redo).
+            if self.consecutive_aborts.load(Ordering::SeqCst) == 0 {
+                self.progress();
             }
+            return Ok(Settled::Committed);
+        }
+        let outcome = match (failed, group) {
+            (Some(reason), _) => Settled::Aborted(reason),
+            (None, None) => Settled::Aborted("no consumer group metadata".into()),
+            (None, Some(group)) => match offsets() {
+                Ok(offsets) => self.commit(&offsets, &group)?,
+                Err(reason) => Settled::Aborted(reason),
+            },
         };
         match &outcome {
             Settled::Aborted(reason) => {
+                #[cfg(feature = "fault-injection")]
+                injected_pause("abort", self.generation());
                 self.abort(reason)?;
                 *lock(&self.last_abort) = Some(reason.clone());
                 forget();
@@ -340,7 +396,13 @@ impl Transactions {
                 self.producer
                     .send_offsets_to_transaction(offsets, group, self.timeout)
             }
-            .map(|()| offsets_sent = true)
+            .map(|()| {
+                #[cfg(feature = "fault-injection")]
+                if !offsets_sent {
+                    injected_pause("commit (offsets sent)", self.generation());
+                }
+                offsets_sent = true
+            })
             .and_then(|()| self.producer.commit_transaction(self.timeout));
             match r {
                 Ok(()) => {
