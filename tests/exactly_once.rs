@@ -787,3 +787,193 @@ fn a_restart_after_kill_9_fences_the_open_transaction_at_once() {
     sigterm(&d);
     wait_exit(&mut d, Duration::from_secs(40));
 }
+
+/// Issue 26: what the tests below share — an exactly-once daemon with 100 ms transactions
+/// whose every boundary pauses `pause_ms` with the gate closed (test-build hook
+/// `EMOSTREAM_FAULT_SETTLE_PAUSE_MS`: after the offsets are sent and before the commit, or
+/// before the abort), so the records labelled meanwhile are held for the next transaction.
+fn paused_boundaries_env(
+    topics: &Topics,
+    model: &std::path::Path,
+    port: u16,
+    pause_ms: u64,
+) -> Vec<(String, String)> {
+    let mut env = exactly_once_env(topics, model, port);
+    env.extend([
+        ("EMOSTREAM__KAFKA__COMMIT_INTERVAL_MS".into(), "100".into()),
+        (
+            "EMOSTREAM_FAULT_SETTLE_PAUSE_MS".into(),
+            pause_ms.to_string(),
+        ),
+    ]);
+    env
+}
+
+/// Produces comments `range` in chunks of 25 every 100 ms (about 250/s) on another thread:
+/// the stream keeps flowing while a test waits for a boundary.
+fn stream(topic: &str, range: std::ops::Range<usize>) -> std::thread::JoinHandle<()> {
+    let topic = topic.to_string();
+    std::thread::spawn(move || {
+        let p = producer();
+        for chunk in comments(range).chunks(25) {
+            send_all(&p, &topic, chunk);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    })
+}
+
+/// Waits until `log` holds `needle` at least `times` times (the daemon writes it).
+fn wait_log(log: &std::path::Path, needle: &str, times: usize, d: &mut common::daemon::Daemon) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.matches(needle).count() >= times {
+            return;
+        }
+        assert!(Instant::now() < end, "no {needle:?} in the log within 60 s");
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every id of `0..n` exactly once for a read_committed reader of `topic`; the number of
+/// records written in all (read_uncommitted, aborted ones included).
+fn assert_each_id_once(topic: &str, n: usize) -> usize {
+    let committed = read_settled(topic, "read_committed");
+    let written = read_settled(topic, "read_uncommitted").len();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for r in &committed {
+        *counts.entry(event_id(r)).or_insert(0) += 1;
+    }
+    let twice = counts.values().filter(|c| **c > 1).count();
+    let missing = (0..n)
+        .filter(|i| !counts.contains_key(&format!("c{i}")))
+        .count();
+    eprintln!(
+        "{} records written, {} committed: {missing} ids missing, {twice} seen more than once",
+        written,
+        committed.len()
+    );
+    assert_eq!((missing, twice), (0, 0), "each id exactly once");
+    assert_eq!(committed.len(), n);
+    written
+}
+
+/// Issue 26: a replica killed (-9) inside a commit — its offsets sent to the transaction, the
+/// commit not made — and, once restarted, killed again while records labelled during a
+/// boundary are held for the next transaction: a read_committed reader sees every id exactly
+/// once, and the killed transactions' records were written and thrown away (work was in
+/// flight at both kills).
+#[test]
+fn a_kill_9_inside_a_commit_or_while_records_are_held_loses_and_repeats_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::new(3);
+    let n = 3000;
+    let cfg = tmp.path().join("session.toml");
+    std::fs::write(
+        &cfg,
+        "[kafka.consumer_properties]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"1000\"\n",
+    )
+    .unwrap();
+    let producing = stream(&topics.input, 0..n);
+
+    // 1. Inside a commit: the third boundary that pauses after sending its offsets.
+    let (port, log) = (free_port(), tmp.path().join("first.log"));
+    let env = paused_boundaries_env(&topics, &model, port, 1500);
+    let mut d = DaemonBuilder::new(&env).config(&cfg).log(&log).spawn();
+    wait_log(
+        &log,
+        "pausing inside the transaction commit (offsets sent)",
+        3,
+        &mut d,
+    );
+    d.kill().unwrap();
+    d.wait().unwrap();
+    let at_first_kill = read_settled(&topics.output, "read_uncommitted").len();
+
+    // 2. While records are held: a boundary pausing 3 s, killed once 20 outcomes wait for it.
+    let (port, log) = (free_port(), tmp.path().join("second.log"));
+    let env = paused_boundaries_env(&topics, &model, port, 3000);
+    let mut d = DaemonBuilder::new(&env).config(&cfg).log(&log).spawn();
+    let end = Instant::now() + Duration::from_secs(60);
+    let held = loop {
+        let held = metric(port, "emostream_transaction_held_outcomes");
+        if held >= 20.0 {
+            break held;
+        }
+        assert!(Instant::now() < end, "no outcomes held within 60 s");
+        assert!(d.try_wait().unwrap().is_none(), "the daemon exited");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    d.kill().unwrap();
+    d.wait().unwrap();
+    eprintln!("killed inside a commit with {at_first_kill} records written, then with {held} outcomes held");
+
+    // 3. A replica without pauses finishes the stream.
+    let port = free_port();
+    let mut d = DaemonBuilder::new(&exactly_once_env(&topics, &model, port))
+        .config(&cfg)
+        .spawn();
+    producing.join().unwrap();
+    wait_all_committed(
+        &topics.group,
+        &topics.input,
+        3,
+        Duration::from_secs(120),
+        &mut d,
+    );
+    sigterm(&d);
+    assert!(wait_exit(&mut d, Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    let written = assert_each_id_once(&topics.output, n);
+    assert!(
+        written > n,
+        "the killed transactions' records were written and aborted ({written} written)"
+    );
+}
+
+/// Issue 26: aborts (every third transaction, test hook) decided while the boundary pauses
+/// with records held for the next transaction: the held records belong to the rewound
+/// partitions, so they are dropped rather than sent, and labelled again after the rewind — a
+/// read_committed reader sees every id exactly once.
+#[test]
+fn an_abort_while_records_are_held_loses_and_repeats_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::tiny_model_dir(tmp.path());
+    let topics = Topics::new(3);
+    let n = 2000;
+    let port = free_port();
+    let mut env = paused_boundaries_env(&topics, &model, port, 300);
+    env.push(("EMOSTREAM_FAULT_ABORT_EVERY".into(), "3".into()));
+    let mut d = DaemonBuilder::new(&env).spawn();
+    let producing = stream(&topics.input, 0..n);
+    let mut most_held = 0.0f64;
+    while !producing.is_finished() {
+        most_held = most_held.max(metric(port, "emostream_transaction_held_outcomes"));
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    producing.join().unwrap();
+    wait_all_committed(
+        &topics.group,
+        &topics.input,
+        3,
+        Duration::from_secs(120),
+        &mut d,
+    );
+    let aborted = metric(port, "emostream_transactions_total{result=\"aborted\"}");
+    let rewinds = metric(port, "emostream_transaction_rewinds_total");
+    sigterm(&d);
+    assert!(wait_exit(&mut d, Duration::from_secs(40))
+        .expect("exits")
+        .success());
+    eprintln!("{aborted} aborts, {rewinds} rewinds, up to {most_held} outcomes held at a boundary");
+    assert!(aborted >= 2.0 && rewinds >= 2.0, "aborts happened");
+    assert!(most_held > 0.0, "records were held during boundaries");
+    let written = assert_each_id_once(&topics.output, n);
+    assert!(
+        written > n,
+        "aborted records were written, then thrown away"
+    );
+}

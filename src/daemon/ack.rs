@@ -395,7 +395,10 @@ mod tests {
         assert!(!before.is_current(), "consumed before the abort");
         // Read ahead of the rewind: read again after it, so it must not acknowledge anything.
         let during = ledger.issue(tp.clone(), 1, 1);
-        assert!(!during.is_current(), "consumed between the abort and the rewind");
+        assert!(
+            !during.is_current(),
+            "consumed between the abort and the rewind"
+        );
         during.delivered();
         assert!(ledger.commit_points().is_empty());
         ledger.rewound();

@@ -403,7 +403,13 @@ impl Sink {
                     let (key, payload, headers) =
                         self.dead_letter_record(reason, &detail, origin, shape);
                     let counted = metrics::counter!("emostream_dead_lettered_total", "reason" => reason.as_str());
-                    (Target::DeadLetter, key, payload, Some(headers), vec![counted])
+                    (
+                        Target::DeadLetter,
+                        key,
+                        payload,
+                        Some(headers),
+                        vec![counted],
+                    )
                 }
             };
             let topic = self.topic(target);
