@@ -51,7 +51,7 @@ for r in $(seq 1 "$rounds"); do
     txn=""
     if [ "$mode" = exactly_once ]; then
       n=$(metric 'emostream_transaction_commit_seconds_count'); s=$(metric 'emostream_transaction_commit_seconds_sum')
-      txn=$(awk -v n="$n" -v s="$s" 'BEGIN { printf "%d transactions (%d ms each), mean commit %.1f ms", n, '"$commit_ms"', n > 0 ? 1000 * s / n : 0 }')
+      txn=$(awk -v n="$n" -v s="$s" 'BEGIN { printf "%d transactions (%d ms each), mean commit %.1f ms", n, '"$commit_ms"', (n > 0 ? 1000 * s / n : 0) }')
     fi
     kill -TERM "$daemon"; wait "$daemon" || true
     echo "round $r  $mode  burst: $burst workers idle $idle of the burst"

@@ -15,7 +15,8 @@ pub(crate) struct KafkaSettings {
     pub(crate) input_topics: Vec<String>,
     pub(crate) output_topic: String,
     pub(crate) dead_letter_topic: String,
-    pub(crate) commit_interval_ms: u64,
+    /// Unset: 1000 at-least-once, 100 exactly-once ([`KafkaSettings::commit_interval`]).
+    pub(crate) commit_interval_ms: Option<u64>,
     pub(crate) produce_timeout_ms: u64,
     pub(crate) produce_backoff_ms: u64,
     pub(crate) produce_backoff_max_ms: u64,
@@ -115,6 +116,18 @@ pub(crate) enum Delivery {
 }
 
 impl KafkaSettings {
+    /// `kafka.commit_interval_ms`, or by default 1 s at-least-once and 100 ms exactly-once:
+    /// a transaction's events reach read_committed readers when it commits, and a commit costs
+    /// a few milliseconds (not a drain) since issue 26 (BENCHMARKS.md, "Exactly-once at the
+    /// cost of a commit"). Kafka Streams picks the same 100 ms under exactly-once.
+    pub(crate) fn commit_interval(&self) -> std::time::Duration {
+        let default = match self.delivery {
+            Delivery::AtLeastOnce => 1000,
+            Delivery::ExactlyOnce => 100,
+        };
+        std::time::Duration::from_millis(self.commit_interval_ms.unwrap_or(default))
+    }
+
     /// Every `kafka.*` key on its own; rules that involve other sections are in
     /// `Settings::validate`.
     pub(super) fn validate(&self) -> Result<()> {
@@ -162,9 +175,12 @@ impl KafkaSettings {
             "must not be one of kafka.input_topics",
         )?;
         check(
-            k.commit_interval_ms >= 10,
+            k.commit_interval_ms.is_none_or(|ms| ms >= 10),
             "kafka.commit_interval_ms",
-            format!("must be at least 10 (got {})", k.commit_interval_ms),
+            format!(
+                "must be at least 10 (got {})",
+                k.commit_interval_ms.unwrap_or_default()
+            ),
         )?;
         check(
             k.produce_backoff_ms >= 1 && k.produce_backoff_ms <= k.produce_backoff_max_ms,

@@ -275,7 +275,7 @@ impl SourceSettings {
             topics: s.kafka.input_topics.clone(),
             consumer_properties: s.kafka.consumer_properties.clone(),
             revoke_wait: Duration::from_millis(s.kafka.revoke_wait_ms),
-            commit_interval: Duration::from_millis(s.kafka.commit_interval_ms),
+            commit_interval: s.kafka.commit_interval(),
             transaction_max_messages: s.kafka.transaction_max_messages,
             backpressure: s.backpressure.clone(),
             input: s.input.clone(),
