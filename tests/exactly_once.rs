@@ -836,6 +836,14 @@ fn wait_log(log: &std::path::Path, needle: &str, times: usize, d: &mut common::d
     }
 }
 
+/// SIGTERM, and the daemon exits successfully within 40 s.
+fn stop_cleanly(d: &mut common::daemon::Daemon) {
+    sigterm(d);
+    assert!(wait_exit(d, Duration::from_secs(40))
+        .expect("exits")
+        .success());
+}
+
 /// Every id of `0..n` exactly once for a read_committed reader of `topic`; the number of
 /// records written in all (read_uncommitted, aborted ones included).
 fn assert_each_id_once(topic: &str, n: usize) -> usize {
@@ -923,10 +931,7 @@ fn a_kill_9_inside_a_commit_or_while_records_are_held_loses_and_repeats_nothing(
         Duration::from_secs(120),
         &mut d,
     );
-    sigterm(&d);
-    assert!(wait_exit(&mut d, Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    stop_cleanly(&mut d);
     let written = assert_each_id_once(&topics.output, n);
     assert!(
         written > n,
@@ -964,10 +969,7 @@ fn an_abort_while_records_are_held_loses_and_repeats_nothing() {
     );
     let aborted = metric(port, "emostream_transactions_total{result=\"aborted\"}");
     let rewinds = metric(port, "emostream_transaction_rewinds_total");
-    sigterm(&d);
-    assert!(wait_exit(&mut d, Duration::from_secs(40))
-        .expect("exits")
-        .success());
+    stop_cleanly(&mut d);
     eprintln!("{aborted} aborts, {rewinds} rewinds, up to {most_held} outcomes held at a boundary");
     assert!(aborted >= 2.0 && rewinds >= 2.0, "aborts happened");
     assert!(most_held > 0.0, "records were held during boundaries");

@@ -275,19 +275,15 @@ impl Sink {
             };
             if txn.boundary_under_way() {
                 held.push_front(o);
-                let opened = txn.opened();
-                tokio::pin!(opened);
-                opened.as_mut().enable();
-                while txn.boundary_under_way() {
+                let over = txn.boundary_over();
+                tokio::pin!(over);
+                loop {
                     tokio::select! {
-                        _ = &mut opened => break,
+                        _ = &mut over => break,
                         o = rx.recv(), if open => match o {
                             Some(o) => held.push_back(o),
                             None => open = false,
                         },
-                        // A boundary that ended between the check and `enable` signalled
-                        // nobody: look again soon.
-                        _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                     }
                 }
                 continue;
@@ -342,20 +338,18 @@ impl Sink {
         o: Outcome,
         tasks: &mut JoinSet<()>,
     ) {
-        let (reason, detail, origin, event) = match o {
+        let (reason, detail, origin, event, fired) = match o {
             Outcome::Labelled {
                 event,
                 origin,
                 fired,
                 headers,
-            } => (None, String::new(), origin, Some((event, fired, headers))),
-            Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None),
+            } => (None, String::new(), origin, Some((event, headers)), fired),
+            Outcome::Rejected(r) => (Some(r.reason), r.detail, r.origin, None, Vec::new()),
         };
-        let record = event
-            .as_ref()
-            .map(|(e, f, h)| (e.as_slice(), f.as_slice(), h.as_slice()));
+        let record = event.as_ref().map(|(e, h)| (e.as_slice(), h.as_slice()));
         let sent = self
-            .send_fitting(txn, record, reason, detail, &origin)
+            .send_fitting(txn, record, fired, reason, detail, &origin)
             .await;
         match sent {
             Sent::Queued(delivery, generation, topic, size) => {
@@ -373,15 +367,16 @@ impl Sink {
         }
     }
 
-    /// Hands the outcome's record to the open transaction: the event (with the counters of its
-    /// labels), or (`reason` set, or the event too large for the producer or the output topic)
-    /// a dead letter, cut then bare while it is too large. A record over the topic's known
-    /// limit is not sent at all: the broker would refuse it after the fact and fail the whole
-    /// transaction. Returns what became of it.
+    /// Hands the outcome's record to the open transaction: the event (with `fired`, the
+    /// counters of its labels), or (`reason` set, or the event too large for the producer or
+    /// the output topic) a dead letter, cut then bare while it is too large. A record over the
+    /// topic's known limit is not sent at all: the broker would refuse it after the fact and
+    /// fail the whole transaction. Returns what became of it.
     async fn send_fitting(
         &self,
         txn: &Transactions,
-        event: Option<(&[u8], &[metrics::Counter], &[(&'static str, String)])>,
+        event: Option<(&[u8], &[(&'static str, String)])>,
+        mut fired: Vec<metrics::Counter>,
         mut reason: Option<Reason>,
         mut detail: String,
         origin: &Origin,
@@ -391,8 +386,10 @@ impl Sink {
             // What the record counts once its transaction commits (an aborted one's messages
             // are labelled again and count then).
             let (target, key, payload, headers, counters) = match (event, reason) {
-                (Some((event, fired, extra)), None) => {
-                    let mut counters = fired.to_vec();
+                (Some((event, extra)), None) => {
+                    // Tried once as an event: a refusal makes it a dead letter, which counts
+                    // otherwise.
+                    let mut counters = std::mem::take(&mut fired);
                     counters.push(metrics::counter!("emostream_labelled_total"));
                     let headers = event_headers(origin, extra);
                     let key = origin.key.as_deref();
@@ -416,9 +413,8 @@ impl Sink {
             let size = record_size(key, payload, headers.as_ref());
             let sent = if self.limits.fits(topic, size) {
                 let rec = record(topic, key, payload, headers);
-                send_in_transaction(&self.producer, txn, rec, &origin.ack, counters)
+                self.send_in_transaction(txn, rec, (target, size), &origin.ack, counters)
                     .await
-                    .into_sent(target, size)
             } else {
                 let limit = self.limits.limit(topic).unwrap_or_default();
                 tracing::debug!(
@@ -480,6 +476,46 @@ impl Sink {
                 Ok(()) => {}
             }
         });
+    }
+
+    /// Hands one record to the transactional producer under the transaction gate and, in the
+    /// same step, acknowledges its message and registers what it counts at commit: at a
+    /// boundary the acknowledged messages are then exactly the transaction's records. A
+    /// boundary under way (rare here: `run_transactional` holds outcomes while one is) is
+    /// waited out.
+    async fn send_in_transaction(
+        &self,
+        txn: &Transactions,
+        mut rec: FutureRecord<'_, [u8], [u8]>,
+        (target, size): (Target, usize),
+        ack: &crate::daemon::ack::Ack,
+        counters: Vec<metrics::Counter>,
+    ) -> Sent {
+        let mut counters = Some(counters);
+        loop {
+            // The gate is held only for the hand-over, never across an await.
+            let back = {
+                let Some((_gate, generation)) = txn.try_sending() else {
+                    txn.boundary_over().await;
+                    continue;
+                };
+                if !ack.is_current() {
+                    return Sent::Stale;
+                }
+                match self.producer.send_result(rec) {
+                    Ok(f) => {
+                        txn.record_sent();
+                        txn.count_on_commit(counters.take().unwrap_or_default());
+                        ack.acknowledge();
+                        return Sent::Queued(f, generation, target, size);
+                    }
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
+                    Err((e, _)) => return Sent::Refused(e, generation),
+                }
+            };
+            rec = back;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Awaits a delivery; a record on the topic also shows the cluster is reachable.
@@ -791,67 +827,6 @@ fn end_to_end(position: &crate::daemon::pipeline::event::Position) {
             .map_or(0, |d| d.as_millis() as i64);
         metrics::histogram!("emostream_end_to_end_seconds")
             .record(((now - ts).max(0)) as f64 / 1000.0);
-    }
-}
-
-/// What handing one record to the transactional producer gave.
-enum Handed {
-    Queued(rdkafka::producer::DeliveryFuture, u64),
-    Stale,
-    Refused(KafkaError, u64),
-}
-
-impl Handed {
-    fn into_sent(self, target: Target, size: usize) -> Sent {
-        match self {
-            Handed::Queued(f, generation) => Sent::Queued(f, generation, target, size),
-            Handed::Stale => Sent::Stale,
-            Handed::Refused(e, generation) => Sent::Refused(e, generation),
-        }
-    }
-}
-
-/// Hands one record to the transactional producer under the transaction gate and, in the same
-/// step, acknowledges its message and registers what it counts at commit: at a boundary the
-/// acknowledged messages are then exactly the transaction's records. A boundary under way
-/// (rare here: the sink holds outcomes while one is) is waited out.
-async fn send_in_transaction(
-    producer: &KafkaProducer,
-    txn: &Transactions,
-    mut rec: FutureRecord<'_, [u8], [u8]>,
-    ack: &crate::daemon::ack::Ack,
-    counters: Vec<metrics::Counter>,
-) -> Handed {
-    let mut counters = Some(counters);
-    loop {
-        let opened = txn.opened();
-        tokio::pin!(opened);
-        opened.as_mut().enable();
-        // The gate is held only for the hand-over, never across an await.
-        let back = {
-            let Some((_gate, generation)) = txn.try_sending() else {
-                tokio::select! {
-                    _ = opened => {}
-                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
-                }
-                continue;
-            };
-            if !ack.is_current() {
-                return Handed::Stale;
-            }
-            match producer.send_result(rec) {
-                Ok(f) => {
-                    txn.record_sent();
-                    txn.count_on_commit(generation, counters.take().unwrap_or_default());
-                    ack.acknowledge();
-                    return Handed::Queued(f, generation);
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => back,
-                Err((e, _)) => return Handed::Refused(e, generation),
-            }
-        };
-        rec = back;
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -183,10 +183,15 @@ impl Transactions {
         self.sent.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Resolves when the boundary under way (if any) is over. Create it before
-    /// [`Transactions::try_sending`] answers `None`, so the wake-up cannot be missed.
-    pub(crate) fn opened(&self) -> tokio::sync::futures::Notified<'_> {
-        self.opened.notified()
+    /// Resolves once no boundary is under way (at once when none is). The wake-up is armed
+    /// before the gate is looked at, so a boundary ending in between is not missed.
+    pub(crate) async fn boundary_over(&self) {
+        let opened = self.opened.notified();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        if self.boundary_under_way() {
+            opened.await;
+        }
     }
 
     /// The open transaction's generation.
@@ -194,18 +199,11 @@ impl Transactions {
         self.generation.load(Ordering::SeqCst)
     }
 
-    /// Counters to increment once transaction `generation` commits (its records' labels,
-    /// events and dead letters); dropped if it aborts.
-    pub(crate) fn count_on_commit(
-        &self,
-        generation: u64,
-        counters: impl IntoIterator<Item = metrics::Counter>,
-    ) {
-        // Under `failed`, the lock `begin` bumps the generation under (see `fail`).
-        let _f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-        if generation == self.generation.load(Ordering::SeqCst) {
-            lock(&self.counts).extend(counters);
-        }
+    /// Counters to increment once the open transaction commits (its records' labels, events
+    /// and dead letters); dropped if it aborts. Call under the gate (`try_sending`), in the step
+    /// that sends the record: no boundary can come between the two.
+    pub(crate) fn count_on_commit(&self, counters: impl IntoIterator<Item = metrics::Counter>) {
+        lock(&self.counts).extend(counters);
     }
 
     /// A record of transaction `generation` failed: that transaction must abort.
