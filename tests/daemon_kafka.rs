@@ -816,24 +816,34 @@ fn shipped_api_env(topics: &Topics, port: u16, extra: &[(&str, &str)]) -> Vec<(S
     env
 }
 
-/// Issue 25: a try-it request during a 20,000-comment backlog is answered within 2 s (the
+/// Issue 25: a try-it request during a 20,000-comment backlog overtakes the stream's queue (the
 /// interactive lane: posted comments are batched apart and a free worker takes them before the
-/// stream's next batch), while the stream keeps labelling — it was 1.6–6.2 s per request behind
-/// the stream's queue. Prints the latencies; BENCHMARKS.md has the figures.
+/// stream's next batch) while the stream keeps labelling. Checked by counting, not timing (a
+/// loaded machine slows both alike): while a request waits, the stream labels at most the
+/// windows the workers are on and one more, not the thousands queued ahead of it. Its latency is
+/// a benchmark (benches/try_it.sh, BENCHMARKS.md); this test prints what it saw.
 #[test]
-fn a_try_it_request_during_a_large_backlog_is_answered_within_two_seconds() {
+fn a_try_it_request_during_a_large_backlog_overtakes_the_streams_queue() {
     let topics = Topics::new(2);
     const N: usize = 20_000;
+    // The defaults: 2 workers on 512-comment windows; in flight up to the queues between the
+    // stages (~3,000 comments here), each of which a request would wait behind without the lane.
+    const WINDOW: usize = 512;
+    const WORKERS: usize = 2;
     produce(&topics.input, &comments(N, 50));
     let port = free_port();
     let env = shipped_api_env(&topics, port, &[]);
     let _daemon = DaemonBuilder::new(&env).spawn();
-    let labelled = || {
+    let scrape = || {
         let page = http_get(port, "/metrics").map(|r| r.1).unwrap_or_default();
-        metric(&page, "emostream_labelled_total").unwrap_or(0.0) as usize
+        let get = |name| metric(&page, name).unwrap_or(0.0) as usize;
+        (
+            get("emostream_labelled_total"),
+            get("emostream_in_flight_messages"),
+        )
     };
     let started = std::time::Instant::now();
-    while labelled() < 1000 {
+    while scrape().0 < 1000 {
         assert!(
             started.elapsed() < Duration::from_secs(90),
             "the backlog did not start"
@@ -841,42 +851,49 @@ fn a_try_it_request_during_a_large_backlog_is_answered_within_two_seconds() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let texts = common::texts("dev", 200);
-    let mut took = Vec::new();
-    let mut during = 0;
+    // Per request: comments in flight when it was sent, stream labels while it waited, seconds.
+    let mut seen: Vec<(usize, usize, f64)> = Vec::new();
     for text in texts.iter().take(60) {
-        let before = labelled();
+        let (before, in_flight) = scrape();
         let body = serde_json::json!({ "text": text }).to_string();
         let t = std::time::Instant::now();
         let (code, answer) =
             common::http::http_post(port, "/v1/classify", &body, None).expect("answers");
-        took.push(t.elapsed().as_secs_f64());
+        let took = t.elapsed().as_secs_f64();
         assert_eq!(code, 200, "{answer}");
-        let after = labelled();
-        if after < N {
-            during += 1;
-        }
+        let (after, _) = scrape();
         assert!(after >= before, "the stream goes on");
         if after >= N {
             break;
         }
+        seen.push((in_flight, after - before, took));
         std::thread::sleep(Duration::from_millis(150));
     }
-    let mut sorted = took.clone();
-    sorted.sort_by(f64::total_cmp);
-    let q = |p: f64| sorted[((sorted.len() - 1) as f64 * p).round() as usize];
+    let mut took: Vec<f64> = seen.iter().map(|s| s.2).collect();
+    took.sort_by(f64::total_cmp);
+    let overtaken_max = seen.iter().map(|s| s.1).max().unwrap_or(0);
     eprintln!(
-        "{} try-it requests during a {N} backlog ({during} while it drained): p50 {:.3} s, p99 {:.3} s, max {:.3} s",
-        took.len(),
-        q(0.5),
-        q(0.99),
-        sorted[sorted.len() - 1]
+        "{} try-it requests while a {N} backlog drained: stream labels while one waited: max {overtaken_max} \
+         (in flight when sent: min {}); latency p50 {:.3} s, max {:.3} s",
+        seen.len(),
+        seen.iter().map(|s| s.0).min().unwrap_or(0),
+        took.get(took.len() / 2).copied().unwrap_or(0.0),
+        took.last().copied().unwrap_or(0.0),
+    );
+    // Each worker finishes the window it is on; the one freed first may take one more stream
+    // window when the other just took an interactive batch; a window's labels may be counted a
+    // moment after the request's answer is read (sink), so one more window of slack.
+    let bound = (WORKERS + 2) * WINDOW;
+    let behind_a_queue = seen.iter().filter(|s| s.0 > bound).count();
+    assert!(
+        behind_a_queue >= 10,
+        "requests sent with more than {bound} comments in flight: {behind_a_queue} of {seen:?}"
     );
     assert!(
-        during >= 10,
-        "the requests ran during the backlog: {during}"
+        seen.iter().all(|s| s.1 <= bound),
+        "a request waited for more than {bound} stream labels (in flight, labelled while it waited, seconds): {seen:?}"
     );
-    assert!(sorted[sorted.len() - 1] <= 2.0, "{took:?}");
-    while labelled() < N {
+    while scrape().0 < N {
         assert!(
             started.elapsed() < Duration::from_secs(240),
             "the backlog did not drain"
