@@ -6,5 +6,6 @@ pub mod dir;
 pub mod eval;
 pub mod kernels;
 pub mod labels;
+pub mod object_registry;
 pub mod registry;
 pub mod tokenize;
