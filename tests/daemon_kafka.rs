@@ -6,7 +6,7 @@
 mod common;
 
 use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
-use common::http::{free_port, http_get, wait_http};
+use common::http::{free_port, http_get, metric, wait_http};
 use common::kafka::{
     committed, create_topic, end_offsets, produce, producer_with, read_until, send_all, unique,
     Rec, Record, Topics,
@@ -532,12 +532,6 @@ fn undeliverable_event_holds_the_commit_point_but_not_the_stream() {
         c <= 21,
         "after shutdown the committed offset {c} still must not pass offset 21"
     );
-}
-
-/// The value of an unlabelled Prometheus counter or gauge in a /metrics page.
-fn metric(page: &str, name: &str) -> Option<f64> {
-    page.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]

@@ -16,25 +16,26 @@ use common::kafka::{
 };
 use emostream::daemon::kafka::control;
 use emostream::daemon::kafka::signing::ControlKey;
-use emostream::model::registry::Registry;
+use emostream::model::disk_registry::DiskRegistry;
+use emostream::model::registry::Expect;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// A registry holding the tiny test model as `versions`, with ACTIVE at the first.
-fn registry_with(root: &Path, model: &Path, versions: &[&str]) -> Registry {
-    let reg = Registry::open(root).unwrap();
+fn registry_with(root: &Path, model: &Path, versions: &[&str]) -> DiskRegistry {
+    let reg = DiskRegistry::open(root).unwrap();
     for v in versions {
         reg.publish(model, Some(v)).unwrap();
     }
-    reg.set_active(versions[0]).unwrap();
+    reg.set_active(versions[0], Expect::Unchanged).unwrap();
     reg
 }
 
 /// A version whose model.onnx is cut in half, with a card sha256 that matches the damage: it
 /// passes the checksum and fails to load in ONNX Runtime.
-fn publish_truncated(reg: &Registry, model: &Path, version: &str) {
+fn publish_truncated(reg: &DiskRegistry, model: &Path, version: &str) {
     let (_, dir) = reg.publish(model, Some(version)).unwrap();
     let onnx = dir.join("model.onnx");
     let bytes = std::fs::read(&onnx).unwrap();
@@ -197,7 +198,7 @@ fn three_swaps_under_load_one_corrupt_lose_nothing_and_only_move_forward() {
     wait_output(3200);
 
     // Swap 3, through the registry pointer (file watch / poll).
-    reg.set_active("1.2.0").unwrap();
+    reg.set_active("1.2.0", Expect::Unchanged).unwrap();
     let t = Instant::now();
     while active_version(port) != "1.2.0" {
         assert!(
@@ -539,7 +540,7 @@ fn admin_api_swaps_and_rolls_back_with_its_token_and_refuses_traversal_bad_versi
     let body = swap_to(port, "9.9.9", Some(token), 422);
     assert!(body.contains("not in the registry"), "{body}");
     // A version whose tokenizer.json was changed after publishing is refused on swap.
-    let reg = Registry::open(&root).unwrap();
+    let reg = DiskRegistry::open(&root).unwrap();
     let (_, dir) = reg.publish(&model, Some("3.0.0")).unwrap();
     let tok = dir.join("tokenizer.json");
     let mut bytes = std::fs::read(&tok).unwrap();
@@ -657,7 +658,7 @@ fn rollbacks_survive_restarts_and_a_rollback_to_model_dir_is_what_a_restart_serv
     let tmp = tempfile::tempdir().unwrap();
     let model = common::tiny_model_dir(tmp.path());
     let root = tmp.path().join("registry");
-    let reg = Registry::open(&root).unwrap();
+    let reg = DiskRegistry::open(&root).unwrap();
     for v in ["1.0.0", "2.0.0"] {
         reg.publish(&model, Some(v)).unwrap();
     }

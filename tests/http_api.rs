@@ -195,11 +195,12 @@ fn over_limit_requests_get_413_or_429_and_bad_json_400_each_with_a_json_error() 
 fn a_hot_swap_between_two_requests_changes_the_model_version_in_the_answer() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("registry");
-    let reg = emostream::model::registry::Registry::open(&root).unwrap();
+    let reg = emostream::model::disk_registry::DiskRegistry::open(&root).unwrap();
     for v in ["1.0.0", "1.0.1"] {
         reg.publish(&common::shipped_model_dir(), Some(v)).unwrap();
     }
-    reg.set_active("1.0.0").unwrap();
+    reg.set_active("1.0.0", emostream::model::registry::Expect::Unchanged)
+        .unwrap();
     let (_d, port) = serve(&[
         open_on_loopback(),
         ("EMOSTREAM__REGISTRY__ROOT", root.display().to_string()),

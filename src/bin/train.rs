@@ -222,14 +222,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: DataCmd,
     },
-    /// Copy a model directory into a model registry atomically (temporary name, fsync, rename);
-    /// optionally point ACTIVE at it and/or announce it on the daemons' Kafka control topic.
+    /// Copy a model directory into a model registry atomically (a directory: temporary name,
+    /// fsync, rename; an object store: objects written only if absent, read back and verified,
+    /// the card last); optionally point ACTIVE at it (conditionally: if another publisher
+    /// changed it since it was read, nothing changes and the conflict is named) and/or announce
+    /// it on the daemons' Kafka control topic.
     Publish {
         #[arg(long)]
         model: PathBuf,
-        /// Registry root (the daemons' registry.root).
+        /// Registry root (the daemons' registry.root): a directory or s3://bucket/prefix,
+        /// gs://…, az://… (credentials from the environment, as the cloud's own tools).
         #[arg(long)]
-        registry: PathBuf,
+        registry: String,
         /// Version name in the registry (default: the card's version).
         #[arg(long)]
         version: Option<String>,
@@ -592,22 +596,24 @@ struct KafkaArgs {
 /// `train publish`: into the registry, optionally activated and announced on the control topic.
 fn publish_version(
     model: &std::path::Path,
-    registry: &std::path::Path,
+    registry: &str,
     version: Option<String>,
     activate: bool,
     kafka: KafkaArgs,
     control_topic: Option<String>,
     force: bool,
 ) -> Result<()> {
-    let reg = emostream::model::registry::Registry::open(registry)?;
+    use emostream::model::registry::{default_cache_dir, Expect, Registry};
+    let reg = Registry::open(registry, &default_cache_dir())?;
     // The gate first: nothing is copied for a candidate that is refused.
     let candidate = emostream::model::dir::ModelDir::load(model, true)?;
     let going_live = activate || control_topic.is_some();
-    let serving = match reg.active()? {
-        Some(v) if going_live => {
-            Some(emostream::model::dir::ModelDir::load(&reg.resolve(&v)?, false)?.card)
-        }
-        _ => None,
+    // What ACTIVE names now: the gate judges against it, and --activate writes only if it still
+    // names it then.
+    let judged_against = if going_live { reg.active()? } else { None };
+    let serving = match &judged_against {
+        Some(v) => Some(emostream::model::dir::ModelDir::load(&reg.resolve(v)?, false)?.card),
+        None => None,
     };
     // The control message must be signable before anything is published or activated: a
     // missing key would otherwise publish and activate, then fail to announce.
@@ -634,11 +640,11 @@ fn publish_version(
         );
     }
     emostream::train::gate::enforce(why, force)?;
-    let (v, dir) = reg.publish(model, version.as_deref())?;
-    println!("published {} as {v} at {}", model.display(), dir.display());
+    let (v, at) = reg.publish(model, version.as_deref())?;
+    println!("published {} as {v} at {at}", model.display());
     if activate {
-        reg.set_active(&v)?;
-        println!("{} now names {v}", reg.pointer_path().display());
+        reg.set_active(&v, Expect::Names(judged_against.as_deref()))?;
+        println!("{} now names {v}", reg.pointer_location());
     }
     if let Some((control, topic)) = announcement {
         let rid = format!("publish-{v}-{}", std::process::id());
@@ -756,8 +762,12 @@ fn model_or_active(path: &std::path::Path) -> Result<PathBuf> {
         )
     };
     // Opening a registry creates it: only open what already is one.
-    anyhow::ensure!(path.join("versions").is_dir(), neither());
-    let reg = emostream::model::registry::Registry::open(path)?;
+    let root = path.to_string_lossy();
+    let reg = emostream::model::registry::Registry::open_existing(
+        &root,
+        &emostream::model::registry::default_cache_dir(),
+    )?
+    .with_context(neither)?;
     let v = reg.active()?.with_context(neither)?;
     reg.resolve(&v)
 }

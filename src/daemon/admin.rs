@@ -183,14 +183,19 @@ async fn get_model(State(s): State<AdminState>) -> Response {
         return error(StatusCode::NOT_FOUND, "this process has no model API");
     };
     let active = m.active.borrow().clone();
-    let (versions, pointer) = match &m.registry {
-        Some(r) => (r.versions().unwrap_or_default(), r.active().ok().flatten()),
+    // An object store's listing is network I/O: off the async workers.
+    let (versions, pointer) = match m.registry.clone() {
+        Some(r) => tokio::task::spawn_blocking(move || {
+            (r.versions().unwrap_or_default(), r.active().ok().flatten())
+        })
+        .await
+        .unwrap_or_default(),
         None => (Vec::new(), None),
     };
     Json(json!({
         "active": {"name": active.model_ref.name, "version": active.model_ref.version,
                    "sha256": active.model_ref.sha256, "dir": active.dir},
-        "registry": m.registry.as_ref().map(|r| r.root().to_path_buf()),
+        "registry": m.registry.as_ref().map(|r| r.location()),
         "pointer": pointer,
         "versions": versions,
     }))

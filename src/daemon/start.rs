@@ -23,21 +23,23 @@ use tokio::task::JoinHandle;
 
 /// The model directory to serve at start-up: the registry's `ACTIVE` version when there is a
 /// registry with a pointer, else `model.dir`. Also returns the registry and the pointer read.
+/// A registry in an object store must answer here (the first model comes from it); later,
+/// serving never waits on it.
 fn initial_model_dir(s: &Settings) -> Result<(Option<Registry>, Option<String>, PathBuf)> {
     if s.registry.root.is_empty() {
         return Ok((None, None, s.model.dir.clone()));
     }
-    let reg = Registry::open(Path::new(&s.registry.root))
+    let reg = Registry::open(&s.registry.root, &s.registry.cache_dir())
         .with_context(|| format!("config key registry.root = {}", s.registry.root))?;
     match reg.active().context("config key registry.root")? {
         Some(v) => {
             let dir = reg
                 .resolve(&v)
-                .with_context(|| format!("registry pointer {}", reg.pointer_path().display()))?;
+                .with_context(|| format!("registry pointer {}", reg.pointer_location()))?;
             Ok((Some(reg), Some(v), dir))
         }
         None => {
-            tracing::info!(registry = %reg.root().display(), model = %s.model.dir.display(), "registry has no ACTIVE pointer yet; serving model.dir");
+            tracing::info!(registry = %reg.location(), model = %s.model.dir.display(), "registry has no ACTIVE pointer yet; serving model.dir");
             Ok((Some(reg), None, s.model.dir.clone()))
         }
     }

@@ -3,6 +3,7 @@
 //! daemon and `train`; imports from no other layer.
 
 pub mod dir;
+pub mod disk_registry;
 pub mod eval;
 pub mod kernels;
 pub mod labels;

@@ -14,7 +14,9 @@
 //! caller inside another runtime cannot block on one directly).
 
 use crate::model::dir::{ModelDir, CARD_FILE};
-use crate::model::registry::{check_version_name, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR};
+use crate::model::registry::{
+    check_version_name, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
+};
 use anyhow::{bail, Context, Result};
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
@@ -45,16 +47,6 @@ pub(crate) enum Poll {
     Changed(Option<Pointer>),
 }
 
-/// What a conditional activation requires of the pointer.
-#[derive(Debug, Clone, Copy)]
-pub enum Expect<'a> {
-    /// Whatever it holds, as long as nobody changes it between our read and our write.
-    Unchanged,
-    /// It must name this version (or be absent, for `None`): a publisher judged its candidate
-    /// against it.
-    Names(Option<&'a str>),
-}
-
 pub struct ObjectRegistry {
     /// The location as configured (for messages; it holds no secret: credentials come from the
     /// environment).
@@ -62,7 +54,18 @@ pub struct ObjectRegistry {
     store: Arc<dyn ObjectStore>,
     prefix: StorePath,
     cache: PathBuf,
-    rt: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken then, to shut it down without blocking).
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ObjectRegistry {
+    // The last handle may go inside an async task (a daemon's pointer poller at shutdown), where
+    // dropping a runtime the normal way blocks and panics; nothing of ours is left running on it.
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for ObjectRegistry {
@@ -81,6 +84,21 @@ pub fn is_object_url(root: &str) -> bool {
     root.split_once("://").is_some_and(|(scheme, _)| {
         !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
     })
+}
+
+/// Checks `url` names a store this build supports (S3, GCS, Azure), without connecting.
+pub(crate) fn check_url(url: &str) -> Result<()> {
+    let parsed = url::Url::parse(url).with_context(|| format!("registry location {url:?}"))?;
+    let (scheme, _) = ObjectStoreScheme::parse(&parsed)
+        .with_context(|| format!("registry location {url:?}: not an object store URL"))?;
+    match scheme {
+        ObjectStoreScheme::AmazonS3
+        | ObjectStoreScheme::GoogleCloudStorage
+        | ObjectStoreScheme::MicrosoftAzure => Ok(()),
+        other => bail!(
+            "registry location {url:?}: {other:?} is not supported (use s3://, gs://, az:// or a directory)"
+        ),
+    }
 }
 
 /// Store calls give up after a few seconds: serving must not wait on the store, and a CLI
@@ -103,6 +121,7 @@ fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
     use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
     use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
     use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
+    check_url(url)?;
     let parsed = url::Url::parse(url).with_context(|| format!("registry location {url:?}"))?;
     let (scheme, prefix) = ObjectStoreScheme::parse(&parsed)
         .with_context(|| format!("registry location {url:?}: not an object store URL"))?;
@@ -136,9 +155,7 @@ fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
                 .build()
                 .with_context(|| format!("registry location {url:?}"))?,
         ),
-        other => bail!(
-            "registry location {url:?}: {other:?} is not supported (use s3://, gs://, az:// or a directory)"
-        ),
+        other => bail!("registry location {url:?}: {other:?} is not supported"),
     };
     Ok((store, prefix))
 }
@@ -173,7 +190,7 @@ impl ObjectRegistry {
             store,
             prefix,
             cache: cache.to_path_buf(),
-            rt,
+            rt: Some(rt),
         })
     }
 
@@ -188,7 +205,7 @@ impl ObjectRegistry {
     /// Runs a store call to completion from any thread, inside a runtime or not.
     fn run<T: Send>(&self, fut: impl std::future::Future<Output = T> + Send) -> T {
         std::thread::scope(|s| {
-            s.spawn(|| self.rt.block_on(fut))
+            s.spawn(|| self.rt.as_ref().expect("runtime until drop").block_on(fut))
                 .join()
                 .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
@@ -286,6 +303,16 @@ impl ObjectRegistry {
                 )
             }
             Err(e) => Err(e).with_context(|| format!("writing {}/{POINTER_FILE}", self.url)),
+        }
+    }
+
+    /// Removes `ACTIVE` (a rollback to a directory outside the registry).
+    pub(crate) fn clear_active(&self) -> Result<()> {
+        let at = self.key(POINTER_FILE);
+        match self.run(self.store.delete(&at)) {
+            Ok(()) => Ok(()),
+            Err(e) if is_missing(&e) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}/{POINTER_FILE}", self.url)),
         }
     }
 

@@ -70,3 +70,9 @@ pub fn wait_http(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// The value of an unlabelled Prometheus counter or gauge in a /metrics page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod http;
 pub mod kafka;
+pub mod s3;
 
 use candle_core::{Device, Tensor};
 use emostream::model::eval::dataset::{goemotions_dir, Split};

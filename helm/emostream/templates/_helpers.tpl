@@ -54,6 +54,11 @@ the same table twice, which is why appending text could never set e.g. batching 
 {{- if $v.registry.enabled -}}
 {{- $_ := set $registry "root" "/var/lib/emostream/registry" -}}
 {{- end -}}
+{{- if $v.registry.url -}}
+{{- $_ := set $registry "root" $v.registry.url -}}
+{{- $_ := set $registry "cache_dir" "/var/cache/emostream/registry" -}}
+{{- $_ := set $registry "poll_interval_ms" (int64 $v.registry.pollIntervalMs) -}}
+{{- end -}}
 {{- if $v.registry.controlTopic -}}
 {{- $_ := set $registry "control_topic" $v.registry.controlTopic -}}
 {{- $_ := set $registry "control_key_file" (printf "/var/run/secrets/emostream/control/%s" $v.registry.controlKeySecret.key) -}}
@@ -91,7 +96,7 @@ other than the ConfigMap (probes, Service, KEDA trigger, mounts, the grace-perio
       "kafka.input_topics" "set kafka.inputTopics (the KEDA trigger uses it too)"
       "kafka.transactional_id" "each pod gets <kafka.groupId>-<pod name> from its environment"
       "registry.replica_id" "each pod gets its pod name from its environment"
-      "registry.root" "set registry.enabled (it mounts the volume there)"
+      "registry.root" "set registry.enabled (it mounts the volume there) or registry.url"
       "registry.control_topic" "set registry.controlTopic (it mounts the key too)"
       "registry.control_key_file" "set registry.controlKeySecret (it mounts the key there)"
       "shutdown.timeout_ms" "set shutdownTimeoutMs (checked against terminationGracePeriodSeconds)" -}}
@@ -188,8 +193,14 @@ strings read the same way. Argument: (list PATH VALUE), PATH only for the error 
 {{- if and (not (or .Values.autoscaling.keda.enabled .Values.autoscaling.hpa.enabled)) (gt (int .Values.replicaCount) (int .Values.kafka.inputPartitions)) -}}
 {{- fail "replicaCount must not exceed kafka.inputPartitions: a replica without a partition is never Ready, which also stalls every rollout" -}}
 {{- end -}}
-{{- if and .Values.registry.controlTopic (not .Values.registry.enabled) -}}
-{{- fail "registry.controlTopic needs registry.enabled (control messages name registry versions)" -}}
+{{- if and .Values.registry.controlTopic (not (or .Values.registry.enabled .Values.registry.url)) -}}
+{{- fail "registry.controlTopic needs registry.enabled or registry.url (control messages name registry versions)" -}}
+{{- end -}}
+{{- if and .Values.registry.enabled .Values.registry.url -}}
+{{- fail "set registry.enabled (a shared volume) or registry.url (object storage), not both" -}}
+{{- end -}}
+{{- if and .Values.registry.url (not (regexMatch "^(s3|s3a|gs|az|abfs|abfss)://[^/]+" .Values.registry.url)) -}}
+{{- fail "registry.url must be s3://bucket/prefix, gs://bucket/prefix or az://container/prefix" -}}
 {{- end -}}
 {{- if not (has .Values.kafka.delivery (list "at_least_once" "exactly_once")) -}}
 {{- fail "kafka.delivery must be at_least_once or exactly_once" -}}

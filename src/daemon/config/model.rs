@@ -18,6 +18,8 @@ pub struct ModelSettings {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RegistrySettings {
     pub(crate) root: String,
+    /// Where versions from an object-store registry are downloaded (empty: the default).
+    pub(crate) cache_dir: String,
     pub(crate) watch: bool,
     pub(crate) poll_interval_ms: u64,
     pub(crate) control_topic: String,
@@ -37,6 +39,15 @@ pub(crate) struct RegistrySettings {
 }
 
 impl RegistrySettings {
+    /// Where versions from an object-store registry are downloaded and verified.
+    pub(crate) fn cache_dir(&self) -> std::path::PathBuf {
+        if self.cache_dir.is_empty() {
+            crate::model::registry::default_cache_dir()
+        } else {
+            std::path::PathBuf::from(&self.cache_dir)
+        }
+    }
+
     /// This replica's name in control-topic replies: `replica_id`, else host name and pid.
     pub(crate) fn replica(&self) -> String {
         if !self.replica_id.is_empty() {
@@ -86,6 +97,11 @@ impl RegistrySettings {
     /// Every `registry.*` key on its own: the swap triggers, shadow mode and label map.
     pub(super) fn validate(&self) -> Result<()> {
         let g = self;
+        if !g.root.is_empty() {
+            if let Err(e) = crate::model::registry::Registry::check_location(&g.root) {
+                check(false, "registry.root", format!("{e:#}"))?;
+            }
+        }
         check(
             g.poll_interval_ms >= 50,
             "registry.poll_interval_ms",

@@ -11,7 +11,7 @@ use crate::backend::generation::{Active, Expectations, Generation};
 use crate::backend::ort::RuntimeOptions;
 use crate::daemon::config::RegistrySettings;
 use crate::daemon::swap::shadow::{Agreement, Shadow};
-use crate::model::registry::Registry;
+use crate::model::registry::{check_version_name, Expect, Registry};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -164,7 +164,7 @@ impl Controller {
     /// One swap request: resolve, load and validate (off the runtime), optionally compare in
     /// shadow, then promote. Any failure leaves the running model serving.
     async fn handle(&mut self, target: &Target, trigger: Trigger) -> SwapReport {
-        let (version, dir) = match self.resolve(target) {
+        let (version, dir) = match self.resolve(target).await {
             Ok(found) => found,
             Err(report) => return report,
         };
@@ -213,7 +213,7 @@ impl Controller {
         // A pointer swap follows a change made elsewhere (whoever moved ACTIVE keeps the
         // registry's record); every other trigger records what it did.
         if trigger != Trigger::Pointer {
-            self.persist(&dir, &version);
+            self.persist(&dir, &version).await;
         }
         SwapReport {
             previous: Some(previous),
@@ -223,25 +223,33 @@ impl Controller {
         }
     }
 
-    /// The version and directory a request names; a rejection when there is none.
-    fn resolve(&self, target: &Target) -> Result<(String, PathBuf), SwapReport> {
-        match target {
-            Target::Version(v) => {
-                let Some(reg) = &self.registry else {
-                    return Err(self.rejected(
-                        Some(v.clone()),
-                        "no model registry is configured (registry.root)".into(),
-                    ));
-                };
-                reg.resolve(v)
-                    .map(|d| (v.clone(), d))
-                    .map_err(|e| self.rejected(Some(v.clone()), format!("{e:#}")))
+    /// The version and directory a request names; a rejection when there is none. A registry
+    /// version is resolved (an object store's downloaded and verified) on a blocking thread.
+    async fn resolve(&self, target: &Target) -> Result<(String, PathBuf), SwapReport> {
+        let (version, dir) = match target {
+            Target::Version(v) => (v.clone(), None),
+            Target::Rollback => match self.history.last() {
+                Some((v, d)) => (v.clone(), Some(d.clone())),
+                None => return Err(self.rejected(None, "no previous model to roll back to".into())),
+            },
+        };
+        let reg = match (&self.registry, dir) {
+            // A directory outside the registry (model.dir) is served as it is.
+            (Some(reg), Some(d)) if !reg.holds(&d) => return Ok((version, d)),
+            (None, Some(d)) => return Ok((version, d)),
+            (Some(reg), _) => reg.clone(),
+            (None, None) => {
+                return Err(self.rejected(
+                    Some(version),
+                    "no model registry is configured (registry.root)".into(),
+                ))
             }
-            Target::Rollback => self
-                .history
-                .last()
-                .cloned()
-                .ok_or_else(|| self.rejected(None, "no previous model to roll back to".into())),
+        };
+        let v = version.clone();
+        match tokio::task::spawn_blocking(move || reg.resolve(&v)).await {
+            Ok(Ok(d)) => Ok((version, d)),
+            Ok(Err(e)) => Err(self.rejected(Some(version), format!("{e:#}"))),
+            Err(e) => Err(self.rejected(Some(version), format!("resolving panicked: {e}"))),
         }
     }
 
@@ -344,26 +352,36 @@ impl Controller {
 
     /// Keeps the registry in step with what serves now, so a restart serves it and can still
     /// roll back: `ACTIVE` names the version (removed when a directory outside the registry,
-    /// `model.dir`, serves), `HISTORY` holds what served before.
-    fn persist(&self, dir: &std::path::Path, version: &str) {
-        let Some(reg) = &self.registry else { return };
-        let in_registry = dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR));
-        let pointer = if in_registry {
-            if reg.active().ok().flatten().as_deref() == Some(version) {
-                Ok(())
-            } else {
-                reg.set_active(version)
-            }
-        } else {
-            reg.clear_active()
+    /// `model.dir`, serves), `HISTORY` holds what served before. On a blocking thread (an
+    /// object store is network I/O); a failure is logged, the swap stands.
+    async fn persist(&self, dir: &std::path::Path, version: &str) {
+        let Some(reg) = self.registry.clone() else {
+            return;
         };
+        let in_registry = reg.holds(dir);
         let entries: Vec<String> = self
             .history
             .iter()
-            .map(|(v, d)| history_entry(reg, v, d))
+            .map(|(v, d)| history_entry(&reg, v, d))
             .collect();
-        if let Err(e) = pointer.and_then(|()| reg.set_history(&entries)) {
-            tracing::warn!(error = %format!("{e:#}"), "could not update the registry's pointer or history");
+        let version = version.to_string();
+        let done = tokio::task::spawn_blocking(move || {
+            if in_registry {
+                if reg.active().ok().flatten().as_deref() != Some(version.as_str()) {
+                    reg.set_active(&version, Expect::Unchanged)?;
+                }
+            } else {
+                reg.clear_active()?;
+            }
+            reg.set_history(&entries)
+        })
+        .await;
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %format!("{e:#}"), "could not update the registry's pointer or history")
+            }
+            Err(e) => tracing::warn!(error = %e, "updating the registry panicked"),
         }
     }
 }
@@ -371,7 +389,7 @@ impl Controller {
 /// A `HISTORY` line: the version when it lives in the registry, else `dir`, the version and
 /// the directory, tab-separated.
 fn history_entry(reg: &Registry, version: &str, dir: &std::path::Path) -> String {
-    if dir.starts_with(reg.root().join(crate::model::registry::VERSIONS_DIR)) {
+    if reg.holds(dir) {
         version.to_string()
     } else {
         format!("dir\t{version}\t{}", dir.display())
@@ -396,7 +414,15 @@ pub(crate) fn load_history(reg: &Registry) -> Vec<(String, PathBuf)> {
                     let dir = PathBuf::from(dir);
                     dir.is_dir().then(|| (version.to_string(), dir))
                 }
-                [version] => reg.resolve(version).ok().map(|d| (version.to_string(), d)),
+                // A directory registry's versions are checked now; an object store's are
+                // resolved (downloaded) only when a rollback asks for one.
+                [version] => match reg {
+                    Registry::Disk(_) => reg.resolve(version).ok(),
+                    Registry::Object(_) => check_version_name(version)
+                        .ok()
+                        .map(|()| reg.version_dir(version)),
+                }
+                .map(|d| (version.to_string(), d)),
                 _ => None,
             };
             if found.is_none() {

@@ -1,10 +1,13 @@
-//! Trigger: the registry pointer. Watches `ROOT/ACTIVE` with file-system notifications and
-//! re-reads it every `poll_interval_ms` as the fallback (network file systems often send no
-//! events). A changed pointer becomes a swap request; a version already asked for is not
-//! asked for again, so a rejected pointer does not loop.
+//! Trigger: the registry pointer. A directory's `ROOT/ACTIVE` is watched with file-system
+//! notifications and re-read every `poll_interval_ms` as the fallback (network file systems
+//! often send no events); an object store's is polled every `poll_interval_ms` with its ETag
+//! (unchanged: no body). A changed pointer becomes a swap request; a version already asked for
+//! is not asked for again, so a rejected pointer does not loop. A store that does not answer
+//! changes nothing that serves: the poll logs it, sets `emostream_registry_reachable` to 0
+//! and tries again at the next interval.
 
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
-use crate::model::registry::{Registry, POINTER_FILE};
+use crate::model::registry::{PointerSeen, Registry, POINTER_FILE};
 use notify::{RecursiveMode, Watcher};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -31,29 +34,55 @@ pub(crate) fn spawn(
                 let _ = ping_tx.try_send(());
             }
         })
-        .and_then(|mut w| {
-            w.watch(registry.root(), RecursiveMode::NonRecursive)
-                .map(|_| w)
+        .and_then(|mut w| match registry.watch_dir() {
+            Some(dir) => w.watch(dir, RecursiveMode::NonRecursive).map(|_| Some(w)),
+            None => Ok(None),
         });
         let _watcher = match watcher {
-            Ok(w) => Some(w),
+            Ok(w) => w,
             Err(e) => {
-                tracing::warn!(error = %e, root = %registry.root().display(), "no file-system notifications for the registry; polling only");
+                tracing::warn!(error = %e, root = %registry.location(), "no file-system notifications for the registry; polling only");
                 None
             }
         };
-        let mut notifications = true;
+        let mut notifications = _watcher.is_some();
         let mut last = initial;
+        let mut seen = PointerSeen::default();
+        let mut reachable = None;
         loop {
             tokio::select! {
                 // Without a watcher the channel is closed and recv() is ready at once: poll only.
                 got = ping.recv(), if notifications => notifications = got.is_some(),
                 _ = tokio::time::sleep(poll) => {}
             }
-            let now = match registry.active() {
-                Ok(v) => v,
+            // An object store's read is network I/O with retries: off the async workers.
+            let (reg, mut s) = (registry.clone(), std::mem::take(&mut seen));
+            let read = match tokio::task::spawn_blocking(move || (reg.poll_active(&mut s), s)).await
+            {
+                Ok((read, s)) => {
+                    seen = s;
+                    read
+                }
+                Err(e) => Err(anyhow::anyhow!("the pointer poll panicked: {e}")),
+            };
+            let now = match read {
+                Ok(v) => {
+                    if reachable != Some(true) {
+                        if reachable.is_some() {
+                            tracing::info!(registry = %registry.location(), "registry readable again");
+                        }
+                        metrics::gauge!("emostream_registry_reachable").set(1.0);
+                        reachable = Some(true);
+                    }
+                    v
+                }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "unreadable registry pointer");
+                    if reachable != Some(false) {
+                        tracing::warn!(error = %format!("{e:#}"), registry = %registry.location(), "cannot read the registry pointer; the current model keeps serving");
+                        metrics::gauge!("emostream_registry_reachable").set(0.0);
+                        reachable = Some(false);
+                    }
+                    metrics::counter!("emostream_registry_poll_errors_total").increment(1);
                     continue;
                 }
             };
