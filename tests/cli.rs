@@ -86,6 +86,42 @@ fn publish_with_an_unsignable_announcement_changes_nothing() {
     assert_eq!(published, 0, "published: {out}");
 }
 
+/// Issue 27: a registry location written like a URL but not a supported one is refused by the
+/// daemon's start-up validation (naming `registry.root`) and by `train publish`, instead of
+/// silently creating a local directory called `s3:` and serving whatever it holds.
+#[test]
+fn a_url_like_registry_that_is_no_supported_store_is_refused_and_creates_no_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::shipped_model_dir();
+    for root in ["s3:/models/prod", "ftp://host/models"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_emostream"))
+            .args(["check-config"])
+            .env("EMOSTREAM__REGISTRY__ROOT", root)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{root}: {said}");
+        assert!(said.contains("registry.root"), "{root}: {said}");
+        let out = Command::new(env!("CARGO_BIN_EXE_train"))
+            .args([
+                "publish",
+                "--model",
+                model.to_str().unwrap(),
+                "--registry",
+                root,
+            ])
+            .current_dir(tmp.path())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{root}: {said}");
+        assert!(said.contains(root), "{root}: {said}");
+    }
+    let made: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+    assert!(made.is_empty(), "created {made:?}");
+}
+
 /// `emostream create-topics` makes every topic the configuration names with the partitions
 /// asked for, gives the dead-letter topic room for the largest dead letter the configuration
 /// allows (input.max_message_bytes + input.max_header_bytes + 16 KiB), and leaves existing

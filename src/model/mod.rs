@@ -9,4 +9,5 @@ pub mod kernels;
 pub mod labels;
 pub mod object_registry;
 pub mod registry;
+pub mod registry_layout;
 pub mod tokenize;

@@ -14,7 +14,7 @@
 //! caller inside another runtime cannot block on one directly).
 
 use crate::model::dir::{ModelDir, CARD_FILE};
-use crate::model::registry::{
+use crate::model::registry_layout::{
     check_version_name, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
 };
 use anyhow::{bail, Context, Result};

@@ -10,36 +10,10 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub(crate) const POINTER_FILE: &str = "ACTIVE";
-/// What served before the active model, oldest first, one entry a line: a version, or
-/// `dir <path>` for a directory outside the registry (`model.dir`). Rollback reads it, so a
-/// rollback works after a restart.
-pub(crate) const HISTORY_FILE: &str = "HISTORY";
-pub(crate) const VERSIONS_DIR: &str = "versions";
-
-/// A version name is one path component of safe characters: no separators, no `..`.
-pub(crate) fn check_version_name(v: &str) -> Result<()> {
-    let ok = !v.is_empty()
-        && v.len() <= 128
-        && v.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '+'))
-        && v.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && !v.contains("..");
-    if !ok {
-        bail!("invalid model version {v:?}: use letters, digits and . - _ + (one path component, no \"..\")");
-    }
-    Ok(())
-}
-
-/// What an activation requires of `ACTIVE` when it writes.
-#[derive(Debug, Clone, Copy)]
-pub enum Expect<'a> {
-    /// Whatever it holds, as long as nobody changes it between our read and our write.
-    Unchanged,
-    /// It must name this version (or be absent, for `None`): a publisher judged its candidate
-    /// against it.
-    Names(Option<&'a str>),
-}
+pub use crate::model::registry_layout::Expect;
+pub(crate) use crate::model::registry_layout::{
+    check_version_name, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
+};
 
 /// A model registry: a directory or an object store.
 #[derive(Debug, Clone)]
@@ -77,9 +51,16 @@ impl Registry {
         if object_registry::is_object_url(root) {
             return object_registry::check_url(root);
         }
+        // A relative path whose first component starts like a URL scheme ("s3:", "gs:x").
         let first = Path::new(root).components().next();
         if let Some(std::path::Component::Normal(c)) = first {
-            if c.to_string_lossy().ends_with(':') {
+            let c = c.to_string_lossy();
+            let scheme = c.split_once(':').map(|(s, _)| s);
+            if scheme.is_some_and(|s| {
+                s.chars().next().is_some_and(|f| f.is_ascii_alphabetic())
+                    && s.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "+.-".contains(ch))
+            }) {
                 bail!("registry location {root:?} looks like a URL but is not one: use s3://bucket/prefix, gs://bucket/prefix, az://container/prefix or a directory");
             }
         }
@@ -221,25 +202,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn version_names_are_one_safe_component() {
-        for ok in ["1.0.0", "v2", "2026-11-26_a", "1.0.0+int8"] {
-            check_version_name(ok).unwrap();
-        }
-        for bad in [
-            "", "../x", "..", "a/b", "/etc", ".hidden", "a\\b", "x..y", "a b",
-        ] {
-            assert!(check_version_name(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
     fn a_url_like_root_that_is_no_store_is_refused_not_made_a_directory() {
         let cwd = tempfile::tempdir().unwrap();
         let cache = cwd.path().join("cache");
         for root in ["s3:/models/prod", "s3:models"] {
             let e = format!("{:#}", Registry::open(root, &cache).unwrap_err());
             assert!(e.contains("looks like a URL"), "{root}: {e}");
-            assert!(!Path::new("s3:").exists(), "{root} made a directory");
+            assert!(
+                !Path::new("s3:").exists() && !Path::new("s3:models").exists(),
+                "{root} made a directory"
+            );
         }
         let e = format!(
             "{:#}",

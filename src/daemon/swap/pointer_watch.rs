@@ -19,36 +19,11 @@ pub(crate) fn spawn(
     initial: Option<String>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let (ping_tx, mut ping) = mpsc::channel::<()>(1);
-        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-            // Only a change of the pointer counts. inotify also reports opens and reads
-            // (Access): reacting to those made our own re-read of ACTIVE trigger the next one,
-            // a busy loop that held a core for as long as the daemon ran.
-            let touches_pointer = ev.is_ok_and(|e| {
-                !matches!(e.kind, notify::EventKind::Access(_))
-                    && e.paths
-                        .iter()
-                        .any(|p| p.file_name().is_some_and(|n| n == POINTER_FILE))
-            });
-            if touches_pointer {
-                let _ = ping_tx.try_send(());
-            }
-        })
-        .and_then(|mut w| match registry.watch_dir() {
-            Some(dir) => w.watch(dir, RecursiveMode::NonRecursive).map(|_| Some(w)),
-            None => Ok(None),
-        });
-        let _watcher = match watcher {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!(error = %e, root = %registry.location(), "no file-system notifications for the registry; polling only");
-                None
-            }
-        };
+        let (_watcher, mut ping) = watch_pointer(&registry);
         let mut notifications = _watcher.is_some();
         let mut last = initial;
         let mut seen = PointerSeen::default();
-        let mut reachable = None;
+        let mut reachable = Reachable::default();
         loop {
             tokio::select! {
                 // Without a watcher the channel is closed and recv() is ready at once: poll only.
@@ -65,28 +40,9 @@ pub(crate) fn spawn(
                 }
                 Err(e) => Err(anyhow::anyhow!("the pointer poll panicked: {e}")),
             };
-            let now = match read {
-                Ok(v) => {
-                    if reachable != Some(true) {
-                        if reachable.is_some() {
-                            tracing::info!(registry = %registry.location(), "registry readable again");
-                        }
-                        metrics::gauge!("emostream_registry_reachable").set(1.0);
-                        reachable = Some(true);
-                    }
-                    v
-                }
-                Err(e) => {
-                    if reachable != Some(false) {
-                        tracing::warn!(error = %format!("{e:#}"), registry = %registry.location(), "cannot read the registry pointer; the current model keeps serving");
-                        metrics::gauge!("emostream_registry_reachable").set(0.0);
-                        reachable = Some(false);
-                    }
-                    metrics::counter!("emostream_registry_poll_errors_total").increment(1);
-                    continue;
-                }
+            let Some(version) = reachable.record(read, &registry) else {
+                continue;
             };
-            let Some(version) = now else { continue };
             if last.as_deref() == Some(version.as_str()) {
                 continue;
             }
@@ -98,4 +54,70 @@ pub(crate) fn spawn(
             }
         }
     })
+}
+
+/// File-system notifications of changes to a directory registry's `ACTIVE` (none for an object
+/// store, or when the watch cannot be set up): the watcher to keep, and its pings.
+fn watch_pointer(registry: &Registry) -> (Option<notify::RecommendedWatcher>, mpsc::Receiver<()>) {
+    let (ping_tx, ping) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        // Only a change of the pointer counts. inotify also reports opens and reads
+        // (Access): reacting to those made our own re-read of ACTIVE trigger the next one,
+        // a busy loop that held a core for as long as the daemon ran.
+        let touches_pointer = ev.is_ok_and(|e| {
+            !matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths
+                    .iter()
+                    .any(|p| p.file_name().is_some_and(|n| n == POINTER_FILE))
+        });
+        if touches_pointer {
+            let _ = ping_tx.try_send(());
+        }
+    })
+    .and_then(|mut w| match registry.watch_dir() {
+        Some(dir) => w.watch(dir, RecursiveMode::NonRecursive).map(|_| Some(w)),
+        None => Ok(None),
+    });
+    match watcher {
+        Ok(w) => (w, ping),
+        Err(e) => {
+            tracing::warn!(error = %e, root = %registry.location(), "no file-system notifications for the registry; polling only");
+            (None, ping)
+        }
+    }
+}
+
+/// Whether the last read of the pointer answered: logged when it changes, on /metrics always.
+#[derive(Default)]
+struct Reachable(Option<bool>);
+
+impl Reachable {
+    /// Records a read of the pointer; the version it names, if it answered and names one.
+    fn record(
+        &mut self,
+        read: anyhow::Result<Option<String>>,
+        registry: &Registry,
+    ) -> Option<String> {
+        match read {
+            Ok(v) => {
+                if self.0 != Some(true) {
+                    if self.0.is_some() {
+                        tracing::info!(registry = %registry.location(), "registry readable again");
+                    }
+                    metrics::gauge!("emostream_registry_reachable").set(1.0);
+                    self.0 = Some(true);
+                }
+                v
+            }
+            Err(e) => {
+                if self.0 != Some(false) {
+                    tracing::warn!(error = %format!("{e:#}"), registry = %registry.location(), "cannot read the registry pointer; the current model keeps serving");
+                    metrics::gauge!("emostream_registry_reachable").set(0.0);
+                    self.0 = Some(false);
+                }
+                metrics::counter!("emostream_registry_poll_errors_total").increment(1);
+                None
+            }
+        }
+    }
 }
