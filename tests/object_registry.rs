@@ -181,6 +181,19 @@ fn every_comment_once_and_versions_only_forward(
     seen
 }
 
+/// Every path under `dir` (directories and files), depth first.
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
 fn put_raw(reg_url: &str, key: &str, body: &[u8]) {
     // A plain overwrite, as someone with write access to the bucket could do.
     use object_store::{aws::AmazonS3Builder, ObjectStoreExt};
@@ -225,40 +238,66 @@ fn versions_are_immutable_activation_is_conditional_and_a_tampered_model_is_refu
     assert!(again.contains("already exists"), "{again}");
 
     // Activate the first, then two publishers race to replace it, each having judged its
-    // candidate against 1.0.0: exactly one wins, the other names the conflict.
+    // candidate against the active version: exactly one wins, the other names the conflict.
+    // Several rounds, both writers released at once: in some the loser read the pointer before
+    // the winner wrote it, so only the store's conditional write (If-Match → 412) stops it.
     reg.set_active("1.0.0", Expect::Names(None)).unwrap();
     assert_eq!(reg.active().unwrap().as_deref(), Some("1.0.0"));
-    let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
-        let handles: Vec<_> = ["1.1.0", "1.2.0"]
-            .into_iter()
-            .map(|v| {
-                let url = url.clone();
-                let cache = tmp.path().join(format!("cache-{v}"));
-                s.spawn(move || {
-                    let r = ObjectRegistry::open(&url, &cache).unwrap();
-                    r.set_active(v, Expect::Names(Some("1.0.0")))
+    let racers: Vec<ObjectRegistry> = (0..2)
+        .map(|i| ObjectRegistry::open(&url, &tmp.path().join(format!("cache-{i}"))).unwrap())
+        .collect();
+    let mut current = "1.0.0".to_string();
+    let mut stopped_by_the_store = 0;
+    for round in 0..6 {
+        let candidates = [format!("2.{round}.0"), format!("2.{round}.1")];
+        for v in &candidates {
+            reg.publish(&model, Some(v)).unwrap();
+        }
+        let gate = std::sync::Barrier::new(2);
+        let results: Vec<anyhow::Result<()>> = std::thread::scope(|s| {
+            let handles: Vec<_> = racers
+                .iter()
+                .zip(&candidates)
+                .map(|(r, v)| {
+                    let (gate, judged) = (&gate, current.as_str());
+                    s.spawn(move || {
+                        gate.wait();
+                        r.set_active(v, Expect::Names(Some(judged)))
+                    })
                 })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
-    assert_eq!(won.len(), 1, "exactly one publisher wins: {results:?}");
-    let lost = format!(
-        "{:#}",
-        results.iter().find_map(|r| r.as_ref().err()).unwrap()
-    );
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won: Vec<_> = results.iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(won.len(), 1, "round {round}: exactly one wins: {results:?}");
+        let lost = format!(
+            "{:#}",
+            results.iter().find_map(|r| r.as_ref().err()).unwrap()
+        );
+        assert!(
+            lost.contains("another publisher") && lost.contains("nothing changed"),
+            "{lost}"
+        );
+        if lost.contains("changed while activating") {
+            stopped_by_the_store += 1;
+        }
+        let active = reg.active().unwrap().unwrap();
+        assert!(candidates.contains(&active), "round {round}: {active}");
+        eprintln!("race round {round}: {active} won; the loser: {lost}");
+        current = active;
+    }
     assert!(
-        lost.contains("another publisher") && lost.contains("nothing changed"),
-        "{lost}"
+        stopped_by_the_store > 0,
+        "no round reached the conditional write: the test did not race"
     );
-    let active = reg.active().unwrap().unwrap();
-    assert!(["1.1.0", "1.2.0"].contains(&active.as_str()), "{active}");
-    eprintln!("race: {active} won; the loser: {lost}");
 
     // Downloaded once, verified, served from the cache.
     let dir = reg.resolve("1.1.0").unwrap();
     assert!(dir.join("model.onnx").is_file() && dir.join("model.json").is_file());
+    emostream::model::dir::ModelDir::load(&dir, true).unwrap();
+    // A cached copy cut short (a kill during eviction) is fetched again, not refused for ever.
+    std::fs::remove_file(dir.join("model.onnx")).unwrap();
+    assert_eq!(reg.resolve("1.1.0").unwrap(), dir);
     emostream::model::dir::ModelDir::load(&dir, true).unwrap();
 
     // A model.onnx changed in the bucket is refused by a replica that has not cached it.
@@ -270,9 +309,13 @@ fn versions_are_immutable_activation_is_conditional_and_a_tampered_model_is_refu
     let fresh = ObjectRegistry::open(&url, &tmp.path().join("cache-fresh")).unwrap();
     let e = format!("{:#}", fresh.resolve("1.2.0").unwrap_err());
     assert!(e.contains("sha256"), "{e}");
+    let cached: Vec<_> = walk(&tmp.path().join("cache-fresh"))
+        .into_iter()
+        .filter(|p| p.ends_with("1.2.0"))
+        .collect();
     assert!(
-        !tmp.path().join("cache-fresh/1.2.0").exists(),
-        "a version that fails verification is not cached"
+        cached.is_empty(),
+        "a version that fails verification is not cached: {cached:?}"
     );
     let missing = format!("{:#}", fresh.resolve("9.9.9").unwrap_err());
     assert!(missing.contains("not in the registry"), "{missing}");

@@ -184,13 +184,23 @@ async fn get_model(State(s): State<AdminState>) -> Response {
     };
     let active = m.active.borrow().clone();
     // An object store's listing is network I/O: off the async workers.
-    let (versions, pointer) = match m.registry.clone() {
+    // A registry that cannot be read says so (an empty list would look like an empty registry).
+    let (versions, pointer, registry_error) = match m.registry.clone() {
         Some(r) => tokio::task::spawn_blocking(move || {
-            (r.versions().unwrap_or_default(), r.active().ok().flatten())
+            match r.versions().and_then(|v| Ok((v, r.active()?))) {
+                Ok((v, p)) => (v, p, None),
+                Err(e) => (Vec::new(), None, Some(format!("{e:#}"))),
+            }
         })
         .await
-        .unwrap_or_default(),
-        None => (Vec::new(), None),
+        .unwrap_or_else(|e| {
+            (
+                Vec::new(),
+                None,
+                Some(format!("reading the registry panicked: {e}")),
+            )
+        }),
+        None => (Vec::new(), None, None),
     };
     Json(json!({
         "active": {"name": active.model_ref.name, "version": active.model_ref.version,
@@ -198,6 +208,7 @@ async fn get_model(State(s): State<AdminState>) -> Response {
         "registry": m.registry.as_ref().map(|r| r.location()),
         "pointer": pointer,
         "versions": versions,
+        "registry_error": registry_error,
     }))
     .into_response()
 }

@@ -89,6 +89,10 @@ pub fn is_object_url(root: &str) -> bool {
 /// Checks `url` names a store this build supports (S3, GCS, Azure), without connecting.
 pub(crate) fn check_url(url: &str) -> Result<()> {
     let parsed = url::Url::parse(url).with_context(|| format!("registry location {url:?}"))?;
+    // The URL is logged and shown by the admin API: it must hold no secret.
+    if !parsed.username().is_empty() || parsed.password().is_some() || parsed.query().is_some() {
+        bail!("registry location: a URL with user info or a query string is refused (it is logged and shown by /admin/model); give credentials through the environment");
+    }
     let (scheme, _) = ObjectStoreScheme::parse(&parsed)
         .with_context(|| format!("registry location {url:?}: not an object store URL"))?;
     match scheme {
@@ -160,6 +164,53 @@ fn store_for(url: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
     Ok((store, prefix))
 }
 
+/// This registry's part of the cache directory: `cache/<sha256 of the URL, 16 hex>`, so two
+/// registries (staging, prod) never share a version's directory. Created private (0700) and
+/// refused if another user owns it: whatever is in it is served.
+fn own_cache(url: &str, cache: &Path) -> Result<PathBuf> {
+    use sha2::Digest;
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let digest = sha2::Sha256::digest(url.trim_end_matches('/').as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let dir = cache.join(hex);
+    for d in [cache, dir.as_path()] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .with_context(|| format!("creating the registry cache {}", d.display()))?;
+    }
+    let meta =
+        std::fs::metadata(&dir).with_context(|| format!("the registry cache {}", dir.display()))?;
+    // /proc/self belongs to this process's (effective) user.
+    let me = std::fs::metadata("/proc/self").map_or(meta.uid(), |m| m.uid());
+    if meta.uid() != me {
+        bail!(
+            "the registry cache {} belongs to uid {}, not to this process (uid {me}): set registry.cache_dir to a directory of this user's",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    Ok(dir)
+}
+
+/// Whether `e` is the store failing to answer (network, timeout, server error) rather than an
+/// answer (missing object, failed verification): worth trying again later.
+pub(crate) fn is_unreachable(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<object_store::Error>().is_some_and(|oe| {
+            !matches!(
+                oe,
+                object_store::Error::NotFound { .. }
+                    | object_store::Error::AlreadyExists { .. }
+                    | object_store::Error::Precondition { .. }
+                    | object_store::Error::NotModified { .. }
+                    | object_store::Error::InvalidPath { .. }
+            )
+        })
+    })
+}
+
 fn key(prefix: &StorePath, rel: &str) -> StorePath {
     StorePath::from_iter(prefix.parts().chain(StorePath::from(rel).parts()))
 }
@@ -179,19 +230,25 @@ impl ObjectRegistry {
             .build()
             .context("starting the registry's runtime")?;
         // Building a cloud client needs a runtime around it (reqwest).
-        let (store, prefix) = {
+        let built = {
             let _in = rt.enter();
-            store_for(url)?
+            store_for(url).and_then(|(store, prefix)| Ok((store, prefix, own_cache(url, cache)?)))
         };
-        std::fs::create_dir_all(cache)
-            .with_context(|| format!("creating the registry cache {}", cache.display()))?;
-        Ok(ObjectRegistry {
-            url: url.trim_end_matches('/').to_string(),
-            store,
-            prefix,
-            cache: cache.to_path_buf(),
-            rt: Some(rt),
-        })
+        match built {
+            Ok((store, prefix, cache)) => Ok(ObjectRegistry {
+                url: url.trim_end_matches('/').to_string(),
+                store,
+                prefix,
+                cache,
+                rt: Some(rt),
+            }),
+            Err(e) => {
+                // This may run inside the daemon's runtime, where dropping ours the normal way
+                // panics.
+                rt.shutdown_background();
+                Err(e)
+            }
+        }
     }
 
     pub fn url(&self) -> &str {
@@ -472,9 +529,21 @@ impl ObjectRegistry {
     pub fn resolve(&self, version: &str) -> Result<PathBuf> {
         check_version_name(version)?;
         let dir = self.cache.join(version);
-        if dir.join(CARD_FILE).is_file() {
-            touch(&dir);
-            return Ok(dir);
+        if dir.exists() {
+            // Checked again on every use: a copy cut short (a kill during eviction) or changed
+            // on disk is removed and fetched afresh rather than refused for ever.
+            match ModelDir::load(&dir, true) {
+                Ok(_) => {
+                    touch(&dir);
+                    return Ok(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), dir = %dir.display(), "cached model version fails verification; fetching it again");
+                    std::fs::remove_dir_all(&dir).with_context(|| {
+                        format!("removing the bad cached copy {}", dir.display())
+                    })?;
+                }
+            }
         }
         if !self.is_published(version)? {
             bail!(
@@ -533,6 +602,20 @@ impl ObjectRegistry {
             .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
             .collect();
         cached.sort();
+        // Staging directories (".<version>.<random>") left by a process killed mid-download.
+        if let Ok(entries) = std::fs::read_dir(&self.cache) {
+            for e in entries.filter_map(|e| e.ok()) {
+                let stale = e.file_name().to_string_lossy().starts_with('.')
+                    && e.metadata()
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|t| t.elapsed().ok())
+                        .is_some_and(|age| age > Duration::from_secs(3600));
+                if stale {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         while cached.len() + 1 > CACHED_VERSIONS {
             let (_, old) = cached.remove(0);
             if let Err(e) = std::fs::remove_dir_all(&old) {

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub use crate::model::registry_layout::Expect;
-pub(crate) use crate::model::registry_layout::{
-    check_version_name, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
-};
+pub(crate) use crate::model::registry_layout::{check_version_name, POINTER_FILE, VERSIONS_DIR};
 
 /// A model registry: a directory or an object store.
 #[derive(Debug, Clone)]
@@ -25,6 +23,11 @@ pub enum Registry {
 /// What a pointer poll remembers between polls: the object's ETag (a directory needs nothing).
 #[derive(Debug, Default)]
 pub(crate) struct PointerSeen(Option<object_registry::Pointer>);
+
+/// Whether `e` is a store that did not answer (worth trying again), not an answer.
+pub(crate) fn is_unreachable(e: &anyhow::Error) -> bool {
+    object_registry::is_unreachable(e)
+}
 
 /// Where an object store's versions are downloaded when no cache directory is configured.
 pub fn default_cache_dir() -> PathBuf {

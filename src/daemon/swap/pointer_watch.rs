@@ -7,7 +7,7 @@
 //! and tries again at the next interval.
 
 use crate::daemon::swap::{self, SwapRequest, Target, Trigger};
-use crate::model::registry::{PointerSeen, Registry, POINTER_FILE};
+use crate::model::registry::{is_unreachable, PointerSeen, Registry, POINTER_FILE};
 use notify::{RecursiveMode, Watcher};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -45,6 +45,19 @@ pub(crate) fn spawn(
             };
             if last.as_deref() == Some(version.as_str()) {
                 continue;
+            }
+            // Fetched (and verified) here first: a store that fails mid-download is tried again
+            // at the next poll, instead of the version being rejected for good.
+            let (reg, v) = (registry.clone(), version.clone());
+            let fetched = tokio::task::spawn_blocking(move || reg.resolve(&v))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("fetching panicked: {e}")));
+            if let Err(e) = fetched {
+                if is_unreachable(&e) {
+                    reachable.record(Err(e), &registry);
+                    continue;
+                }
+                // An answer (missing, tampered): the controller rejects it with the reason.
             }
             last = Some(version.clone());
             tracing::info!(version = %version, "registry pointer changed");
