@@ -9,12 +9,12 @@ mod common;
 
 use common::daemon::{daemon_env, sigterm, wait_exit, DaemonBuilder};
 use common::http::{free_port, http_get, metric, wait_http};
-use common::kafka::{producer, read_until, send_all, Record, Topics};
+use common::kafka::{producer, read_until, send_all, versions_only_move_forward, Record, Topics};
 use common::s3::{shared_port, shared_store, OwnStore};
 use emostream::model::object_registry::ObjectRegistry;
 use emostream::model::registry::Expect;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -152,33 +152,7 @@ fn every_comment_once_and_versions_only_forward(
     );
     let dead = read_until(&topics.dlq, Duration::from_secs(2), |_| false);
     assert!(dead.is_empty(), "{} dead-lettered", dead.len());
-    let mut by_partition: BTreeMap<i64, Vec<(i64, usize)>> = BTreeMap::new();
-    let mut seen = HashSet::new();
-    for r in &got {
-        let e = event(r);
-        let v = e["model"]["version"].as_str().unwrap();
-        let rank = order
-            .iter()
-            .position(|o| *o == v)
-            .unwrap_or_else(|| panic!("labelled by unexpected version {v}"));
-        seen.insert(v.to_string());
-        by_partition
-            .entry(e["source"]["partition"].as_i64().unwrap())
-            .or_default()
-            .push((e["source"]["offset"].as_i64().unwrap(), rank));
-    }
-    for (p, mut evs) in by_partition {
-        evs.sort();
-        for w in evs.windows(2) {
-            assert!(
-                w[0].1 <= w[1].1,
-                "partition {p}: offset {} labelled by a newer version than offset {}",
-                w[0].0,
-                w[1].0
-            );
-        }
-    }
-    seen
+    versions_only_move_forward(&got, order)
 }
 
 /// Every path under `dir` (directories and files), depth first.

@@ -6,7 +6,7 @@
 
 use crate::model::dir::{ModelDir, CARD_FILE};
 use crate::model::registry_layout::{
-    check_version_name, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
+    check_version_name, publishable, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
 };
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -203,16 +203,7 @@ impl DiskRegistry {
     /// version appears complete or not at all. An existing version is never overwritten.
     pub fn publish(&self, src: &Path, version: Option<&str>) -> Result<(String, PathBuf)> {
         // Validate first: a registry only holds loadable directories with a matching sha256.
-        let md =
-            ModelDir::load(src, true).with_context(|| format!("publishing {}", src.display()))?;
-        if !src.join(CARD_FILE).exists() {
-            bail!(
-                "{} has no {CARD_FILE}: only emostream model directories can be published",
-                src.display()
-            );
-        }
-        let version = version.unwrap_or(&md.card.version).to_string();
-        check_version_name(&version)?;
+        let (md, version) = publishable(src, version)?;
         let versions = self.root.join(VERSIONS_DIR);
         let dest = versions.join(&version);
         if dest.exists() {

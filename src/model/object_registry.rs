@@ -15,7 +15,7 @@
 
 use crate::model::dir::{ModelDir, CARD_FILE};
 use crate::model::registry_layout::{
-    check_version_name, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
+    check_version_name, publishable, Expect, HISTORY_FILE, POINTER_FILE, VERSIONS_DIR,
 };
 use anyhow::{bail, Context, Result};
 use futures::TryStreamExt;
@@ -436,16 +436,8 @@ impl ObjectRegistry {
     /// written only if absent, the card last, after the uploaded files were read back and
     /// verified; a version that exists (or is being written by someone else) is refused.
     pub fn publish(&self, src: &Path, version: Option<&str>) -> Result<(String, String)> {
-        let md =
-            ModelDir::load(src, true).with_context(|| format!("publishing {}", src.display()))?;
-        if !src.join(CARD_FILE).exists() {
-            bail!(
-                "{} has no {CARD_FILE}: only emostream model directories can be published",
-                src.display()
-            );
-        }
-        let version = version.unwrap_or(&md.card.version).to_string();
-        check_version_name(&version)?;
+        // Validate first: a registry only holds loadable directories with a matching sha256.
+        let (md, version) = publishable(src, version)?;
         if self.is_published(&version)? {
             bail!(
                 "version {version:?} already exists in {} (versions are immutable; pick a new one)",

@@ -2,7 +2,9 @@
 //! store) and the facade over them: the names under the root, what a version name may be, and
 //! what an activation expects of `ACTIVE`.
 
-use anyhow::{bail, Result};
+use crate::model::dir::{ModelDir, CARD_FILE};
+use anyhow::{bail, Context, Result};
+use std::path::Path;
 
 pub(crate) const POINTER_FILE: &str = "ACTIVE";
 /// What served before the active model, oldest first, one entry a line: a version, or
@@ -23,6 +25,21 @@ pub(crate) fn check_version_name(v: &str) -> Result<()> {
         bail!("invalid model version {v:?}: use letters, digits and . - _ + (one path component, no \"..\")");
     }
     Ok(())
+}
+
+/// A model directory that may be published, and the version it goes in as (`version`, else its
+/// card's): it loads with a matching sha256, has a card, and the name is a safe version name.
+pub(crate) fn publishable(src: &Path, version: Option<&str>) -> Result<(ModelDir, String)> {
+    let md = ModelDir::load(src, true).with_context(|| format!("publishing {}", src.display()))?;
+    if !src.join(CARD_FILE).exists() {
+        bail!(
+            "{} has no {CARD_FILE}: only emostream model directories can be published",
+            src.display()
+        );
+    }
+    let version = version.unwrap_or(&md.card.version).to_string();
+    check_version_name(&version)?;
+    Ok((md, version))
 }
 
 /// What an activation requires of `ACTIVE` when it writes.

@@ -489,3 +489,39 @@ impl TopicsSpec {
         t
     }
 }
+
+/// Label events in `records`: checks that per source partition, in offset order, the model
+/// version only moves forward through `order` (oldest first) — a hot swap never labels a later
+/// message with the older model — and returns the versions seen. A version not in `order` fails.
+pub fn versions_only_move_forward(
+    records: &[Record],
+    order: &[&str],
+) -> std::collections::HashSet<String> {
+    let mut by_partition: std::collections::BTreeMap<i64, Vec<(i64, usize)>> = Default::default();
+    let mut seen = std::collections::HashSet::new();
+    for r in records {
+        let e: serde_json::Value = serde_json::from_slice(&r.payload).unwrap();
+        let v = e["model"]["version"].as_str().unwrap();
+        let rank = order
+            .iter()
+            .position(|o| *o == v)
+            .unwrap_or_else(|| panic!("event labelled by unexpected version {v}"));
+        seen.insert(v.to_string());
+        by_partition
+            .entry(e["source"]["partition"].as_i64().unwrap())
+            .or_default()
+            .push((e["source"]["offset"].as_i64().unwrap(), rank));
+    }
+    for (p, mut evs) in by_partition {
+        evs.sort();
+        for w in evs.windows(2) {
+            assert!(
+                w[0].1 <= w[1].1,
+                "partition {p}: offset {} labelled by a newer model than offset {}",
+                w[0].0,
+                w[1].0
+            );
+        }
+    }
+    seen
+}
