@@ -9,9 +9,13 @@
 #   scripts/schema-registry.sh stop     stop it (and wait)
 #   scripts/schema-registry.sh status
 #   scripts/schema-registry.sh url      the ccompat base URL
+#   scripts/schema-registry.sh client   make the independent test client's Python (confluent-kafka
+#                                       with its Schema Registry serdes, from PyPI, in
+#                                       .cache/sr-venv) and print its path
 #
-# SR_PORT (default 18085); state is in memory, so a restart starts empty (a test that stops the
-# registry starts its own on another port).
+# SR_PORT (default 18085; its management interface takes the port after it). State is in memory (a restart starts empty) unless SR_DATA names a
+# directory: then it is kept there (H2 file), so a registry stopped and started again still
+# knows every schema id (a test that stops the registry starts its own, on another port).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 port=${SR_PORT:-18085}
@@ -50,8 +54,12 @@ start() {
   fetch
   if running; then echo "schema registry already running on 127.0.0.1:$port"; return; fi
   mkdir -p "$run"
-  (cd "$home" && nohup setsid "$(java_bin)" -Dquarkus.http.host=127.0.0.1 \
-     -Dquarkus.http.port="$port" -Dquarkus.management.enabled=false \
+  # cd first, on its own: `cd && cmd &` would background a subshell and record its pid.
+  (cd "$home" || exit 1
+   nohup setsid "$(java_bin)" -Dquarkus.http.host=127.0.0.1 \
+     -Dquarkus.http.port="$port" -Dquarkus.management.host=127.0.0.1 \
+     -Dquarkus.management.port=$((port + 1)) -Xmx512m \
+     ${SR_DATA:+-Dapicurio.datasource.url=jdbc:h2:file:$SR_DATA/registry} \
      -jar quarkus-run.jar > "$run/registry.log" 2>&1 < /dev/null & echo $! > "$pidfile")
   for _ in $(seq 1 120); do
     if answers; then
@@ -77,11 +85,22 @@ stop() {
 
 url() { echo "http://127.0.0.1:$port/apis/ccompat/v7"; }
 
+client() {
+  venv=$root/.cache/sr-venv
+  if ! "$venv/bin/python" -c 'import confluent_kafka.schema_registry, fastavro, jsonschema' 2>/dev/null; then
+    echo "installing confluent-kafka 2.16.2 with its Schema Registry serdes from PyPI into $venv (once)" >&2
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q "confluent-kafka[avro,schemaregistry]==2.16.2" jsonschema >&2
+  fi
+  echo "$venv/bin/python"
+}
+
 case "${1:-}" in
   fetch) fetch ;;
   start) start ;;
   stop) stop ;;
   url) url ;;
+  client) client ;;
   status) if running; then echo "running on 127.0.0.1:$port"; else echo "not running"; exit 1; fi ;;
-  *) echo "usage: $0 fetch|start|stop|status|url" >&2; exit 2 ;;
+  *) echo "usage: $0 fetch|start|stop|status|url|client" >&2; exit 2 ;;
 esac

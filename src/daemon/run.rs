@@ -18,7 +18,7 @@ use crate::daemon::kafka::topic_limits::TopicLimits;
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::policy::PolicySource;
-use crate::daemon::pipeline::workers::{Labelling, WorkerClock};
+use crate::daemon::pipeline::workers::{EventFraming, Labelling, WorkerClock};
 use crate::daemon::start::{self, Swapping};
 use crate::daemon::supervise::{self, Faults};
 use crate::daemon::telemetry;
@@ -37,6 +37,9 @@ pub async fn run(s: Settings) -> Result<()> {
     let first = start::load_first_model(&s, s.batching.inference_workers)?;
     let registry = first.registry;
     let (active_tx, active) = start::serve_model(first.generation);
+    // 1b. The schema registry, when input or events are framed: the event schema registered
+    //     now (a registry that refuses it stops start-up here).
+    let schemas = start::schemas(&s).await?;
     // 2. The Kafka clients: one plain producer (events, dead letters, control replies) and,
     //    in exactly-once mode, the sink's own transactional producer.
     let kafka = KafkaClients::connect(&s).await?;
@@ -55,12 +58,21 @@ pub async fn run(s: Settings) -> Result<()> {
         .clone()
         .map(|p| start::watch_policy(&s, p, active.clone()));
     let live = start::live_view(&s.ui);
-    let labelling = start::labelling(&s, policy.as_deref());
-    let stream = Stream::start(&s, &kafka, active.clone(), labelling, &swapping, &live)?;
+    let mut labelling = start::labelling(&s, policy.as_deref());
+    labelling.framing = schemas.output.clone().map(|e| e as Arc<dyn EventFraming>);
+    let stream = Stream::start(
+        &s,
+        &kafka,
+        active.clone(),
+        labelling,
+        &swapping,
+        &live,
+        &schemas,
+    )?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
     let (classify, feedback) = http_apis(&s, &kafka, &stream, &active, &policy);
     let classify_api = classify.clone();
-    let health = health(&s, &kafka, &stream);
+    let health = health(&s, &kafka, &stream, &schemas);
     let state = AdminState {
         prometheus,
         health: health.clone(),
@@ -219,6 +231,7 @@ impl Stream {
         labelling: Labelling,
         swapping: &Swapping,
         live: &Option<Arc<LiveView>>,
+        schemas: &start::Schemas,
     ) -> Result<Stream> {
         let ledger = Arc::new(Ledger::default());
         let settings = SourceSettings::from_settings(s);
@@ -248,6 +261,7 @@ impl Stream {
             settings,
             pending_tx: core.pending,
             stop: stop.clone(),
+            schemas: schemas.input.clone(),
         };
         Ok(Stream {
             consumer,
@@ -305,7 +319,12 @@ impl Stream {
 }
 
 /// The probes' view of the running daemon.
-fn health(s: &Settings, kafka: &KafkaClients, stream: &Stream) -> Arc<Health> {
+fn health(
+    s: &Settings,
+    kafka: &KafkaClients,
+    stream: &Stream,
+    schemas: &start::Schemas,
+) -> Arc<Health> {
     let (consumer, cluster, sink, faults) = (
         stream.consumer.clone(),
         kafka.cluster.clone(),
@@ -328,7 +347,11 @@ fn health(s: &Settings, kafka: &KafkaClients, stream: &Stream) -> Arc<Health> {
             let txn = kafka.txn.clone();
             Arc::new(move || txn.as_ref().and_then(|t| t.call_retrying()))
         },
-        stuck: stuck_check(s, kafka, stream),
+        schema_registry: {
+            let r = schemas.registry.clone();
+            Arc::new(move || r.as_ref().and_then(|r| r.outage()))
+        },
+        stuck: stuck_check(s, kafka, stream, schemas),
         fault: Arc::new(move || faults.cause()),
         shutting_down: AtomicBool::new(false),
     })
@@ -344,7 +367,9 @@ fn stuck_check(
     s: &Settings,
     kafka: &KafkaClients,
     stream: &Stream,
+    schemas: &start::Schemas,
 ) -> Arc<dyn Fn() -> Option<String> + Send + Sync> {
+    let registry = schemas.registry.clone();
     let limit = Duration::from_millis(s.health.stall_timeout_ms);
     let (ledger, sink, cluster, clock, txn) = (
         stream.ledger.clone(),
@@ -357,7 +382,9 @@ fn stuck_check(
         if let Some(why) = clock.stuck(limit) {
             return Some(why);
         }
-        if !cluster.reachable() || sink.retrying() > 0 {
+        // The schema registry's outage holds the source too: readiness's business as well.
+        let registry_out = registry.as_ref().is_some_and(|r| r.outage().is_some());
+        if !cluster.reachable() || sink.retrying() > 0 || registry_out {
             return None;
         }
         if let Some(txn) = &txn {

@@ -136,6 +136,7 @@ fn health(s: &Settings, clock: Arc<WorkerClock>, faults: Arc<Faults>) -> Arc<Hea
         retrying: Arc::new(|| 0),
         undeliverable: Arc::new(|| 0),
         transaction_retrying: Arc::new(|| None),
+        schema_registry: Arc::new(|| None),
         stuck: Arc::new(move || clock.stuck(stall)),
         fault: Arc::new(move || faults.cause()),
         shutting_down: AtomicBool::new(false),

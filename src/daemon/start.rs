@@ -4,12 +4,15 @@
 
 use crate::backend::generation::{Expectations, Generation};
 use crate::daemon::api::live::LiveView;
-use crate::daemon::config::{InputFormat, Settings, UiSettings};
+use crate::daemon::config::{EventEncoding, InputFormat, Settings, UiSettings};
 use crate::daemon::kafka::client::KafkaProducer;
 use crate::daemon::kafka::control::{self, ControlSettings};
 use crate::daemon::pipeline::core::CoreSettings;
 use crate::daemon::pipeline::policy::PolicySource;
 use crate::daemon::pipeline::workers::{BatchWatcher, Labelling, Observers, Watcher};
+use crate::daemon::schemas::input::InputSchemas;
+use crate::daemon::schemas::output::EventEncoder;
+use crate::daemon::schemas::registry::SchemaRegistry;
 use crate::daemon::swap::shadow::Shadow;
 use crate::daemon::swap::{self, pointer_watch, Controller, SwapRequest};
 use crate::model::registry::Registry;
@@ -189,11 +192,52 @@ pub(crate) fn watch_policy(
 }
 
 /// How the workers label: `output`, from JSON input when it is JSON, under `policy`.
+/// What the stream uses of the schema registry (`[schema_registry]`): the input decoder
+/// (input.format = "schema_registry") and the event framing (output.encoding), the event
+/// schema registered now.
+#[derive(Default)]
+pub(crate) struct Schemas {
+    pub(crate) registry: Option<Arc<SchemaRegistry>>,
+    pub(crate) input: Option<Arc<InputSchemas>>,
+    pub(crate) output: Option<Arc<EventEncoder>>,
+}
+
+pub(crate) async fn schemas(s: &Settings) -> Result<Schemas> {
+    let framed_input = s.input.format == InputFormat::SchemaRegistry;
+    let framed_output = s.output.encoding != EventEncoding::Json;
+    if !framed_input && !framed_output {
+        return Ok(Schemas::default());
+    }
+    let registry = Arc::new(SchemaRegistry::connect(&s.schema_registry)?);
+    let output = if framed_output {
+        let encoder = EventEncoder::register(
+            &registry,
+            s.output.encoding,
+            s.output.schema_version,
+            &s.kafka.output_topic,
+            s.schema_registry.subject_strategy,
+        )
+        .await?;
+        Some(Arc::new(encoder))
+    } else {
+        None
+    };
+    let input = framed_input
+        .then(|| InputSchemas::new(registry.clone()).map(Arc::new))
+        .transpose()?;
+    Ok(Schemas {
+        registry: Some(registry),
+        input,
+        output,
+    })
+}
+
 pub(crate) fn labelling(s: &Settings, policy: Option<&PolicySource>) -> Labelling {
-    let json_input = s.input.format == InputFormat::Json;
+    let json_input = s.input.format.is_json();
     match policy {
         Some(p) => Labelling {
             output: s.output.clone(),
+            framing: None,
             json_input,
             policy: p.subscribe(),
         },

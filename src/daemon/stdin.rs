@@ -15,6 +15,10 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 pub async fn run(s: Settings) -> Result<()> {
+    anyhow::ensure!(
+        s.input.format != crate::daemon::config::InputFormat::SchemaRegistry,
+        "config key input.format: \"schema_registry\" values are read from Kafka (emostream run), not stdin"
+    );
     // 1. The model, one session: one worker keeps the output in input order.
     let first = start::load_first_model(&s, 1)?;
     let policy = start::open_policy(&s, &first.generation)?;

@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod http;
 pub mod kafka;
 pub mod s3;
+pub mod schema_registry;
 
 use candle_core::{Device, Tensor};
 use emostream::model::eval::dataset::{goemotions_dir, Split};

@@ -8,6 +8,7 @@
 mod kafka;
 mod model;
 mod pipeline;
+mod schema_registry;
 mod service;
 
 pub use kafka::Secrets;
@@ -15,9 +16,11 @@ pub(crate) use kafka::{Delivery, KafkaSettings};
 pub use model::ModelSettings;
 pub(crate) use model::{ProviderKind, RegistrySettings, RuntimeSettings};
 pub(crate) use pipeline::{
-    BackpressureSettings, BatchingSettings, OutputSettings, PolicySettings, ScoreMode,
+    BackpressureSettings, BatchingSettings, EventEncoding, OutputSettings, PolicySettings,
+    ScoreMode,
 };
 pub use pipeline::{InputFormat, InputSettings};
+pub(crate) use schema_registry::{RegistryAuth, SchemaRegistrySettings, SubjectStrategy};
 pub(crate) use service::{
     AdminAccess, AdminSettings, ApiSettings, HealthSettings, ShutdownSettings, UiSettings,
 };
@@ -48,6 +51,7 @@ pub struct Settings {
     pub(crate) health: HealthSettings,
     pub(crate) api: ApiSettings,
     pub(crate) ui: UiSettings,
+    pub(crate) schema_registry: SchemaRegistrySettings,
 }
 
 /// Room a dead-letter record needs beyond the payload and input headers it carries: the
@@ -143,6 +147,7 @@ impl Settings {
         self.registry.validate()?;
         self.api.validate()?;
         self.ui.validate()?;
+        self.schema_registry.validate()?;
         self.runtime.validate()?;
         self.admin.validate()?;
         self.log.validate()?;
@@ -184,16 +189,34 @@ impl Settings {
         Ok(())
     }
 
+    /// Framed input and framed events need a registry; CloudEvents' content-type names plain
+    /// JSON, so framed events go without it.
+    fn validate_schema_registry(&self) -> Result<()> {
+        let uses = self.input.format == InputFormat::SchemaRegistry
+            || self.output.encoding != EventEncoding::Json;
+        check(
+            !uses || !self.schema_registry.url.is_empty(),
+            "schema_registry.url",
+            "is required with input.format = \"schema_registry\" or output.encoding = \"avro\" | \"json_schema\"",
+        )?;
+        check(
+            !self.output.cloudevents || self.output.encoding == EventEncoding::Json,
+            "output.cloudevents",
+            "CloudEvents binary mode describes plain JSON events: needs output.encoding = \"json\"",
+        )
+    }
+
     /// Rules that tie one section's keys to another's.
     fn validate_across_sections(&self) -> Result<()> {
         self.validate_delivery_and_doors()?;
+        self.validate_schema_registry()?;
         check(
-            self.output.carry.is_empty() || self.input.format == InputFormat::Json,
+            self.output.carry.is_empty() || self.input.format.is_json(),
             "output.carry",
             "carries fields of JSON comments: needs input.format = \"json\"",
         )?;
         check(
-            self.output.event_time_pointer.is_empty() || self.input.format == InputFormat::Json,
+            self.output.event_time_pointer.is_empty() || self.input.format.is_json(),
             "output.event_time_pointer",
             "points into JSON comments: needs input.format = \"json\"",
         )?;

@@ -7,13 +7,33 @@ use anyhow::Result;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-/// `input.format` (and `emostream classify --format`): a JSON object per message, or the
-/// whole message as the text.
+/// `input.format` (and `emostream classify --format`): a JSON object per message, the whole
+/// message as the text, or a record in the Schema Registry wire format (Avro or JSON Schema,
+/// decoded by its schema id into the same JSON object; Kafka input only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum InputFormat {
     Json,
     Text,
+    #[value(skip)]
+    SchemaRegistry,
+}
+
+impl InputFormat {
+    /// A comment is a JSON object once decoded (the pointers apply).
+    pub(crate) fn is_json(self) -> bool {
+        matches!(self, InputFormat::Json | InputFormat::SchemaRegistry)
+    }
+}
+
+/// `output.encoding`: plain JSON events, or events in the Schema Registry wire format with
+/// the label-event schema registered at start-up (docs/events.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum EventEncoding {
+    Json,
+    JsonSchema,
+    Avro,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -40,6 +60,7 @@ pub(crate) struct OutputSettings {
     pub(crate) scores: ScoreMode,
     pub(crate) top_k: usize,
     pub(crate) schema_version: u32,
+    pub(crate) encoding: EventEncoding,
     pub(crate) max_carry_bytes: usize,
     pub(crate) event_time_pointer: String,
     pub(crate) cloudevents: bool,

@@ -154,6 +154,7 @@ fn ten_thousand_random_and_mutated_messages_are_each_admitted_or_rejected_with_t
         let hdrs = random_headers(&mut rng);
         let summary = headers::summary(hdrs.as_ref());
         let origin = Origin {
+            decoded: None,
             position: Position {
                 topic: "fuzz".into(),
                 partition: 0,

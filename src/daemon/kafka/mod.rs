@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod control;
+mod framed_input;
 pub(crate) mod headers;
 pub mod signing;
 pub(crate) mod sink;

@@ -6,10 +6,12 @@
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{BackpressureSettings, InputSettings, Settings};
 use crate::daemon::kafka::client::{client_config, ClientHooks, ClientSettings};
+use crate::daemon::kafka::framed_input::Admission;
 use crate::daemon::kafka::headers;
 use crate::daemon::kafka::transaction::{Settled, Transactions};
 use crate::daemon::pipeline::event::Position;
-use crate::daemon::pipeline::{admit, Admitted, Origin};
+use crate::daemon::pipeline::{Admitted, Origin};
+use crate::daemon::schemas::input::InputSchemas;
 use anyhow::{Context, Result};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -370,13 +372,15 @@ pub(crate) struct SourceStage {
     pub(crate) settings: SourceSettings,
     pub(crate) pending_tx: mpsc::Sender<Admitted>,
     pub(crate) stop: Arc<Notify>,
+    /// input.format = "schema_registry": the decoder of framed values.
+    pub(crate) schemas: Option<Arc<InputSchemas>>,
 }
 
 /// Exactly-once: the transaction boundary running on a blocking thread, if any. The source keeps
 /// polling meanwhile (a commit retrying through a coordinator outage does not cost the group
 /// membership: the budget fills, the partitions pause, the consumer is still polled).
 #[derive(Default)]
-struct Settling(Option<tokio::task::JoinHandle<()>>);
+pub(super) struct Settling(Option<tokio::task::JoinHandle<()>>);
 
 impl Settling {
     /// Starts a boundary unless one is under way; whether it started one.
@@ -446,6 +450,7 @@ impl SourceStage {
             headers,
             header_summary,
             payload,
+            decoded: None,
             ack,
             reply: None,
         }
@@ -558,9 +563,14 @@ impl SourceStage {
                 // rewind; handing it on now would label it twice.
                 Turn::Message(_) if self.rewind_pending() => {}
                 Turn::Message(origin) => {
-                    // A stop while the pipeline is full must still reach finish(): the message
-                    // in hand is then dropped unacknowledged and read again after a restart.
-                    let admitted = admit(origin, &self.settings.input);
+                    // A stop while the pipeline is full (or while the schema registry is
+                    // waited for) must still reach finish(): the message in hand is then
+                    // dropped unacknowledged and read again after a restart.
+                    let admitted = match self.admission(origin, &mut tick, &mut settling).await {
+                        Admission::Admitted(a) => a,
+                        Admission::Stale => continue,
+                        Admission::Stop => break,
+                    };
                     // Wait for room downstream, committing on the tick meanwhile: on a backlog
                     // the pipeline is full most of the time, and commits would otherwise wait
                     // for the next batch to leave. (Exactly-once too: this message is not
@@ -601,7 +611,7 @@ impl SourceStage {
         self.finish().await;
     }
 
-    fn rewind_pending(&self) -> bool {
+    pub(super) fn rewind_pending(&self) -> bool {
         self.consumer
             .context()
             .txn
@@ -684,7 +694,7 @@ impl SourceStage {
 
     /// Commits (exactly-once: starts settling the transaction on a blocking thread, unless a
     /// boundary is under way already; reading goes on meanwhile). Whether it did.
-    fn periodic_commit(&self, settling: &mut Settling) -> bool {
+    pub(super) fn periodic_commit(&self, settling: &mut Settling) -> bool {
         if let Some(txn) = &self.consumer.context().txn {
             return settling.start(&self.consumer, txn);
         }

@@ -18,6 +18,14 @@ pub(crate) enum Reason {
     InvalidHeaders,
     InferenceError,
     ProduceFailed,
+    /// input.format = "schema_registry": not in the wire format.
+    NotFramed,
+    /// A schema id the registry does not hold.
+    UnknownSchema,
+    /// A value that does not match its schema (or an event that does not fit the output's).
+    SchemaMismatch,
+    /// The registry refused the schema lookup (other than not found, and not an outage).
+    RegistryError,
 }
 
 impl Reason {
@@ -32,6 +40,10 @@ impl Reason {
             Reason::InvalidHeaders => "invalid_headers",
             Reason::InferenceError => "inference_error",
             Reason::ProduceFailed => "produce_failed",
+            Reason::NotFramed => "not_framed",
+            Reason::UnknownSchema => "unknown_schema",
+            Reason::SchemaMismatch => "schema_mismatch",
+            Reason::RegistryError => "registry_error",
         }
     }
 }
@@ -76,7 +88,8 @@ pub(crate) fn decode(payload: Option<&[u8]>, cfg: &InputSettings) -> Result<Comm
         .map_err(|e| reject(Reason::NotUtf8, format!("payload is not UTF-8: {e}")))?;
     let (id, text) = match cfg.format {
         InputFormat::Text => (None, s.to_string()),
-        InputFormat::Json => {
+        // Framed input arrives here decoded: the JSON object its schema describes.
+        InputFormat::Json | InputFormat::SchemaRegistry => {
             if s.trim().is_empty() {
                 return Err(reject(Reason::EmptyText, "empty payload"));
             }

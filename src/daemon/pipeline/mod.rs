@@ -32,6 +32,10 @@ pub(crate) struct Origin {
     pub(crate) header_summary: HeaderSummary,
     /// The original bytes, kept for the dead-letter topic (`None`: a tombstone).
     pub(crate) payload: Option<Vec<u8>>,
+    /// A value in the Schema Registry wire format, decoded by its schema into JSON text: what
+    /// the pointers, carried fields and event time read (the dead-letter topic still gets
+    /// `payload`).
+    pub(crate) decoded: Option<Vec<u8>>,
     /// Resolved when the message is delivered to the output or dead-letter topic.
     pub(crate) ack: Ack,
     /// Set for a comment posted to the HTTP API: its outcome answers the request.
@@ -72,6 +76,7 @@ impl Origin {
             header_summary: Default::default(),
             ack: ledger.issue((topic.to_string(), 0), offset, bytes),
             payload,
+            decoded: None,
             reply: None,
         }
     }
@@ -85,6 +90,12 @@ impl Origin {
     pub(crate) fn abandon(self) {
         metrics::counter!("emostream_api_abandoned_total").increment(1);
         self.ack.delivered();
+    }
+
+    /// The comment as the pipeline reads it: the decoded value of a framed message, else the
+    /// payload itself.
+    pub(crate) fn comment_bytes(&self) -> Option<&[u8]> {
+        self.decoded.as_deref().or(self.payload.as_deref())
     }
 
     /// `topic/partition/offset`: the id of a comment whose payload carried none.
@@ -237,7 +248,7 @@ pub(crate) fn admit(origin: Origin, input: &InputSettings) -> Admitted {
             origin,
         });
     }
-    match decode(origin.payload.as_deref(), input) {
+    match decode(origin.comment_bytes(), input) {
         Ok(c) => Ok(Pending {
             id: c.id.unwrap_or_else(|| origin.position_id()),
             text: c.text,

@@ -60,10 +60,18 @@ pub(crate) struct Observers {
     pub(crate) live: Option<Arc<dyn Watcher>>,
 }
 
+/// Wraps a stream event (JSON) for its topic: the Schema Registry wire format under the
+/// registered event schema (schemas/output.rs). An event it cannot wrap is dead-lettered.
+pub(crate) trait EventFraming: Send + Sync {
+    fn frame(&self, event: Vec<u8>) -> Result<Vec<u8>, String>;
+}
+
 /// How the workers turn scores into events.
 #[derive(Clone)]
 pub(crate) struct Labelling {
     pub(crate) output: OutputSettings,
+    /// `output.encoding` other than JSON: how stream events are framed (API answers stay JSON).
+    pub(crate) framing: Option<Arc<dyn EventFraming>>,
     /// Carried fields are read from the payload as JSON (`input.format = "json"`).
     pub(crate) json_input: bool,
     /// The policy file in force (`None` in it: every comment is decided by the model's own
@@ -76,6 +84,7 @@ impl Labelling {
     pub(crate) fn without_policy(output: OutputSettings, json_input: bool) -> Labelling {
         Labelling {
             output,
+            framing: None,
             json_input,
             policy: watch::channel(None).1,
         }
@@ -223,6 +232,19 @@ fn inference_error(origin: crate::daemon::pipeline::Origin, detail: String) -> O
     })
 }
 
+/// The event's bytes: JSON, framed for a schema registry when the stream's events are.
+fn encode(
+    ev: &event::LabelEvent<'_>,
+    framing: Option<&dyn EventFraming>,
+) -> Result<Vec<u8>, (Reason, String)> {
+    let json = serde_json::to_vec(ev)
+        .map_err(|e| (Reason::InferenceError, format!("serialising event: {e}")))?;
+    match framing {
+        Some(f) => f.frame(json).map_err(|e| (Reason::SchemaMismatch, e)),
+        None => Ok(json),
+    }
+}
+
 /// `emostream_labels_total{label}` counters, looked up once per label that fires in a batch
 /// rather than once per event and label.
 /// And `emostream_policy_labels_total{policy,label}` when a policy file is in force.
@@ -279,7 +301,7 @@ fn outcome(
     let context = (v2 || (!api && rules.by_policy)).then(|| {
         let o = &item.origin;
         context::read(
-            o.payload.as_deref(),
+            o.comment_bytes(),
             rules.labelling.json_input,
             o.position.timestamp_ms,
             out,
@@ -325,14 +347,19 @@ fn outcome(
     } else {
         Vec::new()
     };
-    match serde_json::to_vec(&ev) {
+    let framing = rules.labelling.framing.as_deref().filter(|_| !api);
+    match encode(&ev, framing) {
         Ok(event) => Outcome::Labelled {
             event,
             origin: item.origin,
             fired,
             headers,
         },
-        Err(e) => inference_error(item.origin, format!("serialising event: {e}")),
+        Err((reason, detail)) => Outcome::Rejected(Rejection {
+            reason,
+            detail,
+            origin: item.origin,
+        }),
     }
 }
 

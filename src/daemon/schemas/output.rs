@@ -1,0 +1,146 @@
+//! Framed events: the label event's schema (docs/label-event-v{1,2}.avsc for Avro,
+//! .schema.json for JSON Schema) is registered at start-up under the configured subject
+//! strategy, and every event leaves as magic byte 0 + that schema id + the Avro datum or the
+//! JSON document. Registering is idempotent (the registry answers the existing id); a
+//! registry that refuses the schema as incompatible stops start-up, naming subject and reason.
+
+use super::registry::{classify, Failure, SchemaRegistry};
+use crate::daemon::config::{EventEncoding, SubjectStrategy};
+use crate::daemon::pipeline::workers::EventFraming;
+use anyhow::{anyhow, bail, Result};
+use apache_avro::types::Value as AvroValue;
+use schema_registry_client::rest::models::Schema;
+use schema_registry_client::rest::schema_registry_client::Client;
+use schema_registry_client::serdes::serde::{SchemaId, SerdeFormat};
+use serde_json::Value;
+use std::time::Duration;
+
+/// The record's full name (Avro), and the name the record strategies use for both encodings.
+pub(crate) const RECORD_NAME: &str = "emostream.LabelEvent";
+
+const AVRO_V1: &str = include_str!("../../../docs/label-event-v1.avsc");
+const AVRO_V2: &str = include_str!("../../../docs/label-event-v2.avsc");
+const JSON_V1: &str = include_str!("../../../docs/label-event-v1.schema.json");
+const JSON_V2: &str = include_str!("../../../docs/label-event-v2.schema.json");
+
+/// Frames events under the schema registered for them.
+pub(crate) struct EventEncoder {
+    /// Magic byte and schema id: the wire format's header.
+    header: Vec<u8>,
+    /// Avro: the schema the JSON event is converted to; JSON Schema: `None` (the event is
+    /// the document).
+    avro: Option<apache_avro::Schema>,
+    pub(crate) id: i32,
+    pub(crate) subject: String,
+}
+
+/// The subject `strategy` names for events on `topic`.
+pub(crate) fn subject(strategy: SubjectStrategy, topic: &str) -> String {
+    match strategy {
+        SubjectStrategy::TopicName => format!("{topic}-value"),
+        SubjectStrategy::RecordName => RECORD_NAME.to_string(),
+        SubjectStrategy::TopicRecordName => format!("{topic}-{RECORD_NAME}"),
+    }
+}
+
+impl EventEncoder {
+    /// Registers (or finds) the event schema of `schema_version` in `encoding` under the
+    /// subject for `topic`. A registry that does not answer is asked three times over about
+    /// three timeouts; refusals end start-up at once.
+    pub(crate) async fn register(
+        registry: &SchemaRegistry,
+        encoding: EventEncoding,
+        schema_version: u32,
+        topic: &str,
+        strategy: SubjectStrategy,
+    ) -> Result<EventEncoder> {
+        let (kind, text, file) = match (encoding, schema_version) {
+            (EventEncoding::Avro, 1) => ("AVRO", AVRO_V1, "docs/label-event-v1.avsc"),
+            (EventEncoding::Avro, _) => ("AVRO", AVRO_V2, "docs/label-event-v2.avsc"),
+            (EventEncoding::JsonSchema, 1) => ("JSON", JSON_V1, "docs/label-event-v1.schema.json"),
+            (EventEncoding::JsonSchema, _) => ("JSON", JSON_V2, "docs/label-event-v2.schema.json"),
+            (EventEncoding::Json, _) => bail!("plain JSON events have no registered schema"),
+        };
+        let avro = (encoding == EventEncoding::Avro)
+            .then(|| apache_avro::Schema::parse_str(text))
+            .transpose()
+            .map_err(|e| anyhow!("{file} is not an Avro schema: {e}"))?;
+        let subject = subject(strategy, topic);
+        let schema = Schema {
+            schema_type: Some(kind.to_string()),
+            references: None,
+            metadata: None,
+            rule_set: None,
+            schema: text.to_string(),
+        };
+        let mut attempt = 0;
+        let registered = loop {
+            attempt += 1;
+            match registry.client.register_schema(&subject, &schema, false).await {
+                Ok(r) => break r,
+                Err(e) => match classify(&e, &format!("registering {file} under subject {subject:?}")) {
+                    Failure::Unavailable(why) if attempt < 3 => {
+                        tracing::warn!(error = %why, "the schema registry is unavailable; trying again");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Failure::Refused(why) if why.contains("HTTP 409") => bail!(
+                        "the schema registry at {} refused the output schema as incompatible with subject {subject:?}'s earlier versions ({why})",
+                        registry.url
+                    ),
+                    Failure::Unavailable(why) | Failure::Refused(why) | Failure::Unknown(why) => {
+                        bail!("the schema registry at {}: {why}", registry.url)
+                    }
+                },
+            }
+        };
+        registry.answered();
+        let id = registered.id.ok_or_else(|| {
+            anyhow!("the schema registry registered {file} under {subject:?} but answered no id")
+        })?;
+        let header = SchemaId::new(SerdeFormat::Avro, Some(id), None, None)
+            .and_then(|s| s.id_to_bytes())
+            .map_err(|e| anyhow!("framing schema id {id}: {e}"))?;
+        tracing::info!(subject = %subject, id, encoding = ?encoding, "event schema registered");
+        Ok(EventEncoder {
+            header,
+            avro,
+            id,
+            subject,
+        })
+    }
+
+    /// The Avro form of a JSON event: carried input values that are objects or arrays become
+    /// their JSON text (the schema's `input` map holds scalars), then the JSON shape is
+    /// resolved against the record schema.
+    fn avro_datum(schema: &apache_avro::Schema, event: &[u8]) -> Result<Vec<u8>, String> {
+        let mut v: Value = serde_json::from_slice(event).map_err(|e| e.to_string())?;
+        if let Some(Value::Object(input)) = v.get_mut("input") {
+            for value in input.values_mut() {
+                if value.is_object() || value.is_array() {
+                    *value = Value::String(value.to_string());
+                }
+            }
+        }
+        let avro: AvroValue = apache_avro::to_value(&v).map_err(|e| e.to_string())?;
+        let resolved = avro.resolve(schema).map_err(|e| e.to_string())?;
+        apache_avro::to_avro_datum(schema, resolved).map_err(|e| e.to_string())
+    }
+}
+
+impl EventFraming for EventEncoder {
+    fn frame(&self, event: Vec<u8>) -> Result<Vec<u8>, String> {
+        let body = match &self.avro {
+            Some(schema) => Self::avro_datum(schema, &event).map_err(|e| {
+                format!(
+                    "the event does not fit schema {} ({}): {e}",
+                    self.id, self.subject
+                )
+            })?,
+            None => event,
+        };
+        let mut framed = Vec::with_capacity(self.header.len() + body.len());
+        framed.extend_from_slice(&self.header);
+        framed.extend_from_slice(&body);
+        Ok(framed)
+    }
+}
