@@ -7,7 +7,6 @@ use crate::daemon::ack::Ledger;
 use crate::daemon::admin::{self, AdminState, Health, ModelAdmin};
 use crate::daemon::api::classify::ClassifyApi;
 use crate::daemon::api::feedback::FeedbackApi;
-use crate::daemon::api::live::LiveView;
 use crate::daemon::config::{Delivery, Settings};
 use crate::daemon::kafka::client::{
     self, ClientHooks, Cluster, KafkaProducer, ProducerRole, ProducerSettings,
@@ -18,8 +17,8 @@ use crate::daemon::kafka::topic_limits::TopicLimits;
 use crate::daemon::kafka::transaction::Transactions;
 use crate::daemon::pipeline::core::{join_workers, Core};
 use crate::daemon::pipeline::policy::PolicySource;
-use crate::daemon::pipeline::workers::{EventFraming, Labelling, WorkerClock};
-use crate::daemon::start::{self, Swapping};
+use crate::daemon::pipeline::workers::{EventFraming, Labelling, Observers, WorkerClock};
+use crate::daemon::start;
 use crate::daemon::supervise::{self, Faults};
 use crate::daemon::telemetry;
 use anyhow::{Context, Result};
@@ -37,8 +36,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let first = start::load_first_model(&s, s.batching.inference_workers)?;
     let registry = first.registry;
     let (active_tx, active) = start::serve_model(first.generation);
-    // 1b. The schema registry, when input or events are framed: the event schema registered
-    //     now (a registry that refuses it stops start-up here).
+    // 1b. The schema registry (framed input or events): a refused event schema stops here.
     let schemas = start::schemas(&s).await?;
     // 2. The Kafka clients: one plain producer (events, dead letters, control replies) and,
     //    in exactly-once mode, the sink's own transactional producer.
@@ -58,17 +56,9 @@ pub async fn run(s: Settings) -> Result<()> {
         .clone()
         .map(|p| start::watch_policy(&s, p, active.clone()));
     let live = start::live_view(&s.ui);
-    let mut labelling = start::labelling(&s, policy.as_deref());
-    labelling.framing = schemas.output.clone().map(|e| e as Arc<dyn EventFraming>);
-    let stream = Stream::start(
-        &s,
-        &kafka,
-        active.clone(),
-        labelling,
-        &swapping,
-        &live,
-        &schemas,
-    )?;
+    let labelling = start::labelling(&s, policy.as_deref());
+    let observers = start::observers(&swapping, &live);
+    let stream = Stream::start(&s, &kafka, active.clone(), labelling, observers, &schemas)?;
     // 5. The doors: the classify API on the same core, the probes, the admin server.
     let (classify, feedback) = http_apis(&s, &kafka, &stream, &active, &policy);
     let classify_api = classify.clone();
@@ -82,21 +72,14 @@ pub async fn run(s: Settings) -> Result<()> {
             registry,
             swaps: swapping.requests.clone(),
         }),
-        extra_metrics: {
-            let c = stream.consumer.clone();
-            Arc::new(move || c.context().lag_metrics())
-        },
+        extra_metrics: stream.lag_metrics(),
         classify,
         live,
         feedback,
         pages: s.ui.enabled,
     };
-    let admin_task = admin::serve(
-        &s.admin.bind,
-        crate::daemon::http_listener::HttpLimits::from_settings(&s.admin),
-        state,
-    )
-    .await?;
+    let limits = crate::daemon::http_listener::HttpLimits::from_settings(&s.admin);
+    let admin_task = admin::serve(&s.admin.bind, limits, state).await?;
     tracing::info!(topics = ?s.kafka.input_topics, output = %s.kafka.output_topic, dead_letter = %s.kafka.dead_letter_topic, "emostream running");
     // 6. Until a signal, a fault or a stage that ends on its own.
     let mut stream = stream;
@@ -228,11 +211,12 @@ impl Stream {
         s: &Settings,
         kafka: &KafkaClients,
         active: tokio::sync::watch::Receiver<Arc<crate::backend::generation::Generation>>,
-        labelling: Labelling,
-        swapping: &Swapping,
-        live: &Option<Arc<LiveView>>,
+        mut labelling: Labelling,
+        observers: Observers,
         schemas: &start::Schemas,
     ) -> Result<Stream> {
+        // Stream events are framed for the schema registry when output.encoding says so.
+        labelling.framing = schemas.output.clone().map(|e| e as Arc<dyn EventFraming>);
         let ledger = Arc::new(Ledger::default());
         let settings = SourceSettings::from_settings(s);
         let consumer = source::consumer(
@@ -252,7 +236,7 @@ impl Stream {
         let core = Core::start(
             start::core_settings(s, s.batching.inference_workers, 4096, labelling),
             active,
-            start::observers(swapping, live),
+            observers,
             kafka.faults.clone(),
         )?;
         let stop = Arc::new(Notify::new());
@@ -275,6 +259,12 @@ impl Stream {
             stop,
             interactive: core.interactive,
         })
+    }
+
+    /// The consumer lag of the partitions held now, rendered for /metrics.
+    fn lag_metrics(&self) -> Arc<dyn Fn() -> String + Send + Sync> {
+        let c = self.consumer.clone();
+        Arc::new(move || c.context().lag_metrics())
     }
 
     /// Waits for a stop signal (`None`), a fault, or a stage that ends on its own (its cause).

@@ -411,6 +411,48 @@ mod tests {
     }
 
     #[test]
+    fn schema_registry_settings_are_checked_and_name_their_key() {
+        let _g = ENV_LOCK.lock().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let load = |toml: &str| {
+            let f = dir.path().join("c.toml");
+            std::fs::write(&f, toml).unwrap();
+            Settings::load(Some(&f)).map_err(|e| format!("{e:#}"))
+        };
+        let e = load("[input]\nformat = \"schema_registry\"\n").unwrap_err();
+        assert!(e.contains("schema_registry.url"), "{e}");
+        let e = load("[output]\nencoding = \"avro\"\n").unwrap_err();
+        assert!(e.contains("schema_registry.url"), "{e}");
+        let framed = "[output]\nencoding = \"avro\"\n[schema_registry]\nurl = \"http://r:8081\"\n";
+        assert!(load(framed).is_ok());
+        let e = load(&format!("{framed}username = \"u\"\n")).unwrap_err();
+        assert!(e.contains("schema_registry.username"), "{e}");
+        let e = load("[schema_registry]\nurl = \"ftp://r\"\n").unwrap_err();
+        assert!(e.contains("schema_registry.url"), "{e}");
+        let e = load("[schema_registry]\nurl = \"http://u:p@r\"\n").unwrap_err();
+        assert!(
+            e.contains("schema_registry.url") && !e.contains("u:p"),
+            "{e}"
+        );
+        let e = load("[output]\nencoding = \"json_schema\"\ncloudevents = true\n[schema_registry]\nurl = \"http://r\"\n").unwrap_err();
+        assert!(e.contains("output.cloudevents"), "{e}");
+        // Credentials are read at start-up, naming the key when they cannot be.
+        let s = load("[schema_registry]\nurl = \"http://r\"\nusername = \"u\"\npassword_env = \"EMOSTREAM_TEST_NO_SUCH_VAR\"\n").unwrap();
+        let e = format!("{:#}", s.schema_registry.auth().unwrap_err());
+        assert!(e.contains("schema_registry.password_env"), "{e}");
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "tok-secret\n").unwrap();
+        let s = load(&format!(
+            "[schema_registry]\nurl = \"http://r\"\ntoken_file = \"{}\"\n",
+            secret.display()
+        ))
+        .unwrap();
+        let auth = s.schema_registry.auth().unwrap();
+        assert_eq!(auth, RegistryAuth::Bearer("tok-secret".into()));
+        assert!(!format!("{auth:?}").contains("tok-secret"));
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let _g = ENV_LOCK.lock().unwrap();
         let dir = tempfile::tempdir().unwrap();

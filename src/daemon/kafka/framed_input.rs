@@ -5,21 +5,11 @@
 //! for it. The message's own faults (unframed, unknown schema id, a value its schema does not
 //! describe) are dead-lettered with their reason.
 
-use crate::daemon::kafka::source::{Settling, SourceStage};
+use crate::daemon::kafka::source::{Admission, Settling, SourceStage};
 use crate::daemon::pipeline::decode::Reason;
-use crate::daemon::pipeline::{admit, Admitted, Origin, Rejection};
+use crate::daemon::pipeline::{admit, Origin, Rejection};
 use crate::daemon::schemas::input::DecodeError;
 use std::time::Duration;
-
-/// What became of a consumed message at admission.
-pub(super) enum Admission {
-    Admitted(Admitted),
-    /// An abort (exactly-once) came while the message waited: it is read again after the
-    /// rewind, so it goes no further now.
-    Stale,
-    /// Stop came while the message waited: it goes unacknowledged and is read again later.
-    Stop,
-}
 
 /// The first wait for the registry, doubled up to the last.
 const FIRST_WAIT: Duration = Duration::from_millis(100);

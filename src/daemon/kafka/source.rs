@@ -6,7 +6,6 @@
 use crate::daemon::ack::Ledger;
 use crate::daemon::config::{BackpressureSettings, InputSettings, Settings};
 use crate::daemon::kafka::client::{client_config, ClientHooks, ClientSettings};
-use crate::daemon::kafka::framed_input::Admission;
 use crate::daemon::kafka::headers;
 use crate::daemon::kafka::transaction::{Settled, Transactions};
 use crate::daemon::pipeline::event::Position;
@@ -410,6 +409,16 @@ impl Settling {
             let _ = h.await;
         }
     }
+}
+
+/// What became of a consumed message at admission (kafka/framed_input.rs).
+pub(super) enum Admission {
+    Admitted(Admitted),
+    /// An abort (exactly-once) came while the message waited: it is read again after the
+    /// rewind, so it goes no further now.
+    Stale,
+    /// Stop came while the message waited: it goes unacknowledged and is read again later.
+    Stop,
 }
 
 /// What one turn of the source's loop got.

@@ -120,6 +120,7 @@ mod tests {
             scores: crate::daemon::config::ScoreMode::All,
             top_k: 5,
             schema_version: 2,
+            encoding: crate::daemon::config::EventEncoding::Json,
             max_carry_bytes: 16,
             event_time_pointer: time.into(),
             cloudevents: false,

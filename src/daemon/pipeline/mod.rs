@@ -123,6 +123,16 @@ pub(crate) struct Rejection {
     pub(crate) origin: Origin,
 }
 
+impl Rejection {
+    pub(crate) fn new(reason: Reason, detail: String, origin: Origin) -> Rejection {
+        Rejection {
+            reason,
+            detail,
+            origin,
+        }
+    }
+}
+
 /// What the source hands the batcher: a comment, or a message already rejected (it keeps its
 /// place in the stream, so a key's outcomes leave in input order).
 pub(crate) type Admitted = Result<Pending, Rejection>;

@@ -232,6 +232,20 @@ fn inference_error(origin: crate::daemon::pipeline::Origin, detail: String) -> O
     })
 }
 
+fn labelled(
+    event: Vec<u8>,
+    origin: crate::daemon::pipeline::Origin,
+    fired: Vec<metrics::Counter>,
+    headers: Vec<(&'static str, String)>,
+) -> Outcome {
+    Outcome::Labelled {
+        event,
+        origin,
+        fired,
+        headers,
+    }
+}
+
 /// The event's bytes: JSON, framed for a schema registry when the stream's events are.
 fn encode(
     ev: &event::LabelEvent<'_>,
@@ -349,17 +363,8 @@ fn outcome(
     };
     let framing = rules.labelling.framing.as_deref().filter(|_| !api);
     match encode(&ev, framing) {
-        Ok(event) => Outcome::Labelled {
-            event,
-            origin: item.origin,
-            fired,
-            headers,
-        },
-        Err((reason, detail)) => Outcome::Rejected(Rejection {
-            reason,
-            detail,
-            origin: item.origin,
-        }),
+        Ok(event) => labelled(event, item.origin, fired, headers),
+        Err((reason, detail)) => Outcome::Rejected(Rejection::new(reason, detail, item.origin)),
     }
 }
 

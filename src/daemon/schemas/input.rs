@@ -141,3 +141,20 @@ impl InputSchemas {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_too_short_or_unframed_is_refused_before_the_crate_reads_it() {
+        let not_framed = |p: &[u8]| matches!(schema_id(p), Err(DecodeError::NotFramed(_)));
+        assert!(not_framed(b""));
+        assert!(not_framed(&[0]));
+        assert!(not_framed(&[0, 0, 0, 1]));
+        assert!(not_framed(&[1, 2, 3, 4, 5, 6]));
+        assert!(not_framed(br#"{"text":"hi"}"#));
+        assert_eq!(schema_id(&[0, 0, 0, 1, 2]), Ok(258));
+        assert_eq!(schema_id(&[0, 0, 0, 0, 7, b'x']), Ok(7));
+    }
+}

@@ -144,3 +144,66 @@ impl EventFraming for EventEncoder {
         Ok(framed)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apache_avro::types::Value as V;
+
+    fn field<'a>(record: &'a AvroValue, name: &str) -> &'a AvroValue {
+        match record {
+            V::Record(fields) => &fields.iter().find(|(n, _)| n == name).unwrap().1,
+            other => panic!("not a record: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_v2_event_becomes_an_avro_datum_that_reads_back_with_its_carried_values() {
+        let schema = apache_avro::Schema::parse_str(AVRO_V2).unwrap();
+        let event = serde_json::json!({
+            "schema_version": 2, "id": "c1",
+            "labels": [{"label": "joy", "score": 0.9}],
+            "scores": {"joy": 0.9, "anger": 0.01},
+            "model": {"name": "m", "version": "1.0.0", "sha256": "ab"},
+            "source": {"topic": "t", "partition": 2, "offset": 41, "timestamp_ms": null},
+            "input": {"community": "c0", "score": 3, "tags": ["a", "b"], "gone": null},
+            "event_time": "2026-12-06T00:00:00.000Z",
+            "policy": {"name": "default", "hash": "0123456789ab"},
+            "processed_at": "2026-12-06T00:00:01.000Z", "truncated": false
+        });
+        let datum =
+            EventEncoder::avro_datum(&schema, &serde_json::to_vec(&event).unwrap()).unwrap();
+        let back = apache_avro::from_avro_datum(&schema, &mut &datum[..], None).unwrap();
+        assert_eq!(field(&back, "id"), &V::String("c1".into()));
+        assert_eq!(field(field(&back, "source"), "offset"), &V::Long(41));
+        let V::Map(input) = field(&back, "input") else {
+            panic!()
+        };
+        assert_eq!(
+            input["community"],
+            V::Union(4, Box::new(V::String("c0".into())))
+        );
+        assert_eq!(input["score"], V::Union(2, Box::new(V::Long(3))));
+        // An array is carried as its JSON text (the map holds scalars).
+        assert_eq!(
+            input["tags"],
+            V::Union(4, Box::new(V::String(r#"["a","b"]"#.into())))
+        );
+        assert_eq!(field(&back, "input_cut"), &V::Union(0, Box::new(V::Null)));
+    }
+
+    #[test]
+    fn a_v1_event_fits_the_v1_schema_and_a_stray_field_shape_is_an_error_not_a_panic() {
+        let schema = apache_avro::Schema::parse_str(AVRO_V1).unwrap();
+        let event = serde_json::json!({
+            "schema_version": 1, "id": "c1", "labels": [], "scores": {"joy": 0.1},
+            "model": {"name": "m", "version": "1", "sha256": "ab"},
+            "source": {"topic": "t", "partition": 0, "offset": 0, "timestamp_ms": 5},
+            "processed_at": "x", "truncated": true
+        });
+        assert!(EventEncoder::avro_datum(&schema, &serde_json::to_vec(&event).unwrap()).is_ok());
+        let wrong = serde_json::json!({"schema_version": "one"});
+        assert!(EventEncoder::avro_datum(&schema, &serde_json::to_vec(&wrong).unwrap()).is_err());
+        assert!(EventEncoder::avro_datum(&schema, b"not json").is_err());
+    }
+}
