@@ -129,7 +129,7 @@ fn daemon_rule(unit: &str) -> Option<&'static [&'static str]> {
         "telemetry" => &["config"],
         "pipeline" => &["ack", "config", "supervise"],
         "swap" => &["config", "pipeline"],
-        "schemas" => &["config", "pipeline"],
+        "schemas" => &["config", "pipeline", "supervise"],
         "kafka" => &["ack", "config", "pipeline", "schemas", "supervise", "swap"],
         "api" => &["ack", "config", "kafka", "pipeline"],
         "http_listener" => &["api", "config"],

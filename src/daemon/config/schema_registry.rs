@@ -13,6 +13,7 @@ use std::path::Path;
 /// (Confluent's three strategies).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[allow(clippy::enum_variant_names)] // Confluent's own names for them
 pub(crate) enum SubjectStrategy {
     /// `<output topic>-value`.
     TopicName,
@@ -88,7 +89,7 @@ impl SchemaRegistrySettings {
             "set token_file or token_env, not both",
         )?;
         check(
-            self.username.is_empty() == !password,
+            self.username.is_empty() != password,
             "schema_registry.username",
             "basic authentication needs both username and a password (password_file or password_env)",
         )?;

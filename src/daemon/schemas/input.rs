@@ -78,8 +78,22 @@ impl InputSchemas {
         })
     }
 
-    /// The value of a message consumed from `topic`, as JSON text.
+    /// The value of a message consumed from `topic`, as JSON text. A panic in the decoding
+    /// crates on a hostile value is that value's fault: it is dead-lettered, the stream goes on.
     pub(crate) async fn decode(&self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
+        use futures::FutureExt;
+        std::panic::AssertUnwindSafe(self.decode_unguarded(topic, payload))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| {
+                let why = crate::daemon::supervise::panic_message(&*p);
+                Err(DecodeError::Mismatch(format!(
+                    "the decoder panicked on this value: {why}"
+                )))
+            })
+    }
+
+    async fn decode_unguarded(&self, topic: &str, payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
         let id = schema_id(payload)?;
         // The subject the deserializers look the id up under, so this lookup fills the cache
         // they read.
@@ -156,5 +170,29 @@ mod tests {
         assert!(not_framed(br#"{"text":"hi"}"#));
         assert_eq!(schema_id(&[0, 0, 0, 1, 2]), Ok(258));
         assert_eq!(schema_id(&[0, 0, 0, 0, 7, b'x']), Ok(7));
+    }
+
+    #[test]
+    fn random_bytes_under_a_comment_schema_are_errors_not_panics_or_huge_allocations() {
+        apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
+        let schema = apache_avro::Schema::parse_str(
+            r#"{"type":"record","name":"C","fields":[{"name":"id","type":"string"},
+                {"name":"tags","type":{"type":"array","items":"string"}},
+                {"name":"meta","type":{"type":"map","values":["null","long","string"]}},
+                {"name":"text","type":"string"}]}"#,
+        )
+        .unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 40) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = apache_avro::from_avro_datum(&schema, &mut &bytes[..], None);
+        }
     }
 }
