@@ -53,6 +53,9 @@ answers() { curl -fs "http://127.0.0.1:$port/apis/ccompat/v7/subjects" >/dev/nul
 start() {
   fetch
   if running; then echo "schema registry already running on 127.0.0.1:$port"; return; fi
+  # A registry this script did not start (a test's leftover, another program) must not pass
+  # for this one: its schemas and storage would not be the ones asked for.
+  if answers; then echo "something already answers on 127.0.0.1:$port (not started by this script)" >&2; exit 1; fi
   mkdir -p "$run"
   # cd first, on its own: `cd && cmd &` would background a subshell and record its pid.
   (cd "$home" || exit 1

@@ -9,8 +9,9 @@ registry as the daemon.
       N comments framed with a second Avro schema (emostream.test.CommentV2, registered now),
       printed as hex lines, to be produced later (while the registry is down).
   consume BROKERS REGISTRY TOPIC avro|json_schema COUNT TIMEOUT_S
-      reads COUNT events with the registry-aware deserializer (JSON Schema: validated against
-      the registered schema) and prints each as a JSON line; exits 1 if fewer arrive.
+      reads events with the registry-aware deserializer (JSON Schema: validated against the
+      registered schema) until COUNT distinct ids have arrived, printing each event as a JSON
+      line; exits 1 if fewer arrive.
 """
 import json
 import sys
@@ -94,10 +95,10 @@ def consume(brokers, url, topic, fmt, count, timeout_s):
     c = Consumer({"bootstrap.servers": brokers, "group.id": f"sr-reader-{uuid.uuid4()}",
                   "auto.offset.reset": "earliest", "enable.auto.commit": False})
     c.subscribe([topic])
-    seen = 0
+    ids = set()
     deadline = time.time() + timeout_s
     try:
-        while seen < count and time.time() < deadline:
+        while len(ids) < count and time.time() < deadline:
             m = c.poll(0.5)
             if m is None:
                 continue
@@ -107,11 +108,11 @@ def consume(brokers, url, topic, fmt, count, timeout_s):
             event = de(m.value(), SerializationContext(topic, MessageField.VALUE))
             schema_id = int.from_bytes(m.value()[1:5], "big")
             print(json.dumps({"schema_id": schema_id, "event": event}), flush=True)
-            seen += 1
+            ids.add(event["id"])
     finally:
         c.close()
-    if seen < count:
-        print(f"read {seen} of {count} events in {timeout_s} s", file=sys.stderr)
+    if len(ids) < count:
+        print(f"read {len(ids)} of {count} ids in {timeout_s} s", file=sys.stderr)
         sys.exit(1)
 
 

@@ -372,6 +372,13 @@ fn stuck_check(
         if let Some(why) = clock.stuck(limit) {
             return Some(why);
         }
+        // Credentials the schema registry refuses do not come right by themselves.
+        if let Some(why) = registry
+            .as_ref()
+            .and_then(|r| r.refusing_credentials_longer_than(limit))
+        {
+            return Some(why);
+        }
         // The schema registry's outage holds the source too: readiness's business as well.
         let registry_out = registry.as_ref().is_some_and(|r| r.outage().is_some());
         if !cluster.reachable() || sink.retrying() > 0 || registry_out {

@@ -222,9 +222,12 @@ pub(crate) async fn schemas(s: &Settings) -> Result<Schemas> {
     } else {
         None
     };
-    let input = framed_input
-        .then(|| InputSchemas::new(registry.clone()).map(Arc::new))
-        .transpose()?;
+    let input = if framed_input {
+        registry.probe().await?;
+        Some(Arc::new(InputSchemas::new(registry.clone())?))
+    } else {
+        None
+    };
     Ok(Schemas {
         registry: Some(registry),
         input,

@@ -10,7 +10,7 @@ use schema_registry_client::serdes::avro::AvroDeserializer;
 use schema_registry_client::serdes::config::DeserializerConfig;
 use schema_registry_client::serdes::json::JsonDeserializer;
 use schema_registry_client::serdes::serde::{
-    SchemaId, SerdeError, SerdeFormat, SerdeType, SerializationContext,
+    SchemaId, SerdeError, SerdeFormat, SerdeType, SerializationContext, SubjectNameStrategyType,
 };
 use std::sync::Arc;
 
@@ -33,6 +33,8 @@ pub(crate) struct InputSchemas {
     registry: Arc<SchemaRegistry>,
     avro: AvroDeserializer<'static, SchemaRegistryClient>,
     json: JsonDeserializer<'static, SchemaRegistryClient>,
+    /// Schema ids seen, and why each one's schema is refused (`None`: read with it).
+    vetted: std::sync::Mutex<std::collections::HashMap<i32, Option<String>>>,
 }
 
 const MAGIC_BYTE: u8 = 0;
@@ -67,13 +69,19 @@ impl InputSchemas {
     pub(crate) fn new(registry: Arc<SchemaRegistry>) -> anyhow::Result<InputSchemas> {
         // A hostile length prefix in an Avro datum must not make a large allocation.
         apache_avro::util::max_allocation_bytes(AVRO_MAX_ALLOCATION_BYTES);
-        let config = || DeserializerConfig::new(None, true, Default::default());
+        // The subject by topic (what the lookup above caches under), not the crate's default
+        // "associated" strategy, which asks the registry's /associations first.
+        let config = || DeserializerConfig {
+            subject_name_strategy_type: SubjectNameStrategyType::Topic,
+            ..DeserializerConfig::new(None, true, Default::default())
+        };
         let client = registry.client;
         Ok(InputSchemas {
             avro: AvroDeserializer::new(client, None, config())
                 .map_err(|e| anyhow::anyhow!("Avro deserializer: {e}"))?,
             json: JsonDeserializer::new(client, None, config())
                 .map_err(|e| anyhow::anyhow!("JSON Schema deserializer: {e}"))?,
+            vetted: Default::default(),
             registry,
         })
     }
@@ -104,7 +112,7 @@ impl InputSchemas {
             .get_by_subject_and_id(Some(&subject), id, None)
             .await
             .map_err(|e| self.lookup_failed(&e, id))?;
-        self.registry.answered();
+        self.vet(id, schema.schema_type.as_deref(), &schema.schema)?;
         let ctx = |format| SerializationContext {
             topic: topic.to_string(),
             serde_type: SerdeType::Value,
@@ -137,12 +145,28 @@ impl InputSchemas {
             .map_err(|e| DecodeError::Mismatch(format!("schema {id}: value not JSON-able: {e}")))
     }
 
+    /// The first time an id is seen (its lookup went to the registry, which answered), its
+    /// writer schema is vetted (schemas/guard.rs); the verdict is kept for the id.
+    fn vet(&self, id: i32, schema_type: Option<&str>, text: &str) -> Result<(), DecodeError> {
+        let mut seen = self.vetted.lock().unwrap_or_else(|p| p.into_inner());
+        let verdict = seen.entry(id).or_insert_with(|| {
+            self.registry.answered();
+            super::guard::refusal(schema_type, text)
+        });
+        match verdict {
+            None => Ok(()),
+            Some(why) => Err(DecodeError::Mismatch(format!(
+                "schema {id} is not read: {why}"
+            ))),
+        }
+    }
+
     fn lookup_failed(&self, e: &schema_registry_client::rest::apis::Error, id: i32) -> DecodeError {
         match self
             .registry
             .failure(e, &format!("looking up schema id {id}"))
         {
-            Failure::Unavailable(w) => DecodeError::Unavailable(w),
+            Failure::Unavailable(w) | Failure::Credentials(w) => DecodeError::Unavailable(w),
             Failure::Unknown(w) => DecodeError::UnknownSchema(w),
             Failure::Refused(w) => DecodeError::Registry(w),
         }

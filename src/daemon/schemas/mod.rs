@@ -5,6 +5,7 @@
 //! are the registry's outage (wait) and which are the message's (dead-letter), and a guard
 //! that no payload reaches the crate's framing code too short to read.
 
+mod guard;
 pub(crate) mod input;
 pub(crate) mod output;
 pub(crate) mod registry;

@@ -87,6 +87,9 @@ impl EventEncoder {
                         "the schema registry at {} refused the output schema as incompatible with subject {subject:?}'s earlier versions ({why})",
                         registry.url
                     ),
+                    Failure::Credentials(why) => bail!(
+                        "config keys schema_registry.username/password_* or token_*: the registry refuses them: {why}"
+                    ),
                     Failure::Unavailable(why) | Failure::Refused(why) | Failure::Unknown(why) => {
                         bail!("the schema registry at {}: {why}", registry.url)
                     }
@@ -110,14 +113,16 @@ impl EventEncoder {
     }
 
     /// The Avro form of a JSON event: carried input values that are objects or arrays become
-    /// their JSON text (the schema's `input` map holds scalars), then the JSON shape is
-    /// resolved against the record schema.
+    /// their JSON text (the schema's `input` map holds scalars), whole numbers past Avro's long
+    /// become doubles, then the JSON shape is resolved against the record schema.
     fn avro_datum(schema: &apache_avro::Schema, event: &[u8]) -> Result<Vec<u8>, String> {
         let mut v: Value = serde_json::from_slice(event).map_err(|e| e.to_string())?;
         if let Some(Value::Object(input)) = v.get_mut("input") {
             for value in input.values_mut() {
                 if value.is_object() || value.is_array() {
                     *value = Value::String(value.to_string());
+                } else if value.is_u64() && value.as_i64().is_none() {
+                    *value = value.as_f64().map_or(Value::Null, Value::from);
                 }
             }
         }
@@ -166,7 +171,8 @@ mod tests {
             "scores": {"joy": 0.9, "anger": 0.01},
             "model": {"name": "m", "version": "1.0.0", "sha256": "ab"},
             "source": {"topic": "t", "partition": 2, "offset": 41, "timestamp_ms": null},
-            "input": {"community": "c0", "score": 3, "tags": ["a", "b"], "gone": null},
+            "input": {"community": "c0", "score": 3, "tags": ["a", "b"], "gone": null,
+                      "huge": 18446744073709551615u64},
             "event_time": "2026-12-06T00:00:00.000Z",
             "policy": {"name": "default", "hash": "0123456789ab"},
             "processed_at": "2026-12-06T00:00:01.000Z", "truncated": false
@@ -188,6 +194,10 @@ mod tests {
         assert_eq!(
             input["tags"],
             V::Union(4, Box::new(V::String(r#"["a","b"]"#.into())))
+        );
+        assert_eq!(
+            input["huge"],
+            V::Union(3, Box::new(V::Double(18446744073709551615.0)))
         );
         assert_eq!(field(&back, "input_cut"), &V::Union(0, Box::new(V::Null)));
     }

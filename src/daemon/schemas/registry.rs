@@ -8,15 +8,19 @@ use schema_registry_client::rest::apis::Error as RestError;
 use schema_registry_client::rest::client_config::ClientConfig;
 use schema_registry_client::rest::schema_registry_client::{Client, SchemaRegistryClient};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What a failed registry call means for the message that needed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
-    /// The registry did not answer, or answered that it cannot now (5xx, 408, 429, or a
-    /// credential it refuses — a rotation in progress is not the message's fault): ask again.
+    /// The registry did not answer, or answered that it cannot now (5xx, 408, 429, a 404 that
+    /// is not the registry's own — a proxy with no backend): ask again.
     Unavailable(String),
-    /// The registry has no such schema (404).
+    /// The registry refuses our credentials (401, 403): not the message's fault either, so
+    /// ask again — but it does not pass by itself (the secrets are read at start-up), so
+    /// `/healthz` fails after `health.stall_timeout_ms` and a restart reads them again.
+    Credentials(String),
+    /// The registry has no such schema (its own 404: error code 40401, 40402 or 40403).
     Unknown(String),
     /// Any other answer that refuses the call (4xx).
     Refused(String),
@@ -27,8 +31,15 @@ pub(crate) struct SchemaRegistry {
     /// long as the process, so it is leaked once at start-up rather than shared by lifetime.
     pub(crate) client: &'static SchemaRegistryClient,
     pub(crate) url: String,
-    /// Why the last call failed for want of the registry, until one succeeds.
-    outage: Mutex<Option<String>>,
+    /// Why calls fail for want of the registry, since when, until it answers again.
+    outage: Mutex<Option<Outage>>,
+}
+
+#[derive(Debug, Clone)]
+struct Outage {
+    why: String,
+    since: Instant,
+    credentials: bool,
 }
 
 impl SchemaRegistry {
@@ -71,18 +82,31 @@ impl SchemaRegistry {
     /// What `e` means, the registry's reachability updated.
     pub(crate) fn failure(&self, e: &RestError, what: &str) -> Failure {
         let f = classify(e, &format!("{what} at {}", self.url));
-        if let Failure::Unavailable(why) = &f {
-            let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
-            if o.is_none() {
-                tracing::warn!(error = %why, "the schema registry is unavailable; waiting for it (nothing is dead-lettered for it)");
-                metrics::gauge!("emostream_schema_registry_reachable").set(0.0);
+        match &f {
+            Failure::Unavailable(why) | Failure::Credentials(why) => {
+                let credentials = matches!(f, Failure::Credentials(_));
+                let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+                let since = match o.as_ref() {
+                    Some(prev) if prev.credentials == credentials => prev.since,
+                    _ => {
+                        tracing::warn!(error = %why, "the schema registry is unavailable; waiting for it (nothing is dead-lettered for it)");
+                        metrics::gauge!("emostream_schema_registry_reachable").set(0.0);
+                        Instant::now()
+                    }
+                };
+                *o = Some(Outage {
+                    why: why.clone(),
+                    since,
+                    credentials,
+                });
             }
-            *o = Some(why.clone());
+            // It answered (no, but it answered).
+            Failure::Unknown(_) | Failure::Refused(_) => self.answered(),
         }
         f
     }
 
-    /// A call succeeded: the registry is back.
+    /// The registry answered a call: any outage is over.
     pub(crate) fn answered(&self) {
         let mut o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
         if o.take().is_some() {
@@ -93,10 +117,47 @@ impl SchemaRegistry {
 
     /// Why the registry is unavailable, while it is (readiness).
     pub(crate) fn outage(&self) -> Option<String> {
-        self.outage
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        let o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        o.as_ref().map(|o| o.why.clone())
+    }
+
+    /// `/healthz`: credentials refused for longer than `limit` (they do not come right by
+    /// themselves; a restart reads the secrets again). An outage of the registry itself is not
+    /// the process's fault and never fails it.
+    pub(crate) fn refusing_credentials_longer_than(&self, limit: Duration) -> Option<String> {
+        let o = self.outage.lock().unwrap_or_else(|p| p.into_inner());
+        let o = o.as_ref().filter(|o| o.credentials)?;
+        let for_ = o.since.elapsed();
+        (for_ > limit).then(|| {
+            format!(
+                "the schema registry has refused our credentials for {for_:.1?} (over {limit:?}); a restart reads schema_registry's secrets again: {}",
+                o.why
+            )
+        })
+    }
+
+    /// At start-up with framed input (framed events register their schema instead): one call
+    /// that needs read access, so credentials the registry refuses stop start-up naming the
+    /// keys. A registry that does not answer is waited for later, per message.
+    pub(crate) async fn probe(&self) -> Result<()> {
+        match self.client.get_all_subjects(false).await {
+            Ok(_) => {
+                self.answered();
+                Ok(())
+            }
+            Err(e) => match self.failure(&e, "listing subjects") {
+                Failure::Credentials(why) => anyhow::bail!(
+                    "config keys schema_registry.username/password_* or token_*: the registry refuses them: {why}"
+                ),
+                Failure::Unavailable(why) => {
+                    tracing::warn!(error = %why, "the schema registry does not answer at start-up; framed comments will wait for it");
+                    Ok(())
+                }
+                Failure::Unknown(why) | Failure::Refused(why) => {
+                    anyhow::bail!("config key schema_registry.url: {why}")
+                }
+            },
+        }
     }
 }
 
@@ -111,9 +172,13 @@ pub(crate) fn classify(e: &RestError, what: &str) -> Failure {
                 .and_then(|m| m.message.clone())
                 .unwrap_or_else(|| r.content.chars().take(300).collect());
             let why = format!("{what}: HTTP {status}: {message}");
+            // The registry's own 404s carry its error codes; a bare 404 (an ingress with no
+            // backend during a rollout) says nothing about the schema.
+            let code = r.entity.as_ref().and_then(|m| m.error_code);
             match status {
-                404 => Failure::Unknown(why),
-                401 | 403 | 408 | 429 | 500..=599 => Failure::Unavailable(why),
+                404 if matches!(code, Some(40401..=40403)) => Failure::Unknown(why),
+                401 | 403 => Failure::Credentials(why),
+                404 | 408 | 429 | 500..=599 => Failure::Unavailable(why),
                 _ => Failure::Refused(why),
             }
         }
