@@ -66,6 +66,54 @@ fn read_settled(topic: &str, isolation: &str) -> Vec<Record> {
     )
 }
 
+/// Sends `kill -9` to `pid` — exactly-once: only while its transaction holds records. The
+/// replica is frozen (SIGSTOP) first and the output's last stable offsets compared with its
+/// high watermarks: with 100 ms-to-1 s transactions committing in milliseconds, a kill sent
+/// on an older reading could land just after a commit (seen in CI: 0 records in flight).
+/// Whether it was sent.
+fn kill_with_work_in_flight(pid: &str, delivery: &str, output: &str) -> bool {
+    let signal = |s: &str| {
+        std::process::Command::new("kill")
+            .args([s, pid])
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if delivery != "exactly_once" {
+        return signal("-KILL");
+    }
+    if !signal("-STOP") {
+        return false;
+    }
+    // Requests already on the wire (a commit) finish at the broker meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
+    if open_transaction(output, PARTITIONS) {
+        return signal("-KILL");
+    }
+    signal("-CONT");
+    false
+}
+
+/// Some partition of `topic` holds records of an open transaction: its last stable offset
+/// (a read_committed reader's end) is below its high watermark.
+fn open_transaction(topic: &str, partitions: i32) -> bool {
+    let ends = |isolation: &str| -> Vec<i64> {
+        let c: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", common::kafka::brokers())
+            .set("group.id", common::kafka::unique("watermarks"))
+            .set("isolation.level", isolation)
+            .create()
+            .unwrap();
+        (0..partitions)
+            .map(|p| {
+                rdkafka::consumer::Consumer::fetch_watermarks(&c, topic, p, Duration::from_secs(10))
+                    .map_or(0, |(_, high)| high)
+            })
+            .collect()
+    };
+    let (high, stable) = (ends("read_uncommitted"), ends("read_committed"));
+    high.iter().zip(&stable).any(|(h, s)| s < h)
+}
+
 /// What a read_committed reader saw once the group had committed everything.
 struct Seen {
     events: usize,
@@ -140,10 +188,7 @@ fn script(delivery: &str) -> Seen {
                     .map(|o| (*o).max(0))
                     .sum();
                 r.len() as i64 >= done + 50
-                    && std::process::Command::new("kill")
-                        .args(["-KILL", &pid])
-                        .status()
-                        .is_ok_and(|s| s.success())
+                    && kill_with_work_in_flight(&pid, delivery, &topics.output)
             }
         },
     );
