@@ -173,6 +173,44 @@ fn stop_and_resume_equals_uninterrupted_run() {
     assert_eq!(whole.state.dev_curve.len(), 2);
 }
 
+/// The recipe's options (issue 29): an ASL run with layer-wise learning-rate decay is
+/// resumable to the same weights, records its loss in train.json, and trains differently from
+/// BCE at one rate (so the options reach the loss and the optimiser).
+#[test]
+fn an_asl_run_with_layer_decay_stops_and_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    let layers = common::tiny_checkpoint(Arch::Bert, &base, 7).num_layers;
+    let recipe = |c: &mut emostream::train::TrainConfig| {
+        c.loss = emostream::train::loss::LossConfig::Asymmetric {
+            gamma_pos: 1.0,
+            gamma_neg: 4.0,
+            clip: 0.05,
+        };
+        c.optimizer.layer_decay = 0.8;
+        c.optimizer.num_layers = layers;
+    };
+    let mut whole = common::run_from_with(&base, &tmp.path().join("a"), 64, 16, 2, recipe);
+    whole.run(None, false).unwrap();
+    assert_eq!(whole.state.step, 8);
+    let mut first = common::run_from_with(&base, &tmp.path().join("b"), 64, 16, 2, recipe);
+    first.run(Some(3), false).unwrap();
+    let dir = first.dir.clone();
+    drop(first);
+    let mut resumed = emostream::train::Trainer::resume(&dir, Device::Cpu).unwrap();
+    resumed.run(None, false).unwrap();
+    let d = max_param_diff(&whole.params, &resumed.params);
+    assert!(d <= 1e-6, "resumed weights differ by {d}");
+    assert_eq!(whole.state.loss_curve, resumed.state.loss_curve);
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["loss"]["kind"], "asymmetric", "{saved}");
+    assert_eq!(saved["optimizer"]["layer_decay"], 0.8, "{saved}");
+    let mut plain = common::run_from(&base, &tmp.path().join("c"), 64, 16, 2);
+    plain.run(None, false).unwrap();
+    assert!(max_param_diff(&whole.params, &plain.params) > 1e-4);
+}
+
 /// The pretrained all-MiniLM-L6-v2 through our encoder: mean-pooled, normalised embeddings give
 /// the cosine similarities published with the model (sentence-transformers documentation:
 /// 0.7553 and 0.8939 for these pairs). A wrong layer, name mapping or LayerNorm would move them.

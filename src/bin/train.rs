@@ -13,6 +13,7 @@ use emostream::model::eval::dataset::{goemotions_dir, Split};
 use emostream::model::eval::thresholds::ThresholdRule;
 use emostream::model::labels::LabelSet;
 use emostream::train::encoder::Pooling;
+use emostream::train::loss::LossConfig;
 use emostream::train::onnx::Variant;
 use emostream::train::optim::AdamWConfig;
 use emostream::train::{evaluate, package, TrainConfig, Trainer};
@@ -86,6 +87,24 @@ struct FitArgs {
     /// Per-label positive weights: none, or sqrt-inv-freq (sqrt(neg/pos), capped at 10).
     #[arg(long, value_enum, default_value_t = PosWeight::None)]
     pos_weight: PosWeight,
+    /// The loss: bce (binary cross-entropy) | asl (asymmetric loss: focusing and clipping
+    /// below; Ridnik et al. 2021).
+    #[arg(long, value_enum, default_value_t = LossKind::Bce)]
+    loss: LossKind,
+    /// ASL: focusing on positives, (1-p)^γ+ (the ASL paper's default 1).
+    #[arg(long, default_value_t = 1.0)]
+    asl_gamma_pos: f64,
+    /// ASL: focusing on negatives, p_m^γ- (default 4).
+    #[arg(long, default_value_t = 4.0)]
+    asl_gamma_neg: f64,
+    /// ASL: probability margin m; a negative scored below it adds nothing (default 0.05).
+    #[arg(long, default_value_t = 0.05)]
+    asl_clip: f64,
+    /// Layer-wise learning-rate decay: the head trains at --lr, each encoder layer below at
+    /// this factor times the one above, the embeddings one factor below the lowest layer.
+    /// 1: off.
+    #[arg(long, default_value_t = 1.0)]
+    layer_decay: f64,
     /// Also evaluate on dev every N steps.
     #[arg(long)]
     eval_every: Option<u64>,
@@ -305,6 +324,13 @@ enum PosWeight {
     SqrtInvFreq,
 }
 
+/// `--loss`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LossKind {
+    Bce,
+    Asl,
+}
+
 /// `train export --precision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Precision {
@@ -414,10 +440,27 @@ fn fit(a: FitArgs, progress: bool) -> Result<()> {
     if from_model && a.prior_bias {
         bail!("--prior-bias would overwrite the classifier bias of the model it starts from");
     }
-    let pooling = match a.pooling {
-        Some(p) => p,
-        None => emostream::train::encoder::EncoderConfig::from_dir(&base, labels.len())?.pooling,
+    let base_cfg = emostream::train::encoder::EncoderConfig::from_dir(&base, labels.len())?;
+    let pooling = a.pooling.unwrap_or(base_cfg.pooling);
+    let loss = match a.loss {
+        LossKind::Bce => LossConfig::Bce,
+        LossKind::Asl if a.pos_weight != PosWeight::None => {
+            bail!(
+                "--pos-weight weighs BCE's positive term; ASL's focusing takes its place (use one)"
+            )
+        }
+        LossKind::Asl => LossConfig::Asymmetric {
+            gamma_pos: a.asl_gamma_pos,
+            gamma_neg: a.asl_gamma_neg,
+            clip: a.asl_clip,
+        },
     };
+    if !(a.layer_decay > 0.0 && a.layer_decay <= 1.0) {
+        bail!("--layer-decay must be in (0, 1] (got {})", a.layer_decay);
+    }
+    if !(0.0..0.5).contains(&a.asl_clip) || a.asl_gamma_pos < 0.0 || a.asl_gamma_neg < 0.0 {
+        bail!("ASL needs 0 <= --asl-clip < 0.5 and non-negative focusing parameters");
+    }
     let mix = match &a.feedback {
         Some(f) => {
             let out = a.run.join("train-mix.tsv");
@@ -471,7 +514,10 @@ fn fit(a: FitArgs, progress: bool) -> Result<()> {
             max_grad_norm: a.max_grad_norm,
             warmup_steps: (total as f64 * a.warmup_ratio).round() as u64,
             total_steps: total,
+            layer_decay: a.layer_decay,
+            num_layers: base_cfg.num_layers,
         },
+        loss,
         limit_train_examples: a.limit_train_examples,
         pooling,
         prior_bias: a.prior_bias,

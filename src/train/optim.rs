@@ -18,6 +18,44 @@ pub struct AdamWConfig {
     pub max_grad_norm: f64,
     pub warmup_steps: u64,
     pub total_steps: u64,
+    /// Layer-wise learning-rate decay (LLRD): the head trains at the scheduled rate, encoder
+    /// layer i (0-based, of `num_layers`) at `layer_decay^(num_layers - i)` times it, the
+    /// embeddings at `layer_decay^(num_layers + 1)` times it — lower layers hold general
+    /// features and move less. 1 (the default, and every run before it): one rate for all.
+    #[serde(default = "no_layer_decay")]
+    pub layer_decay: f64,
+    /// The encoder's layer count, for `layer_decay`.
+    #[serde(default)]
+    pub num_layers: usize,
+}
+
+fn no_layer_decay() -> f64 {
+    1.0
+}
+
+/// The layer a parameter belongs to, counted from the bottom: 0 the embeddings, `i + 1`
+/// encoder layer `i`, `num_layers + 1` everything above (pooler, classifier).
+fn layer_of(name: &str, num_layers: usize) -> usize {
+    if name.contains("embeddings.") {
+        return 0;
+    }
+    let layer = name
+        .split_once(".layer.")
+        .and_then(|(_, rest)| rest.split('.').next())
+        .and_then(|i| i.parse::<usize>().ok());
+    match layer {
+        Some(i) if i < num_layers => i + 1,
+        _ => num_layers + 1,
+    }
+}
+
+/// LLRD: the multiplier of the scheduled learning rate for parameter `name`.
+pub(crate) fn layer_scale(cfg: &AdamWConfig, name: &str) -> f64 {
+    if cfg.layer_decay == 1.0 {
+        return 1.0;
+    }
+    let depth_below_head = cfg.num_layers + 1 - layer_of(name, cfg.num_layers);
+    cfg.layer_decay.powi(depth_below_head as i32)
 }
 
 /// Learning rate at `step` (1-based): linear warm-up to `lr`, then linear decay to 0.
@@ -83,9 +121,10 @@ impl AdamW {
         );
         let bc1 = 1.0 - self.cfg.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.cfg.beta2.powi(self.step as i32);
-        let step_size = (lr / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         for (name, var, g) in collected {
+            let lr = lr * layer_scale(&self.cfg, name);
+            let step_size = (lr / bc1) as f32;
             let t = var.as_tensor();
             let dtype = t.dtype();
             let mut p = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
@@ -179,11 +218,103 @@ mod tests {
             max_grad_norm: 1.0,
             warmup_steps: 10,
             total_steps: 110,
+            layer_decay: 1.0,
+            num_layers: 0,
         };
         assert!((lr_at(&c, 5) - 0.5).abs() < 1e-12);
         assert!((lr_at(&c, 10) - 1.0).abs() < 1e-12);
         assert!((lr_at(&c, 60) - 0.5).abs() < 1e-12);
         assert_eq!(lr_at(&c, 110), 0.0);
         assert_eq!(lr_at(&c, 200), 0.0);
+    }
+
+    #[test]
+    fn layer_wise_decay_gives_each_layer_its_rate_and_the_step_applies_it() -> Result<()> {
+        use crate::train::encoder::Params;
+        use candle_core::Var;
+        let cfg = AdamWConfig {
+            lr: 1.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-12,
+            weight_decay: 0.0,
+            max_grad_norm: 0.0,
+            warmup_steps: 0,
+            total_steps: 1_000_000,
+            layer_decay: 0.8,
+            num_layers: 2,
+        };
+        let names = [
+            ("bert.embeddings.word_embeddings.weight", 0.8f64.powi(3)),
+            ("bert.embeddings.LayerNorm.bias", 0.8f64.powi(3)),
+            (
+                "bert.encoder.layer.0.attention.self.query.weight",
+                0.8f64.powi(2),
+            ),
+            ("bert.encoder.layer.1.output.dense.bias", 0.8),
+            ("bert.pooler.dense.weight", 1.0),
+            ("classifier.weight", 1.0),
+        ];
+        for (n, want) in names {
+            assert!((layer_scale(&cfg, n) - want).abs() < 1e-12, "{n}");
+        }
+        // DistilBERT's layers are under transformer.layer; a 12-layer RoBERTa at 0.9.
+        let mut c12 = cfg.clone();
+        c12.num_layers = 12;
+        c12.layer_decay = 0.9;
+        assert!(
+            (layer_scale(&c12, "roberta.encoder.layer.11.intermediate.dense.weight") - 0.9).abs()
+                < 1e-12
+        );
+        assert!(
+            (layer_scale(&c12, "roberta.encoder.layer.0.intermediate.dense.weight")
+                - 0.9f64.powi(12))
+            .abs()
+                < 1e-12
+        );
+        assert!(
+            (layer_scale(&c12, "roberta.embeddings.position_embeddings.weight") - 0.9f64.powi(13))
+                .abs()
+                < 1e-12
+        );
+        assert!(
+            (layer_scale(&cfg, "distilbert.transformer.layer.1.ffn.lin1.weight") - 0.8).abs()
+                < 1e-12
+        );
+        // Off: every parameter at the scheduled rate.
+        let mut off = cfg.clone();
+        off.layer_decay = 1.0;
+        assert_eq!(
+            layer_scale(&off, "bert.embeddings.word_embeddings.weight"),
+            1.0
+        );
+
+        // One Adam step from 0 with gradient 1 moves each parameter by (almost exactly) its rate.
+        let d = Device::Cpu;
+        let vars: BTreeMap<String, Var> = names
+            .iter()
+            .map(|(n, _)| {
+                Ok((
+                    n.to_string(),
+                    Var::from_tensor(&Tensor::zeros(1, DType::F32, &d)?)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        let mut loss = Tensor::zeros(1, DType::F32, &d)?;
+        for v in vars.values() {
+            loss = (loss + v.as_tensor())?;
+        }
+        let grads = loss.sum_all()?.backward()?;
+        let params = Params::from_vars(vars);
+        let mut opt = AdamW::new(cfg);
+        opt.step(&params, &[grads])?;
+        for (n, want) in names {
+            let moved = -params.get(n)?.to_vec1::<f32>()?[0] as f64;
+            assert!(
+                (moved - want).abs() < 1e-4,
+                "{n}: moved {moved}, want {want}"
+            );
+        }
+        Ok(())
     }
 }

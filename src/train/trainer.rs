@@ -8,7 +8,7 @@
 //!   best/                 params of the best dev epoch (model.safetensors + config + tokenizer)
 
 use super::batches::epoch_plan;
-use super::loss::bce_with_logits;
+use super::loss::{asymmetric_with_logits, bce_with_logits, LossConfig};
 use super::optim::{AdamW, AdamWConfig};
 use super::predict;
 use crate::model::eval::dataset::Split;
@@ -39,6 +39,9 @@ pub struct TrainConfig {
     pub freeze_embeddings: bool,
     /// Per-label positive weights for the BCE loss, if any.
     pub pos_weight: Option<Vec<f32>>,
+    /// The loss (runs before it: BCE).
+    #[serde(default)]
+    pub loss: LossConfig,
     /// Evaluate on dev every this many steps as well as at each epoch's end.
     pub eval_every_steps: Option<u64>,
     pub checkpoint_every_steps: u64,
@@ -306,7 +309,15 @@ impl Trainer {
             None => None,
         };
         let share = idx.len() as f64 / batch_len as f64;
-        let loss = (bce_with_logits(&logits, &targets, pw.as_ref())? * share)?;
+        let loss = match self.cfg.loss {
+            LossConfig::Bce => bce_with_logits(&logits, &targets, pw.as_ref())?,
+            LossConfig::Asymmetric {
+                gamma_pos,
+                gamma_neg,
+                clip,
+            } => asymmetric_with_logits(&logits, &targets, gamma_pos, gamma_neg, clip)?,
+        };
+        let loss = (loss * share)?;
         let grads = loss.backward()?;
         Ok((loss.to_dtype(DType::F64)?.to_scalar::<f64>()?, grads))
     }

@@ -63,6 +63,15 @@ impl Params {
         })
     }
 
+    /// Parameters as given (unit tests of what consumes them).
+    #[cfg(test)]
+    pub(crate) fn from_vars(vars: BTreeMap<String, Var>) -> Params {
+        Params {
+            vars,
+            frozen: BTreeSet::new(),
+        }
+    }
+
     /// Loads `model.safetensors` from a Hugging Face checkpoint directory.
     pub fn load_safetensors(
         cfg: &EncoderConfig,
