@@ -71,6 +71,14 @@ fn read_back(registry: &str, topic: &str, encoding: &str, count: usize) -> Vec<(
         .collect()
 }
 
+/// The distinct comment ids of events read back.
+fn event_ids(events: &[(i64, Value)]) -> HashSet<String> {
+    events
+        .iter()
+        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 fn reasons(dead: &[Record]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for r in dead {
@@ -150,10 +158,7 @@ fn comments_framed_by_confluent_serializers_are_labelled_and_framed_events_read_
         .collect();
     let avro_id = latest_id(&url, &format!("{}-value", avro_out.output));
     let events = read_back(&url, &avro_out.output, "avro", 1000);
-    let ids: HashSet<String> = events
-        .iter()
-        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = event_ids(&events);
     assert_eq!(
         ids, expected,
         "every framed comment labelled, read back as Avro"
@@ -172,10 +177,7 @@ fn comments_framed_by_confluent_serializers_are_labelled_and_framed_events_read_
     }
     let json_id = latest_id(&url, &format!("{}-value", json_out.output));
     let events = read_back(&url, &json_out.output, "json_schema", 1000);
-    let ids: HashSet<String> = events
-        .iter()
-        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = event_ids(&events);
     assert_eq!(
         ids, expected,
         "every framed comment labelled, read back as JSON Schema (validated)"
@@ -286,10 +288,7 @@ fn with_the_registry_stopped_for_20_s_new_schema_ids_wait_and_nothing_is_dead_le
         reasons(&dead)
     );
     let events = read_back(&url, &topics.output, "avro", 500);
-    let ids: HashSet<String> = events
-        .iter()
-        .map(|(_, e)| e["id"].as_str().unwrap().to_string())
-        .collect();
+    let ids = event_ids(&events);
     assert_eq!(ids.iter().filter(|i| i.starts_with("during-")).count(), 200);
     wait_http(port, "/readyz", Duration::from_secs(10), |c, _| c == 200);
     assert!(scrape("emostream_schema_registry_waits_total").unwrap() > 0.0);

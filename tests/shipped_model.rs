@@ -298,7 +298,7 @@ fn test_split_reproduces_the_card_metrics_up_to_kernel_rounding() {
 }
 
 /// A copy of the shipped model with the classifier's output columns of labels `a` and `b`
-/// swapped (the card's sha256 follows, so it loads).
+/// swapped (the card's sha256 follows, its seal is dropped, so it loads).
 fn with_head_rows_swapped(root: &Path, a: usize, b: usize) -> PathBuf {
     let out = root.join("swapped");
     std::fs::create_dir_all(&out).unwrap();
@@ -344,6 +344,9 @@ fn with_head_rows_swapped(root: &Path, a: usize, b: usize) -> PathBuf {
     card["model_sha256"] = emostream::model::eval::dataset::sha256_file(&out.join("model.onnx"))
         .unwrap()
         .into();
+    // Altered on purpose: the seal over the card's contents would refuse it (a card without
+    // one loads on its sha256s).
+    card.as_object_mut().unwrap().remove("digest");
     std::fs::write(&card_path, serde_json::to_vec_pretty(&card).unwrap()).unwrap();
     out
 }
@@ -374,9 +377,12 @@ fn a_model_with_two_head_rows_swapped_or_a_moved_threshold_fails_the_card_check(
             );
         }
     }
+    // (A card with bootstrap intervals also has its macro-F1 interval missed: a whole-model
+    // consequence of the same two labels.)
     assert!(
-        bad.iter()
-            .all(|v| v.contains(": joy ") || v.contains(": sadness ")),
+        bad.iter().all(|v| v.contains(": joy ")
+            || v.contains(": sadness ")
+            || v.starts_with("test: macro-F1 interval")),
         "only the swapped labels are flagged: {bad:?}"
     );
 
@@ -500,26 +506,33 @@ fn calibration_folded_into_the_graph_keeps_every_decision_and_lowers_dev_ece() {
     // `train calibrate` on a copy of the shipped model: the rewritten graph computes
     // a·logit + b of the original, the mapped thresholds make the same decisions, and the
     // scores it was fitted to are closer to their rates.
+    // A calibrated shipped model is first taken back to its uncalibrated self.
     let tmp = tempfile::tempdir().unwrap();
+    let shipped_card = ModelDir::load(&shipped(), true).unwrap().card;
+    let source = match &shipped_card.calibration {
+        Some(_) => uncalibrated_copy(tmp.path()),
+        None => shipped(),
+    };
+    let work = tmp.path().join("work");
+    std::fs::create_dir_all(&work).unwrap();
     for f in ["model.json", "model.onnx", "tokenizer.json"] {
-        std::fs::copy(shipped().join(f), tmp.path().join(f)).unwrap();
+        std::fs::copy(source.join(f), work.join(f)).unwrap();
     }
     let dev_path = common::data_dir().join("dev.tsv");
     let runtime = RuntimeOptions::default();
-    let mut raw = OfflineModel::load(&shipped(), &runtime, true).unwrap();
+    let mut raw = OfflineModel::load(&source, &runtime, true).unwrap();
     let dev = Split::read(&dev_path, raw.dir.card.labels.len()).unwrap();
     let raw_logits = raw.logits_texts(&dev.texts(), 32).unwrap();
     let raw_th = raw.dir.card.thresholds.resolved(raw_logits[0].len());
     drop(raw);
 
-    let card =
-        emostream::train::calibrate::calibrate(tmp.path(), &dev_path, &runtime, Some("9.9.9"))
-            .expect("calibrate");
+    let card = emostream::train::calibrate::calibrate(&work, &dev_path, &runtime, Some("9.9.9"))
+        .expect("calibrate");
     assert_eq!(card.version, "9.9.9");
     let cal = card.calibration.clone().expect("calibration recorded");
     assert!(cal.scale.iter().all(|&a| a > 0.0), "{:?}", cal.scale);
     let mut calibrated =
-        OfflineModel::load(tmp.path(), &runtime, true).expect("sha256 and digest match");
+        OfflineModel::load(&work, &runtime, true).expect("sha256 and digest match");
     let cal_logits = calibrated.logits_texts(&dev.texts(), 32).unwrap();
     let cal_th = card.thresholds.resolved(raw_th.len());
 
@@ -561,6 +574,68 @@ fn calibration_folded_into_the_graph_keeps_every_decision_and_lowers_dev_ece() {
     assert!(after < before * 0.8, "dev ECE {before} -> {after}");
 
     // Calibrating twice would scale twice: refused.
-    let again = emostream::train::calibrate::calibrate(tmp.path(), &dev_path, &runtime, None);
+    let again = emostream::train::calibrate::calibrate(&work, &dev_path, &runtime, None);
     assert!(format!("{:#}", again.unwrap_err()).contains("calibrated already"));
+
+    // The shipped calibration is what fitting on dev gives (up to the logits' kernel rounding).
+    if let Some(shipped_cal) = &shipped_card.calibration {
+        for j in 0..cal.scale.len() {
+            let (a, b) = (cal.scale[j], cal.shift[j]);
+            let (sa, sb) = (shipped_cal.scale[j], shipped_cal.shift[j]);
+            assert!(
+                (a - sa).abs() < 0.01 && (b - sb).abs() < 0.01,
+                "label {j}: refitted a={a} b={b}, the card's a={sa} b={sb}"
+            );
+        }
+    }
+}
+/// A copy of the shipped (calibrated) model with its calibration taken out again
+/// (`calibration::unfold`: the graph as it was before `train calibrate`), the card's thresholds
+/// mapped back through the inverse of each label's Platt scaling (the card's sha256 follows,
+/// its seal is dropped, so it loads): the model as it was before calibrating.
+fn uncalibrated_copy(root: &Path) -> PathBuf {
+    use emostream::train::onnx::calibration::{fold, unfold};
+    let out = root.join("uncalibrated");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::copy(shipped().join("tokenizer.json"), out.join("tokenizer.json")).unwrap();
+    let bytes = std::fs::read(shipped().join("model.onnx")).unwrap();
+    let raw = unfold(&bytes).expect("the shipped graph's calibration comes out");
+    let shipped_card = ModelDir::load(&shipped(), true).unwrap().card;
+    let cal = shipped_card.calibration.as_ref().unwrap();
+    let f32s = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<_>>();
+    assert!(
+        fold(&raw, &f32s(&cal.scale), &f32s(&cal.shift)).unwrap() == bytes,
+        "folding the card's calibration back in gives the shipped graph byte for byte"
+    );
+    std::fs::write(out.join("model.onnx"), raw).unwrap();
+
+    let mut card: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(shipped().join("model.json")).unwrap()).unwrap();
+    let cal = card
+        .as_object_mut()
+        .unwrap()
+        .remove("calibration")
+        .expect("a calibrated card");
+    let (a, b) = (&cal["scale"], &cal["shift"]);
+    // t = σ(a·z + b) ⇔ z = (logit(t) − b) / a; a threshold of 1.0 (off) stays 1.0.
+    let back = |t: f64, j: usize| {
+        let z = ((t / (1.0 - t)).ln() - b[j].as_f64().unwrap()) / a[j].as_f64().unwrap();
+        1.0 / (1.0 + (-z).exp())
+    };
+    let per = card["thresholds"]["per_label"].as_array_mut().unwrap();
+    for (j, t) in per.iter_mut().enumerate() {
+        *t = back(t.as_f64().unwrap(), j).into();
+    }
+    card["model_sha256"] = emostream::model::eval::dataset::sha256_file(&out.join("model.onnx"))
+        .unwrap()
+        .into();
+    // Altered on purpose: the seal over the card's contents would refuse it (a card without
+    // one loads on its sha256s).
+    card.as_object_mut().unwrap().remove("digest");
+    std::fs::write(
+        out.join("model.json"),
+        serde_json::to_vec_pretty(&card).unwrap(),
+    )
+    .unwrap();
+    out
 }

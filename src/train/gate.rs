@@ -36,8 +36,13 @@ pub struct Criterion {
 
 /// The conditions for `card` to replace `before` as the shipped default: test macro-F1 no more
 /// than 0.005 below; no label with 5+ test examples firing with precision under 0.2; test ECE
-/// lower. Empty when either card lacks a test evaluation.
-pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
+/// lower. Empty when either card lacks a test evaluation. `before_ece_measured`: the previous
+/// model's test ECE measured from its scores now, for a card that records none.
+pub fn ship_criteria(
+    card: &ModelCard,
+    before: &ModelCard,
+    before_ece_measured: Option<f64>,
+) -> Vec<Criterion> {
     let (Some(new), Some(old)) = (card.metrics.get("test"), before.metrics.get("test")) else {
         return Vec::new();
     };
@@ -67,20 +72,29 @@ pub fn ship_criteria(card: &ModelCard, before: &ModelCard) -> Vec<Criterion> {
         },
     });
     // The previous version's ECE: its own card's, or (when this model is it, calibrated) the
-    // uncalibrated scores' here.
-    let old_ece = old.reliability.as_ref().map(|r| r.ece).or_else(|| {
+    // uncalibrated scores' here, or else measured from its scores on test now.
+    let recorded = old.reliability.as_ref().map(|r| r.ece).or_else(|| {
         card.calibration
             .as_ref()
             .filter(|c| c.uncalibrated_sha256 == before.model_sha256)
             .and(new.reliability_uncalibrated.as_ref())
             .map(|r| r.ece)
     });
+    let old_ece = recorded.or(before_ece_measured);
+    let measured_note = if recorded.is_none() && old_ece.is_some() {
+        format!(
+            " ({}'s measured on test here: its card records none)",
+            before.version
+        )
+    } else {
+        String::new()
+    };
     let new_ece = new.reliability.as_ref().map(|r| r.ece);
     out.push(Criterion {
         name: format!("test ECE lower than {}", before.version),
         met: matches!((new_ece, old_ece), (Some(x), Some(y)) if x < y),
         detail: format!(
-            "{} vs {}",
+            "{} vs {}{measured_note}",
             new_ece.map_or("?".into(), |x| format!("{x:.4}")),
             old_ece.map_or("?".into(), |x| format!("{x:.4}"))
         ),
@@ -411,19 +425,24 @@ mod tests {
         // The real cards: the shipped 1.0.0 and the calibrated 1.1.0 candidate (docs/candidates).
         let old = card("models/goemotions-minilm-l6/model.json");
         let mut new = card("docs/candidates/goemotions-minilm-l6-1.1.0/model.json");
-        let met: Vec<bool> = ship_criteria(&new, &old).iter().map(|c| c.met).collect();
+        let met: Vec<bool> = ship_criteria(&new, &old, None)
+            .iter()
+            .map(|c| c.met)
+            .collect();
         assert_eq!(
             met,
             [false, true, true],
             "macro-F1 too low; precision and ECE met"
         );
         // 1.0.0's ECE comes from the candidate's uncalibrated scores (1.0.0's card has none).
-        assert!(ship_criteria(&new, &old)[2].detail.contains(" vs 0.0042"));
+        assert!(ship_criteria(&new, &old, None)[2]
+            .detail
+            .contains(" vs 0.0042"));
 
         // Within 0.005 of the old macro-F1, every condition holds.
         let t = new.metrics.get_mut("test").unwrap();
         t.metrics.macro_f1 = old.metrics["test"].metrics.macro_f1 - 0.004;
-        assert!(ship_criteria(&new, &old).iter().all(|c| c.met));
+        assert!(ship_criteria(&new, &old, None).iter().all(|c| c.met));
         // A label with 5+ test examples firing at precision 0.15 breaks it; at 4 examples not.
         let t = new.metrics.get_mut("test").unwrap();
         let l = t
@@ -433,7 +452,7 @@ mod tests {
             .find(|l| l.label == "relief")
             .unwrap();
         (l.precision, l.support) = (0.15, 5);
-        let c = ship_criteria(&new, &old);
+        let c = ship_criteria(&new, &old, None);
         assert!(
             !c[1].met && c[1].detail.contains("relief 0.150"),
             "{}",
@@ -446,10 +465,28 @@ mod tests {
             .find(|l| l.label == "relief")
             .unwrap()
             .support = 4;
-        assert!(ship_criteria(&new, &old)[1].met);
+        assert!(ship_criteria(&new, &old, None)[1].met);
         // Without calibration data there is no ECE to compare: not met.
         new.metrics.get_mut("test").unwrap().reliability = None;
-        assert!(!ship_criteria(&new, &old)[2].met);
+        assert!(!ship_criteria(&new, &old, None)[2].met);
+
+        // A candidate that is not the previous model calibrated: the previous model's ECE is
+        // the one measured from its test scores (its card records none), and it is named so.
+        let mut other = card("docs/candidates/goemotions-minilm-l6-1.1.0/model.json");
+        other.calibration.as_mut().unwrap().uncalibrated_sha256 = "another model".into();
+        assert!(
+            !ship_criteria(&other, &old, None)[2].met,
+            "nothing to compare"
+        );
+        let c = &ship_criteria(&other, &old, Some(0.0042))[2];
+        assert!(
+            c.met
+                && c.detail
+                    .contains("0.0019 vs 0.0042 (1.0.0's measured on test here"),
+            "{}",
+            c.detail
+        );
+        assert!(!ship_criteria(&other, &old, Some(0.0010))[2].met);
     }
 
     fn shipped() -> ModelCard {

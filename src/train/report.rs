@@ -4,6 +4,7 @@
 //! curves from the run's checkpoint state, and the reliability diagram from the card.
 
 use crate::model::dir::{Evaluation, ModelCard, ModelDir, Reliability};
+use crate::model::eval::calibration;
 use crate::model::eval::scores::LabelMetrics;
 use crate::train::gate::{self, ship_criteria, Gate, Verdict};
 use crate::train::trainer::TrainState;
@@ -455,12 +456,13 @@ fn refresh_section(out: &mut String, v: &Verdict, paired: Option<(f64, [f64; 2])
 }
 
 /// Both models scored on test.tsv (the one their cards were measured on): the paired bootstrap
-/// of their macro-F1 difference at each card's thresholds.
+/// of their macro-F1 difference at each card's thresholds, and the previous model's test ECE as
+/// measured here (a card older than calibration records none).
 fn paired_on_test(
     model_dir: &Path,
     before_dir: &Path,
     card: &ModelCard,
-) -> Result<(f64, [f64; 2])> {
+) -> Result<((f64, [f64; 2]), f64)> {
     let test = crate::model::eval::dataset::goemotions_dir().join("test.tsv");
     let runtime = crate::backend::ort::RuntimeOptions::default();
     let (_, split, new) = crate::train::evaluate::score_split(model_dir, &test, &runtime)?;
@@ -481,11 +483,10 @@ fn paired_on_test(
         card.thresholds.resolved(n),
         old_c.dir.card.thresholds.resolved(n),
     );
-    Ok(crate::train::bootstrap::paired_macro_f1_difference(
-        (&new, &a),
-        (&old, &b),
-        &targets,
-    ))
+    let paired =
+        crate::train::bootstrap::paired_macro_f1_difference((&new, &a), (&old, &b), &targets);
+    let before_ece = calibration::ece(&calibration::reliability(&old, &targets));
+    Ok((paired, before_ece))
 }
 
 fn row(out: &mut String, key: &str, e: &Evaluation) {
@@ -564,16 +565,20 @@ pub fn write_report(
     }
     let mut verdict = None;
     if let (Some(b), Some(dir)) = (&before, before_dir) {
-        let paired = paired_on_test(model_dir, dir, card)
+        let on_test = paired_on_test(model_dir, dir, card)
             .map_err(|e| tracing::warn!("no paired comparison on test: {e:#}"))
             .ok();
+        let paired = on_test.map(|(p, _)| p);
         let v = match feedback {
             Some(data) => {
                 let f = gate::compare_on_feedback(model_dir, dir, data)?;
                 let criteria = gate::refresh_criteria(card, b, paired, &f);
                 Verdict::new(Gate::Refresh, card, b, criteria, Some(f))
             }
-            None => Verdict::new(Gate::Default, card, b, ship_criteria(card, b), None),
+            None => {
+                let criteria = ship_criteria(card, b, on_test.map(|(_, ece)| ece));
+                Verdict::new(Gate::Default, card, b, criteria, None)
+            }
         };
         ship_section(&mut out, &v, card, paired);
         v.write(model_dir)?;

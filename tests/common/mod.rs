@@ -323,6 +323,12 @@ pub fn shipped_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/goemotions-minilm-l6")
 }
 
+/// The shipped model's card as JSON (its version, thresholds and measured figures).
+pub fn shipped_card() -> serde_json::Value {
+    let path = shipped_model_dir().join("model.json");
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
 /// A tiny trained-shape model directory (random BERT weights, fp32 export) for pipeline tests:
 /// fast, and real ONNX Runtime all the same.
 pub fn tiny_model_dir(root: &Path) -> PathBuf {
