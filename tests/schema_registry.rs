@@ -10,7 +10,9 @@ mod common;
 use common::daemon::{daemon_env, wait_exit, DaemonBuilder};
 use common::http::{free_port, http_get, metric, wait_http};
 use common::kafka::{create_topic, produce, read_until, unique, Record, Topics};
-use common::schema_registry::{client, latest_id, rest, shared_url, OwnRegistry};
+use common::schema_registry::{
+    client, client_within, latest_id, registry_log_tail, rest, shared_url, OwnRegistry,
+};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -50,18 +52,22 @@ fn framed_env(
 
 /// Events read back by confluent-kafka's deserializer: (schema id, event) each.
 fn read_back(registry: &str, topic: &str, encoding: &str, count: usize) -> Vec<(i64, Value)> {
-    let (ok, out, err) = client(&[
-        "consume",
-        &common::kafka::brokers(),
-        registry,
-        topic,
-        encoding,
-        &count.to_string(),
-        "90",
-    ]);
+    let (ok, out, err) = client_within(
+        &[
+            "consume",
+            &common::kafka::brokers(),
+            registry,
+            topic,
+            encoding,
+            &count.to_string(),
+            "90",
+        ],
+        Duration::from_secs(150),
+    );
     assert!(
         ok,
-        "reading {topic} back with confluent-kafka's deserializer: {err}"
+        "reading {topic} back with confluent-kafka's deserializer: {err}\n{}",
+        registry_log_tail(port_of(registry))
     );
     out.lines()
         .map(|l| {
@@ -69,6 +75,14 @@ fn read_back(registry: &str, topic: &str, encoding: &str, count: usize) -> Vec<(
             (v["schema_id"].as_i64().unwrap(), v["event"].clone())
         })
         .collect()
+}
+
+/// The port in a registry URL (http://127.0.0.1:PORT/...).
+fn port_of(url: &str) -> u16 {
+    url.split(':')
+        .nth(2)
+        .and_then(|p| p.split('/').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The distinct comment ids of events read back.

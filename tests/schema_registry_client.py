@@ -20,6 +20,9 @@ import uuid
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient, record_subject_name_strategy
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+# The HTTP library the client itself uses (httpx, or its fork httpx2), for its transport errors.
+from confluent_kafka.schema_registry.common._httpx_compat import httpx
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -59,7 +62,10 @@ TEXTS = [
 
 
 def registry(url):
-    return SchemaRegistryClient({"url": url})
+    # The client's default is no timeout at all: one request the registry never answers would
+    # hold the test for as long as TCP lets it (CI once waited 30 minutes on one). 10 s per try,
+    # its own retries on top.
+    return SchemaRegistryClient({"url": url, "timeout": 10})
 
 
 def produce(brokers, url, topic, prefix, n_avro, n_json):
@@ -89,6 +95,20 @@ def serialize(url, topic, prefix, n):
         print(avro({"id": cid, "text": TEXTS[i % len(TEXTS)], "lang": "en"}, ctx).hex())
 
 
+def deserialize(de, value, topic, deadline):
+    """The event in `value`, asking the registry again while it fails to answer (a registry
+    restarted moments ago may time out a request); None when the deadline passes first."""
+    while True:
+        try:
+            return de(value, SerializationContext(topic, MessageField.VALUE))
+        except (httpx.TransportError, SchemaRegistryError) as e:
+            print(f"deserializing a {topic} event: {type(e).__name__}: {e}", file=sys.stderr)
+            transient = not isinstance(e, SchemaRegistryError) or e.http_status_code >= 500
+            if not transient or time.time() >= deadline:
+                return None
+            time.sleep(1)
+
+
 def consume(brokers, url, topic, fmt, count, timeout_s):
     sr = registry(url)
     de = AvroDeserializer(sr) if fmt == "avro" else JSONDeserializer(None, schema_registry_client=sr)
@@ -105,7 +125,9 @@ def consume(brokers, url, topic, fmt, count, timeout_s):
             if m.error():
                 print(f"consumer error: {m.error()}", file=sys.stderr)
                 continue
-            event = de(m.value(), SerializationContext(topic, MessageField.VALUE))
+            event = deserialize(de, m.value(), topic, deadline)
+            if event is None:
+                break
             schema_id = int.from_bytes(m.value()[1:5], "big")
             print(json.dumps({"schema_id": schema_id, "event": event}), flush=True)
             ids.add(event["id"])

@@ -4,9 +4,11 @@
 //! confluent-kafka's own serdes (tests/schema_registry_client.py).
 #![allow(dead_code)]
 
+use std::io::Read;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 fn script(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -54,18 +56,66 @@ fn python() -> String {
     .clone()
 }
 
-/// Runs tests/schema_registry_client.py with `args`: success, stdout, stderr.
-pub fn client(args: &[&str]) -> (bool, String, String) {
+/// Runs tests/schema_registry_client.py with `args`: success, stdout, stderr. Killed (and
+/// failed, saying so) after `limit`: a client stuck on a request must fail its test, not
+/// hold CI for as long as the socket lasts.
+pub fn client_within(args: &[&str], limit: Duration) -> (bool, String, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/schema_registry_client.py");
-    let out = Command::new(python())
+    let mut child = Command::new(python())
         .arg(script)
         .args(args)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("the confluent-kafka client");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("waiting for the client") {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (out, mut err) = (out.join().unwrap(), err.join().unwrap());
+    if status.is_none() {
+        err.push_str(&format!(
+            "\nthe client ({}) was killed after {} s",
+            args[0],
+            limit.as_secs()
+        ));
+    }
+    (status.is_some_and(|s| s.success()), out, err)
+}
+
+/// [`client_within`] three minutes.
+pub fn client(args: &[&str]) -> (bool, String, String) {
+    client_within(args, Duration::from_secs(180))
+}
+
+/// The last lines of the log of the registry on `port` (scripts/schema-registry.sh keeps it),
+/// for a failure message: what the registry was doing when a client waited on it.
+pub fn registry_log_tail(port: u16) -> String {
+    let log = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!(".cache/apicurio/run-{port}/registry.log"));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    format!(
+        "{} (last lines):\n{}",
+        log.display(),
+        lines[lines.len().saturating_sub(30)..].join("\n")
     )
 }
 
