@@ -8,7 +8,7 @@ use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn script(args: &[&str], env: &[(&str, String)]) -> (bool, String) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -68,27 +68,17 @@ pub fn client_within(args: &[&str], limit: Duration) -> (bool, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("the confluent-kafka client");
-    let drain = |mut r: Box<dyn Read + Send>| {
+    fn drain(mut r: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
         std::thread::spawn(move || {
             let mut s = Vec::new();
             let _ = r.read_to_end(&mut s);
             String::from_utf8_lossy(&s).into_owned()
         })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("waiting for the client") {
-            break Some(status);
-        }
-        if started.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    }
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let status = super::daemon::wait_exit(&mut child, limit);
+    let _ = child.wait();
     let (out, mut err) = (out.join().unwrap(), err.join().unwrap());
     if status.is_none() {
         err.push_str(&format!(
