@@ -731,10 +731,12 @@ fn zstd_lz4_snappy_and_gzip_input_topics_are_labelled_and_output_can_be_zstd() {
 
 #[test]
 fn a_backlog_older_than_the_stall_timeout_stays_live_while_labels_flow() {
-    // A backlog whose oldest message waits far longer than health.stall_timeout_ms (3 s, over
-    // one backlog batch's inference here) while the model works through it: queueing, not a
-    // stuck stage, so /healthz stays 200 (it was 503 once the oldest message was 3 s old); the
-    // series exist at zero before any input.
+    // A backlog whose oldest message waits far longer than health.stall_timeout_ms (3 s) while
+    // the model works through it: queueing, not a stuck stage, so /healthz stays 200 (it was
+    // 503 once the oldest message was 3 s old); the series exist at zero before any input.
+    // The stall timeout must still exceed one batch's inference, which /healthz rightly
+    // reports when it does not: 128-comment batches take ~0.9 s on one thread of an AVX2-only
+    // EPYC (the default window of 512 took 3.5 s there and tripped the worker check).
     let topics = Topics::new(2);
     let port = free_port();
     let mut env = daemon_env(&topics, &common::shipped_model_dir());
@@ -746,6 +748,7 @@ fn a_backlog_older_than_the_stall_timeout_stays_live_while_labels_flow() {
         // One worker on one thread: a slow model for this machine.
         ("EMOSTREAM__BATCHING__INFERENCE_WORKERS", "1".into()),
         ("EMOSTREAM__RUNTIME__INTRA_THREADS", "1".into()),
+        ("EMOSTREAM__BATCHING__BACKLOG_WINDOW", "128".into()),
     ] {
         env.push((k.into(), v));
     }
