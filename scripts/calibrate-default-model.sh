@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the next version of the default model from the shipped one without retraining:
+# Builds 1.1.0 from 1.0.0 (the default model until 1.2.0, restored from git history) without
+# retraining:
 # per-label Platt calibration fitted on dev and folded into model.onnx, thresholds tuned on dev
 # by the cross-validated shrinkage rule with a 0.2 precision floor, test evaluation with
 # bootstrap intervals and ECE, and report.md + reliability.png with the before/after table and
@@ -12,7 +13,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 version=${VERSION:-1.1.0}
 out=${OUT:-.cache/candidates/goemotions-minilm-l6-$version}
-shipped=models/goemotions-minilm-l6
+shipped=$(mktemp -d)
+trap 'rm -rf "$shipped"' EXIT
+for f in model.json model.onnx tokenizer.json report.md curves.png; do
+  git show "3e613c7:models/goemotions-minilm-l6/$f" > "$shipped/$f"
+done
 ORT_DYLIB_PATH=$(scripts/setup-ort.sh); export ORT_DYLIB_PATH
 cargo build --release --bin train
 train=target/release/train
@@ -29,5 +34,5 @@ $train report --model "$out" --before "$shipped"
 docs=docs/candidates/goemotions-minilm-l6-$version
 mkdir -p "$docs"
 cp "$out"/model.json "$out"/reliability.png "$docs"/
-sed 's|(curves.png)|(../../../models/goemotions-minilm-l6/curves.png)|' "$out"/report.md > "$docs"/report.md
+sed 's|(curves.png)|(../../previous/goemotions-minilm-l6-1.0.0/curves.png)|' "$out"/report.md > "$docs"/report.md
 echo "card and report copied to $docs"

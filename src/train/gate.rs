@@ -422,8 +422,9 @@ mod tests {
 
     #[test]
     fn ship_criteria_refuse_the_measured_candidate_and_accept_one_that_meets_them() {
-        // The real cards: the shipped 1.0.0 and the calibrated 1.1.0 candidate (docs/candidates).
-        let old = card("models/goemotions-minilm-l6/model.json");
+        // The real cards: 1.0.0 (shipped until 1.2.0, docs/previous) and the calibrated 1.1.0
+        // candidate (docs/candidates).
+        let old = previous();
         let mut new = card("docs/candidates/goemotions-minilm-l6-1.1.0/model.json");
         let met: Vec<bool> = ship_criteria(&new, &old, None)
             .iter()
@@ -489,6 +490,11 @@ mod tests {
         assert!(!ship_criteria(&other, &old, Some(0.0010))[2].met);
     }
 
+    /// 1.0.0, the default model 1.2.0 replaced: the cards here were judged against it.
+    fn previous() -> ModelCard {
+        card("docs/previous/goemotions-minilm-l6-1.0.0/model.json")
+    }
+
     fn shipped() -> ModelCard {
         let p =
             Path::new(env!("CARGO_MANIFEST_DIR")).join("models/goemotions-minilm-l6/model.json");
@@ -512,7 +518,7 @@ mod tests {
 
     #[test]
     fn the_refresh_gate_fails_a_clear_loss_an_empty_heldout_set_and_a_newly_noisy_label() {
-        let before = shipped();
+        let before = previous();
         let mut card = before.clone();
         card.version = "1.0.1".into();
         let met = |c: &[Criterion]| c.iter().map(|c| c.met).collect::<Vec<_>>();
